@@ -1,0 +1,69 @@
+"""The exception family. One middleware in `http/middleware.py` maps these to statuses.
+
+Each error carries a machine-readable `code` and a human `detail` that names the parameter
+and what was expected, so that every 4xx/5xx body can say how to fix the request.
+"""
+
+from __future__ import annotations
+
+
+class IdrServeError(Exception):
+    """Base of every error the server answers deliberately."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, param: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.param = param
+
+    def body(self) -> dict[str, object]:
+        out: dict[str, object] = {"error": self.code, "detail": self.detail}
+        if self.param is not None:
+            out["param"] = self.param
+        return out
+
+
+class BadRequest(IdrServeError):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(IdrServeError):
+    status = 404
+    code = "not_found"
+
+
+class Forbidden(IdrServeError):
+    status = 403
+    code = "forbidden"
+
+
+class TooLarge(IdrServeError):
+    """A request over a configured size limit (413, documented in the README)."""
+
+    status = 413
+    code = "too_large"
+
+
+class SourceUnavailable(IdrServeError):
+    """Storage or OMERO unreachable: 503 with Retry-After, only for the affected images."""
+
+    status = 503
+    code = "source_unavailable"
+    retry_after_s = 5
+
+
+class SourceError(IdrServeError):
+    """Stored data could not be read or decoded (corrupt chunk, bad metadata)."""
+
+    status = 502
+    code = "source_error"
+
+
+class UpstreamTimeout(IdrServeError):
+    """The per-request deadline expired."""
+
+    status = 504
+    code = "timeout"

@@ -1,0 +1,300 @@
+"""Typed values that flow between the layers: image metadata, rendering settings, requests.
+
+Every stage of the pipeline (http → service → sources → render → encode) passes one of these
+frozen dataclasses, never a dict of loose keyword arguments, so that a request parsed once can
+be keyed, logged and replayed exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+# Bump whenever rendering or encoding output changes for the same request, so that cached
+# bytes rendered by older code are never served again.
+RENDER_SCHEMA = 1
+
+RGBA = tuple[int, int, int, int]
+
+
+class Family(StrEnum):
+    """OMERO quantization families (spec webgateway §6.3)."""
+
+    LINEAR = "linear"
+    POLYNOMIAL = "polynomial"
+    EXPONENTIAL = "exponential"
+    LOGARITHMIC = "logarithmic"
+
+
+class ColorModel(StrEnum):
+    """OMERO rendering models; `rgb` in the RE is `color` in imgData and NGFF."""
+
+    COLOR = "color"
+    GREYSCALE = "greyscale"
+
+
+class Projection(StrEnum):
+    NORMAL = "normal"
+    INTMAX = "intmax"
+    INTMEAN = "intmean"
+    INTSUM = "intsum"
+
+
+class Format(StrEnum):
+    JPEG = "jpeg"
+    PNG = "png"
+    TIFF = "tif"
+
+
+MEDIA_TYPES: dict[Format, str] = {
+    Format.JPEG: "image/jpeg",
+    Format.PNG: "image/png",
+    Format.TIFF: "image/tiff",
+}
+
+# OMERO pixel type names (imgData meta.pixelsType) keyed by numpy dtype name.
+PIXELS_TYPES: dict[str, str] = {
+    "bool": "bit",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "uint16": "uint16",
+    "int32": "int32",
+    "uint32": "uint32",
+    "float32": "float",
+    "float64": "double",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRender:
+    """Resolved rendering settings of one channel (saved defaults plus request overrides)."""
+
+    active: bool
+    start: float
+    end: float
+    color: RGBA = (255, 255, 255, 255)
+    lut: str | None = None
+    family: Family = Family.LINEAR
+    coefficient: float = 1.0
+    inverted: bool = False
+
+    def canonical(self) -> str:
+        r, g, b, a = self.color
+        colour = f"lut:{self.lut}" if self.lut else f"{r:02X}{g:02X}{b:02X}{a:02X}"
+        coefficient = 1.0 if self.family is Family.LINEAR else self.coefficient
+        return (
+            f"{int(self.active)}|{self.start!r}:{self.end!r}|{colour}|{self.family.value}"
+            f"|{coefficient!r}|{int(self.inverted)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSettings:
+    """Everything that maps raw channel planes to RGB: per-channel settings plus the model."""
+
+    channels: tuple[ChannelRender, ...]
+    model: ColorModel = ColorModel.COLOR
+
+    def active_indices(self) -> tuple[int, ...]:
+        """Channel indices that contribute pixels: all active ones, or the first for greyscale."""
+        active = tuple(i for i, ch in enumerate(self.channels) if ch.active)
+        if self.model is ColorModel.GREYSCALE:
+            return active[:1]
+        return active
+
+    def canonical(self) -> str:
+        # Only contributing channels change the output bytes; inactive ones are left out so
+        # that iviewer 0.16 (all channels listed) and 0.18 (active only) share a key.
+        parts = []
+        for i in self.active_indices():
+            ch = self.channels[i]
+            if self.model is ColorModel.GREYSCALE:
+                # Colour and LUT are ignored in greyscale; normalise them away.
+                ch = replace(ch, color=(255, 255, 255, 255), lut=None)
+            parts.append(f"{i}={ch.canonical()}")
+        return f"m={self.model.value};" + ",".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """A rectangle in the pixel coordinates of one resolution level."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def clip(self, size_x: int, size_y: int) -> Box:
+        """Clip to the level bounds as the OMERO RE does: edge tiles shrink, never pad."""
+        return Box(self.x, self.y, min(self.w, size_x - self.x), min(self.h, size_y - self.y))
+
+
+@dataclass(frozen=True, slots=True)
+class LevelMeta:
+    """One resolution level; level 0 is full resolution (NGFF order)."""
+
+    size_x: int
+    size_y: int
+    tile_x: int
+    tile_y: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMeta:
+    """Saved (default) rendering settings and facts about one channel."""
+
+    label: str
+    color: RGBA
+    window_min: float
+    window_max: float
+    start: float
+    end: float
+    active: bool
+    family: Family = Family.LINEAR
+    coefficient: float = 1.0
+    inverted: bool = False
+    lut: str | None = None
+    emission_wave: float | None = None
+
+    def render(self) -> ChannelRender:
+        return ChannelRender(
+            active=self.active,
+            start=self.start,
+            end=self.end,
+            color=self.color,
+            lut=self.lut,
+            family=self.family,
+            coefficient=self.coefficient,
+            inverted=self.inverted,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageMeta:
+    """What every endpoint needs to know about an image, from any source.
+
+    `dtype` is the native-endian numpy dtype name (e.g. ``"uint16"``); sources convert
+    big-endian stored data before returning it.
+    """
+
+    image_id: int
+    name: str
+    dtype: str
+    size_x: int
+    size_y: int
+    size_z: int
+    size_c: int
+    size_t: int
+    levels: tuple[LevelMeta, ...]
+    channels: tuple[ChannelMeta, ...]
+    default_z: int = 0
+    default_t: int = 0
+    default_model: ColorModel = ColorModel.COLOR
+    pixel_size: tuple[float | None, float | None, float | None] = (None, None, None)
+    # Changes whenever the stored pixels or saved settings change; part of every cache key.
+    data_version: str = "0"
+    description: str = ""
+
+    @property
+    def pixels_type(self) -> str:
+        return PIXELS_TYPES.get(self.dtype, self.dtype)
+
+    def default_render(self) -> RenderSettings:
+        return RenderSettings(tuple(ch.render() for ch in self.channels), self.default_model)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A raw read: which channels, planes and rectangle of one level.
+
+    Sources return an array shaped ``(len(channels), z_stop - z_start, box.h, box.w)`` in the
+    image's native-endian dtype.
+    """
+
+    level: int
+    t: int
+    z_start: int
+    z_stop: int
+    channels: tuple[int, ...]
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRequest:
+    """Everything that changes the output bytes of a rendered region, parsed once.
+
+    `box` is in the coordinates of `level` and already clipped to it. `out_size`, when set,
+    scales the rendered region to exactly (w, h) pixels (thumbnails).
+    """
+
+    image_id: int
+    z: int
+    t: int
+    level: int
+    box: Box
+    render: RenderSettings
+    projection: Projection = Projection.NORMAL
+    proj_start: int = 0
+    proj_end: int = 0
+    flip_h: bool = False
+    flip_v: bool = False
+    fmt: Format = Format.JPEG
+    quality: float = 0.85
+    out_size: tuple[int, int] | None = None
+    data_version: str = field(default="0")
+
+    def canonical(self) -> str:
+        """A stable string of everything that changes the bytes; feeds keys and ETags."""
+        projection = (
+            "normal"
+            if self.projection is Projection.NORMAL
+            else f"{self.projection.value}|{self.proj_start}:{self.proj_end}"
+        )
+        quality = f"{self.quality:.4f}" if self.fmt is Format.JPEG else "-"
+        out = f"{self.out_size[0]}x{self.out_size[1]}" if self.out_size else "-"
+        return (
+            f"v{RENDER_SCHEMA};img={self.image_id};dv={self.data_version};z={self.z};t={self.t}"
+            f";l={self.level};box={self.box.x},{self.box.y},{self.box.w},{self.box.h}"
+            f";p={projection};flip={int(self.flip_h)}{int(self.flip_v)};fmt={self.fmt.value}"
+            f";q={quality};out={out};{self.render.canonical()}"
+        )
+
+    def key(self) -> str:
+        """Short digest of `canonical()`, used as cache key and ETag."""
+        return hashlib.blake2b(self.canonical().encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOverride:
+    """One entry of webgateway's `c=` parameter; `index` is 0-based (the URL's is 1-based)."""
+
+    index: int
+    active: bool
+    start: float | None = None
+    end: float | None = None
+    color: RGBA | None = None
+    lut: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MapOverride:
+    """One entry of `maps=`, aligned with the `c=` entries.
+
+    `inverted` is None only when the entry itself is missing (list shorter than `c`); an entry
+    present without an `inverted`/`reverse` key means False, as on OMERO.web.
+    """
+
+    inverted: bool | None = None
+    family: Family | None = None
+    coefficient: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOverrides:
+    """The request's rendering parameters before they meet an image's saved settings."""
+
+    channels: tuple[ChannelOverride, ...] | None = None  # None: no `c` parameter at all
+    maps: tuple[MapOverride, ...] | None = None  # None: no (or unparsable) `maps`
+    model: ColorModel | None = None

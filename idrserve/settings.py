@@ -1,0 +1,145 @@
+"""One settings tree, from CLI flags, `IDRSERVE_*` environment variables and a TOML file.
+
+Precedence: CLI (init arguments), then environment, then the TOML file, then defaults. Nested
+groups use `__` in environment variable names (`IDRSERVE_LIMITS__MAX_TILE_LENGTH=1024`).
+No module imports a settings singleton: `cli.py` builds one and passes it down, so tests can run
+several apps side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    shutdown_timeout_s: float = 10.0
+    # Threads for chunk decode, rendering and encoding (numpy, zarrs, simplejpeg release the GIL).
+    cpu_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256)
+    cors_origin: str = "*"
+    # `Cache-Control` on rendered images; public so that nginx in front may cache them.
+    cache_control: str = "public, max-age=86400"
+
+
+class SourceSettings(BaseModel):
+    # Directory or URL (file://, https://, s3://) scanned for `<image id>.zarr` at any depth.
+    zarr_root: str | None = None
+    # CSV or JSON file mapping image id -> local path or URL of an OME-Zarr image.
+    catalog: Path | None = None
+    # How long a scan of a local zarr_root is trusted before an unknown id triggers a rescan.
+    rescan_interval_s: float = 60.0
+    # Maximum directory depth searched below zarr_root.
+    scan_max_depth: int = 6
+    # Directory of ImageJ `.lut` files served as LUT channels (in addition to the built-in set).
+    lut_dir: Path | None = None
+    # Concurrent chunk reads across the whole process (a global bound, not zarr's per-call one).
+    max_concurrent_reads: int = Field(64, ge=1)
+    # Open arrays and parsed image metadata kept in memory.
+    meta_cache_entries: int = Field(4096, ge=1)
+    # S3 settings for s3:// roots and catalog entries.
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_anonymous: bool = True
+
+
+class LimitSettings(BaseModel):
+    # Largest tile side; web's default is 1024, the microservice (which IDR runs) uses 2048.
+    max_tile_length: int = Field(2048, ge=16)
+    # Largest rendered region / plane in pixels (render_image, region=).
+    max_region_pixels: int = Field(4096 * 4096, ge=1)
+    max_active_channels: int = Field(10, ge=1)
+    max_thumbnail_size: int = Field(1024, ge=1)
+    # Largest raw read for one request (channels x planes x pixels x bytes), e.g. projections.
+    max_read_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    max_batch_thumbnails: int = Field(50, ge=1)
+    default_thumbnail_size: int = Field(96, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_url_length: int = Field(16384, ge=256)
+    default_jpeg_quality: float = Field(0.85, gt=0, le=1)
+
+
+class ViewerSettings(BaseModel):
+    """Values OMERO.web takes from its own configuration (imgData `interpolate`, `init_zoom`)."""
+
+    interpolate: bool = True
+    init_zoom: int = 0
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    access_log: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IDRSERVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    # Set by --config / IDRSERVE_CONFIG before the model is built (see `load_settings`).
+    toml_file: ClassVar[Path | None] = None
+
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    viewer: ViewerSettings = Field(default_factory=ViewerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
+        return tuple(sources)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build settings; `overrides` (nested dicts, from CLI flags) win over env and file.
+
+    Init arguments would replace a whole nested group, so the groups named by CLI flags are
+    merged onto what env and file give before the final model is built.
+    """
+    if config_file is None and os.environ.get("IDRSERVE_CONFIG"):
+        config_file = Path(os.environ["IDRSERVE_CONFIG"])
+    Settings.toml_file = config_file
+    try:
+        base = Settings()
+        if not overrides:
+            return base
+        merged = _deep_merge(base.model_dump(), overrides)
+        Settings.toml_file = None
+        return Settings(**merged)
+    finally:
+        Settings.toml_file = None

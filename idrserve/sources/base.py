@@ -1,0 +1,27 @@
+"""The contract every pixel source keeps; callers never look past it."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from idrserve.model import ImageMeta, Selection
+
+
+@runtime_checkable
+class PixelSource(Protocol):
+    """An async reader of image metadata and raw pixel regions.
+
+    `meta` raises `errors.NotFound` for an unknown image. `read` returns an array shaped
+    ``(len(sel.channels), sel.z_stop - sel.z_start, sel.box.h, sel.box.w)`` in the image's
+    native-endian dtype; it never blocks the event loop.
+    """
+
+    name: ClassVar[str]
+
+    async def meta(self, image_id: int) -> ImageMeta: ...
+
+    async def read(self, image_id: int, sel: Selection) -> np.ndarray: ...
+
+    async def aclose(self) -> None: ...
