@@ -85,8 +85,8 @@ class ChannelRender:
         colour = f"lut:{self.lut}" if self.lut else f"{r:02X}{g:02X}{b:02X}{a:02X}"
         coefficient = 1.0 if self.family is Family.LINEAR else self.coefficient
         return (
-            f"{int(self.active)}|{self.start!r}:{self.end!r}|{colour}|{self.family.value}"
-            f"|{coefficient!r}|{int(self.inverted)}"
+            f"{int(self.active)}|{float(self.start) + 0.0!r}:{float(self.end) + 0.0!r}|{colour}"
+            f"|{self.family.value}|{float(coefficient)!r}|{int(self.inverted)}"
         )
 
 

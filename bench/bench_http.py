@@ -1,0 +1,211 @@
+"""Cold-tile HTTP throughput of idrserve on one core, with wrk on the other (performance.md §6).
+
+Writes a seeded 3-channel uint16 OME-Zarr pyramid twice (256² and 512² chunks), starts
+`idrserve serve` pinned to core 0, and replays every level-0 tile of each image with wrk pinned
+to core 1: 256² tiles from 256² chunks and 512² tiles from 512² chunks. With no response cache
+in front, every request reads, decodes, renders and encodes. Results are compared with the
+targets of issue 2 (≥ 900 and ≥ 240 tiles/s on one core) and written as markdown.
+
+    python bench/bench_http.py [--duration 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+ROOT = Path(__file__).resolve().parent
+SIZE = 4096
+
+
+def write_image(path: Path, chunk: int, seed: int) -> None:
+    """A fluorescence-like 3-channel uint16 pyramid (blobs + noise), NGFF 0.4, blosc lz4."""
+    from numcodecs import Blosc
+
+    rng = np.random.default_rng(seed)
+    small = rng.gamma(2.0, 300.0, size=(3, SIZE // 16, SIZE // 16)).astype(np.float32)
+    base = np.repeat(np.repeat(small, 16, axis=1), 16, axis=2)
+    noise = rng.normal(0, 60, size=base.shape).astype(np.float32)
+    data = np.clip(base + noise + 100, 0, 65535).astype(np.uint16)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    level = data
+    for i in range(5):
+        arr = root.create_array(
+            str(i),
+            shape=level.shape,
+            chunks=(1, min(chunk, level.shape[1]), min(chunk, level.shape[2])),
+            dtype="uint16",
+            compressors=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        arr[...] = level
+        datasets.append(
+            {"path": str(i), "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 2.0**i, 2.0**i]}]}
+        )
+        level = level[:, ::2, ::2]
+    root.attrs.update({
+        "multiscales": [{"version": "0.4", "datasets": datasets, "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space"},
+            {"name": "x", "type": "space"},
+        ]}],
+        "omero": {"channels": [
+            {"label": n, "color": c, "active": True,
+             "window": {"min": 0, "max": 65535, "start": 100, "end": 1500}}
+            for n, c in (("DAPI", "0000FF"), ("GFP", "00FF00"), ("RFP", "FF0000"))
+        ], "rdefs": {"model": "color"}},
+    })
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+LUA = """
+local urls = {}
+for line in io.lines("%s") do urls[#urls + 1] = line end
+local i = 0
+request = function()
+  i = i %% #urls + 1
+  return wrk.format("GET", urls[i])
+end
+"""
+
+
+def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) -> dict[str, float]:
+    url_file = tmp / "urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    script = tmp / "cycle.lua"
+    script.write_text(LUA % url_file)
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+           "--latency", "-s", str(script), base]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def latency(pct: str) -> float:
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--conns", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is needed: apt-get install wrk", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="idrserve-bench-"))
+    data = tmp / "data"
+    write_image(data / "2001.zarr", 256, 1)
+    write_image(data / "2002.zarr", 512, 2)
+    port = free_port()
+    env = dict(os.environ, IDRSERVE_SERVER__CPU_THREADS="1", IDRSERVE_LOG__ACCESS_LOG="false")
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, "-m", "idrserve", "serve", "--zarr-root",
+         str(data), "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        cases = {
+            "256² tiles, 256² chunks": [
+                f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
+                for y in range(SIZE // 256) for x in range(SIZE // 256)
+            ],
+            "512² tiles, 512² chunks": [
+                f"/webgateway/render_image_region/2002/0/0/?tile=0,{x},{y},512,512"
+                for y in range(SIZE // 512) for x in range(SIZE // 512)
+            ],
+        }
+        targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
+        for urls in cases.values():  # warm-up: opens arrays, fills the OS page cache
+            run_wrk(base, urls, 3, args.conns, tmp)
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _ in range(args.rounds):
+            for name, urls in cases.items():
+                results[name].append(run_wrk(base, urls, args.duration, args.conns, tmp))
+    finally:
+        server.terminate()
+        server.wait(10)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    host = platform.node() or "host"
+    lines = [
+        f"# idrserve cold-tile HTTP benchmark ({stamp}, {host})",
+        "",
+        f"Command: `python bench/bench_http.py --duration {args.duration:g} --rounds "
+        f"{args.rounds} --conns {args.conns}`",
+        "",
+        f"Server: `idrserve serve` pinned to core 0 (`taskset -c 0`, 1 cpu thread); wrk -t1 "
+        f"-c{args.conns} pinned to core 1; {args.rounds} interleaved rounds of "
+        f"{args.duration:g} s after a 3 s warm-up. No response cache: every request reads, "
+        "decodes (blosc lz4), renders 3 uint16 channels and encodes JPEG q85. "
+        f"loadavg at end: {os.getloadavg()[0]:.2f}; nproc {os.cpu_count()}.",
+        "",
+        "| case | median tiles/s | min–max | p50 ms | p99 ms | target | ratio to target | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary = {}
+    for name, rounds in results.items():
+        rps = [r["rps"] for r in rounds]
+        med = statistics.median(rps)
+        summary[name] = med
+        lines.append(
+            f"| {name} | {med:.0f} | {min(rps):.0f}–{max(rps):.0f} | "
+            f"{statistics.median(r['p50_ms'] for r in rounds):.1f} | "
+            f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {targets[name]:.0f} | "
+            f"{med / targets[name]:.2f} | {sum(r['non2xx'] for r in rounds):.0f} |"
+        )
+    lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"http-{host}-{stamp}.md"
+    out.write_text("\n".join(lines))
+    print("\n".join(lines[:12 + len(results)]))
+    print(f"written to {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""`create_app(settings)`: wiring only. Every shared object is opened and closed here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from idrserve import __version__
+from idrserve.catalog import Catalog
+from idrserve.http import webgateway
+from idrserve.http.middleware import make_error_middleware, make_on_prepare
+from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.render.lut import LutTable
+from idrserve.service import Deps
+from idrserve.settings import Settings
+from idrserve.sources.zarr import ZarrSource
+
+log = logging.getLogger("idrserve")
+
+READY = web.AppKey("ready", dict)
+CATALOG = web.AppKey("catalog", Catalog)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 once startup has finished (sources opened, pools created); no dependency calls."""
+    if not request.app[READY].get("ready"):
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def index(request: web.Request) -> web.Response:
+    """A JSON directory of the served images with a few URLs to try."""
+    ids = await request.app[CATALOG].ids()
+    base = f"{request.scheme}://{request.host}"
+    images = [
+        {
+            "id": i,
+            "imgData": f"{base}/webgateway/imgData/{i}/",
+            "thumbnail": f"{base}/webgateway/render_thumbnail/{i}/",
+        }
+        for i in ids[:1000]
+    ]
+    return web.json_response({"service": "idrserve", "version": __version__, "images": images})
+
+
+def create_app(settings: Settings) -> web.Application:
+    limits = settings.limits
+    app = web.Application(
+        middlewares=[
+            make_error_middleware(limits.request_timeout_s),
+            web.normalize_path_middleware(
+                append_slash=True, merge_slashes=False, redirect_class=web.HTTPMovedPermanently
+            ),
+        ],
+        client_max_size=64 * 1024,  # read-only server: no request needs a body
+        handler_args={"max_line_size": limits.max_url_length, "max_field_size": 8190},
+    )
+    app[SETTINGS] = settings
+    app[READY] = {"ready": False}
+    app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        cpu_pool = ThreadPoolExecutor(settings.server.cpu_threads, thread_name_prefix="idrs-cpu")
+        catalog = Catalog(settings.source)
+        source = ZarrSource(settings.source, catalog)
+        luts = LutTable(settings.source.lut_dir)
+        app[CATALOG] = catalog
+        app[DEPS] = Deps(source=source, luts=luts, limits=limits, cpu_pool=cpu_pool)
+        app[READY]["ready"] = True
+        try:
+            yield
+        finally:
+            app[READY]["ready"] = False
+            await source.aclose()
+            cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/", index, name="index")
+    webgateway.add_routes(app)
+    return app

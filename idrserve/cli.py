@@ -1,0 +1,163 @@
+"""`idrserve demo | serve | config show`: build settings from flags and run the server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from idrserve import __version__
+from idrserve.settings import Settings, load_settings
+
+log = logging.getLogger("idrserve")
+
+
+def default_demo_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "idrserve" / "demo"
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--config", type=Path, help="TOML settings file (also IDRSERVE_CONFIG)")
+    p.add_argument("--lut-dir", type=Path, help="directory of ImageJ .lut files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idrserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"idrserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="write the demo data set (once) and serve it")
+    _add_server_flags(demo)
+    demo.add_argument("--data-dir", type=Path, help=f"where to write it ({default_demo_dir()})")
+    demo.add_argument("--write-only", action="store_true", help="write the data and exit")
+
+    serve = sub.add_parser("serve", help="serve OME-Zarr images")
+    _add_server_flags(serve)
+    serve.add_argument("--zarr-root", help="directory or URL scanned for <image id>.zarr")
+    serve.add_argument("--catalog", type=Path, help="CSV or JSON file: image id -> path or URL")
+
+    config = sub.add_parser("config", help="print the effective settings")
+    config.add_argument("action", choices=["show"])
+    config.add_argument("--config", type=Path)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, dict[str, Any]] = {"server": {}, "source": {}}
+    for flag, group, key in (
+        ("host", "server", "host"),
+        ("port", "server", "port"),
+        ("workers", "server", "workers"),
+        ("lut_dir", "source", "lut_dir"),
+        ("zarr_root", "source", "zarr_root"),
+        ("catalog", "source", "catalog"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[group][key] = value
+    return {k: v for k, v in out.items() if v}
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works, uvloop is ~20 % faster per request
+        return
+    uvloop.install()
+
+
+def _run_one(settings: Settings, reuse_port: bool) -> None:
+    from idrserve.app import create_app
+
+    _install_uvloop()
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        reuse_port=reuse_port or None,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        handler_cancellation=True,
+        access_log=logging.getLogger("aiohttp.access") if settings.log.access_log else None,
+        print=None,
+    )
+
+
+def run(settings: Settings) -> None:
+    """Serve in this process, or in N worker processes sharing the port."""
+    n = settings.server.workers
+    if n == 1:
+        _run_one(settings, reuse_port=False)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_run_one, args=(settings, True), daemon=False) for _ in range(n)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        settings = load_settings(config_file=args.config)
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+        return 0
+    overrides = _overrides(args)
+    if args.command == "demo":
+        from idrserve.demo import write_demo
+
+        data_dir: Path = args.data_dir or default_demo_dir()
+        overrides.setdefault("source", {})["zarr_root"] = str(data_dir)
+        settings = load_settings(overrides, args.config)
+        logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
+        print(f"idrserve {__version__}: demo data in {data_dir}", flush=True)
+        images = write_demo(data_dir)
+        if args.write_only:
+            return 0
+        host = settings.server.host
+        base = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}"
+        base += f":{settings.server.port}"
+        print("images:", flush=True)
+        for image in images:
+            print(f"  {image.image_id}  {image.name}: {image.description}")
+            print(f"        {base}/webgateway/imgData/{image.image_id}/")
+            print(f"        {base}/webgateway/render_thumbnail/{image.image_id}/")
+        first = images[0].image_id
+        print("try:")
+        print(f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=2,0,0,256,256")
+        print(f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
+              "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c")
+        print(f"  {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003", flush=True)
+        print(f"serving on {base}/ (Ctrl-C to stop)", flush=True)
+        run(settings)
+        return 0
+    settings = load_settings(overrides, args.config)
+    logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
+    if not settings.source.zarr_root and not settings.source.catalog:
+        print("idrserve serve: give --zarr-root or --catalog (or IDRSERVE_SOURCE__ZARR_ROOT)",
+              file=sys.stderr)
+        return 2
+    print(f"idrserve {__version__} serving on http://{settings.server.host}:"
+          f"{settings.server.port}/", flush=True)
+    run(settings)
+    return 0

@@ -1,0 +1,97 @@
+"""Cross-cutting HTTP behaviour: one error table, request ids, CORS, the per-request deadline.
+
+Every response, errors included, carries CORS and `X-Request-ID`: they are set in
+`on_response_prepare`, which aiohttp runs for every response it sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from idrserve.errors import IdrServeError, SourceUnavailable, UpstreamTimeout
+
+log = logging.getLogger("idrserve.http")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors (unknown route, wrong method) get a JSON body with these codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    414: "uri_too_long",
+}
+
+
+def request_id(request: web.Request) -> str:
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        rid = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+        if not rid.isascii() or not rid.replace("-", "").isalnum():
+            rid = uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = rid
+    return rid
+
+
+def error_response(
+    request: web.Request, status: int, code: str, detail: str, param: str | None = None
+) -> web.Response:
+    body: dict[str, object] = {"error": code, "detail": detail}
+    if param is not None:
+        body["param"] = param
+    body["request_id"] = request_id(request)
+    return web.json_response(body, status=status)
+
+
+def make_error_middleware(timeout_s: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id(request)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await handler(request)
+        except IdrServeError as exc:
+            response = error_response(request, exc.status, exc.code, exc.detail, exc.param)
+            if isinstance(exc, SourceUnavailable):
+                response.headers["Retry-After"] = str(exc.retry_after_s)
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.detail)
+            return response
+        except TimeoutError:
+            exc2 = UpstreamTimeout(f"the request took longer than the {timeout_s:g} s deadline")
+            return error_response(request, exc2.status, exc2.code, exc2.detail)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http_error")
+            detail = exc.reason if exc.status != 404 else f"no such resource: {request.path}"
+            response = error_response(request, exc.status, code, detail)
+            for name in ("Allow", "Retry-After"):
+                if name in exc.headers:
+                    response.headers[name] = exc.headers[name]
+            return response
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error for %s %s", request.method, request.path_qs)
+            return error_response(
+                request, 500, "internal_error", "the server failed to answer this request"
+            )
+
+    return error_middleware
+
+
+def make_on_prepare(cors_origin: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Access-Control-Allow-Origin"] = cors_origin
+        response.headers.setdefault("Access-Control-Expose-Headers", "ETag, X-Request-ID")
+        response.headers["X-Request-ID"] = request_id(request)
+
+    return on_prepare

@@ -1,0 +1,379 @@
+"""OMERO.web `webgateway` (and `webclient` alias) rendering URLs, answered from our sources.
+
+Handlers stay thin: parse with `http.params`, resolve settings with `render.settings`, run the
+pipeline in `service`, build the response here. Path grammar follows OMERO.web's Django
+routes: digits only for ids, z and t (anything else is no route, so 404), trailing slash
+required (a missing one is answered with a 301 by `normalize_path_middleware`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from idrserve import __version__
+from idrserve.errors import BadRequest, IdrServeError, NotFound
+from idrserve.http import params
+from idrserve.http.imgdata import image_data, select_key
+from idrserve.http.responses import image_response, json_or_jsonp, not_modified
+from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest
+from idrserve.render.lut import luts_json
+from idrserve.render.settings import resolve_render, resolve_thumbnail
+from idrserve.service import (
+    Deps,
+    Rendered,
+    check_pixels,
+    check_plane,
+    clip_box,
+    mirror_box,
+    render_region,
+    thumbnail_level,
+    thumbnail_size,
+)
+from idrserve.settings import Settings
+
+DEPS = web.AppKey("deps", Deps)
+SETTINGS = web.AppKey("settings", Settings)
+
+ID = r"{iid:\d{1,19}}"
+Z = r"{z:\d{1,9}}"
+T = r"{t:\d{1,9}}"
+SIZE = r"{w:\d{1,9}}"
+SHARE = r"{share:\d{1,19}}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    deps: Deps
+    settings: Settings
+
+    @property
+    def cache_control(self) -> str:
+        return self.settings.server.cache_control
+
+
+def _ctx(request: web.Request) -> _Ctx:
+    return _Ctx(request.app[DEPS], request.app[SETTINGS])
+
+
+def _path_int(request: web.Request, name: str) -> int:
+    return params.parse_path_int(request.match_info[name], name)
+
+
+def _opt_path_int(request: web.Request, name: str) -> int | None:
+    value = request.match_info.get(name)
+    return None if value is None else params.parse_path_int(value, name)
+
+
+async def _respond(request: web.Request, req: RegionRequest, meta: ImageMeta) -> web.StreamResponse:
+    ctx = _ctx(request)
+    early = not_modified(request, req.key(), ctx.cache_control)
+    if early is not None:
+        return early
+    rendered = await render_region(req, meta, ctx.deps)
+    return image_response(rendered, ctx.cache_control)
+
+
+# --- render_image_region --------------------------------------------------------------------
+
+
+async def render_image_region(request: web.Request) -> web.StreamResponse:
+    """Tiles (`tile=`) and regions (`region=`) of one plane; projection is ignored, as on web."""
+    ctx = _ctx(request)
+    limits = ctx.deps.limits
+    iid, z, t = _path_int(request, "iid"), _path_int(request, "z"), _path_int(request, "t")
+    query = request.query
+    strict = request.match_info.route.name is not None and request.match_info.route.name.endswith(
+        "_rdef"
+    )
+    overrides = params.parse_render_overrides(
+        query, max_active_channels=limits.max_active_channels, strict=strict
+    )
+    flip_h, flip_v = params.parse_flip(query)
+    fmt = params.parse_format(query)
+    quality = params.parse_quality(query, limits.default_jpeg_quality)
+    meta = await ctx.deps.source.meta(iid)
+    check_plane(meta, z, t)
+    full = meta.levels[0]
+    level, box = params.parse_tile_or_region(
+        query, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
+    )
+    param = "tile" if query.get("tile") else "region"
+    box = clip_box(meta, level, box, param)
+    check_pixels(box, limits, param)
+    box = mirror_box(meta, level, box, flip_h, flip_v)
+    req = RegionRequest(
+        image_id=iid,
+        z=z,
+        t=t,
+        level=level,
+        box=box,
+        render=resolve_render(meta, overrides),
+        flip_h=flip_h,
+        flip_v=flip_v,
+        fmt=fmt,
+        quality=quality,
+        data_version=meta.data_version,
+    )
+    return await _respond(request, req, meta)
+
+
+# --- render_image -----------------------------------------------------------------------------
+
+
+async def render_image(request: web.Request) -> web.StreamResponse:
+    """A whole plane at full resolution, with `p=` projections honoured as on web."""
+    ctx = _ctx(request)
+    limits = ctx.deps.limits
+    iid = _path_int(request, "iid")
+    query = request.query
+    route = request.match_info.route.name or ""
+    strict = route.endswith("_rdef")
+    download = route.startswith("webclient_render_image_download")
+    overrides = params.parse_render_overrides(
+        query, max_active_channels=limits.max_active_channels, strict=strict
+    )
+    flip_h, flip_v = params.parse_flip(query)
+    fmt = params.parse_format(query)
+    quality = params.parse_quality(query, limits.default_jpeg_quality)
+    meta = await ctx.deps.source.meta(iid)
+    z = _opt_path_int(request, "z")
+    t = _opt_path_int(request, "t")
+    z = meta.default_z if z is None else z
+    t = meta.default_t if t is None else t
+    check_plane(meta, z, t)
+    projection, p_start, p_end = params.parse_projection(query, meta.size_z)
+    box = Box(0, 0, meta.size_x, meta.size_y)
+    check_pixels(box, limits, "render_image")
+    req = RegionRequest(
+        image_id=iid,
+        z=z,
+        t=t,
+        level=0,
+        box=box,
+        render=resolve_render(meta, overrides),
+        projection=projection,
+        proj_start=p_start if projection is not Projection.NORMAL else 0,
+        proj_end=p_end if projection is not Projection.NORMAL else 0,
+        flip_h=flip_h,
+        flip_v=flip_v,
+        fmt=fmt,
+        quality=quality,
+        data_version=meta.data_version,
+    )
+    response = await _respond(request, req, meta)
+    if download and response.status == 200:
+        ext = {Format.JPEG: "jpg", Format.PNG: "png", Format.TIFF: "tif"}[fmt]
+        response.headers["Content-Disposition"] = f'attachment; filename="{iid}.{ext}"'
+    return response
+
+
+# --- thumbnails -------------------------------------------------------------------------------
+
+
+async def _thumbnail(
+    ctx: _Ctx, iid: int, w: int | None, h: int | None, z: int | None, t: int | None
+) -> tuple[RegionRequest, ImageMeta]:
+    limits = ctx.deps.limits
+    for name, value in (("w", w), ("h", h)):
+        if value is not None and not 1 <= value <= limits.max_thumbnail_size:
+            raise BadRequest(
+                f"thumbnail size {name}={value} must be between 1 and {limits.max_thumbnail_size}",
+                param=name,
+            )
+    meta = await ctx.deps.source.meta(iid)
+    longest = w if w is not None else limits.default_thumbnail_size
+    size = (w, h) if w is not None and h is not None else thumbnail_size(meta, longest)
+    z = meta.default_z if z is None else z
+    t = meta.default_t if t is None else t
+    check_plane(meta, z, t)
+    level = thumbnail_level(meta, size[0], size[1])
+    lv = meta.levels[level]
+    box = Box(0, 0, lv.size_x, lv.size_y)
+    check_pixels(box, limits, "thumbnail")
+    req = RegionRequest(
+        image_id=iid,
+        z=z,
+        t=t,
+        level=level,
+        box=box,
+        render=resolve_thumbnail(meta),
+        quality=0.85,
+        out_size=(int(size[0]), int(size[1])),
+        data_version=meta.data_version,
+    )
+    return req, meta
+
+
+async def _thumbnail_rendered(
+    ctx: _Ctx, iid: int, w: int | None, h: int | None, z: int | None = None, t: int | None = None
+) -> Rendered:
+    req, meta = await _thumbnail(ctx, iid, w, h, z, t)
+    return await render_region(req, meta, ctx.deps)
+
+
+async def render_thumbnail(request: web.Request) -> web.StreamResponse:
+    """Saved settings only (`c`, `m`, `p` are ignored, as on web); `z`/`t` query honoured."""
+    ctx = _ctx(request)
+    iid = _path_int(request, "iid")
+    w = _opt_path_int(request, "w")
+    h = _opt_path_int(request, "h")
+    if w is None and "size" in request.match_info:
+        w = _path_int(request, "size")
+    z, t = params.parse_thumbnail_query(request.query)
+    placeholder = (request.match_info.route.name or "").startswith("webclient_thumb")
+    try:
+        req, meta = await _thumbnail(ctx, iid, w, h, z, t)
+        return await _respond(request, req, meta)
+    except NotFound:
+        if not placeholder:
+            raise
+    # webclient's thumbnail views answer failures with a placeholder image (a PNG that
+    # OMERO.web labels image/jpeg; browsers sniff it), never an error.
+    side = w or ctx.deps.limits.default_thumbnail_size
+    return web.Response(
+        body=placeholder_png(side, h or side),
+        content_type="image/jpeg",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def placeholder_png(width: int, height: int) -> bytes:
+    import numpy as np
+
+    from idrserve.encode import encode
+
+    rgb = np.full((max(1, height), max(1, width), 3), 200, dtype=np.uint8)
+    return encode(rgb, Format.PNG, 1.0)
+
+
+async def get_thumbnails(request: web.Request) -> web.StreamResponse:
+    """Batch JSON: image id → data URI, or null for images that cannot be rendered."""
+    ctx = _ctx(request)
+    callback = params.parse_callback(request.query.get("callback"))
+    ids = params.parse_ids(request.query.getall("id", []), ctx.deps.limits.max_batch_thumbnails)
+    w = _opt_path_int(request, "w")
+
+    async def one(iid: int) -> str | None:
+        try:
+            rendered = await _thumbnail_rendered(ctx, iid, w, None)
+        except IdrServeError:
+            return None
+        return "data:image/jpeg;base64," + base64.b64encode(rendered.body).decode()
+
+    results = await asyncio.gather(*(one(i) for i in ids))
+    data = {str(i): r for i, r in zip(ids, results, strict=True)}
+    return json_or_jsonp(data, callback)
+
+
+async def get_thumbnail(request: web.Request) -> web.StreamResponse:
+    """One thumbnail as a JSON string holding a data URI."""
+    ctx = _ctx(request)
+    callback = params.parse_callback(request.query.get("callback"))
+    iid = _path_int(request, "iid")
+    rendered = await _thumbnail_rendered(
+        ctx, iid, _opt_path_int(request, "w"), _opt_path_int(request, "h")
+    )
+    uri = "data:image/jpeg;base64," + base64.b64encode(rendered.body).decode()
+    return json_or_jsonp(uri, callback)
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+async def img_data(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    callback = params.parse_callback(request.query.get("callback"))
+    iid = _path_int(request, "iid")
+    meta = await ctx.deps.source.meta(iid)
+    data: Any = image_data(meta, ctx.settings.viewer)
+    key = request.match_info.get("key")
+    if key is not None:
+        data = select_key(data, key)
+    return json_or_jsonp(data, callback)
+
+
+async def luts(request: web.Request) -> web.StreamResponse:
+    return json_or_jsonp(luts_json(_ctx(request).deps.luts), None)
+
+
+async def ms_options(request: web.Request) -> web.StreamResponse:
+    """The omero-ms-image-region feature probe iviewer sends to learn maxActiveChannels."""
+    ctx = _ctx(request)
+    limits = ctx.deps.limits
+    side = int(limits.max_region_pixels**0.5)
+    return json_or_jsonp(
+        {
+            "provider": "idrserve",
+            "version": __version__,
+            "features": ["flip", "png-tiles", "quantization", "support-missing-channels"],
+            "options": {
+                "maxTileLength": limits.max_tile_length,
+                "maxPlaneWidth": side,
+                "maxPlaneHeight": side,
+                "maxActiveChannels": limits.max_active_channels,
+                "cacheControl": ctx.cache_control,
+            },
+        },
+        None,
+    )
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every webgateway URL shape and its webclient aliases (spec §4.7)."""
+    add = app.router.add_get
+    plane_tails = (("", "0"), (f"{Z}/", "1"), (f"{Z}/{T}/", "2"))
+    h = r"{h:\d{1,9}}"
+    for suffix in ("", "_rdef"):
+        add(f"/webgateway/render_image_region{suffix}/{ID}/{Z}/{T}/", render_image_region,
+            name=f"webgateway_render_image_region{suffix}")
+        for tail, n in plane_tails:
+            add(f"/webgateway/render_image{suffix}/{ID}/{tail}", render_image,
+                name=f"webgateway_render_image{n}{suffix}")
+    add(f"/webgateway/render_thumbnail/{ID}/", render_thumbnail, name="webgateway_thumb0")
+    add(f"/webgateway/render_thumbnail/{ID}/{SIZE}/", render_thumbnail, name="webgateway_thumb1")
+    add(f"/webgateway/render_thumbnail/{ID}/{SIZE}/{h}/", render_thumbnail,
+        name="webgateway_thumb2")
+    add(f"/webgateway/render_birds_eye_view/{ID}/", render_thumbnail, name="webgateway_bev0")
+    add(f"/webgateway/render_birds_eye_view/{ID}/{{size:\\d{{1,9}}}}/", render_thumbnail,
+        name="webgateway_bev1")
+    add("/webgateway/get_thumbnails/", get_thumbnails, name="webgateway_get_thumbnails0")
+    add(f"/webgateway/get_thumbnails/{SIZE}/", get_thumbnails, name="webgateway_get_thumbnails1")
+    add(f"/webgateway/get_thumbnail/{ID}/", get_thumbnail, name="webgateway_get_thumbnail0")
+    add(f"/webgateway/get_thumbnail/{ID}/{SIZE}/", get_thumbnail, name="webgateway_get_thumbnail1")
+    add(f"/webgateway/get_thumbnail/{ID}/{SIZE}/{h}/", get_thumbnail,
+        name="webgateway_get_thumbnail2")
+    add(f"/webgateway/imgData/{ID}/", img_data, name="webgateway_imgdata")
+    add(f"/webgateway/imgData/{ID}/{{key:[^/]{{1,200}}}}/", img_data, name="webgateway_imgdata_key")
+    add("/webgateway/luts/", luts, name="webgateway_luts")
+    # webclient aliases: an optional share id segment, which public data ignores.
+    for share, n in (("", ""), (f"{SHARE}/", "_share")):
+        add(f"/webclient/{share}render_image_region/{ID}/{Z}/{T}/", render_image_region,
+            name=f"webclient_render_image_region{n}")
+        for tail, m in plane_tails:
+            add(f"/webclient/{share}render_image/{ID}/{tail}", render_image,
+                name=f"webclient_render_image{m}{n}")
+            add(f"/webclient/{share}render_image_download/{ID}/{tail}", render_image,
+                name=f"webclient_render_image_download{m}{n}")
+        add(f"/webclient/{share}render_birds_eye_view/{ID}/", render_thumbnail,
+            name=f"webclient_bev0{n}")
+        add(f"/webclient/{share}render_birds_eye_view/{ID}/{{size:\\d{{1,9}}}}/",
+            render_thumbnail, name=f"webclient_bev1{n}")
+        add(f"/webclient/{share}imgData/{ID}/", img_data, name=f"webclient_imgdata{n}")
+        add(f"/webclient/render_thumbnail/{ID}/{share}", render_thumbnail,
+            name=f"webclient_thumb{n}")
+        add(f"/webclient/render_thumbnail/size/{{size:\\d{{1,9}}}}/{ID}/{share}",
+            render_thumbnail, name=f"webclient_thumb_size{n}")
+        add(f"/webclient/get_thumbnails/{share}", get_thumbnails,
+            name=f"webclient_get_thumbnails{n}")
+        add(f"/webclient/get_thumbnail/{ID}/{share}", get_thumbnail,
+            name=f"webclient_get_thumbnail{n}")
+    app.router.add_route("OPTIONS", "/omero_ms_image_region/", ms_options, name="ms_options")
+    add("/omero_ms_image_region/", ms_options, name="ms_options_get")

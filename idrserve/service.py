@@ -1,0 +1,163 @@
+"""The one pipeline every route uses: request → source read → render → encode.
+
+HTTP handlers, benchmarks and (later) `idrserve warm` all call `render_region`, so a tile is
+produced the same way whichever protocol asked for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from idrserve.encode import encode
+from idrserve.errors import NotFound, TooLarge
+from idrserve.model import (
+    MEDIA_TYPES,
+    Box,
+    ImageMeta,
+    Projection,
+    RegionRequest,
+    Selection,
+)
+from idrserve.render import render_rgb
+from idrserve.render.lut import LutTable
+from idrserve.render.project import project
+from idrserve.render.resample import flip, resize_nearest
+from idrserve.settings import LimitSettings
+from idrserve.sources.base import PixelSource
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Deps:
+    """What the pipeline needs; built once per process by `app.create_app`."""
+
+    source: PixelSource
+    luts: LutTable
+    limits: LimitSettings
+    cpu_pool: Executor
+
+
+@dataclass(slots=True)
+class Rendered:
+    body: bytes
+    media_type: str
+    key: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+async def _in_pool(pool: Executor, fn: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+
+def check_plane(meta: ImageMeta, z: int, t: int) -> None:
+    """Out-of-range planes are 404 on OMERO.web (the RE cannot find the plane)."""
+    if not 0 <= z < meta.size_z:
+        raise NotFound(f"z={z} is out of range: the image has {meta.size_z} z-planes", param="z")
+    if not 0 <= t < meta.size_t:
+        raise NotFound(f"t={t} is out of range: the image has {meta.size_t} timepoints", param="t")
+
+
+def clip_box(meta: ImageMeta, level: int, box: Box, param: str) -> Box:
+    """Clip to the level as the RE does; a box starting outside the level is a 404 on web."""
+    lv = meta.levels[level]
+    if box.x >= lv.size_x or box.y >= lv.size_y:
+        raise NotFound(
+            f"{param}: origin ({box.x},{box.y}) is outside the level {level} plane of "
+            f"{lv.size_x}x{lv.size_y} pixels",
+            param=param,
+        )
+    return box.clip(lv.size_x, lv.size_y)
+
+
+def check_pixels(box: Box, limits: LimitSettings, param: str) -> None:
+    if box.w * box.h > limits.max_region_pixels:
+        raise TooLarge(
+            f"{param}: {box.w}x{box.h} = {box.w * box.h} pixels exceeds the limit of "
+            f"{limits.max_region_pixels} pixels per request; request tiles instead "
+            f"(render_image_region with tile=level,col,row)",
+            param=param,
+        )
+
+
+def mirror_box(meta: ImageMeta, level: int, box: Box, flip_h: bool, flip_v: bool) -> Box:
+    """With `flip`, the microservice mirrors the region origin inside the level plane."""
+    lv = meta.levels[level]
+    x = lv.size_x - box.x - box.w if flip_h else box.x
+    y = lv.size_y - box.y - box.h if flip_v else box.y
+    return Box(x, y, box.w, box.h)
+
+
+def thumbnail_size(meta: ImageMeta, longest: int) -> tuple[int, int]:
+    """OMERO's ThumbnailCtx: keep the aspect ratio, truncate the short side."""
+    sx, sy = meta.size_x, meta.size_y
+    if sx > sy:
+        return longest, max(1, int(sy * longest / sx))
+    return max(1, int(sx * longest / sy)), longest
+
+
+def thumbnail_level(meta: ImageMeta, width: int, height: int) -> int:
+    """First level from full resolution down whose width or height fits the target."""
+    for i, lv in enumerate(meta.levels):
+        if lv.size_x <= width or lv.size_y <= height:
+            return i
+    return len(meta.levels) - 1
+
+
+def read_bytes(meta: ImageMeta, sel: Selection) -> int:
+    n = len(sel.channels) * (sel.z_stop - sel.z_start) * sel.box.w * sel.box.h
+    return n * np.dtype(meta.dtype).itemsize
+
+
+async def render_region(req: RegionRequest, meta: ImageMeta, deps: Deps) -> Rendered:
+    """Read, render and encode one region; the caller has validated and clipped `req`."""
+    timings: dict[str, float] = {}
+    indices = req.render.active_indices()
+    box = req.box
+    rgb: np.ndarray
+    if not indices:
+        # No active channel: OMERO renders a black image of the requested size.
+        raw = np.zeros((0, box.h, box.w), dtype=meta.dtype)
+    else:
+        if req.projection is Projection.NORMAL:
+            z_start, z_stop = req.z, req.z + 1
+        else:
+            z_start, z_stop = req.proj_start, req.proj_end + 1
+        sel = Selection(req.level, req.t, z_start, z_stop, indices, box)
+        nbytes = read_bytes(meta, sel)
+        if nbytes > deps.limits.max_read_bytes:
+            raise TooLarge(
+                f"the request needs {nbytes} bytes of raw pixels, over the limit of "
+                f"{deps.limits.max_read_bytes}; use fewer channels, planes or a smaller region"
+            )
+        t0 = time.perf_counter()
+        stack = await deps.source.read(req.image_id, sel)
+        timings["source"] = time.perf_counter() - t0
+        if req.projection is Projection.NORMAL:
+            raw = stack[:, 0]
+        else:
+            kind = req.projection
+            raw = await _in_pool(deps.cpu_pool, lambda: project(stack, kind))
+
+    def _render() -> np.ndarray:
+        out = render_rgb(raw, req.render, meta.dtype, deps.luts)
+        if req.out_size is not None and (out.shape[1], out.shape[0]) != req.out_size:
+            out = resize_nearest(out, req.out_size[0], req.out_size[1])
+        if req.flip_h or req.flip_v:
+            out = flip(out, req.flip_h, req.flip_v)
+        return out
+
+    t0 = time.perf_counter()
+    rgb = await _in_pool(deps.cpu_pool, _render)
+    timings["render"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    body = await _in_pool(deps.cpu_pool, lambda: encode(rgb, req.fmt, req.quality))
+    timings["encode"] = time.perf_counter() - t0
+    return Rendered(body, MEDIA_TYPES[req.fmt], req.key(), timings)

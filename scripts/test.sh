@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's second command: install everything the tests need, then run the whole suite.
+# System packages the tests need are installed here, never by hand (CI starts from a fresh clone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+need_apt=()
+# (Later suites add redis-server, nginx and chromium here.)
+if ((${#need_apt[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+"$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+"$PY" -m ruff check idrserve tests bench
+"$PY" -m ruff format --check idrserve tests bench
+"$PY" -m mypy
+"$PY" -m pytest -q -p no:cacheprovider "$@"
