@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,12 @@ from pydantic_settings import (
 )
 
 
-class ServerSettings(BaseModel):
+class _Group(BaseModel):
+    # A misspelt key in a TOML file or env var must fail loudly, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
@@ -33,7 +38,7 @@ class ServerSettings(BaseModel):
     cache_control: str = "public, max-age=86400"
 
 
-class SourceSettings(BaseModel):
+class SourceSettings(_Group):
     # Directory or URL (file://, https://, s3://) scanned for `<image id>.zarr` at any depth.
     zarr_root: str | None = None
     # CSV or JSON file mapping image id -> local path or URL of an OME-Zarr image.
@@ -54,7 +59,7 @@ class SourceSettings(BaseModel):
     s3_anonymous: bool = True
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(_Group):
     # Largest tile side; web's default is 1024, the microservice (which IDR runs) uses 2048.
     max_tile_length: int = Field(2048, ge=16)
     # Largest rendered region / plane in pixels (render_image, region=).
@@ -70,14 +75,14 @@ class LimitSettings(BaseModel):
     default_jpeg_quality: float = Field(0.85, gt=0, le=1)
 
 
-class ViewerSettings(BaseModel):
+class ViewerSettings(_Group):
     """Values OMERO.web takes from its own configuration (imgData `interpolate`, `init_zoom`)."""
 
     interpolate: bool = True
     init_zoom: int = 0
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Group):
     level: str = "INFO"
     access_log: bool = True
 
