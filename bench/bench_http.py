@@ -57,22 +57,39 @@ def write_image(path: Path, chunk: int, seed: int) -> None:
         )
         arr[...] = level
         datasets.append(
-            {"path": str(i), "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, 2.0**i, 2.0**i]}]}
+            {
+                "path": str(i),
+                "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0**i, 2.0**i]}],
+            }
         )
         level = level[:, ::2, ::2]
-    root.attrs.update({
-        "multiscales": [{"version": "0.4", "datasets": datasets, "axes": [
-            {"name": "c", "type": "channel"},
-            {"name": "y", "type": "space"},
-            {"name": "x", "type": "space"},
-        ]}],
-        "omero": {"channels": [
-            {"label": n, "color": c, "active": True,
-             "window": {"min": 0, "max": 65535, "start": 100, "end": 1500}}
-            for n, c in (("DAPI", "0000FF"), ("GFP", "00FF00"), ("RFP", "FF0000"))
-        ], "rdefs": {"model": "color"}},
-    })
+    root.attrs.update(
+        {
+            "multiscales": [
+                {
+                    "version": "0.4",
+                    "datasets": datasets,
+                    "axes": [
+                        {"name": "c", "type": "channel"},
+                        {"name": "y", "type": "space"},
+                        {"name": "x", "type": "space"},
+                    ],
+                }
+            ],
+            "omero": {
+                "channels": [
+                    {
+                        "label": n,
+                        "color": c,
+                        "active": True,
+                        "window": {"min": 0, "max": 65535, "start": 100, "end": 1500},
+                    }
+                    for n, c in (("DAPI", "0000FF"), ("GFP", "00FF00"), ("RFP", "FF0000"))
+                ],
+                "rdefs": {"model": "color"},
+            },
+        }
+    )
 
 
 def free_port() -> int:
@@ -97,8 +114,21 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
     url_file.write_text("\n".join(urls) + "\n")
     script = tmp / "cycle.lua"
     script.write_text(LUA % url_file)
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
-           "--latency", "-s", str(script), base]
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(script),
+        base,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
@@ -137,9 +167,22 @@ def main() -> int:
     port = free_port()
     env = dict(os.environ, IDRSERVE_SERVER__CPU_THREADS="1", IDRSERVE_LOG__ACCESS_LOG="false")
     server = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "idrserve", "serve", "--zarr-root",
-         str(data), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "idrserve",
+            "serve",
+            "--zarr-root",
+            str(data),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -152,11 +195,13 @@ def main() -> int:
         cases = {
             "256² tiles, 256² chunks": [
                 f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
-                for y in range(SIZE // 256) for x in range(SIZE // 256)
+                for y in range(SIZE // 256)
+                for x in range(SIZE // 256)
             ],
             "512² tiles, 512² chunks": [
                 f"/webgateway/render_image_region/2002/0/0/?tile=0,{x},{y},512,512"
-                for y in range(SIZE // 512) for x in range(SIZE // 512)
+                for y in range(SIZE // 512)
+                for x in range(SIZE // 512)
             ],
         }
         targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
@@ -183,7 +228,7 @@ def main() -> int:
         "decodes (blosc lz4), renders 3 uint16 channels and encodes JPEG q85. "
         f"loadavg at end: {os.getloadavg()[0]:.2f}; nproc {os.cpu_count()}.",
         "",
-        "| case | median tiles/s | min–max | p50 ms | p99 ms | target | ratio to target | non-2xx |",
+        "| case | median tiles/s | min–max | p50 ms | p99 ms | target | ratio | non-2xx |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = {}
@@ -201,7 +246,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"http-{host}-{stamp}.md"
     out.write_text("\n".join(lines))
-    print("\n".join(lines[:12 + len(results)]))
+    print("\n".join(lines[: 12 + len(results)]))
     print(f"written to {out}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

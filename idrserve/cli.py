@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         first = images[0].image_id
         print("try:")
         print(f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=2,0,0,256,256")
-        print(f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
-              "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c")
+        print(
+            f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
+            "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c"
+        )
         print(f"  {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003", flush=True)
         print(f"serving on {base}/ (Ctrl-C to stop)", flush=True)
         run(settings)
@@ -154,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(overrides, args.config)
     logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
     if not settings.source.zarr_root and not settings.source.catalog:
-        print("idrserve serve: give --zarr-root or --catalog (or IDRSERVE_SOURCE__ZARR_ROOT)",
-              file=sys.stderr)
+        print(
+            "idrserve serve: give --zarr-root or --catalog (or IDRSERVE_SOURCE__ZARR_ROOT)",
+            file=sys.stderr,
+        )
         return 2
-    print(f"idrserve {__version__} serving on http://{settings.server.host}:"
-          f"{settings.server.port}/", flush=True)
+    print(
+        f"idrserve {__version__} serving on http://{settings.server.host}:{settings.server.port}/",
+        flush=True,
+    )
     run(settings)
     return 0

@@ -97,9 +97,9 @@ class Settings(BaseSettings):
     # Set by --config / IDRSERVE_CONFIG before the model is built (see `load_settings`).
     toml_file: ClassVar[Path | None] = None
 
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)
     source: SourceSettings = Field(default_factory=SourceSettings)
-    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from idrserve.errors import IdrServeError, SourceUnavailable, UpstreamTimeout
 
@@ -50,7 +51,7 @@ def error_response(
     return web.json_response(body, status=status)
 
 
-def make_error_middleware(timeout_s: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_error_middleware(timeout_s: float) -> Middleware:
     @web.middleware
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id(request)
@@ -88,7 +89,9 @@ def make_error_middleware(timeout_s: float) -> Callable[[web.Request, Handler], 
     return error_middleware
 
 
-def make_on_prepare(cors_origin: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+def make_on_prepare(
+    cors_origin: str,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Access-Control-Allow-Origin"] = cors_origin
         response.headers.setdefault("Access-Control-Expose-Headers", "ETag, X-Request-ID")

@@ -22,9 +22,7 @@ def not_modified(request: web.Request, key: str, cache_control: str) -> web.Resp
     tag = etag_for(key)
     candidates = {part.strip().removeprefix("W/") for part in inm.split(",")}
     if tag in candidates or "*" in candidates:
-        return web.Response(
-            status=304, headers={"ETag": tag, "Cache-Control": cache_control}
-        )
+        return web.Response(status=304, headers={"ETag": tag, "Cache-Control": cache_control})
     return None
 
 
@@ -45,7 +43,9 @@ def image_response(
     )
 
 
-def json_or_jsonp(data: Any, callback: str | None, cache_control: str | None = None) -> web.Response:
+def json_or_jsonp(
+    data: Any, callback: str | None, cache_control: str | None = None
+) -> web.Response:
     """JSON, or `callback(<json>)` as application/javascript when a validated callback is given."""
     text = json.dumps(data, separators=(", ", ": "), allow_nan=False)
     headers = {"Cache-Control": cache_control} if cache_control else None

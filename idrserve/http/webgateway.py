@@ -332,48 +332,88 @@ def add_routes(app: web.Application) -> None:
     plane_tails = (("", "0"), (f"{Z}/", "1"), (f"{Z}/{T}/", "2"))
     h = r"{h:\d{1,9}}"
     for suffix in ("", "_rdef"):
-        add(f"/webgateway/render_image_region{suffix}/{ID}/{Z}/{T}/", render_image_region,
-            name=f"webgateway_render_image_region{suffix}")
+        add(
+            f"/webgateway/render_image_region{suffix}/{ID}/{Z}/{T}/",
+            render_image_region,
+            name=f"webgateway_render_image_region{suffix}",
+        )
         for tail, n in plane_tails:
-            add(f"/webgateway/render_image{suffix}/{ID}/{tail}", render_image,
-                name=f"webgateway_render_image{n}{suffix}")
+            add(
+                f"/webgateway/render_image{suffix}/{ID}/{tail}",
+                render_image,
+                name=f"webgateway_render_image{n}{suffix}",
+            )
     add(f"/webgateway/render_thumbnail/{ID}/", render_thumbnail, name="webgateway_thumb0")
     add(f"/webgateway/render_thumbnail/{ID}/{SIZE}/", render_thumbnail, name="webgateway_thumb1")
-    add(f"/webgateway/render_thumbnail/{ID}/{SIZE}/{h}/", render_thumbnail,
-        name="webgateway_thumb2")
+    add(
+        f"/webgateway/render_thumbnail/{ID}/{SIZE}/{h}/", render_thumbnail, name="webgateway_thumb2"
+    )
     add(f"/webgateway/render_birds_eye_view/{ID}/", render_thumbnail, name="webgateway_bev0")
-    add(f"/webgateway/render_birds_eye_view/{ID}/{{size:\\d{{1,9}}}}/", render_thumbnail,
-        name="webgateway_bev1")
+    add(
+        f"/webgateway/render_birds_eye_view/{ID}/{{size:\\d{{1,9}}}}/",
+        render_thumbnail,
+        name="webgateway_bev1",
+    )
     add("/webgateway/get_thumbnails/", get_thumbnails, name="webgateway_get_thumbnails0")
     add(f"/webgateway/get_thumbnails/{SIZE}/", get_thumbnails, name="webgateway_get_thumbnails1")
     add(f"/webgateway/get_thumbnail/{ID}/", get_thumbnail, name="webgateway_get_thumbnail0")
     add(f"/webgateway/get_thumbnail/{ID}/{SIZE}/", get_thumbnail, name="webgateway_get_thumbnail1")
-    add(f"/webgateway/get_thumbnail/{ID}/{SIZE}/{h}/", get_thumbnail,
-        name="webgateway_get_thumbnail2")
+    add(
+        f"/webgateway/get_thumbnail/{ID}/{SIZE}/{h}/",
+        get_thumbnail,
+        name="webgateway_get_thumbnail2",
+    )
     add(f"/webgateway/imgData/{ID}/", img_data, name="webgateway_imgdata")
     add(f"/webgateway/imgData/{ID}/{{key:[^/]{{1,200}}}}/", img_data, name="webgateway_imgdata_key")
     add("/webgateway/luts/", luts, name="webgateway_luts")
     # webclient aliases: an optional share id segment, which public data ignores.
     for share, n in (("", ""), (f"{SHARE}/", "_share")):
-        add(f"/webclient/{share}render_image_region/{ID}/{Z}/{T}/", render_image_region,
-            name=f"webclient_render_image_region{n}")
+        add(
+            f"/webclient/{share}render_image_region/{ID}/{Z}/{T}/",
+            render_image_region,
+            name=f"webclient_render_image_region{n}",
+        )
         for tail, m in plane_tails:
-            add(f"/webclient/{share}render_image/{ID}/{tail}", render_image,
-                name=f"webclient_render_image{m}{n}")
-            add(f"/webclient/{share}render_image_download/{ID}/{tail}", render_image,
-                name=f"webclient_render_image_download{m}{n}")
-        add(f"/webclient/{share}render_birds_eye_view/{ID}/", render_thumbnail,
-            name=f"webclient_bev0{n}")
-        add(f"/webclient/{share}render_birds_eye_view/{ID}/{{size:\\d{{1,9}}}}/",
-            render_thumbnail, name=f"webclient_bev1{n}")
+            add(
+                f"/webclient/{share}render_image/{ID}/{tail}",
+                render_image,
+                name=f"webclient_render_image{m}{n}",
+            )
+            add(
+                f"/webclient/{share}render_image_download/{ID}/{tail}",
+                render_image,
+                name=f"webclient_render_image_download{m}{n}",
+            )
+        add(
+            f"/webclient/{share}render_birds_eye_view/{ID}/",
+            render_thumbnail,
+            name=f"webclient_bev0{n}",
+        )
+        add(
+            f"/webclient/{share}render_birds_eye_view/{ID}/{{size:\\d{{1,9}}}}/",
+            render_thumbnail,
+            name=f"webclient_bev1{n}",
+        )
         add(f"/webclient/{share}imgData/{ID}/", img_data, name=f"webclient_imgdata{n}")
-        add(f"/webclient/render_thumbnail/{ID}/{share}", render_thumbnail,
-            name=f"webclient_thumb{n}")
-        add(f"/webclient/render_thumbnail/size/{{size:\\d{{1,9}}}}/{ID}/{share}",
-            render_thumbnail, name=f"webclient_thumb_size{n}")
-        add(f"/webclient/get_thumbnails/{share}", get_thumbnails,
-            name=f"webclient_get_thumbnails{n}")
-        add(f"/webclient/get_thumbnail/{ID}/{share}", get_thumbnail,
-            name=f"webclient_get_thumbnail{n}")
+        add(
+            f"/webclient/render_thumbnail/{ID}/{share}",
+            render_thumbnail,
+            name=f"webclient_thumb{n}",
+        )
+        add(
+            f"/webclient/render_thumbnail/size/{{size:\\d{{1,9}}}}/{ID}/{share}",
+            render_thumbnail,
+            name=f"webclient_thumb_size{n}",
+        )
+        add(
+            f"/webclient/get_thumbnails/{share}",
+            get_thumbnails,
+            name=f"webclient_get_thumbnails{n}",
+        )
+        add(
+            f"/webclient/get_thumbnail/{ID}/{share}",
+            get_thumbnail,
+            name=f"webclient_get_thumbnail{n}",
+        )
     app.router.add_route("OPTIONS", "/omero_ms_image_region/", ms_options, name="ms_options")
     add("/omero_ms_image_region/", ms_options, name="ms_options_get")

@@ -7,7 +7,7 @@ hold data, the rest read as the fill value, exactly as a sparse Zarr array would
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,9 @@ def write_ngff04(
         arrays.append(arr)
         factor = shapes[0][-1] / shape[-1]
         scale = [1.0 if a in "ct" else factor * (0.5 if a in "yx" else 1.0) for a in axes]
-        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        datasets.append(
+            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
     attrs: dict[str, Any] = {
         "multiscales": [{"version": "0.4", "axes": [AXES[a] for a in axes], "datasets": datasets}]
     }
@@ -67,7 +69,9 @@ def write_ngff04(
     return arrays
 
 
-def _channel(label: str, color: str, start: float, end: float, active: bool, **kw: Any) -> dict[str, Any]:
+def _channel(
+    label: str, color: str, start: float, end: float, active: bool, **kw: Any
+) -> dict[str, Any]:
     return {
         "label": label,
         "color": color,
@@ -108,23 +112,34 @@ def zarr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # S: 600×400 uint8, one channel, no pyramid, no omero block (defaults apply).
     s_data = rng.integers(0, 256, size=(400, 600), dtype=np.uint8)
     s_data[0, :256] = np.arange(256, dtype=np.uint8)  # every value once, for exact LUT checks
-    write_ngff04(root / "other" / "deeper" / f"{S}.zarr", [(400, 600)], "yx", "uint8", (256, 256),
-                 {"channels": [_channel("gray", "FFFFFF", 0, 255, True)],
-                  "rdefs": {"model": "greyscale"}},
-                 [s_data])
+    write_ngff04(
+        root / "other" / "deeper" / f"{S}.zarr",
+        [(400, 600)],
+        "yx",
+        "uint8",
+        (256, 256),
+        {"channels": [_channel("gray", "FFFFFF", 0, 255, True)], "rdefs": {"model": "greyscale"}},
+        [s_data],
+    )
     # Z: 512×512 uint16, sizeZ = 5, one channel.
     z_data = rng.integers(0, 40000, size=(1, 5, 512, 512), dtype=np.uint16)
-    write_ngff04(root / f"{Z}.zarr", [(1, 5, 512, 512)], "czyx", "uint16", (1, 1, 256, 256),
-                 {"channels": [_channel("ch", "FFFFFF", 0, 65535, True)],
-                  "rdefs": {"model": "greyscale", "defaultZ": 2}},
-                 [z_data])
+    write_ngff04(
+        root / f"{Z}.zarr",
+        [(1, 5, 512, 512)],
+        "czyx",
+        "uint16",
+        (1, 1, 256, 256),
+        {
+            "channels": [_channel("ch", "FFFFFF", 0, 65535, True)],
+            "rdefs": {"model": "greyscale", "defaultZ": 2},
+        },
+        [z_data],
+    )
     return root
 
 
 @pytest.fixture
-def make_client(
-    zarr_root: Path, aiohttp_client: Callable[..., Any]
-) -> Callable[..., Any]:
+def make_client(zarr_root: Path, aiohttp_client: Callable[..., Any]) -> Callable[..., Any]:
     async def factory(**overrides: Any) -> TestClient:
         groups: dict[str, Any] = {"source": {"zarr_root": str(zarr_root)}}
         for key, value in overrides.items():
@@ -138,8 +153,9 @@ def make_client(
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., Any]) -> AsyncIterator[TestClient]:
-    yield await make_client()
+async def client(make_client: Callable[..., Any]) -> TestClient:
+    client: TestClient = await make_client()
+    return client
 
 
 def source_array(root: Path, rel: str, level: int) -> np.ndarray:

@@ -74,8 +74,9 @@ text = st.text(
     max_size=40,
 )
 params = st.dictionaries(
-    st.sampled_from(["tile", "region", "c", "m", "p", "q", "maps", "format", "flip", "z", "t",
-                     "callback", "id"]),
+    st.sampled_from(
+        ["tile", "region", "c", "m", "p", "q", "maps", "format", "flip", "z", "t", "callback", "id"]
+    ),
     text | st.text(max_size=20),
     max_size=6,
 )
@@ -90,15 +91,17 @@ def test_render_image_region_fuzz(live: tuple[str, int], image: int, query: dict
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    route=st.sampled_from([
-        "/webgateway/render_image/{i}/{a}/{b}/",
-        "/webgateway/render_thumbnail/{i}/{a}/",
-        "/webgateway/render_thumbnail/{i}/{a}/{b}/",
-        "/webgateway/render_birds_eye_view/{i}/{a}/",
-        "/webgateway/get_thumbnails/{a}/",
-        "/webgateway/imgData/{i}/{s}/",
-        "/webclient/render_thumbnail/size/{a}/{i}/",
-    ]),
+    route=st.sampled_from(
+        [
+            "/webgateway/render_image/{i}/{a}/{b}/",
+            "/webgateway/render_thumbnail/{i}/{a}/",
+            "/webgateway/render_thumbnail/{i}/{a}/{b}/",
+            "/webgateway/render_birds_eye_view/{i}/{a}/",
+            "/webgateway/get_thumbnails/{a}/",
+            "/webgateway/imgData/{i}/{s}/",
+            "/webclient/render_thumbnail/size/{a}/{i}/",
+        ]
+    ),
     image=st.sampled_from([P, S, Z, 999]),
     a=st.integers(0, 10**12),
     b=st.integers(0, 10**12),

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from PIL import Image
 from aiohttp.test_utils import TestClient
+from PIL import Image
 
 from tests.http.conftest import P, S, Z, decode, source_array
 
@@ -53,8 +53,10 @@ async def get(client: TestClient, url: str, status: int = 200) -> bytes:
 
 # 1 ------------------------------------------------------------------------------------------
 async def test_tile_with_explicit_settings(client: TestClient, zarr_root: Path) -> None:
-    url = (f"{RI}/{P}/0/0/?tile=0,0,0,512,512&c=1|110:1800$0000FF,2|200:2500$00FF00,"
-           "-3|0:900$FF0000&m=c&q=0.9")
+    url = (
+        f"{RI}/{P}/0/0/?tile=0,0,0,512,512&c=1|110:1800$0000FF,2|200:2500$00FF00,"
+        "-3|0:900$FF0000&m=c&q=0.9"
+    )
     resp = await client.get(url)
     assert resp.status == 200
     assert resp.content_type == "image/jpeg"
@@ -63,8 +65,9 @@ async def test_tile_with_explicit_settings(client: TestClient, zarr_root: Path) 
     # Same request as PNG: exact pixels against the independent reference.
     png = decode(await get(client, url + "&format=png"))
     raw = source_array(zarr_root, f"study/{P}.zarr", 0)[:, :512, :512]
-    expected = composite([q_linear(raw[0], 110, 1800), q_linear(raw[1], 200, 2500)],
-                         [(0, 0, 255), (0, 255, 0)])
+    expected = composite(
+        [q_linear(raw[0], 110, 1800), q_linear(raw[1], 200, 2500)], [(0, 0, 255), (0, 255, 0)]
+    )
     np.testing.assert_array_equal(png, expected)
     # JPEG at q=0.9 must be what libjpeg gives for these pixels at quality 90 (Pillow here, an
     # independent encoder build), i.e. the same tables and 4:2:0 subsampling as OMERO's ImageIO.
@@ -78,12 +81,19 @@ async def test_tile_with_explicit_settings(client: TestClient, zarr_root: Path) 
 
 # 2 ------------------------------------------------------------------------------------------
 async def test_iviewer_016_and_018_forms_identical(client: TestClient) -> None:
-    maps16 = quote(json.dumps([{"inverted": {"enabled": False}}, {"inverted": {"enabled": False}}, {}]))
+    maps16 = quote(
+        json.dumps([{"inverted": {"enabled": False}}, {"inverted": {"enabled": False}}, {}])
+    )
     maps18 = quote(json.dumps([{"inverted": {"enabled": False}}, {"inverted": {"enabled": False}}]))
-    a = await get(client, f"{RI}/{P}/0/0/?tile=1,0,0,256,256&c=1|110:1800$0000FF,"
-                  f"2|200:2500$00FF00,-3|0:900$FF0000&m=c&p=normal&maps={maps16}")
-    b = await get(client, f"{RI}/{P}/0/0/?tile=1,0,0,256,256&c=1|110:1800$0000FF,"
-                  f"2|200:2500$00FF00&m=c&maps={maps18}")
+    a = await get(
+        client,
+        f"{RI}/{P}/0/0/?tile=1,0,0,256,256&c=1|110:1800$0000FF,"
+        f"2|200:2500$00FF00,-3|0:900$FF0000&m=c&p=normal&maps={maps16}",
+    )
+    b = await get(
+        client,
+        f"{RI}/{P}/0/0/?tile=1,0,0,256,256&c=1|110:1800$0000FF,2|200:2500$00FF00&m=c&maps={maps18}",
+    )
     assert a == b
 
 
@@ -147,7 +157,9 @@ async def test_tile_or_region_required(client: TestClient) -> None:
         ("0,0,0,10", 400, None),
     ],
 )
-async def test_region(client: TestClient, region: str, status: int, size: tuple[int, int] | None) -> None:
+async def test_region(
+    client: TestClient, region: str, status: int, size: tuple[int, int] | None
+) -> None:
     body = await get(client, f"{RI}/{S}/0/0/?region={region}", status)
     if size:
         img = decode(body)
@@ -163,8 +175,10 @@ async def test_region_too_large_is_413(make_client) -> None:  # type: ignore[no-
 # 10, 11, 12 ---------------------------------------------------------------------------------
 async def test_no_c_uses_saved_settings(client: TestClient) -> None:
     saved = await get(client, f"{RI}/{P}/0/0/?tile=0,0,0,256,256&format=png")
-    explicit = await get(client, f"{RI}/{P}/0/0/?tile=0,0,0,256,256&format=png"
-                         "&c=1|110:1800$0000FF,2|200:2500$00FF00,-3&m=c")
+    explicit = await get(
+        client,
+        f"{RI}/{P}/0/0/?tile=0,0,0,256,256&format=png&c=1|110:1800$0000FF,2|200:2500$00FF00,-3&m=c",
+    )
     assert decode(saved).tolist() == decode(explicit).tolist()
 
 
@@ -184,8 +198,12 @@ async def test_c2_only_keeps_saved_window_and_colour(client: TestClient, zarr_ro
 
 # 13 -----------------------------------------------------------------------------------------
 async def test_greyscale_first_active_only(client: TestClient, zarr_root: Path) -> None:
-    img = decode(await get(client, f"{RI}/{P}/0/0/?tile=0,0,0,256,256&format=png"
-                           "&c=1|110:1800$FF0000,2|0:10$00FF00&m=g"))
+    img = decode(
+        await get(
+            client,
+            f"{RI}/{P}/0/0/?tile=0,0,0,256,256&format=png&c=1|110:1800$FF0000,2|0:10$00FF00&m=g",
+        )
+    )
     raw = source_array(zarr_root, f"study/{P}.zarr", 0)[0, :256, :256]
     q = q_linear(raw, 110, 1800)
     for k in range(3):
@@ -206,13 +224,15 @@ async def test_lut_channel_and_colour_clears_it(client: TestClient, zarr_root: P
     luts = json.loads(await get(client, "/webgateway/luts/"))
     names = [entry["name"] for entry in luts["luts"]]
     assert "cool.lut" in names
-    lut_img = decode(await get(client, f"{RI}/{S}/0/0/?region=0,0,256,1&format=png"
-                               "&c=1|0:255$cool.lut&m=c"))
+    lut_img = decode(
+        await get(client, f"{RI}/{S}/0/0/?region=0,0,256,1&format=png&c=1|0:255$cool.lut&m=c")
+    )
     ramp = lut_img[0]  # row 0 holds the values 0..255 once each
     assert len({tuple(px) for px in ramp}) > 64  # a real colour table, not a grey ramp
     assert not (ramp[:, 0] == ramp[:, 1]).all()
-    red = decode(await get(client, f"{RI}/{S}/0/0/?region=0,0,256,1&format=png"
-                           "&c=1|0:255$FF0000&m=c"))
+    red = decode(
+        await get(client, f"{RI}/{S}/0/0/?region=0,0,256,1&format=png&c=1|0:255$FF0000&m=c")
+    )
     np.testing.assert_array_equal(red[0, :, 0], np.arange(256))
     assert not red[0, :, 1:].any()
 
@@ -220,8 +240,11 @@ async def test_lut_channel_and_colour_clears_it(client: TestClient, zarr_root: P
 # 16 -----------------------------------------------------------------------------------------
 async def test_polynomial_quantization(client: TestClient, zarr_root: Path) -> None:
     maps = quote(json.dumps([{"quantization": {"family": "polynomial", "coefficient": 2}}]))
-    img = decode(await get(client, f"{RI}/{S}/0/0/?region=0,0,256,1&format=png"
-                           f"&c=1|0:255$FFFFFF&m=c&maps={maps}"))
+    img = decode(
+        await get(
+            client, f"{RI}/{S}/0/0/?region=0,0,256,1&format=png&c=1|0:255$FFFFFF&m=c&maps={maps}"
+        )
+    )
     values = img[0, :, 0].astype(int)
     expected = [math.floor(255 / 255.0**2 * float(x) ** 2 + 0.5) for x in range(256)]
     assert values.tolist() == expected
@@ -237,16 +260,21 @@ async def test_window_clamp(client: TestClient) -> None:
 
 
 async def test_window_reset_uint16(client: TestClient, zarr_root: Path) -> None:
-    img = decode(await get(client, f"{RI}/{Z}/0/0/?tile=0,0,0,64,64&format=png"
-                           "&c=1|-100:70000$FFFFFF&m=g"))
+    img = decode(
+        await get(client, f"{RI}/{Z}/0/0/?tile=0,0,0,64,64&format=png&c=1|-100:70000$FFFFFF&m=g")
+    )
     raw = source_array(zarr_root, f"{Z}.zarr", 0)[0, 0, :64, :64]
     np.testing.assert_array_equal(img[..., 0], q_linear(raw, 0, 65535))
 
 
 # 18 -----------------------------------------------------------------------------------------
 async def test_additive_clamp(client: TestClient, zarr_root: Path) -> None:
-    img = decode(await get(client, f"{RI}/{P}/0/0/?tile=0,0,0,64,64&format=png"
-                           "&c=1|0:3000$FF0000,2|0:3000$FF0000&m=c"))
+    img = decode(
+        await get(
+            client,
+            f"{RI}/{P}/0/0/?tile=0,0,0,64,64&format=png&c=1|0:3000$FF0000,2|0:3000$FF0000&m=c",
+        )
+    )
     raw = source_array(zarr_root, f"study/{P}.zarr", 0)[:2, :64, :64]
     a, b = q_linear(raw[0], 0, 3000).astype(int), q_linear(raw[1], 0, 3000).astype(int)
     np.testing.assert_array_equal(img[..., 0], np.minimum(a + b, 255))
@@ -258,14 +286,18 @@ async def test_additive_clamp(client: TestClient, zarr_root: Path) -> None:
     ("p", "expected"),
     [
         ("intmax|1:3", lambda s: s[1:4].max(axis=0)),
-        ("intmean|1:3", lambda s: (s[1:3].astype(np.int64).sum(axis=0) // 2)),  # end exclusive
+        ("intmean|1:3", lambda s: s[1:3].astype(np.int64).sum(axis=0) // 2),  # end exclusive
         ("intsum", lambda s: np.minimum(s[0:4].astype(np.int64).sum(axis=0), 65535)),
     ],
 )
 async def test_projection(client: TestClient, zarr_root: Path, p: str, expected) -> None:  # type: ignore[no-untyped-def]
     # A window of 0:65535 with a white colour shows the projected value's top 8 bits.
-    img = decode(await get(client, f"/webgateway/render_image/{Z}/0/0/?format=png"
-                           f"&c=1|0:65535$FFFFFF&m=g&p={quote(p)}"))
+    img = decode(
+        await get(
+            client,
+            f"/webgateway/render_image/{Z}/0/0/?format=png&c=1|0:65535$FFFFFF&m=g&p={quote(p)}",
+        )
+    )
     stack = source_array(zarr_root, f"{Z}.zarr", 0)[0]
     np.testing.assert_array_equal(img[..., 0], q_linear(expected(stack), 0, 65535))
 
@@ -326,7 +358,9 @@ async def test_thumbnail_missing(client: TestClient) -> None:
 
 # 22 -----------------------------------------------------------------------------------------
 async def test_get_thumbnails(client: TestClient) -> None:
-    doc = json.loads(await get(client, f"/webgateway/get_thumbnails/?id={P}&id={S}&id=999999999&id={S}"))
+    doc = json.loads(
+        await get(client, f"/webgateway/get_thumbnails/?id={P}&id={S}&id=999999999&id={S}")
+    )
     assert list(doc) == [str(P), str(S), "999999999"]
     assert doc["999999999"] is None
     for key in (str(P), str(S)):
@@ -375,8 +409,11 @@ async def test_img_data(client: TestClient) -> None:
 # 24 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "path",
-    [f"/webgateway/imgData/{S}", f"/webgateway/render_thumbnail/{S}/96",
-     f"/webgateway/render_image_region/{S}/0/0?tile=0,0,0"],
+    [
+        f"/webgateway/imgData/{S}",
+        f"/webgateway/render_thumbnail/{S}/96",
+        f"/webgateway/render_image_region/{S}/0/0?tile=0,0,0",
+    ],
 )
 async def test_missing_slash_redirects(client: TestClient, path: str) -> None:
     resp = await client.get(path, allow_redirects=False)
@@ -390,8 +427,13 @@ async def test_missing_slash_redirects(client: TestClient, path: str) -> None:
 # Route grammar and cross-cutting headers ------------------------------------------------------
 @pytest.mark.parametrize(
     "path",
-    ["/webgateway/render_image_region/-1/0/0/?tile=0,0,0", "/webgateway/render_image_region/x/0/0/",
-     "/webgateway/imgData/1e3/", "/nope/", f"/webgateway/render_image/{S}/0/0/0/"],
+    [
+        "/webgateway/render_image_region/-1/0/0/?tile=0,0,0",
+        "/webgateway/render_image_region/x/0/0/",
+        "/webgateway/imgData/1e3/",
+        "/nope/",
+        f"/webgateway/render_image/{S}/0/0/0/",
+    ],
 )
 async def test_no_route_is_json_404(client: TestClient, path: str) -> None:
     resp = await client.get(path)
@@ -416,7 +458,9 @@ async def test_headers_etag_304_cors(client: TestClient) -> None:
 
 async def test_webclient_aliases(client: TestClient) -> None:
     a = await get(client, f"/webclient/render_image_region/{S}/0/0/?region=0,0,50,50&format=png")
-    b = await get(client, f"/webclient/123/render_image_region/{S}/0/0/?region=0,0,50,50&format=png")
+    b = await get(
+        client, f"/webclient/123/render_image_region/{S}/0/0/?region=0,0,50,50&format=png"
+    )
     c = await get(client, f"{RI}/{S}/0/0/?region=0,0,50,50&format=png")
     assert a == b == c
     resp = await client.get(f"/webclient/render_image_download/{S}/0/0/?format=png")
@@ -426,8 +470,10 @@ async def test_webclient_aliases(client: TestClient) -> None:
 
 async def test_rdef_variant_is_strict(client: TestClient) -> None:
     await get(client, f"/webgateway/render_image_region_rdef/{S}/0/0/?region=0,0,10,10", 400)
-    await get(client, f"/webgateway/render_image_region_rdef/{S}/0/0/?region=0,0,10,10"
-              "&c=1|0:255$FFFFFF&m=g")
+    await get(
+        client,
+        f"/webgateway/render_image_region_rdef/{S}/0/0/?region=0,0,10,10&c=1|0:255$FFFFFF&m=g",
+    )
 
 
 async def test_formats_and_flip(client: TestClient) -> None:
@@ -438,8 +484,9 @@ async def test_formats_and_flip(client: TestClient) -> None:
     flipped = decode(await get(client, base + "&format=png&flip=hv"))
     np.testing.assert_array_equal(flipped, png[::-1, ::-1])
     # A flipped tile is taken from the mirrored position, as on the microservice.
-    tile = decode(await get(client, f"{RI}/{S}/0/0/?tile=0,0,0,100,100&c=1|0:255$FFFFFF"
-                            "&format=png&flip=h"))
+    tile = decode(
+        await get(client, f"{RI}/{S}/0/0/?tile=0,0,0,100,100&c=1|0:255$FFFFFF&format=png&flip=h")
+    )
     np.testing.assert_array_equal(tile, png[:100, 500:600][:, ::-1])
     await get(client, base + "&format=gif", 400)
     await get(client, base + "&q=abc", 400)

@@ -1,0 +1,158 @@
+"""The README's first command, for real: `idrserve demo` writes the data and serves it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "server exited early"
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+def fetch(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    data_dir = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "idrserve",
+            "demo",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        yield base, str(data_dir)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        print(out.decode(errors="replace"))
+
+
+def test_demo_serves_every_image(demo_server: tuple[str, str]) -> None:
+    base, data_dir = demo_server
+    listing = json.loads(fetch(base + "/")[2])
+    ids = [image["id"] for image in listing["images"]]
+    assert len(ids) >= 5
+    for iid in ids:
+        status, ctype, body = fetch(f"{base}/webgateway/imgData/{iid}/")
+        assert status == 200, (iid, body[:200])
+        doc = json.loads(body)
+        assert doc["id"] == iid
+        status, ctype, body = fetch(f"{base}/webgateway/render_thumbnail/{iid}/")
+        assert (status, ctype) == (200, "image/jpeg"), iid
+        assert body[:2] == b"\xff\xd8"
+        status, ctype, _ = fetch(
+            f"{base}/webgateway/render_image_region/{iid}/0/0/?tile={doc.get('levels', 1) - 1},0,0"
+        )
+        assert status == 200, iid
+    assert Path(data_dir, "1001.zarr").exists() or any(Path(data_dir).rglob("1001.zarr"))
+
+
+def test_demo_big_pyramid(demo_server: tuple[str, str]) -> None:
+    base, _ = demo_server
+    doc = json.loads(fetch(f"{base}/webgateway/imgData/1001/")[2])
+    assert doc["size"]["width"] >= 4096 and doc["size"]["c"] == 3
+    assert doc["levels"] >= 4 and doc["meta"]["pixelsType"] == "uint16"
+    status, ctype, _body = fetch(
+        f"{base}/webgateway/render_image_region/1001/0/0/?tile=0,3,3&c=1|0:8000$0000FF,"
+        "2|0:8000$00FF00,-3&m=c"
+    )
+    assert (status, ctype) == (200, "image/jpeg")
+
+
+def test_serve_requires_a_source() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "idrserve", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")},
+    )
+    assert proc.returncode == 2
+    assert "--zarr-root" in proc.stderr
+
+
+def test_serve_with_two_workers(demo_server: tuple[str, str]) -> None:
+    _, data_dir = demo_server
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "idrserve",
+            "serve",
+            "--zarr-root",
+            data_dir,
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        for _ in range(20):
+            assert fetch(f"{base}/webgateway/render_thumbnail/1003/")[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode is not None
+
+
+def test_config_show_redacts_nothing_secret_and_is_json() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "idrserve", "config", "show"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    doc = json.loads(out)
+    assert doc["limits"]["max_tile_length"] == 2048
