@@ -121,7 +121,7 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
         "wrk",
         "-t1",
         f"-c{conns}",
-        f"-d{duration}s",
+        f"-d{round(duration)}s",
         "--timeout",
         "5s",
         "--latency",

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -116,12 +117,17 @@ def read_bytes(meta: ImageMeta, sel: Selection) -> int:
     return n * np.dtype(meta.dtype).itemsize
 
 
-async def render_region(req: RegionRequest, meta: ImageMeta, deps: Deps) -> Rendered:
-    """Read, render and encode one region; the caller has validated and clipped `req`."""
+async def render_region(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, key: str | None = None
+) -> Rendered:
+    """Read, render and encode one region; the caller has validated and clipped `req`.
+
+    `key` is `req.key()` when the caller has already computed it (it costs microseconds).
+    """
     timings: dict[str, float] = {}
+    key = key or req.key()
     indices = req.render.active_indices()
     box = req.box
-    rgb: np.ndarray
     if not indices:
         # No active channel: OMERO renders a black image of the requested size.
         raw = np.zeros((0, box.h, box.w), dtype=meta.dtype)
@@ -137,6 +143,13 @@ async def render_region(req: RegionRequest, meta: ImageMeta, deps: Deps) -> Rend
                 f"the request needs {nbytes} bytes of raw pixels, over the limit of "
                 f"{deps.limits.max_read_bytes}; use fewer channels, planes or a smaller region"
             )
+        direct = deps.source.sync_reader(req.image_id, sel)
+        if direct is not None and req.projection is Projection.NORMAL:
+            # Read, render and encode in one executor job: each hop costs about as much as
+            # encoding a small tile (bench/results/http-*.md).
+            return await _in_pool(
+                deps.cpu_pool, partial(_read_render_encode, req, meta, deps, direct, key)
+            )
         t0 = time.perf_counter()
         stack = await deps.source.read(req.image_id, sel)
         timings["source"] = time.perf_counter() - t0
@@ -146,18 +159,37 @@ async def render_region(req: RegionRequest, meta: ImageMeta, deps: Deps) -> Rend
             kind = req.projection
             raw = await _in_pool(deps.cpu_pool, lambda: project(stack, kind))
 
-    def _render() -> np.ndarray:
-        out = render_rgb(raw, req.render, meta.dtype, deps.luts)
-        if req.out_size is not None and (out.shape[1], out.shape[0]) != req.out_size:
-            out = resize_nearest(out, req.out_size[0], req.out_size[1])
-        if req.flip_h or req.flip_v:
-            out = flip(out, req.flip_h, req.flip_v)
-        return out
+    body = await _in_pool(deps.cpu_pool, partial(_render_encode, req, meta, deps, raw, timings))
+    return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
 
+
+def _render_encode(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, raw: np.ndarray, timings: dict[str, float]
+) -> bytes:
+    """Render and encode in one executor job; a hop costs about as much as a small encode."""
     t0 = time.perf_counter()
-    rgb = await _in_pool(deps.cpu_pool, _render)
-    timings["render"] = time.perf_counter() - t0
+    out = render_rgb(raw, req.render, meta.dtype, deps.luts)
+    if req.out_size is not None and (out.shape[1], out.shape[0]) != req.out_size:
+        out = resize_nearest(out, req.out_size[0], req.out_size[1])
+    if req.flip_h or req.flip_v:
+        out = flip(out, req.flip_h, req.flip_v)
+    t1 = time.perf_counter()
+    body = encode(out, req.fmt, req.quality)
+    timings["render"] = t1 - t0
+    timings["encode"] = time.perf_counter() - t1
+    return body
+
+
+def _read_render_encode(
+    req: RegionRequest,
+    meta: ImageMeta,
+    deps: Deps,
+    read: Callable[[], np.ndarray],
+    key: str,
+) -> Rendered:
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    body = await _in_pool(deps.cpu_pool, lambda: encode(rgb, req.fmt, req.quality))
-    timings["encode"] = time.perf_counter() - t0
-    return Rendered(body, MEDIA_TYPES[req.fmt], req.key(), timings)
+    raw = read()[:, 0]
+    timings["source"] = time.perf_counter() - t0
+    body = _render_encode(req, meta, deps, raw, timings)
+    return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)

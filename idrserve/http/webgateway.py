@@ -71,10 +71,11 @@ def _opt_path_int(request: web.Request, name: str) -> int | None:
 
 async def _respond(request: web.Request, req: RegionRequest, meta: ImageMeta) -> web.StreamResponse:
     ctx = _ctx(request)
-    early = not_modified(request, req.key(), ctx.cache_control)
+    key = req.key()
+    early = not_modified(request, key, ctx.cache_control)
     if early is not None:
         return early
-    rendered = await render_region(req, meta, ctx.deps)
+    rendered = await render_region(req, meta, ctx.deps, key)
     return image_response(rendered, ctx.cache_control)
 
 

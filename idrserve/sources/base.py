@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -25,3 +26,7 @@ class PixelSource(Protocol):
     async def read(self, image_id: int, sel: Selection) -> np.ndarray: ...
 
     async def aclose(self) -> None: ...
+
+    def sync_reader(self, image_id: int, sel: Selection) -> Callable[[], np.ndarray] | None:
+        """Capability: a blocking read the caller may run in its own worker thread, or None."""
+        ...

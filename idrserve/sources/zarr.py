@@ -43,7 +43,7 @@ import re
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -63,6 +63,7 @@ from idrserve.catalog import Catalog, Location, open_object_store
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
 from idrserve.sources import ngff
+from idrserve.sources.direct import DirectV2Array, open_direct
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class _Record:
     arrays: tuple[AsyncArray[Any], ...]
     digest: str
     checked_at: float
+    # Per level: a direct chunk reader for local Zarr v2 arrays (see `sources/direct.py`).
+    direct: tuple[DirectV2Array | None, ...] = ()
 
 
 class ZarrSource:
@@ -174,13 +177,18 @@ class ZarrSource:
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise errors.SourceError(f"image {image_id}: bad OME-NGFF metadata: {exc}") from exc
+        direct: tuple[DirectV2Array | None, ...] = ()
+        if isinstance(location, Path) and fmt == 2 and self._settings.direct_reads:
+            direct = tuple(
+                open_direct(location / path, docs[_array_key(path, fmt)]) for path in ms.paths
+            )
         fallback_name = Path(str(location).rstrip("/")).name
         draft = ngff.to_image_meta(image, image_id, stats={}, data_version=digest)
         stats = await self._stats(image, arrays, draft)
         meta = ngff.to_image_meta(
             image, image_id, stats=stats, data_version=digest, fallback_name=fallback_name
         )
-        return _Record(meta, image, arrays, digest, time.monotonic())
+        return _Record(meta, image, arrays, digest, time.monotonic(), direct)
 
     async def _fetch_docs(
         self, image_id: int, store: Any
@@ -219,7 +227,7 @@ class ZarrSource:
         box = Box((lm.size_x - w) // 2, (lm.size_y - h) // 2, w, h)
         z = draft.default_z
         sel = Selection(level, draft.default_t, z, z + 1, channels, box)
-        rec = _Record(draft, image, tuple(arrays), "", 0.0)
+        rec = _Record(draft, image, tuple(arrays), "", 0.0)  # stats read through zarr
         try:
             planes = await self._read(rec, sel)
         except errors.SourceError as exc:
@@ -235,12 +243,13 @@ class ZarrSource:
 
     async def _read(self, rec: _Record, sel: Selection) -> np.ndarray:
         image, arr = rec.image, rec.arrays[sel.level]
+        direct = rec.direct[sel.level] if rec.direct else None
         z_levels = _level_planes(image, sel)
         runs = _runs(sel.channels)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(self._read_run(arr, image.axes, sel, c0, c1, z_levels))
+                    tg.create_task(self._read_run(arr, direct, image.axes, sel, c0, c1, z_levels))
                     for c0, c1 in runs
                 ]
         except* errors.IdrServeError as group:
@@ -255,6 +264,7 @@ class ZarrSource:
     async def _read_run(
         self,
         arr: AsyncArray[Any],
+        direct: DirectV2Array | None,
         axes: tuple[str, ...],
         sel: Selection,
         c0: int,
@@ -262,26 +272,71 @@ class ZarrSource:
         z_levels: list[int],
     ) -> np.ndarray:
         """One basic-slice read of channels [c0, c1) as (c, z, y, x) in stored byte order."""
-        b = sel.box
-        wanted: dict[str, int | slice] = {
-            "t": sel.t,
-            "c": slice(c0, c1),
-            "z": slice(z_levels[0], z_levels[-1] + 1),
-            "y": slice(b.y, b.y + b.h),
-            "x": slice(b.x, b.x + b.w),
-        }
-        selector = tuple(wanted[role] for role in axes)
+        selector = _selector(axes, sel, c0, c1, z_levels)
         try:
             async with self._sem:
-                data = np.asarray(await arr.getitem(selector))
+                if direct is not None:
+                    loop = asyncio.get_running_loop()
+                    data = await loop.run_in_executor(self._executor, direct.read, selector)
+                else:
+                    data = np.asarray(await arr.getitem(selector))
         except Exception as exc:
             raise _failure(exc, f"reading {arr.store_path}") from exc
-        kept = [role for role in axes if role != "t"]
-        for role in ("z", "c"):
-            if role not in kept:
-                data = data[np.newaxis]
-                kept.insert(0, role)
-        return np.transpose(data, [kept.index(role) for role in "czyx"])
+        return _to_czyx(data, axes)
+
+    def sync_reader(self, image_id: int, sel: Selection) -> Callable[[], np.ndarray] | None:
+        """A blocking read of `sel`, for callers that run it in their own worker thread.
+
+        Only for images whose metadata is loaded and whose level is a local Zarr v2 array
+        (the direct path): the service then reads, renders and encodes in one executor job
+        instead of three hops. None means "use `read`".
+        """
+        rec = self._records.get(image_id)
+        if rec is None or not rec.direct:
+            return None
+        direct = rec.direct[sel.level] if 0 <= sel.level < len(rec.direct) else None
+        if direct is None:
+            return None
+        _check_selection(rec.meta, sel)
+        image = rec.image
+        z_levels = _level_planes(image, sel)
+        runs = _runs(sel.channels)
+
+        def read() -> np.ndarray:
+            try:
+                parts = [
+                    _to_czyx(direct.read(_selector(image.axes, sel, c0, c1, z_levels)), image.axes)
+                    for c0, c1 in runs
+                ]
+            except Exception as exc:
+                raise _failure(exc, f"reading image {image_id}") from exc
+            return _assemble(parts, z_levels, sel.z_start)
+
+        return read
+
+
+def _selector(
+    axes: tuple[str, ...], sel: Selection, c0: int, c1: int, z_levels: list[int]
+) -> tuple[int | slice, ...]:
+    b = sel.box
+    wanted: dict[str, int | slice] = {
+        "t": sel.t,
+        "c": slice(c0, c1),
+        "z": slice(z_levels[0], z_levels[-1] + 1),
+        "y": slice(b.y, b.y + b.h),
+        "x": slice(b.x, b.x + b.w),
+    }
+    return tuple(wanted[role] for role in axes)
+
+
+def _to_czyx(data: np.ndarray, axes: tuple[str, ...]) -> np.ndarray:
+    """Arrays read with `_selector` (t dropped) as (c, z, y, x), adding missing axes."""
+    kept = [role for role in axes if role != "t"]
+    for role in ("z", "c"):
+        if role not in kept:
+            data = data[np.newaxis]
+            kept.insert(0, role)
+    return np.transpose(data, [kept.index(role) for role in "czyx"])
 
 
 def _assemble(parts: list[np.ndarray], z_levels: list[int], z_start: int) -> np.ndarray:

@@ -303,3 +303,17 @@ class TestS3Signed(SourceConformance):
         settings = SourceSettings(catalog=catalog, s3_endpoint=s3_server, s3_anonymous=False)
         async for c in open_case(settings, axes, levels, tiles):
             yield c
+
+
+class TestPerLevelChunkShapesThroughZarr(TestPerLevelChunkShapes):
+    """The same v2 data read through zarr-python (zarrs) instead of the direct chunk reader."""
+
+    @pytest.fixture
+    async def case(self, tmp_path: Path) -> AsyncIterator[Case]:
+        levels = pyramid(ramp((2, 1, 257, 301), "uint16", seed=9), 3)
+        chunks = [(1, 1, 64, 100), (2, 1, 50, 30), (2, 1, 64, 75)]
+        attrs = {"multiscales": [multiscales("czyx", 3, version="0.4")]}
+        write_v2(tmp_path / f"{IMAGE_ID}.zarr", levels, attrs, chunks=chunks)
+        settings = SourceSettings(zarr_root=str(tmp_path), direct_reads=False)
+        async for c in open_case(settings, "czyx", levels, tiles_of(chunks)):
+            yield c
