@@ -164,56 +164,57 @@ def main() -> int:
     data = tmp / "data"
     write_image(data / "2001.zarr", 256, 1)
     write_image(data / "2002.zarr", 512, 2)
-    port = free_port()
-    env = dict(os.environ, IDRSERVE_SERVER__CPU_THREADS="1", IDRSERVE_LOG__ACCESS_LOG="false")
-    server = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            "0",
-            sys.executable,
-            "-m",
-            "idrserve",
-            "serve",
-            "--zarr-root",
-            str(data),
-            "--port",
-            str(port),
+    # Two builds of the same server, interleaved: the default (direct chunk reads for local
+    # Zarr v2) and reads through zarr-python + zarrs, so the fast path is measured as a ratio.
+    variants = {"idrserve": "true", "idrserve, zarr-python reads": "false"}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    for label, direct in variants.items():
+        port = free_port()
+        env = dict(
+            os.environ,
+            IDRSERVE_SERVER__CPU_THREADS="1",
+            IDRSERVE_LOG__ACCESS_LOG="false",
+            IDRSERVE_SOURCE__DIRECT_READS=direct,
+        )
+        cmd = ["taskset", "-c", "0", sys.executable, "-m", "idrserve", "serve"]
+        cmd += ["--zarr-root", str(data), "--port", str(port)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers[label] = (proc, f"http://127.0.0.1:{port}")
+    cases = {
+        "256² tiles, 256² chunks": [
+            f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
+            for y in range(SIZE // 256)
+            for x in range(SIZE // 256)
         ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
+        "512² tiles, 512² chunks": [
+            f"/webgateway/render_image_region/2002/0/0/?tile=0,{x},{y},512,512"
+            for y in range(SIZE // 512)
+            for x in range(SIZE // 512)
+        ],
+    }
+    targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
+    results: dict[str, list[dict[str, float]]] = {}
     try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        cases = {
-            "256² tiles, 256² chunks": [
-                f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
-                for y in range(SIZE // 256)
-                for x in range(SIZE // 256)
-            ],
-            "512² tiles, 512² chunks": [
-                f"/webgateway/render_image_region/2002/0/0/?tile=0,{x},{y},512,512"
-                for y in range(SIZE // 512)
-                for x in range(SIZE // 512)
-            ],
-        }
-        targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
-        for urls in cases.values():  # warm-up: opens arrays, fills the OS page cache
-            run_wrk(base, urls, 3, args.conns, tmp)
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _proc, base in servers.values():
+            for _ in range(100):
+                try:
+                    with urllib.request.urlopen(base + "/healthz", timeout=1):
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            for urls in cases.values():  # warm-up: opens arrays, fills the OS page cache
+                run_wrk(base, urls, 3, args.conns, tmp)
         for _ in range(args.rounds):
             for name, urls in cases.items():
-                results[name].append(run_wrk(base, urls, args.duration, args.conns, tmp))
+                for label, (_proc, base) in servers.items():
+                    row = f"{name} ({label})"
+                    results.setdefault(row, []).append(
+                        run_wrk(base, urls, args.duration, args.conns, tmp)
+                    )
     finally:
-        server.terminate()
-        server.wait(10)
+        for proc, _base in servers.values():
+            proc.terminate()
+            proc.wait(10)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     host = platform.node() or "host"
     lines = [
@@ -233,15 +234,22 @@ def main() -> int:
     ]
     summary = {}
     for name, rounds in results.items():
+        target = targets[name.split(" (")[0]]
         rps = [r["rps"] for r in rounds]
         med = statistics.median(rps)
         summary[name] = med
         lines.append(
             f"| {name} | {med:.0f} | {min(rps):.0f}–{max(rps):.0f} | "
             f"{statistics.median(r['p50_ms'] for r in rounds):.1f} | "
-            f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {targets[name]:.0f} | "
-            f"{med / targets[name]:.2f} | {sum(r['non2xx'] for r in rounds):.0f} |"
+            f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {target:.0f} | "
+            f"{med / target:.2f} | {sum(r['non2xx'] for r in rounds):.0f} |"
         )
+    lines += ["", "Direct chunk reads vs zarr-python reads, median of per-round ratios:", ""]
+    for name in cases:
+        fast = results[f"{name} (idrserve)"]
+        slow = results[f"{name} (idrserve, zarr-python reads)"]
+        ratios = [a["rps"] / b["rps"] for a, b in zip(fast, slow, strict=True)]
+        lines.append(f"- {name}: {statistics.median(ratios):.2f}×")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"http-{host}-{stamp}.md"

@@ -3,8 +3,9 @@
 Why not zarr-python here: on a 256² tile from 256² chunks (3 channels, blosc-lz4) zarr's async
 `getitem` costs ≈ 0.8 ms of wall time per tile even with the zarrs pipeline, most of it in
 per-call Python machinery and thread hops, while reading three page-cached chunk files and
-decoding them costs ≈ 0.2 ms. `bench/bench_http.py` measured 810 tiles/s on one core through
-zarr and NNN through this path (see `bench/results/http-*.md`). The reader covers the common
+decoding them costs ≈ 0.25 ms. `bench/bench_http.py` runs both side by side: 1.13× the cold
+256² tiles/s and 1.08× the 512² tiles/s of zarr-python reads (`bench/results/http-*.md`),
+which is what lifts a single core to the 900 tiles/s target. The reader covers the common
 case only — Zarr v2, local files, C order, no filters, any numcodecs compressor — and the
 whole selection runs in one executor call. Everything else (Zarr v3, sharding, remote stores,
 filters, F order) goes through zarr-python.
