@@ -175,6 +175,8 @@ def main() -> int:
             IDRSERVE_SERVER__CPU_THREADS="1",
             IDRSERVE_LOG__ACCESS_LOG="false",
             IDRSERVE_SOURCE__DIRECT_READS=direct,
+            # Cold means cold: no response cache, every request renders.
+            IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
         )
         cmd = ["taskset", "-c", "0", sys.executable, "-m", "idrserve", "serve"]
         cmd += ["--zarr-root", str(data), "--port", str(port)]

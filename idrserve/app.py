@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from idrserve import __version__
+from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
 from idrserve.http import webgateway
+from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
 from idrserve.http.webgateway import DEPS, SETTINGS
 from idrserve.render.lut import LutTable
@@ -21,6 +24,7 @@ from idrserve.sources.zarr import ZarrSource
 log = logging.getLogger("idrserve")
 
 READY = web.AppKey("ready", dict)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
 CATALOG = web.AppKey("catalog", Catalog)
 
 
@@ -46,10 +50,20 @@ async def index(request: web.Request) -> web.Response:
     return web.json_response({"service": "idrserve", "version": __version__, "images": images})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this process's counters (cache tiers, per process)."""
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(settings: Settings) -> web.Application:
     limits = settings.limits
+    url_index = UrlIndex(settings.cache.url_index_entries)
     app = web.Application(
         middlewares=[
+            make_fastpath_middleware(
+                url_index, lambda request: request.app[DEPS], settings.server.cache_control
+            ),
             make_error_middleware(limits.request_timeout_s),
             web.normalize_path_middleware(
                 append_slash=True, merge_slashes=False, redirect_class=web.HTTPMovedPermanently
@@ -59,6 +73,8 @@ def create_app(settings: Settings) -> web.Application:
         handler_args={"max_line_size": limits.max_url_length, "max_field_size": 8190},
     )
     app[SETTINGS] = settings
+    # One registry per app, so several apps (tests, workers) never share counters.
+    app[REGISTRY] = CollectorRegistry()
     app[READY] = {"ready": False}
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
 
@@ -67,18 +83,22 @@ def create_app(settings: Settings) -> web.Application:
         catalog = Catalog(settings.source)
         source = ZarrSource(settings.source, catalog)
         luts = LutTable(settings.source.lut_dir)
+        cache = TieredCache(settings.cache, registry=app[REGISTRY])
+        await cache.start()
         app[CATALOG] = catalog
-        app[DEPS] = Deps(source=source, luts=luts, limits=limits, cpu_pool=cpu_pool)
+        app[DEPS] = Deps(source=source, luts=luts, limits=limits, cpu_pool=cpu_pool, cache=cache)
         app[READY]["ready"] = True
         try:
             yield
         finally:
             app[READY]["ready"] = False
+            await cache.aclose()  # drains pending cache writes
             await source.aclose()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/", index, name="index")
+    app.router.add_get("/metrics", metrics, name="metrics")
     webgateway.add_routes(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import json
 import logging
@@ -48,6 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(serve)
     serve.add_argument("--zarr-root", help="directory or URL scanned for <image id>.zarr")
     serve.add_argument("--catalog", type=Path, help="CSV or JSON file: image id -> path or URL")
+
+    cache = sub.add_parser("cache", help="inspect, purge or warm the response caches")
+    cache_sub = cache.add_subparsers(dest="action", required=True)
+    stats = cache_sub.add_parser("stats", help="per-tier entries and bytes (disk, Redis)")
+    stats.add_argument("--config", type=Path)
+    purge = cache_sub.add_parser("purge", help="invalidate every cached response of images")
+    purge.add_argument("--image", type=int, action="append", required=True, metavar="ID")
+    purge.add_argument("--config", type=Path)
+    warm = cache_sub.add_parser("warm", help="pre-render through a running server")
+    warm.add_argument("--server", default="http://127.0.0.1:8080", help="base URL of idrserve")
+    warm.add_argument(
+        "--image",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="thumbnails and low-resolution levels of this image",
+    )
+    warm.add_argument("--access-log", type=Path, help="replay rendering URLs of an access log")
+    warm.add_argument(
+        "--max-side",
+        type=int,
+        default=2048,
+        help="warm every tile of levels at most this many pixels wide",
+    )
+    warm.add_argument("--concurrency", type=int, default=8)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("action", choices=["show"])
@@ -138,12 +165,84 @@ def run(settings: Settings) -> None:
         p.join()
 
 
+async def _cache_command(args: argparse.Namespace) -> int:
+    if args.action == "warm":
+        from idrserve.warm import urls_for_images, urls_from_access_log, warm
+
+        base = args.server.rstrip("/")
+        urls: list[str] = []
+        if args.access_log:
+            urls += urls_from_access_log(args.access_log)
+        if args.image:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                urls += await urls_for_images(session, base, args.image, args.max_side)
+        if not urls:
+            print(
+                "idrserve cache warm: nothing to warm (give --image or --access-log)",
+                file=sys.stderr,
+            )
+            return 2
+        report = await warm(base, urls, concurrency=args.concurrency)
+        print(
+            json.dumps(
+                {
+                    "urls": len(urls),
+                    "failed": report.failed,
+                    "seconds": round(report.seconds, 2),
+                    "statuses": report.statuses,
+                }
+            )
+        )
+        return 1 if report.failed else 0
+
+    from idrserve.cache import CachePurgeError, TieredCache
+
+    settings = load_settings(config_file=args.config)
+    cache = TieredCache(settings.cache)
+    try:
+        if args.action == "purge":
+            if settings.cache.dir is None and not settings.cache.redis_url:
+                print(
+                    "idrserve cache purge: no shared tier configured (IDRSERVE_CACHE_DIR or "
+                    "IDRSERVE_REDIS_URL); a process-local memory cache cannot be purged from "
+                    "outside",
+                    file=sys.stderr,
+                )
+                return 2
+            status = 0
+            for image_id in args.image:
+                try:
+                    generation = await cache.purge_image(image_id)
+                except CachePurgeError as exc:
+                    print(
+                        f"image {image_id}: {exc} (generation {exc.generation})",
+                        file=sys.stderr,
+                    )
+                    status = 1
+                    continue
+                print(f"image {image_id}: cache generation now {generation}")
+            return status
+        summary = {
+            "tiers": list(cache.tiers),
+            "disk": await cache.disk_stats(),
+            "redis": await cache.redis_stats(count_keys=True),
+        }
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    finally:
+        await cache.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         settings = load_settings(config_file=args.config)
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
         return 0
+    if args.command == "cache":
+        return asyncio.run(_cache_command(args))
     overrides = _overrides(args)
     if args.command == "demo":
         from idrserve.demo import write_demo

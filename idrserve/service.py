@@ -1,7 +1,7 @@
-"""The one pipeline every route uses: request → source read → render → encode.
+"""The one pipeline every route uses: request → cache → source read → render → encode → cache.
 
-HTTP handlers, benchmarks and (later) `idrserve warm` all call `render_region`, so a tile is
-produced the same way whichever protocol asked for it.
+HTTP handlers and benchmarks call `cached_render` (or `render_region` underneath it), so a tile
+is produced and cached the same way whichever protocol asked for it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from idrserve.cache import CacheEntry, TieredCache, response_key
 from idrserve.encode import encode
 from idrserve.errors import NotFound, TooLarge
 from idrserve.model import (
@@ -44,6 +45,7 @@ class Deps:
     luts: LutTable
     limits: LimitSettings
     cpu_pool: Executor
+    cache: TieredCache | None = None
 
 
 @dataclass(slots=True)
@@ -52,6 +54,43 @@ class Rendered:
     media_type: str
     key: str
     timings: dict[str, float] = field(default_factory=dict)
+    # Which cache tier answered: memory, disk, redis, coalesced (waited for a concurrent
+    # render), miss (rendered now) or off (no cache configured).
+    tier: str = "off"
+
+
+async def cache_key(req: RegionRequest, deps: Deps) -> tuple[str, int]:
+    """The response's cache key (also its ETag) and the image's purge generation in it.
+
+    The key joins the image, its purge generation and a digest of everything that changes the
+    bytes (`RegionRequest.canonical`: settings, region, format, the image's data version and
+    the render schema), never the URL.
+    """
+    digest = req.key()
+    if deps.cache is None:
+        return digest, 0
+    generation = await deps.cache.generation(req.image_id)
+    return response_key(req.image_id, generation, digest), generation
+
+
+async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Rendered:
+    """Answer from the cheapest cache tier, or render once (single-flight) and store."""
+    if deps.cache is None:
+        rendered = await render_region(req, meta, deps, key)
+        rendered.tier = "off"
+        return rendered
+    timings: dict[str, float] = {}
+
+    async def render() -> CacheEntry:
+        rendered = await render_region(req, meta, deps, key)
+        timings.update(rendered.timings)
+        return CacheEntry(rendered.body, rendered.media_type)
+
+    t0 = time.perf_counter()
+    entry, tier = await deps.cache.get_or_render(key, render)
+    if tier not in ("miss",):
+        timings["cache"] = time.perf_counter() - t0
+    return Rendered(entry.body, entry.media_type, key, timings, tier)
 
 
 async def _in_pool(pool: Executor, fn: Callable[[], T]) -> T:

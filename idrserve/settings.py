@@ -78,6 +78,41 @@ class LimitSettings(_Group):
     default_jpeg_quality: float = Field(0.85, gt=0, le=1)
 
 
+class CacheSettings(_Group):
+    """Response cache tiers (in-process memory, disk, Redis); each optional and bounded."""
+
+    # In-process LRU of encoded responses; 0 disables it.
+    memory_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    # Largest single response kept in memory.
+    memory_max_item_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    # Local disk tier (also IDRSERVE_CACHE_DIR / IDRSERVE_CACHE_DIR_MAX_BYTES); None disables it.
+    dir: Path | None = None
+    dir_max_bytes: int = Field(10 * 1024**3, ge=0)
+    # Shared Redis tier (also IDRSERVE_REDIS_URL), e.g. redis://127.0.0.1:6379/0.
+    redis_url: str | None = None
+    redis_prefix: str = "idrs:"
+    redis_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    redis_max_value_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    # Per-command timeout; a slow Redis must never slow a tile down by more than this.
+    redis_timeout_s: float = Field(0.25, gt=0)
+    redis_pool_size: int = Field(32, ge=1)
+    # Circuit breaker: after this many consecutive failures, skip Redis for `backoff` seconds
+    # (doubling up to the maximum), then probe again.
+    breaker_failures: int = Field(3, ge=1)
+    breaker_backoff_s: float = Field(1.0, gt=0)
+    breaker_backoff_max_s: float = Field(30.0, gt=0)
+    # Cross-process single-flight: a render lock in Redis (SET NX PX) and how long others wait.
+    lock_ttl_ms: int = Field(10_000, ge=100)
+    lock_wait_s: float = Field(3.0, ge=0)
+    # How long a process trusts its copy of an image's cache generation (bumped by purge).
+    generation_ttl_s: float = Field(2.0, ge=0)
+    # Bounded background cache writes.
+    max_pending_writes: int = Field(256, ge=1)
+    # Exact URLs remembered with their resolved key, so a repeated URL is a memory hit without
+    # re-parsing (http/fastpath.py); about 200 bytes each. 0 disables the index.
+    url_index_entries: int = Field(100_000, ge=0)
+
+
 class ViewerSettings(_Group):
     """Values OMERO.web takes from its own configuration (imgData `interpolate`, `init_zoom`)."""
 
@@ -103,6 +138,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     source: SourceSettings = Field(default_factory=SourceSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
@@ -131,6 +167,13 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_FLAT_ENV = {
+    "IDRSERVE_REDIS_URL": "redis_url",
+    "IDRSERVE_CACHE_DIR": "dir",
+    "IDRSERVE_CACHE_DIR_MAX_BYTES": "dir_max_bytes",
+}
+
+
 def load_settings(
     overrides: dict[str, Any] | None = None, config_file: Path | None = None
 ) -> Settings:
@@ -141,6 +184,13 @@ def load_settings(
     """
     if config_file is None and os.environ.get("IDRSERVE_CONFIG"):
         config_file = Path(os.environ["IDRSERVE_CONFIG"])
+    # The flat names operators know (and the issues name) map onto the nested groups.
+    flat = {}
+    for env, key in _FLAT_ENV.items():
+        if os.environ.get(env):
+            flat[key] = os.environ[env]
+    if flat:
+        overrides = _deep_merge({"cache": flat}, overrides or {})
     Settings.toml_file = config_file
     try:
         base = Settings()

@@ -33,7 +33,11 @@ def image_response(
     extra_headers: dict[str, str] | None = None,
 ) -> web.Response:
     timing = ", ".join(f"{name};dur={sec * 1000:.2f}" for name, sec in rendered.timings.items())
-    headers = {"ETag": etag_for(rendered.key), "Cache-Control": cache_control}
+    headers = {
+        "ETag": etag_for(rendered.key),
+        "Cache-Control": cache_control,
+        "X-Cache": rendered.tier,
+    }
     if timing:
         headers["Server-Timing"] = timing
     if extra_headers:

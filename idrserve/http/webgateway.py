@@ -18,6 +18,7 @@ from aiohttp import web
 from idrserve import __version__
 from idrserve.errors import BadRequest, IdrServeError, NotFound
 from idrserve.http import params
+from idrserve.http.fastpath import MEMO_INFO
 from idrserve.http.imgdata import image_data, select_key
 from idrserve.http.responses import image_response, json_or_jsonp, not_modified
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest
@@ -26,11 +27,12 @@ from idrserve.render.settings import resolve_render, resolve_thumbnail
 from idrserve.service import (
     Deps,
     Rendered,
+    cache_key,
+    cached_render,
     check_pixels,
     check_plane,
     clip_box,
     mirror_box,
-    render_region,
     thumbnail_level,
     thumbnail_size,
 )
@@ -71,11 +73,13 @@ def _opt_path_int(request: web.Request, name: str) -> int | None:
 
 async def _respond(request: web.Request, req: RegionRequest, meta: ImageMeta) -> web.StreamResponse:
     ctx = _ctx(request)
-    key = req.key()
+    key, generation = await cache_key(req, ctx.deps)
+    # Lets the fast path answer this exact URL from memory next time (http/fastpath.py).
+    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation)
     early = not_modified(request, key, ctx.cache_control)
     if early is not None:
         return early
-    rendered = await render_region(req, meta, ctx.deps, key)
+    rendered = await cached_render(req, meta, ctx.deps, key)
     return image_response(rendered, ctx.cache_control)
 
 
@@ -214,7 +218,8 @@ async def _thumbnail_rendered(
     ctx: _Ctx, iid: int, w: int | None, h: int | None, z: int | None = None, t: int | None = None
 ) -> Rendered:
     req, meta = await _thumbnail(ctx, iid, w, h, z, t)
-    return await render_region(req, meta, ctx.deps)
+    key, _generation = await cache_key(req, ctx.deps)
+    return await cached_render(req, meta, ctx.deps, key)
 
 
 async def render_thumbnail(request: web.Request) -> web.StreamResponse:

@@ -30,3 +30,7 @@ class PixelSource(Protocol):
     def sync_reader(self, image_id: int, sel: Selection) -> Callable[[], np.ndarray] | None:
         """Capability: a blocking read the caller may run in its own worker thread, or None."""
         ...
+
+    def fresh_data_version(self, image_id: int) -> str | None:
+        """Capability: the loaded image's data version if still trusted, else None."""
+        ...

@@ -113,6 +113,17 @@ class ZarrSource:
         _check_selection(rec.meta, sel)
         return await self._read(rec, sel)
 
+    def fresh_data_version(self, image_id: int) -> str | None:
+        """The loaded image's data version while it needs no re-validation, else None.
+
+        A synchronous peek for the URL fast path (`http/fastpath.py`): None sends the request
+        down the normal path, which re-validates the metadata.
+        """
+        rec = self._records.get(image_id)
+        if rec is None or time.monotonic() - rec.checked_at >= self._settings.rescan_interval_s:
+            return None
+        return rec.meta.data_version
+
     async def aclose(self) -> None:
         for task in self._loading.values():
             task.cancel()

@@ -1,0 +1,218 @@
+"""Cache-hit throughput per tier on one core, side by side with nginx serving the same tiles.
+
+Starts on core 0: redis-server (cache/redis.conf), nginx serving static copies of the tiles, and
+three idrserve servers — memory tier only, disk tier only, Redis tier only. Each server is warmed
+with every URL once, then wrk on core 1 cycles through 1 024 distinct tile URLs (256 tiles × 4
+JPEG qualities) in interleaved rounds. Reported as tiles/s and as ratios to nginx static, per
+round (performance.md §6). Targets from issue 3: memory ≥ 15 000/s, disk ≥ 10 000/s,
+Redis ≥ 5 000/s.
+
+    python bench/bench_cache.py [--duration 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench_http import SIZE, free_port, run_wrk, write_image
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+TARGETS = {"memory": 15000.0, "disk": 10000.0, "redis": 5000.0}
+
+NGINX_CONF = """
+worker_processes 1;
+worker_cpu_affinity 01;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    open_file_cache max=4096;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    types {{ image/jpeg jpg; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /static/ {{ alias {tmp}/static/; }}
+    }}
+}}
+"""
+
+
+def wait_http(url: str) -> None:
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "redis-server"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            print(
+                f"{tool} is needed (apt-get install wrk nginx-light redis-server)", file=sys.stderr
+            )
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="idrserve-cachebench-"))
+    write_image(tmp / "data" / "2001.zarr", 256, 1)
+    urls = [
+        f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256&q={q}"
+        for q in ("0.8", "0.85", "0.9", "0.95")
+        for y in range(SIZE // 256)
+        for x in range(SIZE // 256)
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(cmd: list[str], env: dict[str, str] | None = None) -> None:
+        procs.append(
+            subprocess.Popen(
+                ["taskset", "-c", "0", *cmd],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    redis_port = free_port()
+    start(
+        [
+            "redis-server",
+            str(REPO / "cache" / "redis.conf"),
+            "--port",
+            str(redis_port),
+            "--dir",
+            str(tmp),
+            "--daemonize",
+            "no",
+        ]
+    )
+    base_env = dict(os.environ, IDRSERVE_LOG__ACCESS_LOG="false", IDRSERVE_SERVER__CPU_THREADS="1")
+    tiers = {
+        "memory": {},
+        "disk": {"IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0", "IDRSERVE_CACHE_DIR": str(tmp / "disk")},
+        "redis": {
+            "IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0",
+            "IDRSERVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        },
+    }
+    bases: dict[str, str] = {}
+    for tier, extra in tiers.items():
+        port = free_port()
+        start(
+            [
+                sys.executable,
+                "-m",
+                "idrserve",
+                "serve",
+                "--zarr-root",
+                str(tmp / "data"),
+                "--port",
+                str(port),
+            ],
+            env={**base_env, **extra},
+        )
+        bases[tier] = f"http://127.0.0.1:{port}"
+    try:
+        for tier, base in bases.items():
+            wait_http(base + "/healthz")
+            for url in urls:  # fill the tier (and check that it answers from it)
+                with urllib.request.urlopen(base + url) as resp:
+                    body = resp.read()
+            with urllib.request.urlopen(base + urls[0]) as resp:
+                answered = resp.headers.get("X-Cache")
+            if answered != tier:
+                raise RuntimeError(f"{tier} server answered from {answered!r}")
+            if tier == "memory":  # static copies for nginx, byte for byte what we serve
+                static = tmp / "static"
+                static.mkdir()
+                for i, url in enumerate(urls):
+                    with urllib.request.urlopen(base + url) as resp:
+                        (static / f"{i}.jpg").write_bytes(resp.read())
+        del body
+        nginx_port = free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        subprocess.run(["taskset", "-c", "0", nginx, "-c", str(conf), "-p", str(tmp)], check=True)
+        bases["nginx static"] = f"http://127.0.0.1:{nginx_port}"
+        static_urls = [f"/static/{i}.jpg" for i in range(len(urls))]
+        wait_http(bases["nginx static"] + static_urls[0])
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in bases}
+        for name, base in bases.items():  # warm-up
+            run_wrk(base, static_urls if name == "nginx static" else urls, 2, args.conns, tmp)
+        for _ in range(args.rounds):
+            for name, base in bases.items():
+                chosen = static_urls if name == "nginx static" else urls
+                results[name].append(run_wrk(base, chosen, args.duration, args.conns, tmp))
+    finally:
+        pid_file = tmp / "nginx.pid"
+        if pid_file.exists():
+            subprocess.run(["kill", "-QUIT", pid_file.read_text().strip()], check=False)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    host = platform.node() or "host"
+    lines = [
+        f"# idrserve cache-hit benchmark ({stamp}, {host})",
+        "",
+        f"Command: `python bench/bench_cache.py --duration {args.duration:g} --rounds "
+        f"{args.rounds} --conns {args.conns}`",
+        "",
+        "Everything server-side pinned to core 0 (idrserve, redis-server, nginx with 1 worker); "
+        f"wrk -t1 -c{args.conns} on core 1; 1 024 distinct 256² JPEG tiles (256 tiles × 4 "
+        f"qualities), {args.rounds} interleaved rounds of {args.duration:g} s. "
+        f"loadavg at end {os.getloadavg()[0]:.2f}, nproc {os.cpu_count()}.",
+        "",
+        "| server | median tiles/s | min–max | p50 ms | p99 ms | target | vs target "
+        "| vs nginx static | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    nginx_rounds = [r["rps"] for r in results["nginx static"]]
+    for name, rounds in results.items():
+        rps = [r["rps"] for r in rounds]
+        med = statistics.median(rps)
+        ratio = statistics.median(a / b for a, b in zip(rps, nginx_rounds, strict=True))
+        target = TARGETS.get(name)
+        lines.append(
+            f"| {name} | {med:.0f} | {min(rps):.0f}–{max(rps):.0f} | "
+            f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
+            f"{statistics.median(r['p99_ms'] for r in rounds):.2f} | "
+            f"{target or 0:.0f} | {med / target if target else 1:.2f} | {ratio:.3f} | "
+            f"{sum(r['non2xx'] + r['socket_errors'] for r in rounds):.0f} |"
+        )
+    lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"cache-{host}-{stamp}.md"
+    out.write_text("\n".join(lines))
+    print("\n".join(lines[: lines.index("Raw rounds:")]))
+    print(f"written to {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""Shared Redis tier: one pooled `redis.asyncio` client (hiredis), short timeouts, a breaker.
+
+Every call is bounded by `redis_timeout_s` (pool wait, connect and reply together) and goes
+through a circuit breaker: after `breaker_failures` consecutive failures Redis is skipped
+entirely for a backoff, then probed again. Nothing here raises to a request: a failure is
+counted, logged when the breaker changes state, and read as a miss. A restarted Redis (data
+lost) is just misses; the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from idrserve.cache.breaker import CircuitBreaker
+from idrserve.cache.entry import CacheEntry, pack_value, unpack_value
+from idrserve.cache.metrics import TierStats
+from idrserve.settings import CacheSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Delete the lock only if it is still ours (it may have expired and been taken by another).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# One round trip for a cold miss: the value if present, else try to take the render lock.
+_GET_OR_LOCK = """
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+return {0, ''}
+"""
+# Raise a generation counter to ARGV[1] unless it is already there (self-repair).
+_RAISE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"""
+# Bump a generation counter to at least ARGV[1] (the disk tier may already be ahead).
+_BUMP = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+local floor = tonumber(ARGV[1])
+if floor > n then n = floor end
+redis.call('SET', KEYS[1], n)
+return n
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis was skipped (breaker open) or failed; callers carry on without it."""
+
+
+class RedisTier:
+    def __init__(self, settings: CacheSettings, stats: TierStats, breaker: CircuitBreaker) -> None:
+        if settings.redis_url is None:
+            raise ValueError("RedisTier needs cache.redis_url")
+        self.url = settings.redis_url
+        self.prefix = settings.redis_prefix
+        self.stats = stats
+        self.breaker = breaker
+        self._ttl_s = settings.redis_ttl_s
+        self._max_value = settings.redis_max_value_bytes
+        self._lock_ttl_ms = settings.lock_ttl_ms
+        self._timeout_s = settings.redis_timeout_s
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_pool_size,
+            timeout=settings.redis_timeout_s,  # wait for a free connection
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            # One immediate retry on a dropped connection (a restarted Redis leaves every
+            # pooled connection dead); a timeout is never retried.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            client_name="idrserve-cache",
+        )
+        self._client: Redis = Redis.from_pool(pool)
+        self._release = self._client.register_script(_RELEASE)
+        self._bump = self._client.register_script(_BUMP)
+        self._get_or_lock = self._client.register_script(_GET_OR_LOCK)
+        self._raise = self._client.register_script(_RAISE)
+
+    def value_key(self, key: str) -> str:
+        return f"{self.prefix}r:{key}"
+
+    def lock_key(self, key: str) -> str:
+        return f"{self.prefix}lock:{key}"
+
+    def generation_key(self, image_id: int) -> str:
+        return f"{self.prefix}gen:{image_id}"
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker skips Redis (a cheap check before scheduling work)."""
+        return not self.breaker.is_open
+
+    async def _call(self, fn: Callable[[Redis], Awaitable[T]], *, write: bool = False) -> T:
+        if not self.breaker.allow():
+            if write:
+                self.stats.dropped_writes += 1
+            else:
+                self.stats.skipped += 1
+            raise RedisUnavailable("circuit open")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await fn(self._client)
+        except Exception as exc:
+            if write:
+                self.stats.write_errors += 1
+            else:
+                self.stats.errors += 1
+            was_open = self.breaker.state != "closed"
+            self.breaker.record_failure()
+            if self.breaker.state != "closed" and not was_open:
+                log.warning(
+                    "redis cache unavailable (%s: %s); skipping it for %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    self.breaker.backoff_s,
+                )
+            raise RedisUnavailable(str(exc)) from exc
+        if self.breaker.state != "closed":
+            log.info("redis cache available again")
+        self.breaker.record_success()
+        return result
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(lambda r: r.ping()))
+        except RedisUnavailable:
+            return False
+
+    async def get(self, key: str) -> CacheEntry | None:
+        try:
+            value = await self._call(lambda r: r.get(self.value_key(key)))
+        except RedisUnavailable:
+            return None
+        entry = None if value is None else unpack_value(_as_bytes(value))
+        if entry is None:
+            self.stats.misses += 1
+            if value is not None:
+                self.stats.errors += 1
+                log.warning("dropped a corrupt redis cache entry for %s", key)
+                await self.delete(key)
+            return None
+        self.stats.hits += 1
+        return entry
+
+    def storable(self, entry: CacheEntry) -> bool:
+        return len(entry.body) + len(entry.media_type) + 2 <= self._max_value
+
+    async def set(self, key: str, entry: CacheEntry) -> bool:
+        """Store an entry with the TTL; False when skipped (too large, Redis unavailable)."""
+        if not self.storable(entry):
+            self.stats.skipped_writes += 1
+            return False
+        value = pack_value(entry)
+        try:
+            await self._call(
+                lambda r: r.set(self.value_key(key), value, ex=self._ttl_s), write=True
+            )
+        except RedisUnavailable:
+            return False
+        self.stats.writes += 1
+        return True
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(RedisUnavailable):
+            await self._call(lambda r: r.delete(self.value_key(key)), write=True)
+
+    async def get_or_lock(self, key: str) -> tuple[CacheEntry | None, str | None]:
+        """`(entry, None)` on a hit, else `(None, token)` if this process now holds the render
+        lock of `key`, else `(None, None)`: another process is rendering it.
+
+        Raises `RedisUnavailable`: without Redis there is no cross-process lock to wait on.
+        """
+        token = secrets.token_hex(8)
+        keys = [self.value_key(key), self.lock_key(key)]
+        args: list[str | int] = [token, self._lock_ttl_ms]
+        status, value = await self._call(
+            lambda r: self._get_or_lock(keys=keys, args=args, client=r)
+        )
+        if status == 1:
+            entry = unpack_value(value)
+            if entry is not None:
+                self.stats.hits += 1
+                return entry, None
+            self.stats.errors += 1
+            await self.delete(key)
+        self.stats.misses += 1
+        return None, (token if status == 2 else None)
+
+    async def poll(self, key: str) -> tuple[CacheEntry | None, bool]:
+        """`(entry, lock_held)` in one round trip; raises `RedisUnavailable`."""
+        value, lock = await self._call(lambda r: r.mget(self.value_key(key), self.lock_key(key)))
+        entry = None if value is None else unpack_value(_as_bytes(value))
+        return entry, lock is not None
+
+    async def release_lock(self, key: str, token: str) -> None:
+        # On failure the lock expires after lock_ttl_ms anyway.
+        with contextlib.suppress(RedisUnavailable):
+            await self._call(
+                lambda r: self._release(keys=[self.lock_key(key)], args=[token], client=r)
+            )
+
+    async def get_generation(self, image_id: int) -> int | None:
+        """The generation stored in Redis (0 when none), or None when Redis is unavailable."""
+        try:
+            value = await self._call(lambda r: r.get(self.generation_key(image_id)))
+        except RedisUnavailable:
+            return None
+        try:
+            return max(0, int(value)) if value is not None else 0
+        except ValueError:
+            return 0
+
+    async def raise_generation(self, image_id: int, generation: int) -> None:
+        """Make the stored generation at least `generation` (it can be lost to eviction)."""
+        with contextlib.suppress(RedisUnavailable):
+            await self._call(
+                lambda r: self._raise(
+                    keys=[self.generation_key(image_id)], args=[generation], client=r
+                ),
+                write=True,
+            )
+
+    async def bump_generation(self, image_id: int, floor: int) -> int:
+        """INCR the generation (to at least `floor`); raises `RedisUnavailable`."""
+        result = await self._call(
+            lambda r: self._bump(keys=[self.generation_key(image_id)], args=[floor], client=r),
+            write=True,
+        )
+        return int(result)
+
+    async def info(self, count_keys: bool = False) -> dict[str, Any]:
+        """Server memory and hit counters for `idrserve cache stats`; raises `RedisUnavailable`.
+
+        `count_keys` SCANs the keyspace for this prefix: O(keys), for the stats command only.
+        """
+        mem = await self._call(lambda r: r.info("memory"))
+        st = await self._call(lambda r: r.info("stats"))
+        out: dict[str, Any] = {
+            "used_memory": mem.get("used_memory"),
+            "maxmemory": mem.get("maxmemory"),
+            "maxmemory_policy": mem.get("maxmemory_policy"),
+            "evicted_keys": st.get("evicted_keys"),
+            "keyspace_hits": st.get("keyspace_hits"),
+            "keyspace_misses": st.get("keyspace_misses"),
+            "dbsize": await self._call(lambda r: r.dbsize()),
+        }
+        if count_keys:
+            out["prefix_keys"] = await self._count(f"{self.prefix}r:*")
+            out["prefix_generations"] = await self._count(f"{self.prefix}gen:*")
+        return out
+
+    async def _count(self, pattern: str) -> int:
+        n = 0
+        cursor = 0
+        while True:
+            cursor, keys = await self._call(partial(_scan_page, cursor=cursor, pattern=pattern))
+            n += len(keys)
+            if cursor == 0:
+                return n
+
+    async def aclose(self) -> None:
+        try:
+            await self._client.aclose()
+        except Exception as exc:
+            log.debug("closing the redis cache pool: %s", exc)
+
+
+async def _scan_page(r: Redis, cursor: int, pattern: str) -> tuple[int, list[bytes | str]]:
+    return await r.scan(cursor=cursor, match=pattern, count=1000)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -1,0 +1,94 @@
+"""Memory hits without re-parsing: an index from exact request URL to the resolved cache key.
+
+Keys stay what `RegionRequest.canonical` makes them (equivalent URLs share one entry); this
+index only remembers, for a URL already answered, which key it resolved to and under which image
+data version and purge generation. A repeated URL whose image is unchanged and whose entry is
+in the memory tier is answered here, before routing's handlers, parameter parsing, settings
+resolution and key hashing — py-spy put those at a third of a memory hit's CPU
+(bench/bench_cache.py). Anything else (a new URL, a changed image, a purge, an entry evicted
+from memory, a non-GET) takes the normal path, which records the URL for next time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+MEMO_INFO = web.RequestKey("memo_info", tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    key: str
+    image_id: int
+    data_version: str
+    generation: int
+
+
+class UrlIndex:
+    """A bounded LRU of URL → resolved key, validated on every use."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Memo] = OrderedDict()
+
+    def remember(
+        self, url: str, key: str, image_id: int, data_version: str, generation: int
+    ) -> None:
+        if self.max_entries <= 0 or len(url) > 4096:
+            return
+        self._entries[url] = _Memo(key, image_id, data_version, generation)
+        self._entries.move_to_end(url)
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def lookup(self, url: str) -> _Memo | None:
+        return self._entries.get(url)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def make_fastpath_middleware(
+    index: UrlIndex,
+    deps_getter: Callable[[web.Request], Any],
+    cache_control: str,
+) -> Middleware:
+    @web.middleware
+    async def fastpath(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "GET":
+            return await handler(request)
+        url = request.raw_path
+        memo = index.lookup(url)
+        if memo is not None:
+            deps = deps_getter(request)
+            cache = deps.cache
+            if (
+                cache is not None
+                and cache.memory is not None
+                and cache.fresh_generation(memo.image_id) == memo.generation
+                and deps.source.fresh_data_version(memo.image_id) == memo.data_version
+            ):
+                entry = cache.memory.get(memo.key)
+                if entry is not None:
+                    tag = f'"{memo.key}"'
+                    headers = {"ETag": tag, "Cache-Control": cache_control}
+                    inm = request.headers.get("If-None-Match")
+                    if inm and tag in {p.strip().removeprefix("W/") for p in inm.split(",")}:
+                        return web.Response(status=304, headers=headers)
+                    headers["X-Cache"] = "memory"
+                    return web.Response(
+                        body=entry.body, content_type=entry.media_type, headers=headers
+                    )
+        response = await handler(request)
+        info = request.get(MEMO_INFO)
+        if info is not None and response.status == 200:
+            index.remember(url, *info)
+        return response
+
+    return fastpath

@@ -1,0 +1,65 @@
+"""Background writes: bounded, drained on close, not cancelled with the request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from idrserve.cache import CacheEntry, response_key
+from tests.cache.conftest import CacheFactory
+
+ENTRY = CacheEntry(b"t" * 3000, "image/jpeg")
+
+
+async def test_pending_writes_are_capped_and_counted(
+    make_cache: CacheFactory, redis_url: str
+) -> None:
+    cache = await make_cache(dir=True, redis_url=redis_url, max_pending_writes=4)
+    for i in range(40):
+        cache.put(response_key(1, 0, str(i)), ENTRY)  # never raises, never blocks
+    assert cache.stats()["coalesce"]["pending_writes"] == 4
+    assert await cache.flush(5)
+    stats = cache.stats()
+    assert stats["memory"]["writes"] == 40  # memory is written synchronously
+    written = stats["disk"]["writes"] + stats["redis"]["writes"]
+    dropped = stats["disk"]["dropped_writes"] + stats["redis"]["dropped_writes"]
+    assert written == 4 and dropped == 76
+
+
+async def test_close_drains_pending_writes(
+    make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    cache = await make_cache(memory_max_bytes=0, redis_url=redis_url, max_pending_writes=64)
+    keys = [response_key(2, 0, str(i)) for i in range(50)]
+    for key in keys:
+        cache.put(key, ENTRY)
+    await cache.aclose()
+    assert cache.redis is not None
+    assert await raw_redis.exists(*(cache.redis.value_key(k) for k in keys)) == 50
+    cache.put(response_key(2, 0, "late"), ENTRY)  # after close: dropped, still no error
+
+
+async def test_a_cancelled_request_still_caches_its_render(
+    make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    cache = await make_cache(memory_max_bytes=0, dir=True, redis_url=redis_url)
+    key = response_key(3, 0, "t")
+    rendered = asyncio.Event()
+
+    async def render() -> CacheEntry:
+        rendered.set()
+        return ENTRY
+
+    async def request() -> None:
+        await cache.get_or_render(key, render)
+        await asyncio.sleep(10)  # the response is being sent when the client goes away
+
+    task = asyncio.create_task(request())
+    await rendered.wait()
+    await asyncio.sleep(0)
+    task.cancel()
+    assert await cache.flush(5)
+    assert cache.redis is not None
+    assert await raw_redis.exists(cache.redis.value_key(key))
+    assert (await cache.get(key))[1] == "disk"
