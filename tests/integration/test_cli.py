@@ -156,3 +156,31 @@ def test_config_show_redacts_nothing_secret_and_is_json() -> None:
     ).stdout
     doc = json.loads(out)
     assert doc["limits"]["max_tile_length"] == 2048
+
+
+def test_cache_warm_fills_a_running_server(demo_server: tuple[str, str], tmp_path: Path) -> None:
+    base, _ = demo_server
+    log = tmp_path / "access.log"
+    log.write_text(
+        '127.0.0.1 - - [25/Nov/2026:10:00:00 +0000] "GET /webgateway/render_thumbnail/1002/ '
+        'HTTP/1.1" 200 5120 "-" "Mozilla/5.0"\n'
+        '127.0.0.1 - - [25/Nov/2026:10:00:01 +0000] "GET /static/app.js HTTP/1.1" 200 10 "-" "-"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "idrserve", "cache", "warm", "--server", base, "--image", "1001",
+         "--max-side", "300", "--access-log", str(log), "--concurrency", "4"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    # 1 thumbnail from the log; 3 thumbnail shapes + the tiles of 1001's levels ≤ 300 px.
+    assert report["urls"] > 4
+    assert report["failed"] == 0
+    with urllib.request.urlopen(f"{base}/webgateway/render_thumbnail/1002/") as resp:
+        assert resp.headers["X-Cache"] == "memory"
+    doc = json.loads(fetch(f"{base}/webgateway/imgData/1001/")[2])
+    smallest = doc["levels"] - 1
+    with urllib.request.urlopen(
+        f"{base}/webgateway/render_image_region/1001/0/0/?tile={smallest},0,0,256,256"
+    ) as resp:
+        assert resp.headers["X-Cache"] == "memory"
