@@ -79,7 +79,11 @@ class DiskTier:
 
     async def get(self, key: str) -> CacheEntry | None:
         try:
-            entry, corrupt = await self._run(self._read_pool, self.store.read, key)
+            fast = self.store.read_if_cached(key)
+            if fast is not None:
+                entry, corrupt = fast
+            else:
+                entry, corrupt = await self._run(self._read_pool, self.store.read, key)
         except OSError as exc:
             self.stats.errors += 1
             log.warning("disk cache read failed: %s", exc)

@@ -42,6 +42,10 @@ class CorruptEntry(Exception):
     """A cache file that is not a complete, valid entry."""
 
 
+# Linux ≥ 4.14: read only what is already in the page cache.
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
 def disk_cost(size: int) -> int:
     """Bytes a file of `size` bytes counts against the budget (whole 4 KiB blocks)."""
     return max(1, -(-size // BLOCK)) * BLOCK
@@ -125,6 +129,43 @@ class DiskStore:
             # Read-only or vanished: the LRU age is only a hint.
             with contextlib.suppress(OSError):
                 os.utime(path)
+        return entry, False
+
+    def read_if_cached(self, key: str) -> tuple[CacheEntry | None, bool] | None:
+        """Like `read`, but only from the page cache, on the caller's thread; None = go async.
+
+        `preadv2(RWF_NOWAIT)` returns the bytes only when no disk I/O is needed, so a hot entry
+        is served without an executor hop (performance.md §3.8: 16 600 vs 12 000 hits/s) and a
+        cold one never blocks the event loop on the device. Only the open() of a file whose
+        directory entry is not cached can still wait on the disk.
+        """
+        if _RWF_NOWAIT is None:
+            return None
+        path = self.path_for(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, False
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            buf = bytearray(size)
+            got = os.preadv(fd, [buf], 0, _RWF_NOWAIT)
+        except (BlockingIOError, OSError):
+            return None
+        finally:
+            os.close(fd)
+        if got != size:
+            return None
+        try:
+            entry = unpack_file(bytes(buf), key)
+        except CorruptEntry:
+            return None  # let the executor path re-read, count and remove it
+        if entry is not None and time.time() - st.st_mtime > TOUCH_AFTER_S:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # the LRU age, as in `read`
         return entry, False
 
     def write(self, key: str, entry: CacheEntry) -> int:
