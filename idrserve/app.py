@@ -64,13 +64,15 @@ def create_app(settings: Settings) -> web.Application:
             make_fastpath_middleware(
                 url_index, lambda request: request.app[DEPS], settings.server.cache_control
             ),
-            make_error_middleware(limits.request_timeout_s),
+            make_error_middleware(limits.request_timeout_s, limits.max_url_length),
             web.normalize_path_middleware(
                 append_slash=True, merge_slashes=False, redirect_class=web.HTTPMovedPermanently
             ),
         ],
         client_max_size=64 * 1024,  # read-only server: no request needs a body
-        handler_args={"max_line_size": limits.max_url_length, "max_field_size": 8190},
+        # aiohttp answers an over-long request line itself, in plain text; let lines up to 4×
+        # the limit through so the error middleware can refuse them with a JSON 414.
+        handler_args={"max_line_size": 4 * limits.max_url_length, "max_field_size": 8190},
     )
     app[SETTINGS] = settings
     # One registry per app, so several apps (tests, workers) never share counters.

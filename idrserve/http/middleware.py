@@ -57,10 +57,18 @@ def error_response(
     return web.json_response(body, status=status)
 
 
-def make_error_middleware(timeout_s: float) -> Middleware:
+def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Middleware:
     @web.middleware
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id(request)
+        if len(request.raw_path) > max_url_length:
+            return error_response(
+                request,
+                414,
+                "uri_too_long",
+                f"the URL has {len(request.raw_path)} characters, over the limit of "
+                f"{max_url_length}; send fewer channels or shorter settings",
+            )
         try:
             async with asyncio.timeout(timeout_s):
                 return await handler(request)

@@ -507,3 +507,12 @@ async def test_too_many_active_channels(make_client) -> None:  # type: ignore[no
     client = await make_client(limits__max_active_channels=2)
     body = json.loads(await get(client, f"{RI}/{P}/0/0/?tile=0,0,0&c=1,2,3", 400))
     assert body["param"] == "c"
+
+
+async def test_long_url_is_a_json_414(client: TestClient) -> None:
+    url = f"{RI}/{S}/0/0/?region=0,0,10,10&c=" + "1," * 10_000
+    resp = await client.get(url)
+    assert resp.status == 414
+    assert resp.content_type == "application/json"
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert "16384" in (await resp.json())["detail"]
