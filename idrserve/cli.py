@@ -33,6 +33,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--config", type=Path, help="TOML settings file (also IDRSERVE_CONFIG)")
     p.add_argument("--lut-dir", type=Path, help="directory of ImageJ .lut files")
+    p.add_argument("--redis-url", help="shared Redis cache tier (also IDRSERVE_REDIS_URL)")
+    p.add_argument("--cache-dir", type=Path, help="disk cache tier (also IDRSERVE_CACHE_DIR)")
+    p.add_argument("--cache-dir-max-bytes", type=int, help="byte budget of the disk cache tier")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, dict[str, Any]] = {"server": {}, "source": {}}
+    out: dict[str, dict[str, Any]] = {"server": {}, "source": {}, "cache": {}}
     for flag, group, key in (
         ("host", "server", "host"),
         ("port", "server", "port"),
@@ -91,6 +94,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("lut_dir", "source", "lut_dir"),
         ("zarr_root", "source", "zarr_root"),
         ("catalog", "source", "catalog"),
+        ("redis_url", "cache", "redis_url"),
+        ("cache_dir", "cache", "dir"),
+        ("cache_dir_max_bytes", "cache", "dir_max_bytes"),
     ):
         value = getattr(args, flag, None)
         if value is not None:

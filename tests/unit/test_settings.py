@@ -64,3 +64,26 @@ def test_unknown_keys_in_file_are_rejected(tmp_path: Path) -> None:
     toml.write_text("[server]\nprot = 1\n")
     with pytest.raises(ValidationError):
         load_settings(config_file=toml)
+
+
+def test_cache_flags_and_flat_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from idrserve.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--zarr-root", "/d", "--redis-url", "redis://r:1/0", "--cache-dir", "/c",
+         "--cache-dir-max-bytes", "1000"]
+    )  # fmt: skip
+    s = load_settings(_overrides(args))
+    assert (s.cache.redis_url, str(s.cache.dir), s.cache.dir_max_bytes) == (
+        "redis://r:1/0",
+        "/c",
+        1000,
+    )
+    monkeypatch.setenv("IDRSERVE_REDIS_URL", "redis://env:2/0")
+    monkeypatch.setenv("IDRSERVE_CACHE_DIR", "/env-cache")
+    monkeypatch.setenv("IDRSERVE_CACHE_DIR_MAX_BYTES", "2000")
+    env = load_settings()
+    assert (env.cache.redis_url, str(env.cache.dir), env.cache.dir_max_bytes) == (
+        "redis://env:2/0", "/env-cache", 2000,
+    )  # fmt: skip
+    assert load_settings(_overrides(args)).cache.redis_url == "redis://r:1/0"  # flags win
