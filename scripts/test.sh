@@ -8,6 +8,8 @@ PY=${PYTHON:-python3}
 need_apt=()
 # The cache tests talk to a real redis-server (tests/cache/conftest.py starts it).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The deployment tests run the project's nginx configuration in a real nginx.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -96,7 +96,7 @@ async def test_hung_redis_costs_at_most_the_timeout(
             assert tier == "miss"
         # The first calls time out; once the breaker is open, calls skip Redis entirely.
         assert max(durations) < timeout + 0.15
-        assert durations[-1] < 0.02
+        assert durations[-1] < 0.05  # well under the 0.25 s timeout: Redis is skipped
         t0 = time.monotonic()
         results = await asyncio.gather(*(cache.get(response_key(1, 0, "x")) for _ in range(50)))
         assert all(r == (None, "miss") for r in results)
