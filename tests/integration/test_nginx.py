@@ -1,0 +1,483 @@
+"""deploy/nginx/ for real: nginx with the shipped configuration in front of idrserve and OMERO.web.
+
+The shipped files are rendered into a temporary directory by literal replacement of the site
+values documented at the top of deploy/nginx/idrserve.conf (ports, cache directory). idrserve runs
+with `Cache-Control: public, max-age=4`, so the module can also show that nginx takes freshness from
+idrserve's Cache-Control (not from its own 1-day fallback) and serves expired entries stale while
+idrserve is down. The idrserve-down test kills idrserve and therefore runs last.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from idrserve import demo
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
+MAX_AGE_S = 4
+# The images the tests need; 1001 (the large one) is skipped to keep the module fast.
+IMAGES = (1002, 1003)
+TILE = "/webgateway/render_image_region/1002/0/0/?tile=0,0,0&q=0.8"
+STALE_URL = "/webgateway/render_image_region/1002/0/0/?tile=0,0,0&q=0.61"
+
+STAND_IN = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = ("omero.web stand-in: " + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Stand-In", "omeroweb")
+        self.send_header("Access-Control-Allow-Origin", "https://omero.example")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+    )
+    if found is None:
+        pytest.fail(
+            "nginx not found (PATH or /usr/sbin/nginx): the deployment tests need a real nginx; "
+            "`bash scripts/test.sh` installs nginx-light, or `apt-get install nginx-light`"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10
+) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return Response(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+def render_config(
+    out_dir: Path,
+    *,
+    listen: int,
+    idrserve: int,
+    omeroweb: int,
+    cache: Path,
+    rate_limit: bool = False,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Copy deploy/nginx/ into out_dir with the site values replaced; returns the nginx.conf."""
+    conf = (DEPLOY / "idrserve.conf").read_text()
+    replacements = {
+        "listen 80;": f"listen 127.0.0.1:{listen};",
+        "127.0.0.1:8080": f"127.0.0.1:{idrserve}",
+        "127.0.0.1:8000": f"127.0.0.1:{omeroweb}",
+        "/var/cache/nginx/idrserve": str(cache),
+    }
+    if rate_limit:
+        replacements["# switch on;"] = "switch on;"
+    replacements.update(extra or {})
+    for old, new in replacements.items():
+        assert old in conf, f"deploy/nginx/idrserve.conf no longer contains {old!r}"
+        conf = conf.replace(old, new)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)  # nginx creates only the zones' last path component
+    for sub in ("logs", "tmp"):
+        (out_dir / sub).mkdir(exist_ok=True)
+    (out_dir / "idrserve.conf").write_text(conf)
+    shutil.copy(DEPLOY / "nginx.conf", out_dir / "nginx.conf")
+    return out_dir / "nginx.conf"
+
+
+def nginx_args(prefix: Path, *extra: str) -> list[str]:
+    # As root, nginx's workers would drop to `nobody`, who cannot write pytest's private tmp dirs.
+    globals_ = "user root;" if os.geteuid() == 0 else ""
+    args = [
+        nginx_binary(),
+        "-p",
+        str(prefix),
+        "-c",
+        str(prefix / "nginx.conf"),
+        "-e",
+        str(prefix / "logs" / "startup.log"),
+    ]
+    if globals_ or extra:
+        args += ["-g", " ".join(filter(None, [globals_, *extra]))]
+    return args
+
+
+def wait_until(
+    check_port: int, path: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what} exited early (code {proc.returncode})"
+        try:
+            if get(check_port, path, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not become ready")
+
+
+@dataclass
+class Stack:
+    nginx_port: int
+    idrserve_port: int
+    omeroweb_port: int
+    prefix: Path
+    idrserve: subprocess.Popen[bytes]
+    primed_at: float = 0.0
+    primed_body: bytes = b""
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    nginx_binary()
+    root = tmp_path_factory.mktemp("nginx")
+    data = root / "zarr"
+    for image_id, _name, write in demo._IMAGES:
+        if image_id in IMAGES:
+            write(data / f"{image_id}.zarr")
+
+    idrserve_port, omeroweb_port, nginx_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["IDRSERVE_SERVER__CACHE_CONTROL"] = f"public, max-age={MAX_AGE_S}"
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
+
+    def spawn(
+        args: list[str], log_name: str, proc_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(root / log_name, "wb")  # noqa: SIM115 - closed in teardown
+        logs.append(log)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=proc_env)
+        procs.append(proc)
+        return proc
+
+    prefix = root / "nginx"
+    render_config(
+        prefix,
+        listen=nginx_port,
+        idrserve=idrserve_port,
+        omeroweb=omeroweb_port,
+        cache=root / "cache",
+    )
+    try:
+        idrserve = spawn(
+            [
+                sys.executable,
+                "-m",
+                "idrserve",
+                "serve",
+                "--zarr-root",
+                str(data),
+                "--port",
+                str(idrserve_port),
+            ],
+            "idrserve.log",
+            env,
+        )
+        stand_in = spawn([sys.executable, "-c", STAND_IN, str(omeroweb_port)], "omeroweb.log")
+        nginx = spawn(nginx_args(prefix, "daemon off;"), "nginx.log")
+        wait_until(idrserve_port, "/healthz", idrserve, "idrserve")
+        wait_until(omeroweb_port, "/", stand_in, "OMERO.web stand-in")
+        wait_until(nginx_port, "/healthz", nginx, "nginx")
+        st = Stack(nginx_port, idrserve_port, omeroweb_port, prefix, idrserve, logs=logs)
+        # Cache the URL of the idrserve-down test now, so that its entry has expired by then.
+        first = get(nginx_port, STALE_URL)
+        assert first.status == 200 and first.header("X-Cache-Status") == "MISS"
+        st.primed_at, st.primed_body = time.monotonic(), first.body
+        yield st
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        for log in logs:
+            log.close()
+        for name in ("logs/error.log", "idrserve.log"):
+            path = root / "nginx" / name if name.startswith("logs") else root / name
+            if path.exists():
+                print(f"--- {name}\n{path.read_text(errors='replace')[-4000:]}")
+
+
+def cache_requests(port: int) -> float:
+    """idrserve's memory-tier lookups so far: one per request that reached a rendering handler."""
+    text = get(port, "/metrics").body.decode()
+    pattern = r'^idrserve_cache_requests_total\{result="(hit|miss)",tier="memory"\} ([0-9.e+]+)$'
+    return sum(float(m.group(2)) for m in re.finditer(pattern, text, re.M))
+
+
+def test_nginx_t_accepts_shipped_config(tmp_path: Path) -> None:
+    for rate_limit in (False, True):
+        prefix = tmp_path / f"rl{int(rate_limit)}"
+        render_config(
+            prefix,
+            listen=free_port(),
+            idrserve=free_port(),
+            omeroweb=free_port(),
+            cache=tmp_path / "cache",
+            rate_limit=rate_limit,
+        )
+        done = subprocess.run(
+            [*nginx_args(prefix), "-t"], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        assert "test is successful" in done.stderr
+
+
+def test_rate_limit_switch(stack: Stack, tmp_path: Path) -> None:
+    """Uncommenting the one line turns on 429s for idrserve routes only (limits scaled down)."""
+    port = free_port()
+    prefix = tmp_path / "limited"
+    render_config(
+        prefix,
+        listen=port,
+        idrserve=stack.idrserve_port,
+        omeroweb=stack.omeroweb_port,
+        cache=tmp_path / "cache",
+        rate_limit=True,
+        extra={"rate=100r/s": "rate=1r/s", "burst=400": "burst=5"},
+    )
+    with open(tmp_path / "nginx.log", "wb") as log:
+        proc = subprocess.Popen(
+            nginx_args(prefix, "daemon off;"), stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(port, "/healthz", proc, "rate-limited nginx")
+            tiles = [get(port, TILE) for _ in range(15)]
+            others = [get(port, "/webclient/") for _ in range(15)]
+        finally:
+            stop(proc)
+    codes = [r.status for r in tiles]
+    assert codes[:6] == [200] * 6, codes  # the burst
+    assert codes.count(429) >= 8, codes
+    assert all(r.headers.get_all("Access-Control-Allow-Origin") == ["*"] for r in tiles)
+    assert {r.status for r in others} == {200}
+
+
+def test_tile_miss_then_hit(stack: Stack) -> None:
+    first = get(stack.nginx_port, TILE)
+    assert first.status == 200
+    assert first.header("Content-Type") == "image/jpeg"
+    assert first.header("X-Cache-Status") == "MISS"
+    assert first.header("X-Cache") is not None  # idrserve's own header passes through
+    assert first.header("Cache-Control") == f"public, max-age={MAX_AGE_S}"
+    second = get(stack.nginx_port, TILE)
+    assert second.status == 200
+    assert second.header("X-Cache-Status") == "HIT"
+    assert second.body == first.body
+    assert second.header("ETag") == first.header("ETag")
+
+
+def test_cache_busters_are_not_in_the_key(stack: Stack) -> None:
+    base = "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&q=0.8"
+    assert get(stack.nginx_port, base).header("X-Cache-Status") == "MISS"
+    for variant in (
+        base + "&_=12345",
+        base + "&rev=999",
+        "/webgateway/render_image_region/1002/0/0/?_=1700000000000&tile=0,1,0&rev=3&q=0.8",
+        "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&_=1&q=0.8&rev=2",
+    ):
+        resp = get(stack.nginx_port, variant)
+        assert resp.status == 200
+        assert resp.header("X-Cache-Status") == "HIT", variant
+    # Other parameters stay in the key, and so does their order.
+    for other in (
+        "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&q=0.7",
+        "/webgateway/render_image_region/1002/0/0/?q=0.8&tile=0,1,0",
+        "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&q=0.8&x_=1",
+    ):
+        resp = get(stack.nginx_port, other)
+        assert resp.status == 200
+        assert resp.header("X-Cache-Status") == "MISS", other
+
+
+def test_thumbnails_are_cached(stack: Stack) -> None:
+    """Thumbnail zone; a URL without any query string shares its key with `?_=…` and `?`."""
+    for path, busted in (
+        ("/webgateway/render_thumbnail/1003/64/", ["?_=5", "?", "?rev=7&_=5"]),
+        ("/webgateway/render_birds_eye_view/1003/48/", ["?rev=1700000000000"]),
+        ("/webgateway/get_thumbnails/?id=1003&id=1002", ["&_=5"]),
+    ):
+        first = get(stack.nginx_port, path)
+        assert first.status == 200, path
+        assert first.header("X-Cache-Status") == "MISS", path
+        for suffix in busted:
+            resp = get(stack.nginx_port, path + suffix)
+            assert resp.header("X-Cache-Status") == "HIT", path + suffix
+            assert resp.body == first.body
+
+
+def test_cors_header_exactly_once(stack: Stack) -> None:
+    for path, status in (
+        (TILE, 200),
+        ("/webgateway/render_image_region/9999/0/0/?tile=0,0,0", 404),  # cached route, idrserve 404
+        ("/webgateway/imgData/9999/", 404),  # uncached route, idrserve 404
+        ("/webclient/", 200),  # the stand-in sends its own, different value
+    ):
+        resp = get(stack.nginx_port, path)
+        assert resp.status == status, path
+        assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"], path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/webgateway/render_image/1003/",
+        "/webgateway/render_image/1002/0/0/",
+        "/webclient/render_image_region/1002/0/0/?tile=0,0,0",
+        "/webclient/123/render_image/1003/0/0/",
+        "/webclient/render_image_download/1003/",
+        "/webgateway/render_birds_eye_view/1003/",
+        "/webclient/render_thumbnail/1003/",
+        "/webclient/render_thumbnail/size/96/1003/",
+        "/webgateway/get_thumbnail/1003/",
+        "/webclient/get_thumbnails/?id=1003",
+        "/webclient/imgData/1003/",
+        "/webgateway/luts/",
+        "/omero_ms_image_region/",
+        "/healthz",
+    ],
+)
+def test_routes_to_idrserve(stack: Stack, path: str) -> None:
+    resp = get(stack.nginx_port, path)
+    assert resp.status == 200, path
+    assert resp.header("X-Stand-In") is None
+    assert resp.header("X-Request-ID") is not None  # set by idrserve
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/webclient/",
+        "/webclient/?show=image-1003",
+        "/webgateway/",
+        "/api/v0/",
+        "/static/x.js",
+        "/metrics",
+    ],
+)
+def test_everything_else_reaches_omeroweb(stack: Stack, path: str) -> None:
+    resp = get(stack.nginx_port, path)
+    assert resp.status == 200, path
+    assert resp.header("X-Stand-In") == "omeroweb"
+    assert resp.body == f"omero.web stand-in: {path}".encode()
+    assert resp.header("X-Cache-Status") is None
+
+
+def test_imgdata_proxied_uncached_and_gzipped(stack: Stack) -> None:
+    for _ in range(2):
+        resp = get(stack.nginx_port, "/webgateway/imgData/1003/", {"Accept-Encoding": "gzip"})
+        assert resp.status == 200
+        assert (resp.header("Content-Type") or "").startswith("application/json")
+        assert resp.header("Content-Encoding") == "gzip"
+        assert json.loads(gzip.decompress(resp.body))["id"] == 1003
+        assert resp.header("X-Cache-Status") is None  # as on IDR, imgData is not cached by nginx
+    plain = get(stack.nginx_port, "/webgateway/imgData/1003/")
+    assert plain.header("Content-Encoding") is None
+    assert json.loads(plain.body)["id"] == 1003
+
+
+def test_stampede_reaches_idrserve_once(stack: Stack) -> None:
+    path = "/webgateway/render_image/1002/0/0/?c=1|0:255$FF0000,2|0:255$00FF00&m=c&q=0.93"
+    n = 30
+    before = cache_requests(stack.idrserve_port)
+    barrier = threading.Barrier(n)
+    results: list[Response | BaseException] = [ValueError("not run")] * n
+
+    def worker(i: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            results[i] = get(stack.nginx_port, path, timeout=20)
+        except BaseException as exc:  # reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    responses = [r for r in results if isinstance(r, Response)]
+    assert len(responses) == n, [r for r in results if not isinstance(r, Response)]
+    assert {r.status for r in responses} == {200}
+    assert len({r.body for r in responses}) == 1
+    statuses = sorted(r.header("X-Cache-Status") or "" for r in responses)
+    assert statuses.count("MISS") == 1, statuses
+    # nginx's cache lock let one request through; the other 29 were answered from its cache.
+    assert cache_requests(stack.idrserve_port) - before == 1
+
+
+def test_zz_idrserve_down_serves_stale_and_fails_fast(stack: Stack) -> None:
+    # Runs last (it stops idrserve). The entry cached by the fixture is older than idrserve's
+    # max-age by now (waiting out the remainder if not), so nginx would normally ask idrserve again.
+    remaining = stack.primed_at + MAX_AGE_S + 0.5 - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+    stop(stack.idrserve)
+    stale = get(stack.nginx_port, STALE_URL)
+    assert stale.status == 200
+    assert stale.header("X-Cache-Status") == "STALE"
+    assert stale.body == stack.primed_body
+    started = time.monotonic()
+    uncached = get(stack.nginx_port, "/webgateway/render_image_region/1002/0/0/?tile=0,0,0&q=0.12")
+    assert uncached.status in (502, 504)
+    assert time.monotonic() - started < 5
+    assert uncached.headers.get_all("Access-Control-Allow-Origin") == ["*"]
