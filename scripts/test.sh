@@ -10,6 +10,8 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The deployment tests run the project's nginx configuration in a real nginx.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+# ... and verify the systemd units with systemd-analyze.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -1,0 +1,151 @@
+"""A short headless locust run of bench/locustfile.py against a real `idrserve demo` server.
+
+locust runs in a subprocess, never imported here: it monkey-patches the standard library with
+gevent at import, which would break pytest's and aiohttp's event loops.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = ROOT / "bench" / "locustfile.py"
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _clean_env() -> dict[str, str]:
+    """The parent's environment without IDRSERVE_* settings that would change the server."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")}
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"demo server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"demo server not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "idrserve",
+                "demo",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "demo"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(),
+            cwd=tmp_path,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # Writing the demo data takes ~5 s on 2 cores; allow for a busy machine.
+        _wait_healthy(proc, f"{base}/healthz", log, timeout=90)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _stats(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as f:
+        return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+def _requests(stats: dict[str, dict[str, str]], prefix: str) -> int:
+    return sum(int(row["Request Count"]) for name, row in stats.items() if name.startswith(prefix))
+
+
+def test_headless_locust_run_has_no_failures(demo_server: str, tmp_path: Path) -> None:
+    env = _clean_env()
+    env["IDRSERVE_LOCUST_IMAGES"] = "1001,1002,1003,1004,1005,1006"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            "8",
+            "-r",
+            "8",
+            "-t",
+            "12s",
+            "--stop-timeout",
+            "10",
+            "--host",
+            demo_server,
+            "--csv",
+            str(tmp_path / "run"),
+            "--exit-code-on-error",
+            "1",
+            "--only-summary",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=90,
+        check=False,
+    )
+    output = f"stdout:\n{result.stdout[-6000:]}\nstderr:\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, output
+
+    stats = _stats(tmp_path / "run_stats.csv")
+    for prefix in (
+        "/webgateway/imgData/",
+        "/webgateway/render_image_region/",
+        "/webgateway/render_thumbnail/",
+        "/webgateway/render_birds_eye_view/",
+    ):
+        assert _requests(stats, prefix) > 0, f"no {prefix} requests\n{output}"
+    # Grouped by route template: one line per endpoint, not one per URL.
+    assert len(stats) < 15, sorted(stats)
+    aggregated = stats["Aggregated"]
+    assert int(aggregated["Failure Count"]) == 0, output
+    with (tmp_path / "run_failures.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == []
+    with (tmp_path / "run_exceptions.csv").open(newline="") as f:
+        assert list(csv.DictReader(f)) == [], output
