@@ -184,3 +184,45 @@ def test_cache_warm_fills_a_running_server(demo_server: tuple[str, str], tmp_pat
         f"{base}/webgateway/render_image_region/1001/0/0/?tile={smallest},0,0,256,256"
     ) as resp:
         assert resp.headers["X-Cache"] == "memory"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_in_flight_requests(demo_server: tuple[str, str], workers: int) -> None:
+    import asyncio
+    import signal
+
+    import aiohttp
+
+    _, data_dir = demo_server
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idrserve", "serve", "--zarr-root", data_dir, "--port", str(port),
+         "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0"},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    async def storm() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int) -> int:
+                url = (f"{base}/webgateway/render_image/1002/0/0/?p=intmax"
+                       f"&c=1|0:3000$FF0000,2|0:2000$00FF00&q=0.{50 + i}")  # fmt: skip
+                async with session.get(url) as resp:
+                    await resp.read()
+                    return resp.status
+
+            tasks = [asyncio.create_task(one(i)) for i in range(30)]
+            await asyncio.sleep(0.05)  # the requests are in flight
+            proc.send_signal(signal.SIGTERM)
+            return list(await asyncio.gather(*tasks))
+
+    try:
+        wait_ready(base, proc)
+        assert asyncio.run(storm()) == [200] * 30  # nothing cut off
+        assert proc.wait(30) == 0  # then a clean exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
