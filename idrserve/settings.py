@@ -56,6 +56,9 @@ class SourceSettings(_Group):
     direct_reads: bool = True
     # Open arrays and parsed image metadata kept in memory.
     meta_cache_entries: int = Field(4096, ge=1)
+    # Local disk cache of chunks read from remote stores (S3, HTTP); None disables it.
+    chunk_cache_dir: Path | None = None
+    chunk_cache_max_bytes: int = Field(20 * 1024**3, ge=1)
     # S3 settings for s3:// roots and catalog entries.
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"

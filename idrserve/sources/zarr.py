@@ -56,6 +56,7 @@ from obstore.exceptions import PermissionDeniedError
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
+from zarr.experimental.cache_store import CacheStore
 from zarr.storage import LocalStore, ObjectStore, StorePath
 
 from idrserve import errors
@@ -183,7 +184,13 @@ class ZarrSource:
             infos = [ngff.parse_array(doc) for doc in level_docs]
             image = ngff.build_image(ms, infos)
             arrays = tuple(
-                _open_array(store, path, doc, info, local=isinstance(location, Path))
+                _open_array(
+                    _chunk_store(store, location, self._settings),
+                    path,
+                    doc,
+                    info,
+                    local=isinstance(location, Path),
+                )
                 for path, doc, info in zip(ms.paths, level_docs, infos, strict=True)
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -409,6 +416,22 @@ def _open_store(location: Location, settings: SourceSettings) -> Any:
     if isinstance(location, Path):
         return LocalStore(location, read_only=True)
     return ObjectStore(open_object_store(location, settings), read_only=True)
+
+
+def _chunk_store(store: Any, location: Location, settings: SourceSettings) -> Any:
+    """Remote chunks through a local disk cache, so repeated reads never go back to S3/HTTP.
+
+    zarr's `CacheStore` keeps whole objects in a `LocalStore` under `chunk_cache_dir` (one
+    directory per image location) and byte ranges (shard reads) in memory, both within
+    `chunk_cache_max_bytes`, least recently used out first. Only arrays read through it: the
+    metadata documents are fetched from the store itself, so re-validation still sees changes.
+    Local data is never cached again.
+    """
+    if isinstance(location, Path) or settings.chunk_cache_dir is None:
+        return store
+    name = hashlib.blake2b(str(location).encode(), digest_size=10).hexdigest()
+    cache = LocalStore(settings.chunk_cache_dir / name)
+    return CacheStore(store, cache_store=cache, max_size=settings.chunk_cache_max_bytes)
 
 
 def _array_key(path: str, fmt: int) -> str:
