@@ -244,8 +244,13 @@ async def _cache_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
+        from idrserve.cache.tiered import redact_url
+
         settings = load_settings(config_file=args.config)
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+        shown = settings.model_dump(mode="json")
+        if shown["cache"]["redis_url"]:
+            shown["cache"]["redis_url"] = redact_url(shown["cache"]["redis_url"])
+        print(json.dumps(shown, indent=2))
         return 0
     if args.command == "cache":
         return asyncio.run(_cache_command(args))

@@ -116,10 +116,10 @@ class TieredCache:
             self._start_maintenance()
         if self.redis is not None:
             if await self.redis.ping():
-                log.info("redis cache at %s", _redact(self.redis.url))
+                log.info("redis cache at %s", redact_url(self.redis.url))
             else:
                 log.warning(
-                    "redis cache at %s unreachable; serving without it", _redact(self.redis.url)
+                    "redis cache at %s unreachable; serving without it", redact_url(self.redis.url)
                 )
 
     def _start_maintenance(self) -> None:
@@ -436,8 +436,8 @@ class TieredCache:
         try:
             info = await self.redis.info(count_keys)
         except RedisUnavailable as exc:
-            return {"url": _redact(self.redis.url), "error": str(exc)}
-        info["url"] = _redact(self.redis.url)
+            return {"url": redact_url(self.redis.url), "error": str(exc)}
+        info["url"] = redact_url(self.redis.url)
         info["prefix"] = self.redis.prefix
         return info
 
@@ -446,7 +446,7 @@ async def _none() -> None:
     return None
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without a password."""
     scheme, sep, rest = url.partition("://")
     if "@" not in rest:

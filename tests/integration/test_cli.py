@@ -226,3 +226,13 @@ def test_sigterm_drains_in_flight_requests(demo_server: tuple[str, str], workers
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_config_show_redacts_the_redis_password() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "idrserve", "config", "show"],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "IDRSERVE_REDIS_URL": "redis://:s3cret@10.0.0.5:6379/0"},
+    ).stdout  # fmt: skip
+    assert "s3cret" not in out
+    assert json.loads(out)["cache"]["redis_url"] == "redis://:***@10.0.0.5:6379/0"
