@@ -220,13 +220,15 @@ class Test5D(SourceConformance):
 class TestPerLevelChunkShapes(SourceConformance):
     """Chunk shapes differ per level (whole-level chunks at the bottom, as IDR 9822152)."""
 
+    direct_reads = True  # local Zarr v2: the direct chunk reader (sources/direct.py)
+
     @pytest.fixture
     async def case(self, tmp_path: Path) -> AsyncIterator[Case]:
         levels = pyramid(ramp((2, 1, 257, 301), "uint16", seed=9), 3)
         chunks = [(1, 1, 64, 100), (2, 1, 50, 30), (2, 1, 64, 75)]
         attrs = {"multiscales": [multiscales("czyx", 3, version="0.4")]}
         write_v2(tmp_path / f"{IMAGE_ID}.zarr", levels, attrs, chunks=chunks)
-        settings = SourceSettings(zarr_root=str(tmp_path))
+        settings = SourceSettings(zarr_root=str(tmp_path), direct_reads=self.direct_reads)
         async for c in open_case(settings, "czyx", levels, tiles_of(chunks)):
             yield c
 
@@ -308,12 +310,4 @@ class TestS3Signed(SourceConformance):
 class TestPerLevelChunkShapesThroughZarr(TestPerLevelChunkShapes):
     """The same v2 data read through zarr-python (zarrs) instead of the direct chunk reader."""
 
-    @pytest.fixture
-    async def case(self, tmp_path: Path) -> AsyncIterator[Case]:
-        levels = pyramid(ramp((2, 1, 257, 301), "uint16", seed=9), 3)
-        chunks = [(1, 1, 64, 100), (2, 1, 50, 30), (2, 1, 64, 75)]
-        attrs = {"multiscales": [multiscales("czyx", 3, version="0.4")]}
-        write_v2(tmp_path / f"{IMAGE_ID}.zarr", levels, attrs, chunks=chunks)
-        settings = SourceSettings(zarr_root=str(tmp_path), direct_reads=False)
-        async for c in open_case(settings, "czyx", levels, tiles_of(chunks)):
-            yield c
+    direct_reads = False
