@@ -468,7 +468,9 @@ def test_stampede_reaches_idrserve_once(stack: Stack) -> None:
 def test_zz_idrserve_down_serves_stale_and_fails_fast(stack: Stack) -> None:
     # Runs last (it stops idrserve). The entry cached by the fixture is older than idrserve's
     # max-age by now (waiting out the remainder if not), so nginx would normally ask idrserve again.
-    remaining = stack.primed_at + MAX_AGE_S + 0.5 - time.monotonic()
+    # nginx keeps whole seconds: an entry stored at second S with max-age=4 is fresh through
+    # S + 4 (`valid_sec < now`), i.e. up to 5 s after it was stored; wait 2 s past max-age.
+    remaining = stack.primed_at + MAX_AGE_S + 2.0 - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
     stop(stack.idrserve)
