@@ -21,7 +21,7 @@ from idrserve.http import params
 from idrserve.http.fastpath import MEMO_INFO
 from idrserve.http.imgdata import image_data, select_key
 from idrserve.http.responses import image_response, json_or_jsonp, not_modified
-from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest
+from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, RenderOverrides
 from idrserve.render.lut import luts_json
 from idrserve.render.settings import resolve_render, resolve_thumbnail
 from idrserve.service import (
@@ -36,7 +36,7 @@ from idrserve.service import (
     thumbnail_level,
     thumbnail_size,
 )
-from idrserve.settings import Settings
+from idrserve.settings import LimitSettings, Settings
 
 DEPS = web.AppKey("deps", Deps)
 SETTINGS = web.AppKey("settings", Settings)
@@ -71,6 +71,29 @@ def _opt_path_int(request: web.Request, name: str) -> int | None:
     return None if value is None else params.parse_path_int(value, name)
 
 
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """The rendering and output parameters both render routes share."""
+
+    overrides: RenderOverrides
+    flip: tuple[bool, bool]
+    fmt: Format
+    quality: float
+
+
+def _output(request: web.Request, limits: LimitSettings) -> _Output:
+    query = request.query
+    strict = (request.match_info.route.name or "").endswith("_rdef")  # _rdef: validated settings
+    return _Output(
+        params.parse_render_overrides(
+            query, max_active_channels=limits.max_active_channels, strict=strict
+        ),
+        params.parse_flip(query),
+        params.parse_format(query),
+        params.parse_quality(query, limits.default_jpeg_quality),
+    )
+
+
 async def _respond(request: web.Request, req: RegionRequest, meta: ImageMeta) -> web.StreamResponse:
     ctx = _ctx(request)
     key, generation = await cache_key(req, ctx.deps)
@@ -92,15 +115,8 @@ async def render_image_region(request: web.Request) -> web.StreamResponse:
     limits = ctx.deps.limits
     iid, z, t = _path_int(request, "iid"), _path_int(request, "z"), _path_int(request, "t")
     query = request.query
-    strict = request.match_info.route.name is not None and request.match_info.route.name.endswith(
-        "_rdef"
-    )
-    overrides = params.parse_render_overrides(
-        query, max_active_channels=limits.max_active_channels, strict=strict
-    )
-    flip_h, flip_v = params.parse_flip(query)
-    fmt = params.parse_format(query)
-    quality = params.parse_quality(query, limits.default_jpeg_quality)
+    out = _output(request, limits)
+    overrides, (flip_h, flip_v), fmt, quality = out.overrides, out.flip, out.fmt, out.quality
     meta = await ctx.deps.source.meta(iid)
     check_plane(meta, z, t)
     full = meta.levels[0]
@@ -136,15 +152,9 @@ async def render_image(request: web.Request) -> web.StreamResponse:
     limits = ctx.deps.limits
     iid = _path_int(request, "iid")
     query = request.query
-    route = request.match_info.route.name or ""
-    strict = route.endswith("_rdef")
-    download = route.startswith("webclient_render_image_download")
-    overrides = params.parse_render_overrides(
-        query, max_active_channels=limits.max_active_channels, strict=strict
-    )
-    flip_h, flip_v = params.parse_flip(query)
-    fmt = params.parse_format(query)
-    quality = params.parse_quality(query, limits.default_jpeg_quality)
+    download = (request.match_info.route.name or "").startswith("webclient_render_image_download")
+    out = _output(request, limits)
+    overrides, (flip_h, flip_v), fmt, quality = out.overrides, out.flip, out.fmt, out.quality
     meta = await ctx.deps.source.meta(iid)
     z = _opt_path_int(request, "z")
     t = _opt_path_int(request, "t")
