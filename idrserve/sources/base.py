@@ -34,3 +34,17 @@ class PixelSource(Protocol):
     def fresh_data_version(self, image_id: int) -> str | None:
         """Capability: the loaded image's data version if still trusted, else None."""
         ...
+
+
+async def resolve_source(source: PixelSource, image_id: int) -> PixelSource:
+    """The concrete source that serves `image_id`.
+
+    A routing source (Zarr for converted images, OMERO for the rest) exposes
+    ``async source_for(image_id)``; layers that need a capability of one kind of source (e.g.
+    passing stored Zarr chunks through unchanged) ask here instead of type-checking the router.
+    """
+    pick = getattr(source, "source_for", None)
+    if pick is None:
+        return source
+    chosen: PixelSource = await pick(image_id)
+    return chosen
