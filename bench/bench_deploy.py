@@ -17,7 +17,13 @@ and the same 1 024 tiles (256 level-0 tiles × 4 JPEG qualities). Contenders, in
 
 All idrserve processes run with `IDRSERVE_SERVER__CPU_THREADS=1` (one render thread per worker).
 
+This is the one side-by-side command (issue 7): each round runs every contender under wrk
+(throughput on one URL list) and then under locust (`bench/locust_urls.py`: sessions of
+neighbouring tiles from the same list), contenders interleaved, so a machine hiccup hits one round
+of everyone rather than all rounds of one contender. `--locust-s 0` leaves locust out.
+
     python bench/bench_deploy.py [--duration 8] [--rounds 3] [--conns 64] [--cold-conns 16]
+                                 [--locust-s 8] [--locust-users 32]
 """
 
 from __future__ import annotations
@@ -31,19 +37,19 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from _harness import NGINX, NGINX_USER, Stack, get, run_locust, version, wait_http
 from bench_http import SIZE, free_port, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 DEPLOY = REPO / "deploy" / "nginx"
 IIPSRV = Path("/usr/lib/iipimage-server/iipsrv.fcgi")
+LOCUSTFILE = ROOT / "locust_urls.py"
 QUALITIES = ("0.8", "0.85", "0.9", "0.95")
 TILES = SIZE // 256
 
@@ -116,23 +122,6 @@ http {{
 """
 
 
-def get(url: str, timeout: float = 30) -> tuple[bytes, dict[str, str]]:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read(), dict(resp.headers)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    for _ in range(300):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            get(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def tile_urls(qualities: tuple[str, ...] | list[str]) -> list[str]:
     return [
         f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256&q={q}"
@@ -147,14 +136,6 @@ def cold_urls(round_no: int, n_urls: int) -> list[str]:
     per_q = math.ceil(n_urls / (len(QUALITIES) * TILES * TILES))
     spellings = [f"{q}{round_no:02d}{k:03d}" for k in range(per_q) for q in QUALITIES]
     return tile_urls(spellings)
-
-
-def version(cmd: list[str]) -> str:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except OSError as exc:
-        return f"unavailable ({exc})"
-    return (res.stdout + res.stderr).strip().splitlines()[0] if res.stdout + res.stderr else "?"
 
 
 def write_iip_tiff(path: Path, base: str) -> None:
@@ -190,200 +171,190 @@ def write_iip_tiff(path: Path, base: str) -> None:
             level += 1
 
 
+def start_static(stack: Stack, tmp: Path, bodies: list[bytes]) -> tuple[str, list[str]]:
+    """nginx serving `bodies` as static files: the ceiling every contender is compared to."""
+    static = tmp / "static"
+    static.mkdir()
+    for i, body in enumerate(bodies):
+        (static / f"{i}.jpg").write_bytes(body)
+    prefix = tmp / "nginx-static"
+    prefix.mkdir()
+    port = free_port()
+    (prefix / "nginx.conf").write_text(
+        STATIC_CONF.format(user=NGINX_USER or "nobody", prefix=prefix, port=port, static=static)
+    )
+    stack.nginx(prefix, [NGINX, "-c", str(prefix / "nginx.conf"), "-p", str(prefix)])
+    urls = [f"/static/{i}.jpg" for i in range(len(bodies))]
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + urls[0])
+    return base, urls
+
+
+def start_iip(stack: Stack, tmp: Path, mem: str) -> tuple[str, list[str]]:
+    """Two iipsrv FastCGI processes behind their own nginx (performance.md §1.2)."""
+    if not IIPSRV.exists():
+        raise RuntimeError(f"{IIPSRV} missing (apt-get install iipimage-server)")
+    data = tmp / "iip"
+    data.mkdir()
+    write_iip_tiff(data / "rgb_pyr_jpeg.tif", mem)
+    ports = [free_port(), free_port()]
+    for i, port in enumerate(ports):
+        env = dict(
+            os.environ,
+            LOGFILE=str(tmp / f"iipsrv-{i}.log"),
+            VERBOSITY="0",
+            JPEG_QUALITY="90",
+            MAX_IMAGE_CACHE_SIZE="0",
+            FILESYSTEM_PREFIX=f"{data}/",
+            CORS="*",
+            OMP_NUM_THREADS="1",
+        )
+        stack.start([str(IIPSRV), "--bind", f"127.0.0.1:{port}", "--backlog", "1024"], env)
+    prefix = tmp / "nginx-iip"
+    prefix.mkdir()
+    port = free_port()
+    servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
+    (prefix / "nginx.conf").write_text(
+        IIP_CONF.format(user=NGINX_USER or "nobody", prefix=prefix, port=port, servers=servers)
+    )
+    stack.nginx(prefix, [NGINX, "-c", str(prefix / "nginx.conf"), "-p", str(prefix)])
+    base = f"http://127.0.0.1:{port}"
+    urls = [
+        f"/fcgi-bin/iipsrv.fcgi?IIIF=rgb_pyr_jpeg.tif/{x * 256},{y * 256},256,256"
+        "/256,/0/default.jpg"
+        for y in range(TILES)
+        for x in range(TILES)
+    ]
+    time.sleep(0.5)
+    body, headers = get(base + urls[17])
+    if not body.startswith(b"\xff\xd8") or "jpeg" not in headers.get("Content-Type", ""):
+        raise RuntimeError(f"iipsrv answered {headers.get('Content-Type')}")
+    return base, urls
+
+
+def table(results: dict[str, list[dict[str, float]]], what: str) -> list[str]:
+    lines = [
+        f"| contender ({what}) | median req/s | min–max | p50 ms | p99 ms | bytes/resp | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rounds in results.items():
+        rps = [r["rps"] for r in rounds]
+        failed = sum(r.get("non2xx", 0) + r.get("socket_errors", 0) + r.get("failures", 0)
+                     for r in rounds)  # fmt: skip
+        lines.append(
+            f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
+            f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
+            f"{statistics.median(r['p99_ms'] for r in rounds):.2f} | "
+            f"{statistics.median(r['bytes_per_req'] for r in rounds):.0f} | {failed:.0f} |"
+        )
+    return lines
+
+
+def ratio_table(
+    results: dict[str, list[dict[str, float]]], what: str, with_targets: bool = True
+) -> list[str]:
+    """Per-round ratios; the issue's targets are wrk figures, so locust rows are informative."""
+    lines = [
+        f"| ratio ({what}) | median | per round | target | met |",
+        "|---|---:|---|---:|---|",
+    ]
+    for label, num, den, goal in RATIOS:
+        target = goal if with_targets else None
+        if num not in results or den not in results:
+            lines.append(f"| {label} | n/a | contender missing | {target or '–'} | – |")
+            continue
+        per = [a["rps"] / b["rps"] for a, b in zip(results[num], results[den], strict=True)]
+        med = statistics.median(per)
+        met = "–" if target is None else ("yes" if med >= target else "**no**")
+        lines.append(
+            f"| {label} | {med:.2f} | {', '.join(f'{x:.2f}' for x in per)} | "
+            f"{target if target is not None else '–'} | {met} |"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conns", type=int, default=64, help="wrk connections for cache hits")
     parser.add_argument("--cold-conns", type=int, default=16, help="wrk connections, cold tiles")
+    parser.add_argument("--locust-s", type=float, default=8.0, help="seconds per locust round")
+    parser.add_argument("--locust-users", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not shutil.which("wrk") or not Path(nginx).exists():
+    if not shutil.which("wrk") or not Path(NGINX).exists():
         print("wrk and nginx are needed (apt-get install wrk nginx-light)", file=sys.stderr)
         return 2
-    user = "root" if os.geteuid() == 0 else ""
     tmp = Path(tempfile.mkdtemp(prefix="idrserve-deploybench-"))
     tmp.chmod(0o755)
     notes: list[str] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    nginx_pids: list[Path] = []
-
-    def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(tmp / f"proc-{len(procs)}.log", "wb")  # noqa: SIM115 (closed with tmp)
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    def start_nginx(prefix: Path, args_: list[str]) -> None:
-        nginx_pids.append(prefix / "nginx.pid")
-        subprocess.run(args_, check=True)
-
-    def idrserve(workers: int, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-        port = free_port()
-        env = dict(
-            os.environ,
-            IDRSERVE_LOG__ACCESS_LOG="false",
-            IDRSERVE_SERVER__CPU_THREADS="1",
-            **extra,
-        )
-        cmd = [sys.executable, "-m", "idrserve", "serve", "--zarr-root", str(tmp / "data")]
-        cmd += ["--port", str(port), "--workers", str(workers)]
-        return start(cmd, env), port
-
-    def deploy_nginx(name: str, upstream: int) -> int:
-        """deploy/nginx rendered into tmp/name as tests/integration/test_nginx.py does."""
-        prefix = tmp / name
-        port = free_port()
-        conf = (DEPLOY / "idrserve.conf").read_text()
-        for old, new in {
-            "listen 80;": f"listen 127.0.0.1:{port};",
-            "127.0.0.1:8080": f"127.0.0.1:{upstream}",
-            "127.0.0.1:8000": f"127.0.0.1:{free_port()}",  # OMERO.web: nothing listens
-            "/var/cache/nginx/idrserve": str(prefix / "cache"),
-        }.items():
-            if old not in conf:
-                raise RuntimeError(f"deploy/nginx/idrserve.conf no longer contains {old!r}")
-            conf = conf.replace(old, new)
-        for sub in ("logs", "tmp", "cache"):
-            (prefix / sub).mkdir(parents=True, exist_ok=True)
-        (prefix / "idrserve.conf").write_text(conf)
-        shutil.copy(DEPLOY / "nginx.conf", prefix / "nginx.conf")
-        cmd = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
-        cmd += ["-e", str(prefix / "logs" / "startup.log")]
-        if user:
-            cmd += ["-g", f"user {user};"]
-        start_nginx(prefix, cmd)
-        return port
-
-    results: dict[str, list[dict[str, float]]] = {}
+    # name → (base URL, URL list or None for "fresh cold URLs each round", wrk connections)
+    bases: dict[str, tuple[str, list[str] | None, int]] = {}
+    wrk_results: dict[str, list[dict[str, float]]] = {}
+    locust_results: dict[str, list[dict[str, float]]] = {}
     cold_sizes: list[int] = []
-    try:
-        write_image(tmp / "data" / "2001.zarr", 256, 1)
+    with Stack(tmp) as stack:
+        data = tmp / "data"
+        write_image(data / "2001.zarr", 256, 1)
         urls = tile_urls(QUALITIES)
-        mem_proc, mem_port = idrserve(1, {})
-        cold1_proc, cold1_port = idrserve(1, {"IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0"})
-        cold2_proc, cold2_port = idrserve(2, {"IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0"})
-        for proc, port in (
-            (mem_proc, mem_port),
-            (cold1_proc, cold1_port),
-            (cold2_proc, cold2_port),
-        ):
-            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        mem = f"http://127.0.0.1:{mem_port}"
-        static = tmp / "static"
-        static.mkdir()
-        for i, url in enumerate(urls):  # warm the memory tier; static copies byte for byte
-            body, _ = get(mem + url)
-            (static / f"{i}.jpg").write_bytes(body)
-        body, headers = get(mem + urls[0])
-        if headers.get("X-Cache") != "memory":
-            raise RuntimeError(f"idrserve memory server answered from {headers.get('X-Cache')!r}")
-
-        bases: dict[str, tuple[str, list[str] | None, int]] = {}  # name → base, urls, conns
-
-        static_prefix = tmp / "nginx-static"
-        static_prefix.mkdir()
-        static_port = free_port()
-        (static_prefix / "nginx.conf").write_text(
-            STATIC_CONF.format(
-                user=user or "nobody", prefix=static_prefix, port=static_port, static=static
-            )
-        )
-        start_nginx(
-            static_prefix,
-            [nginx, "-c", str(static_prefix / "nginx.conf"), "-p", str(static_prefix)],
-        )
-        static_urls = [f"/static/{i}.jpg" for i in range(len(urls))]
-        wait_http(f"http://127.0.0.1:{static_port}{static_urls[0]}")
-        bases[STATIC] = (f"http://127.0.0.1:{static_port}", static_urls, args.conns)
+        no_mem = {"IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0"}
+        _, mem = stack.idrserve(data, 1)
+        _, cold1 = stack.idrserve(data, 1, no_mem)
+        _, cold2 = stack.idrserve(data, 2, no_mem)
+        bodies = [get(mem + url)[0] for url in urls]  # warms the memory tier
+        if get(mem + urls[0])[1].get("X-Cache") != "memory":
+            raise RuntimeError("the idrserve memory contender did not answer from memory")
+        bases[STATIC] = (*start_static(stack, tmp, bodies), args.conns)
         bases[MEMORY] = (mem, urls, args.conns)
 
-        warm_port = deploy_nginx("nginx-warm", mem_port)
-        warm = f"http://127.0.0.1:{warm_port}"
-        wait_http(warm + "/healthz")
+        warm = stack.deploy_nginx("nginx-warm", mem)
         for url in urls:  # one pass fills the proxy cache
             get(warm + url)
         statuses = {get(warm + u)[1].get("X-Cache-Status") for u in urls[::97]}
         if statuses != {"HIT"}:
             raise RuntimeError(f"deploy nginx warm pass did not give HITs: {statuses}")
         bases[PROXY_WARM] = (warm, urls, args.conns)
-
-        cold_port = deploy_nginx("nginx-cold", cold1_port)
-        cold = f"http://127.0.0.1:{cold_port}"
-        wait_http(cold + "/healthz")
+        cold = stack.deploy_nginx("nginx-cold", cold1)
         # Enough distinct URLs per round that wrk cannot wrap around at up to 3 000 req/s.
         n_cold = max(len(urls), int(args.duration * 3000))
         bases[PROXY_COLD] = (cold, None, args.cold_conns)
-        bases[COLD1] = (f"http://127.0.0.1:{cold1_port}", urls, args.cold_conns)
-        bases[COLD2] = (f"http://127.0.0.1:{cold2_port}", urls, args.cold_conns)
-
-        iip_reason = ""
-        if not IIPSRV.exists():
-            iip_reason = f"{IIPSRV} missing (apt-get install iipimage-server failed or not run)"
-        else:
-            iip_data = tmp / "iip"
-            iip_data.mkdir()
-            write_iip_tiff(iip_data / "rgb_pyr_jpeg.tif", mem)
-            iip_ports = [free_port(), free_port()]
-            for i, port in enumerate(iip_ports):
-                env = dict(
-                    os.environ,
-                    LOGFILE=str(tmp / f"iipsrv-{i}.log"),
-                    VERBOSITY="0",
-                    JPEG_QUALITY="90",
-                    MAX_IMAGE_CACHE_SIZE="0",
-                    FILESYSTEM_PREFIX=f"{iip_data}/",
-                    CORS="*",
-                    OMP_NUM_THREADS="1",
-                )
-                start([str(IIPSRV), "--bind", f"127.0.0.1:{port}", "--backlog", "1024"], env)
-            iip_prefix = tmp / "nginx-iip"
-            iip_prefix.mkdir()
-            iip_port = free_port()
-            servers = " ".join(f"server 127.0.0.1:{p};" for p in iip_ports)
-            (iip_prefix / "nginx.conf").write_text(
-                IIP_CONF.format(
-                    user=user or "nobody", prefix=iip_prefix, port=iip_port, servers=servers
-                )
+        bases[COLD1] = (cold1, urls, args.cold_conns)
+        bases[COLD2] = (cold2, urls, args.cold_conns)
+        try:
+            iip, iip_urls = start_iip(stack, tmp, mem)
+            bases[IIP] = (iip, iip_urls, args.cold_conns)
+            notes.append(
+                f"IIPImage IIIF tile {len(get(iip + iip_urls[17])[0])} bytes vs idrserve q=0.9 "
+                f"{len(bodies[2 * 256 + 17])} bytes (same tile)."
             )
-            start_nginx(
-                iip_prefix, [nginx, "-c", str(iip_prefix / "nginx.conf"), "-p", str(iip_prefix)]
-            )
-            iip = f"http://127.0.0.1:{iip_port}"
-            iip_urls = [
-                "/fcgi-bin/iipsrv.fcgi?IIIF=rgb_pyr_jpeg.tif/"
-                f"{x * 256},{y * 256},256,256/256,/0/default.jpg"
-                for y in range(TILES)
-                for x in range(TILES)
-            ]
-            time.sleep(0.5)
-            try:
-                body, headers = get(iip + iip_urls[17])
-                if not body.startswith(b"\xff\xd8") or "jpeg" not in headers.get(
-                    "Content-Type", ""
-                ):
-                    raise RuntimeError(f"IIPImage answered {headers.get('Content-Type')}")
-                bases[IIP] = (iip, iip_urls, args.cold_conns)
-                notes.append(
-                    f"IIPImage IIIF tile {len(body)} bytes vs idrserve q=0.9 "
-                    f"{len(get(mem + urls[2 * 256 + 17])[0])} bytes (same tile)."
-                )
-            except (OSError, RuntimeError) as exc:
-                iip_reason = f"iipsrv did not answer a IIIF tile: {exc}"
-        if iip_reason:
-            notes.append(f"IIPImage not measured: {iip_reason}.")
+        except (OSError, RuntimeError) as exc:
+            notes.append(f"IIPImage not measured: {exc}.")
 
-        results = {name: [] for name in bases}
+        wrk_results = {name: [] for name in bases}
+        locust_results = {name: [] for name in bases} if args.locust_s > 0 else {}
         for base, chosen, conns in bases.values():  # warm-up, discarded
-            chosen = chosen if chosen is not None else cold_urls(0, n_cold)
-            run_wrk(base, chosen, 3, conns, tmp)
+            run_wrk(base, chosen if chosen is not None else cold_urls(0, n_cold), 3, conns, tmp)
         for r in range(1, args.rounds + 1):
             for name, (base, chosen, conns) in bases.items():
-                chosen = chosen if chosen is not None else cold_urls(r, n_cold)
+                wrk_urls = chosen if chosen is not None else cold_urls(r, n_cold)
                 if name == PROXY_COLD:
-                    cold_sizes.append(len(chosen))
-                results[name].append(run_wrk(base, chosen, args.duration, conns, tmp))
+                    cold_sizes.append(len(wrk_urls))
+                wrk_results[name].append(run_wrk(base, wrk_urls, args.duration, conns, tmp))
+                if not locust_results:
+                    continue
+                # Sessions right after the same contender's wrk round, on the same URL list
+                # (cold contenders get their own never-seen spelling for this round).
+                session_urls = chosen if chosen is not None else cold_urls(100 + r, n_cold)
+                url_file = tmp / "session-urls.txt"
+                url_file.write_text("\n".join(session_urls) + "\n")
+                locust_results[name].append(
+                    run_locust(
+                        LOCUSTFILE, base, args.locust_users, args.locust_s,
+                        tmp / f"locust-{r}-{len(locust_results[name])}-{abs(hash(name))}",
+                        {"IDRSERVE_BENCH_URLS": str(url_file), "IDRSERVE_BENCH_RUN": "16"},
+                    )
+                )  # fmt: skip
         statuses = {get(warm + u)[1].get("X-Cache-Status") for u in urls[::97]}
         if statuses != {"HIT"}:
             notes.append(f"WARNING: warm proxy cache sample after the rounds: {statuses}")
@@ -394,43 +365,23 @@ def main() -> int:
         probe = cold_urls(args.rounds + 1, len(urls))[5]
         first = get(cold + probe)[1].get("X-Cache-Status")
         notes.append(f"Cold proxy cache: a never-seen URL gave X-Cache-Status: {first}.")
-    finally:
-        for pid_file in nginx_pids:
-            if pid_file.exists():
-                pid = pid_file.read_text().strip()
-                subprocess.run(["kill", "-QUIT", pid], check=False)
-                for _ in range(100):
-                    if not Path(f"/proc/{pid}").exists():
-                        break
-                    time.sleep(0.05)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
-    for name, rounds in results.items():
-        if name == PROXY_COLD:
-            for n, row in zip(cold_sizes, rounds, strict=True):
-                if row["rps"] * args.duration > n:
-                    notes.append(
-                        f"WARNING: cold proxy round wrapped ({row['rps']:.0f}/s vs {n} URLs)."
-                    )
+    for n, row in zip(cold_sizes, wrk_results.get(PROXY_COLD, []), strict=True):
+        if row["rps"] * args.duration > n:
+            notes.append(f"WARNING: cold proxy round wrapped ({row['rps']:.0f}/s vs {n} URLs).")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     host = platform.node() or "host"
     cmdline = (
         f"python bench/bench_deploy.py --duration {args.duration:g} --rounds {args.rounds} "
-        f"--conns {args.conns} --cold-conns {args.cold_conns}"
+        f"--conns {args.conns} --cold-conns {args.cold_conns} --locust-s {args.locust_s:g} "
+        f"--locust-users {args.locust_users}"
     )
     versions = {
         "python": sys.version.split()[0],
         "idrserve": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
-        "nginx": version([nginx, "-v"]).removeprefix("nginx version: "),
+        "nginx": version([NGINX, "-v"]).removeprefix("nginx version: "),
         "wrk": version(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
+        "locust": version([sys.executable, "-m", "locust", "--version"]),
         "iipimage-server": version(["dpkg-query", "-W", "-f", "${Version}", "iipimage-server"]),
         "kernel": platform.release(),
     }
@@ -450,44 +401,28 @@ def main() -> int:
         "tiles (so it decodes + re-encodes; no tile cache, MAX_IMAGE_CACHE_SIZE=0). Cold proxy "
         "cache: each round uses URLs with a round-specific spelling of q (same JPEG quality), "
         "upstream is the cold 1-worker idrserve, so every request is a nginx MISS and an idrserve "
-        f"render. 3 s warm-up per contender, then {args.rounds} interleaved rounds of "
-        f"{args.duration:g} s. Data and tiles in the OS page cache. "
-        f"loadavg at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}, nproc {os.cpu_count()}.",
+        f"render. 3 s warm-up per contender, then {args.rounds} interleaved rounds; in each round "
+        f"every contender gets a {args.duration:g} s wrk run and then a {args.locust_s:g} s "
+        f"locust run ({args.locust_users} users, bench/locust_urls.py: sessions of 16 "
+        "neighbouring tiles of the same URL list, no think time, one locust process sharing the "
+        "2 cores, so locust's own CPU caps the fastest contenders). Data and tiles in the OS "
+        f"page cache. loadavg at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"nproc {os.cpu_count()}.",
         "",
         "Versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()),
         "",
-        "| contender | median req/s | min–max | p50 ms | p99 ms | non-2xx | socket errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, rounds in results.items():
-        rps = [r["rps"] for r in rounds]
-        lines.append(
-            f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
-            f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
-            f"{statistics.median(r['p99_ms'] for r in rounds):.2f} | "
-            f"{sum(r['non2xx'] for r in rounds):.0f} | "
-            f"{sum(r['socket_errors'] for r in rounds):.0f} |"
-        )
-    lines += [
+        *table(wrk_results, "wrk"),
         "",
-        "Ratios, computed per round (median, then the per-round values):",
-        "",
-        "| ratio | median | per round | target | met |",
-        "|---|---:|---|---:|---|",
     ]
-    for label, num, den, target in RATIOS:
-        if num not in results or den not in results:
-            lines.append(f"| {label} | n/a | contender missing | {target or '–'} | – |")
-            continue
-        per = [a["rps"] / b["rps"] for a, b in zip(results[num], results[den], strict=True)]
-        med = statistics.median(per)
-        met = "–" if target is None else ("yes" if med >= target else "**no**")
-        lines.append(
-            f"| {label} | {med:.2f} | {', '.join(f'{x:.2f}' for x in per)} | "
-            f"{target if target is not None else '–'} | {met} |"
-        )
+    if locust_results:
+        lines += [*table(locust_results, "locust sessions"), ""]
+    lines += ["Ratios, computed per round (median, then the per-round values):", ""]
+    lines += ratio_table(wrk_results, "wrk")
+    if locust_results:
+        lines += ["", *ratio_table(locust_results, "locust sessions", with_targets=False)]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
-    lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    raw = {"wrk": wrk_results, "locust": locust_results}
+    lines += ["", "Raw rounds:", "", "```json", json.dumps(raw, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"deploy-{host}-{stamp}.md"
     out.write_text("\n".join(lines))

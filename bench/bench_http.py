@@ -139,12 +139,17 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
         scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
         return float(m.group(1)) * scale
 
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", out)
+    per_sec = 0.0
+    if transfer:  # wrk prints binary units: 1KB = 1024 B
+        per_sec = float(transfer.group(1)) * 1024 ** "BKMG".index(transfer.group(2)[0])
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     return {
         "rps": rps,
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
+        "bytes_per_req": per_sec / rps if rps else 0.0,
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "socket_errors": 1.0 if errors else 0.0,
     }

@@ -14,51 +14,18 @@ included — say so when comparing.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from bench_http import free_port
+from _harness import Stack, run_locust
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-DEPLOY = REPO / "deploy" / "nginx"
-
-
-def wait_http(url: str) -> None:
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def run_locust(host: str, users: int, seconds: int, csv_prefix: Path) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--headless",
-           "-u", str(users), "-r", str(max(1, users)), "-t", f"{seconds}s", "--host", host,
-           "--csv", str(csv_prefix), "--only-summary"]  # fmt: skip
-    subprocess.run(cmd, check=False, capture_output=True, timeout=seconds + 120)
-    with open(f"{csv_prefix}_stats.csv", newline="") as fh:
-        rows = {row["Name"]: row for row in csv.DictReader(fh)}
-    agg = rows["Aggregated"]
-    return {
-        "users": float(users),
-        "rps": float(agg["Requests/s"]),
-        "requests": float(agg["Request Count"]),
-        "failures": float(agg["Failure Count"]),
-        "p50_ms": float(agg["50%"]),
-        "p99_ms": float(agg["99%"]),
-    }
+LOCUSTFILE = ROOT / "locustfile.py"
 
 
 def main() -> int:
@@ -67,51 +34,21 @@ def main() -> int:
     parser.add_argument("--users", default="100,200,400,800,1200,1600")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     tmp = Path(tempfile.mkdtemp(prefix="idrserve-locustbench-"))
     tmp.chmod(0o755)
     from idrserve.demo import write_demo
 
     write_demo(tmp / "data")
-    backend, front = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")}
-    env["IDRSERVE_LOG__ACCESS_LOG"] = "false"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "idrserve", "serve", "--zarr-root", str(tmp / "data"),
-         "--port", str(backend), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    prefix = tmp / "nginx"
-    for sub in ("logs", "tmp", "cache"):
-        (prefix / sub).mkdir(parents=True, exist_ok=True)
-    conf = (DEPLOY / "idrserve.conf").read_text()
-    for old, new in {
-        "listen 80;": f"listen 127.0.0.1:{front};",
-        "127.0.0.1:8080": f"127.0.0.1:{backend}",
-        "127.0.0.1:8000": f"127.0.0.1:{free_port()}",
-        "/var/cache/nginx/idrserve": str(prefix / "cache"),
-    }.items():
-        conf = conf.replace(old, new)
-    (prefix / "idrserve.conf").write_text(conf)
-    shutil.copy(DEPLOY / "nginx.conf", prefix / "nginx.conf")
-    host = f"http://127.0.0.1:{front}"
     results: list[dict[str, float]] = []
-    try:
-        wait_http(f"http://127.0.0.1:{backend}/healthz")
-        subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                        "-g", "user root;"], check=True)  # fmt: skip
-        wait_http(host + "/healthz")
-        run_locust(host, 20, 30, tmp / "warm")  # fill idrserve's and nginx's caches
+    with Stack(tmp) as stack:
+        _, backend = stack.idrserve(
+            tmp / "data", workers=2, extra={"IDRSERVE_SERVER__CPU_THREADS": "2"}
+        )
+        host = stack.deploy_nginx("nginx", backend)
+        run_locust(LOCUSTFILE, host, 20, 30, tmp / "warm")  # fill idrserve's and nginx's caches
         for users in (int(u) for u in args.users.split(",")):
-            results.append(run_locust(host, users, args.step_s, tmp / f"u{users}"))
+            results.append(run_locust(LOCUSTFILE, host, users, args.step_s, tmp / f"u{users}"))
             print(results[-1], flush=True)
-    finally:
-        pid = prefix / "logs" / "nginx.pid"
-        for candidate in (pid, prefix / "nginx.pid"):
-            if candidate.exists():
-                subprocess.run(["kill", "-QUIT", candidate.read_text().strip()], check=False)
-        server.terminate()
-        server.wait(30)
     saturation = max(r["rps"] for r in results)
     point = min(results, key=lambda r: abs(r["rps"] - 0.8 * saturation))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")

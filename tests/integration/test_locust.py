@@ -149,3 +149,33 @@ def test_headless_locust_run_has_no_failures(demo_server: str, tmp_path: Path) -
         assert list(csv.DictReader(f)) == []
     with (tmp_path / "run_exceptions.csv").open(newline="") as f:
         assert list(csv.DictReader(f)) == [], output
+
+
+def _run_url_sessions(base: str, urls: list[str], tmp_path: Path) -> dict[str, dict[str, str]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    url_file = tmp_path / "urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    env = _clean_env() | {"IDRSERVE_BENCH_URLS": str(url_file), "IDRSERVE_BENCH_RUN": "4"}
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locust_urls.py"),
+         "--headless", "-u", "4", "-r", "4", "-t", "4s", "--host", base,
+         "--csv", str(tmp_path / "urls"), "--only-summary"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert (tmp_path / "urls_stats.csv").exists(), result.stderr[-4000:]
+    return _stats(tmp_path / "urls_stats.csv")
+
+
+def test_url_list_sessions_used_by_the_side_by_side_harness(
+    demo_server: str, tmp_path: Path
+) -> None:
+    """bench/locust_urls.py counts good tiles as successes and anything else as failures."""
+    tiles = [
+        f"/webgateway/render_image_region/1001/0/0/?tile=0,{x},{y},256,256" for y in (0, 1)
+        for x in (0, 1)
+    ]  # fmt: skip
+    good = _run_url_sessions(demo_server, tiles, tmp_path / "good")
+    assert int(good["Aggregated"]["Request Count"]) > 20
+    assert int(good["Aggregated"]["Failure Count"]) == 0
+    bad = _run_url_sessions(demo_server, [*tiles, "/webgateway/imgData/999999/"], tmp_path / "bad")
+    assert int(bad["Aggregated"]["Failure Count"]) > 0
