@@ -91,6 +91,9 @@ class CacheSettings(_Group):
     # Local disk tier (also IDRSERVE_CACHE_DIR / IDRSERVE_CACHE_DIR_MAX_BYTES); None disables it.
     dir: Path | None = None
     dir_max_bytes: int = Field(10 * 1024**3, ge=0)
+    # Recently read cache files kept open (like nginx's open_file_cache) so a hot disk hit is
+    # one read; capped at a quarter of the process's open-file limit. 0 disables it.
+    dir_open_files: int = Field(1024, ge=0)
     # Shared Redis tier (also IDRSERVE_REDIS_URL), e.g. redis://127.0.0.1:6379/0.
     redis_url: str | None = None
     redis_prefix: str = "idrs:"

@@ -50,8 +50,9 @@ class DiskTier:
         write_pool: Executor,
         scan_pool: Executor,
         rescan_interval_s: float = 60.0,
+        open_files: int = 0,
     ) -> None:
-        self.store = DiskStore(root)
+        self.store = DiskStore(root, open_files)
         self.max_bytes = max_bytes
         self.stats = stats
         self.breaker = breaker
@@ -177,6 +178,7 @@ class DiskTier:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.store.close()
 
     async def read_generation(self, image_id: int) -> int | None:
         try:

@@ -59,6 +59,10 @@ return n
 """
 
 
+# Keys per MGET: replies of a few hundred KB to a few MB for tiles.
+MAX_BATCH = 64
+
+
 class RedisUnavailable(Exception):
     """Redis was skipped (breaker open) or failed; callers carry on without it."""
 
@@ -91,6 +95,10 @@ class RedisTier:
         self._bump = self._client.register_script(_BUMP)
         self._get_or_lock = self._client.register_script(_GET_OR_LOCK)
         self._raise = self._client.register_script(_RAISE)
+        # GETs waiting for this iteration's MGET (see `_batched_get`).
+        self._pending: dict[str, list[asyncio.Future[bytes | str | None]]] = {}
+        self._flush_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
 
     def value_key(self, key: str) -> str:
         return f"{self.prefix}r:{key}"
@@ -144,7 +152,7 @@ class RedisTier:
 
     async def get(self, key: str) -> CacheEntry | None:
         try:
-            value = await self._call(lambda r: r.get(self.value_key(key)))
+            value = await self._batched_get(self.value_key(key))
         except RedisUnavailable:
             return None
         entry = None if value is None else unpack_value(_as_bytes(value))
@@ -157,6 +165,51 @@ class RedisTier:
             return None
         self.stats.hits += 1
         return entry
+
+    async def _batched_get(self, redis_key: str) -> bytes | str | None:
+        """GET through a per-iteration batch: the GETs of all requests that reach here in one
+        event-loop iteration go out as one MGET.
+
+        redis-py spends most of a cache hit's client CPU on the command, not the bytes (pool
+        checkout, timeout scope, reply parsing setup: performance.md §3.6); under load one
+        iteration holds the lookups of many requests, so batching makes that cost per batch.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes | str | None] = loop.create_future()
+        self._pending.setdefault(redis_key, []).append(waiter)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await waiter
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        keys = list(pending)
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(keys), MAX_BATCH):
+            batch = {k: pending[k] for k in keys[i : i + MAX_BATCH]}
+            task = loop.create_task(self._mget(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _mget(self, batch: dict[str, list[asyncio.Future[bytes | str | None]]]) -> None:
+        keys = list(batch)
+        try:
+            values = await self._call(lambda r: r.mget(keys))
+        except BaseException as exc:
+            failure = exc if isinstance(exc, RedisUnavailable) else RedisUnavailable(repr(exc))
+            for waiters in batch.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (shutdown): the waiters have their answer
+            return
+        for key, value in zip(keys, values, strict=True):
+            for waiter in batch[key]:
+                if not waiter.done():
+                    waiter.set_result(value)
 
     def storable(self, entry: CacheEntry) -> bool:
         return len(entry.body) + len(entry.media_type) + 2 <= self._max_value
@@ -275,6 +328,9 @@ class RedisTier:
                 return n
 
     async def aclose(self) -> None:
+        for task in list(self._batches):
+            task.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         try:
             await self._client.aclose()
         except Exception as exc:

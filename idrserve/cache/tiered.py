@@ -83,7 +83,14 @@ class TieredCache:
             scan = ThreadPoolExecutor(1, thread_name_prefix="idrserve-cache-scan")
             self._pools = [read, write, scan]
             self.disk = DiskTier(
-                settings.dir, settings.dir_max_bytes, stats, self._breaker(), read, write, scan
+                settings.dir,
+                settings.dir_max_bytes,
+                stats,
+                self._breaker(),
+                read,
+                write,
+                scan,
+                open_files=settings.dir_open_files,
             )
         if settings.redis_url:
             stats = self._stats["redis"] = TierStats()

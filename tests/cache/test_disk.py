@@ -260,3 +260,39 @@ async def test_unwritable_shards_pause_writes(make_cache: CacheFactory, tmp_path
     assert stats["dropped_writes"] > 20
     assert await cache.get(response_key(1, 0, "0")) == (None, "miss")
     assert stats["errors"] == 0  # a missing shard is a miss, not an error
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("open_files", [0, 1, 3])
+def test_hot_files_stay_open_within_the_bound(tmp_path: Path, open_files: int) -> None:
+    """The event-loop read path keeps at most `open_files` descriptors, and reads right."""
+    store = DiskStore(tmp_path / "c", open_files)
+    entries = {f"1:0:{i}": CacheEntry(bytes([i]) * 5000, "image/png") for i in range(6)}
+    for key, entry in entries.items():
+        store.write(key, entry)
+    before = _open_fds()
+    for _ in range(3):
+        for key, entry in entries.items():
+            assert store.read_if_cached(key) == (entry, False)
+    assert _open_fds() - before == open_files
+    assert store.read_if_cached("1:0:absent") == (None, False)
+    store.close()
+    assert _open_fds() == before
+
+
+def test_a_kept_file_damaged_before_its_first_read_is_still_caught(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path / "c", 8)
+    good, bad = "1:0:good", "1:0:bad"
+    store.write(good, CacheEntry(b"g" * 5000, "image/png"))
+    store.write(bad, CacheEntry(b"b" * 5000, "image/png"))
+    corrupt_byte(store.path_for(bad))
+    assert store.read_if_cached(good) == (CacheEntry(b"g" * 5000, "image/png"), False)
+    # Handed to the executor path, which counts and removes it; the descriptor is let go.
+    assert store.read_if_cached(bad) is None
+    assert store.read(bad) == (None, True)
+    assert not os.path.exists(store.path_for(bad))
+    assert store.read_if_cached(bad) == (None, False)
+    store.close()

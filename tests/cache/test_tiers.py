@@ -152,3 +152,34 @@ async def test_generation_survives_redis_data_loss(
     # ... and written back to Redis for the hosts without that disk.
     assert cache.redis is not None
     assert await raw_redis.get(cache.redis.generation_key(9)) == b"1"
+
+
+async def test_concurrent_redis_lookups_share_one_mget(
+    make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    """Lookups made in the same event-loop iteration cost Redis one command, not one each."""
+    cache = await make_cache(memory_max_bytes=0, redis_url=redis_url)
+    keys = [response_key(9, 0, f"batch-{i}") for i in range(100)]
+    for key in keys[:70]:
+        await raw_redis.set(cache.redis.value_key(key), pack_value(PNG))  # type: ignore[union-attr]
+    await raw_redis.config_resetstat()
+    results = await asyncio.gather(*(cache.get(key) for key in keys))
+    assert results == [(PNG, "redis")] * 70 + [(None, "miss")] * 30
+    stats = await raw_redis.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] == 2  # 100 keys, at most 64 per MGET
+    assert "cmdstat_get" not in stats
+    assert counts(cache, "redis") == (70, 30)
+
+
+async def test_a_cancelled_lookup_leaves_its_batch_intact(
+    make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    cache = await make_cache(memory_max_bytes=0, redis_url=redis_url)
+    key = response_key(9, 0, "kept")
+    await raw_redis.set(cache.redis.value_key(key), pack_value(PNG))  # type: ignore[union-attr]
+    doomed = asyncio.create_task(cache.get(key))
+    kept = asyncio.create_task(cache.get(key))
+    await asyncio.sleep(0)  # both have joined the batch
+    doomed.cancel()
+    assert await kept == (PNG, "redis")
+    assert doomed.cancelled()
