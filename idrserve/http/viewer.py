@@ -1,0 +1,243 @@
+"""The built-in browser pages: `/viewer/` (image index), `/viewer/{id}`, `/docs`, static files.
+
+The pages are static HTML under `idrserve/static/` with a few `{{name}}` placeholders filled
+here (escaped); everything else happens in the browser. The viewer is OpenSeadragon over the
+webgateway tiles this server already answers, so it exercises exactly the URLs OMERO's own
+viewers use. OpenSeadragon and Swagger UI are vendored from the npm registry at build time
+(`idrserve/vendor.py`), never loaded from a CDN: when they are missing (a source checkout that
+was never built) the pages answer a JSON 503 that says how to build them.
+
+Static files are addressed as `/viewer/static/<path>?v=<content hash>`; a request carrying
+the current hash may be cached for a year, anything else is revalidated, so a new release never
+meets a stale script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import mimetypes
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from idrserve import __version__, vendor
+from idrserve.errors import IdrServeError, NotFound
+from idrserve.http.webgateway import DEPS
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_ROOT = web.AppKey("static_root", Path)
+_HASHES = web.AppKey("static_hashes", dict)
+IdsGetter = Callable[[web.Request], Awaitable[Sequence[int]]]
+
+LONG_CACHE = "public, max-age=31536000, immutable"
+PAGE_CACHE = "no-cache"
+# The pages load nothing from anywhere but this server; the browser enforces it.
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'"
+)
+OSD_IMAGES = "vendor/openseadragon/build/openseadragon/images/"
+# Under /viewer/, which deploy/nginx routes to idrserve (OMERO.web owns /static/).
+STATIC_PREFIX = "/viewer/static/"
+MAX_INDEX_IMAGES = 1000
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """Where the index page gets the served image ids (the catalog lives in app.py)."""
+
+    ids: IdsGetter
+
+
+_LISTING = web.AppKey("viewer_listing", _Listing)
+
+
+class AssetsMissing(IdrServeError):
+    """The vendored npm assets are not there: the package was built without them."""
+
+    status = 503
+    code = "viewer_assets_missing"
+
+
+def prefers_html(request: web.Request) -> bool:
+    """True when the client ranks `text/html` at least as high as `application/json`.
+
+    Browsers list text/html explicitly; API clients send `*/*`, JSON or nothing, and keep
+    getting JSON. A wildcard never counts as asking for HTML.
+    """
+    html_q = json_q = 0.0
+    for part in request.headers.get("Accept", "").split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            name, _, value = f.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media == "text/html":
+            html_q = max(html_q, q)
+        elif media == "application/json":
+            json_q = max(json_q, q)
+    return html_q > 0 and html_q >= json_q
+
+
+def _root(app: web.Application) -> Path:
+    return app[STATIC_ROOT]
+
+
+def asset_url(app: web.Application, rel: str) -> str:
+    """`/viewer/static/<rel>?v=<first 12 hex of its SHA-256>`, hashed once per app."""
+    hashes: dict[str, str] = app[_HASHES]
+    digest = hashes.get(rel)
+    if digest is None:
+        path = _root(app) / rel
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        except OSError:
+            digest = "missing"
+        hashes[rel] = digest
+    return f"{STATIC_PREFIX}{rel}?v={digest}"
+
+
+def _require_assets(app: web.Application, *names: str) -> None:
+    gone = vendor.missing(_root(app) / "vendor", names)
+    if gone:
+        raise AssetsMissing(
+            f"the browser assets {', '.join(gone)} are not installed in "
+            f"{_root(app) / 'vendor'}; they are fetched from the npm registry when the package "
+            "is built: run `pip install .` (or `pip install -e .`), or `python -m idrserve.vendor` "
+            "in a source checkout (IDRSERVE_NPM_REGISTRY selects a mirror)"
+        )
+
+
+def _render(app: web.Application, template: str, values: dict[str, str]) -> str:
+    """Fill every `{{name}}` of a page under the static root from `values`, HTML-escaped."""
+    text = (_root(app) / template).read_text(encoding="utf-8")
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"{template}: no value for {{{{{name}}}}}")
+        return html.escape(values[name], quote=True)
+
+    return _PLACEHOLDER.sub(fill, text)
+
+
+def _page(body: str) -> web.Response:
+    return web.Response(
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": PAGE_CACHE, "Content-Security-Policy": CSP},
+    )
+
+
+def _common(app: web.Application) -> dict[str, str]:
+    return {
+        "version": __version__,
+        "css": asset_url(app, "viewer.css"),
+        "osd_js": asset_url(app, "vendor/openseadragon/build/openseadragon/openseadragon.min.js"),
+        "osd_images": f"{STATIC_PREFIX}{OSD_IMAGES}",
+    }
+
+
+def index_html(app: web.Application, ids: Sequence[int]) -> str:
+    """The image index: one card per image with its thumbnail, linking to its viewer."""
+    cards = "\n".join(
+        f'    <li><a href="/viewer/{i}"><img src="/webgateway/render_thumbnail/{i}/" '
+        f'alt="image {i}" loading="lazy" width="96" height="96"><span>{i}</span></a></li>'
+        for i in ids[:MAX_INDEX_IMAGES]
+    )
+    values = _common(app) | {"count": str(len(ids))}
+    page = _render(app, "index.html", values)
+    more = (
+        f"\n    <li class='more'>… and {len(ids) - MAX_INDEX_IMAGES} more</li>"
+        if len(ids) > MAX_INDEX_IMAGES
+        else ""
+    )
+    return page.replace("<!--images-->", cards + more, 1)
+
+
+async def index_page(request: web.Request, ids: Sequence[int]) -> web.Response:
+    """`/` for browsers and `/viewer/`: served images with thumbnails."""
+    response = _page(index_html(request.app, ids))
+    response.headers["Vary"] = "Accept"
+    return response
+
+
+async def viewer_index(request: web.Request) -> web.Response:
+    """`/viewer/`: the index page whatever the client accepts (`/` negotiates)."""
+    ids = await request.app[_LISTING].ids(request)
+    return await index_page(request, ids)
+
+
+async def viewer_page(request: web.Request) -> web.Response:
+    """`/viewer/{id}`: OpenSeadragon over webgateway tiles; 404 for an unknown image."""
+    iid = int(request.match_info["iid"])
+    await request.app[DEPS].source.meta(iid)  # NotFound (JSON 404) for an unknown id
+    _require_assets(request.app, "openseadragon")
+    values = _common(request.app) | {
+        "image_id": str(iid),
+        "viewer_js": asset_url(request.app, "viewer.js"),
+    }
+    return _page(_render(request.app, "viewer.html", values))
+
+
+async def docs_page(request: web.Request) -> web.Response:
+    """`/docs`: Swagger UI (vendored) over this server's `/openapi.json`."""
+    _require_assets(request.app, "swagger-ui-dist")
+    values = {
+        "version": __version__,
+        "swagger_css": asset_url(request.app, "vendor/swagger-ui-dist/swagger-ui.css"),
+        "swagger_js": asset_url(request.app, "vendor/swagger-ui-dist/swagger-ui-bundle.js"),
+        "docs_js": asset_url(request.app, "docs.js"),
+    }
+    return _page(_render(request.app, "docs.html", values))
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file under the static root; a year of caching when `v` matches its content hash."""
+    rel = request.match_info["path"]
+    root = _root(request.app).resolve()
+    parts = rel.split("/")
+    if (
+        "\x00" in rel  # a NUL makes the path functions raise ValueError (was a 500)
+        or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+        or rel.endswith(".html")
+    ):
+        raise NotFound(f"no such static file: {rel}")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise NotFound(f"no such static file: {rel}")
+    fresh = request.query.get("v") == asset_url(request.app, rel).rpartition("v=")[2]
+    ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.FileResponse(
+        path,
+        headers={
+            "Cache-Control": LONG_CACHE if fresh else PAGE_CACHE,
+            "Content-Type": ctype,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def add_routes(app: web.Application, ids: IdsGetter, static_root: Path | None = None) -> None:
+    """Register the pages; `ids(request)` lists the served image ids for the index."""
+    app[STATIC_ROOT] = static_root or STATIC_DIR
+    app[_HASHES] = {}
+    app[_LISTING] = _Listing(ids)
+    router = app.router
+    router.add_get("/viewer/", viewer_index, name="viewer_index")
+    router.add_get(r"/viewer/{iid:\d{1,19}}", viewer_page, name="viewer")
+    router.add_get(r"/viewer/{iid:\d{1,19}}/", viewer_page, name="viewer_slash")
+    router.add_get("/docs", docs_page, name="docs")
+    router.add_get("/docs/", docs_page, name="docs_slash")
+    router.add_get(STATIC_PREFIX + "{path:.+}", static_file, name="viewer_static")
