@@ -1,0 +1,151 @@
+"""`RoutingSource`: one `PixelSource` over Zarr and OMERO; the catalog decides per image.
+
+An image the catalog finds as OME-Zarr is read from Zarr (fast, no OMERO load at all); any
+other image is read from OMERO when OMERO is configured. Without OMERO, everything goes to the
+Zarr source exactly as before (unknown images stay 404).
+
+With `omero.ngff_direct` (default), an OMERO image that OMERO itself links to an OME-Zarr
+(ExternalInfo of omero-zarr-pixel-buffer, spec webgateway §6.9) is read from that Zarr directly,
+after one metadata call to OMERO; its rendering defaults then come from the Zarr's `omero` block.
+
+The decision is remembered per image for `source.rescan_interval_s`, the catalog's own trust
+period, so an image converted to OME-Zarr later moves to Zarr after the next rescan. The
+synchronous capabilities (`sync_reader`, `fresh_data_version`) answer from that memory only and
+say None ("take the normal path") for an image not routed yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from idrserve.catalog import Catalog, Location, is_url
+from idrserve.model import ImageMeta, Selection
+from idrserve.settings import Settings, SourceSettings
+from idrserve.sources.base import PixelSource
+from idrserve.sources.zarr import ZarrSource
+
+_MAX_ROUTES = 100_000
+
+
+class NgffCatalog(Catalog):
+    """Locations OMERO recorded for NGFF-backed images (ExternalInfo), learnt while routing."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        super().__init__(settings.model_copy(update={"zarr_root": None, "catalog": None}))
+        self.known: dict[int, Location] = {}
+
+    async def locate(self, image_id: int) -> Location | None:
+        return self.known.get(image_id)
+
+    async def ids(self) -> list[int]:
+        return sorted(self.known)
+
+
+class RoutingSource:
+    """Routes each image to the Zarr source or the OMERO source (see the module docstring)."""
+
+    name: ClassVar[str] = "routing"
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        zarr: PixelSource,
+        omero: PixelSource | None,
+        *,
+        trust_s: float = 60.0,
+        ngff: tuple[PixelSource, NgffCatalog] | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self.zarr = zarr
+        self.omero = omero
+        self._trust_s = trust_s
+        self._routes: OrderedDict[int, tuple[PixelSource, float]] = OrderedDict()
+        # Optional: a Zarr source over the OME-Zarr that OMERO links NGFF-backed images to.
+        self._ngff = ngff
+
+    async def source_for(self, image_id: int) -> PixelSource:
+        """Zarr when the catalog locates the image, else OMERO (if configured), else Zarr."""
+        if self.omero is None:
+            return self.zarr
+        route = self._routes.get(image_id)
+        now = time.monotonic()
+        if route is not None and now - route[1] < self._trust_s:
+            return route[0]
+        location = await self._catalog.locate(image_id)
+        chosen = self.zarr if location is not None else self.omero
+        if location is None and self._ngff is not None:
+            chosen = await self._ngff_or_omero(image_id, self.omero)
+        self._routes[image_id] = (chosen, now)
+        self._routes.move_to_end(image_id)
+        while len(self._routes) > _MAX_ROUTES:
+            self._routes.popitem(last=False)
+        return chosen
+
+    async def _ngff_or_omero(self, image_id: int, omero: PixelSource) -> PixelSource:
+        """The NGFF source when OMERO links the image to an OME-Zarr (one metadata call)."""
+        assert self._ngff is not None
+        find = getattr(omero, "ngff_location", None)
+        found: str | None = await find(image_id) if find is not None else None
+        if not found:
+            return omero
+        source, catalog = self._ngff
+        catalog.known[image_id] = _location(found)
+        return source
+
+    async def meta(self, image_id: int) -> ImageMeta:
+        return await (await self.source_for(image_id)).meta(image_id)
+
+    async def read(self, image_id: int, sel: Selection) -> np.ndarray:
+        return await (await self.source_for(image_id)).read(image_id, sel)
+
+    def _known(self, image_id: int) -> PixelSource | None:
+        if self.omero is None:
+            return self.zarr
+        route = self._routes.get(image_id)
+        if route is None or time.monotonic() - route[1] >= self._trust_s:
+            return None
+        return route[0]
+
+    def sync_reader(self, image_id: int, sel: Selection) -> Callable[[], np.ndarray] | None:
+        source = self._known(image_id)
+        return None if source is None else source.sync_reader(image_id, sel)
+
+    def fresh_data_version(self, image_id: int) -> str | None:
+        source = self._known(image_id)
+        return None if source is None else source.fresh_data_version(image_id)
+
+    async def aclose(self) -> None:
+        try:
+            await self.zarr.aclose()
+            if self._ngff is not None:
+                await self._ngff[0].aclose()
+        finally:
+            if self.omero is not None:
+                await self.omero.aclose()
+
+
+def _location(found: str) -> Location:
+    if is_url(found):
+        return found
+    return Path(found[len("file://") :] if found.startswith("file://") else found)
+
+
+def build_source(settings: Settings, catalog: Catalog) -> PixelSource:
+    """The server's source: Zarr alone, or Zarr and OMERO behind a router when configured."""
+    zarr = ZarrSource(settings.source, catalog)
+    if not settings.omero.enabled:
+        return zarr
+    from idrserve.sources.omero import OmeroSource
+
+    omero = OmeroSource(settings.omero)
+    ngff = None
+    if settings.omero.ngff_direct:
+        ngff_catalog = NgffCatalog(settings.source)
+        ngff = (ZarrSource(settings.source, ngff_catalog), ngff_catalog)
+    return RoutingSource(catalog, zarr, omero, trust_s=settings.source.rescan_interval_s, ngff=ngff)
