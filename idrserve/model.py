@@ -45,13 +45,27 @@ class Format(StrEnum):
     JPEG = "jpeg"
     PNG = "png"
     TIFF = "tif"
+    WEBP = "webp"
 
 
 MEDIA_TYPES: dict[Format, str] = {
     Format.JPEG: "image/jpeg",
     Format.PNG: "image/png",
     Format.TIFF: "image/tiff",
+    Format.WEBP: "image/webp",
 }
+
+# Formats whose bytes depend on `RegionRequest.quality` (lossy encoders).
+LOSSY_FORMATS = frozenset({Format.JPEG, Format.WEBP})
+
+
+class Tone(StrEnum):
+    """IIIF qualities applied to the rendered RGB: as rendered, luminance, or black/white."""
+
+    DEFAULT = "default"
+    GRAY = "gray"
+    BITONAL = "bitonal"
+
 
 # OMERO pixel type names (imgData meta.pixelsType) keyed by numpy dtype name.
 PIXELS_TYPES: dict[str, str] = {
@@ -244,6 +258,16 @@ class RegionRequest:
     quality: float = 0.85
     out_size: tuple[int, int] | None = None
     data_version: str = field(default="0")
+    # IIIF/DeepZoom: box-average the raw read by (x, y) factors before rendering (levels the
+    # pyramid does not store), rotate the result clockwise by 0/90/180/270 degrees after the
+    # flips, and turn it grey or bitonal. The defaults leave webgateway requests untouched.
+    downsample: tuple[int, int] = (1, 1)
+    # Pixels added at the right and bottom by repeating the edge, after rendering and before
+    # `out_size`: a floor-halved stored level is one pixel short of the ceil-halved level
+    # size IIIF/DeepZoom clients ask for at the image's right and bottom edges.
+    pad: tuple[int, int] = (0, 0)
+    rotate: int = 0
+    tone: Tone = Tone.DEFAULT
 
     def canonical(self) -> str:
         """A stable string of everything that changes the bytes; feeds keys and ETags."""
@@ -252,13 +276,23 @@ class RegionRequest:
             if self.projection is Projection.NORMAL
             else f"{self.projection.value}|{self.proj_start}:{self.proj_end}"
         )
-        quality = f"{self.quality:.4f}" if self.fmt is Format.JPEG else "-"
+        quality = f"{self.quality:.4f}" if self.fmt in LOSSY_FORMATS else "-"
         out = f"{self.out_size[0]}x{self.out_size[1]}" if self.out_size else "-"
+        # Only non-default IIIF transforms are spelled out, so webgateway keys are unchanged.
+        extra = ""
+        if self.downsample != (1, 1):
+            extra += f";ds={self.downsample[0]}x{self.downsample[1]}"
+        if self.pad != (0, 0):
+            extra += f";pad={self.pad[0]}x{self.pad[1]}"
+        if self.rotate:
+            extra += f";rot={self.rotate}"
+        if self.tone is not Tone.DEFAULT:
+            extra += f";tone={self.tone.value}"
         return (
             f"v{RENDER_SCHEMA};img={self.image_id};dv={self.data_version};z={self.z};t={self.t}"
             f";l={self.level};box={self.box.x},{self.box.y},{self.box.w},{self.box.h}"
             f";p={projection};flip={int(self.flip_h)}{int(self.flip_v)};fmt={self.fmt.value}"
-            f";q={quality};out={out};{self.render.canonical()}"
+            f";q={quality};out={out}{extra};{self.render.canonical()}"
         )
 
     def key(self) -> str:

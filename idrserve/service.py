@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from idrserve.admission import CURRENT_SLOT, Admission
 from idrserve.cache import CacheEntry, TieredCache, response_key
 from idrserve.encode import encode
 from idrserve.errors import NotFound, TooLarge
@@ -26,11 +27,12 @@ from idrserve.model import (
     Projection,
     RegionRequest,
     Selection,
+    Tone,
 )
 from idrserve.render import render_rgb
 from idrserve.render.lut import LutTable
 from idrserve.render.project import project
-from idrserve.render.resample import flip, resize_nearest
+from idrserve.render.resample import downsample_area, flip, resize_nearest, rotate, to_tone
 from idrserve.settings import LimitSettings
 from idrserve.sources.base import PixelSource
 
@@ -46,6 +48,8 @@ class Deps:
     limits: LimitSettings
     cpu_pool: Executor
     cache: TieredCache | None = None
+    # Bounds renders in progress (admission.py); None: unbounded (benchmarks, tools).
+    admission: Admission | None = None
 
 
 @dataclass(slots=True)
@@ -94,7 +98,17 @@ async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: st
 
 
 async def _in_pool(pool: Executor, fn: Callable[[], T]) -> T:
-    return await asyncio.get_running_loop().run_in_executor(pool, fn)
+    """Run `fn` in the pool; if the caller is cancelled while it runs, the current render
+    slot stays taken until the thread is done (admission.py), so the pool's queue stays
+    bounded by the render limit even when deadlines expire or clients go away."""
+    job = pool.submit(fn)
+    try:
+        return await asyncio.wrap_future(job)
+    except asyncio.CancelledError:
+        slot = CURRENT_SLOT.get()
+        if slot is not None and not job.done():
+            slot.hold_until(job)
+        raise
 
 
 def check_plane(meta: ImageMeta, z: int, t: int) -> None:
@@ -162,7 +176,17 @@ async def render_region(
     """Read, render and encode one region; the caller has validated and clipped `req`.
 
     `key` is `req.key()` when the caller has already computed it (it costs microseconds).
+    Takes one render slot of `deps.admission` (503 `Overloaded` at once when none is free).
     """
+    if deps.admission is None:
+        return await _render_region(req, meta, deps, key)
+    with deps.admission.render():
+        return await _render_region(req, meta, deps, key)
+
+
+async def _render_region(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, key: str | None
+) -> Rendered:
     timings: dict[str, float] = {}
     key = key or req.key()
     indices = req.render.active_indices()
@@ -207,11 +231,20 @@ def _render_encode(
 ) -> bytes:
     """Render and encode in one executor job; a hop costs about as much as a small encode."""
     t0 = time.perf_counter()
+    if req.downsample != (1, 1):
+        # A level the pyramid does not store: average raw values, then window them.
+        raw = downsample_area(raw, req.downsample[0], req.downsample[1])
     out = render_rgb(raw, req.render, meta.dtype, deps.luts)
+    if req.pad != (0, 0):
+        out = np.pad(out, ((0, req.pad[1]), (0, req.pad[0]), (0, 0)), mode="edge")
     if req.out_size is not None and (out.shape[1], out.shape[0]) != req.out_size:
         out = resize_nearest(out, req.out_size[0], req.out_size[1])
     if req.flip_h or req.flip_v:
         out = flip(out, req.flip_h, req.flip_v)
+    if req.rotate:
+        out = rotate(out, req.rotate)
+    if req.tone is not Tone.DEFAULT:
+        out = to_tone(out, req.tone is Tone.BITONAL)
     t1 = time.perf_counter()
     body = encode(out, req.fmt, req.quality)
     timings["render"] = t1 - t0

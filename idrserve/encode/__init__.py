@@ -15,6 +15,7 @@ import numpy.typing as npt
 from idrserve.encode.jpeg import encode_jpeg, jpeg_quality
 from idrserve.encode.png import encode_png
 from idrserve.encode.tiff import encode_tiff
+from idrserve.encode.webp import encode_webp
 from idrserve.model import Format
 
 Encoder = Callable[[npt.NDArray[np.uint8], float], bytes]
@@ -23,11 +24,20 @@ ENCODERS: dict[Format, Encoder] = {
     Format.JPEG: encode_jpeg,
     Format.PNG: encode_png,
     Format.TIFF: encode_tiff,
+    Format.WEBP: encode_webp,
 }
 
-__all__ = ["ENCODERS", "encode", "encode_jpeg", "encode_png", "encode_tiff", "jpeg_quality"]
+__all__ = [
+    "ENCODERS",
+    "encode",
+    "encode_jpeg",
+    "encode_png",
+    "encode_tiff",
+    "encode_webp",
+    "jpeg_quality",
+]
 
 
 def encode(rgb: npt.NDArray[np.uint8], fmt: Format, quality: float) -> bytes:
-    """Encode `rgb` in `fmt`; `quality` (0..1) matters for JPEG only."""
+    """Encode `rgb` in `fmt`; `quality` (0..1) matters for the lossy JPEG and WebP only."""
     return ENCODERS[fmt](rgb, quality)

@@ -81,3 +81,21 @@ def downsample_area(raw: AnyArray, factor_x: int, factor_y: int) -> AnyArray:
         info = np.iinfo(dtype)
         out = np.clip(np.floor(means + 0.5), info.min, info.max).astype(dtype)
     return out
+
+
+def rotate(rgb: npt.NDArray[np.uint8], degrees: int) -> npt.NDArray[np.uint8]:
+    """Rotate clockwise by a multiple of 90 degrees (IIIF rotation); C-contiguous result."""
+    if degrees % 90:
+        raise ValueError(f"only multiples of 90 degrees are supported, got {degrees}")
+    return np.ascontiguousarray(np.rot90(np.asarray(rgb), k=-(degrees // 90) % 4))
+
+
+def to_tone(rgb: npt.NDArray[np.uint8], bitonal: bool) -> npt.NDArray[np.uint8]:
+    """IIIF `gray` (Rec. 601 luma, rounded) or `bitonal` (luma ≥ 128 is white), still RGB.
+
+    The result stays (H, W, 3) so every encoder takes it unchanged.
+    """
+    arr = np.asarray(rgb, dtype=np.uint32)
+    luma = (299 * arr[..., 0] + 587 * arr[..., 1] + 114 * arr[..., 2] + 500) // 1000
+    grey = np.where(luma >= 128, 255, 0) if bitonal else luma
+    return np.ascontiguousarray(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2))

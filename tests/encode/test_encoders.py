@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from idrserve.encode import ENCODERS, encode, encode_jpeg, encode_png, encode_tiff, jpeg_quality
-from idrserve.model import MEDIA_TYPES, Format
+from idrserve.model import LOSSY_FORMATS, MEDIA_TYPES, Format
 
 
 def smooth(height: int, width: int) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_non_contiguous_input(fmt: Format) -> None:
     assert not view.flags.c_contiguous
     pixels, _, _ = decode(encode(view, fmt, 1.0))
     assert pixels.shape == view.shape
-    if fmt is not Format.JPEG:
+    if fmt not in LOSSY_FORMATS:
         assert (pixels == view).all()
 
 
@@ -135,3 +135,15 @@ def test_magic_bytes() -> None:
     assert encode(rgb, Format.JPEG, 0.9)[:3] == b"\xff\xd8\xff"
     assert encode(rgb, Format.PNG, 0.9)[:8] == b"\x89PNG\r\n\x1a\n"
     assert encode(rgb, Format.TIFF, 0.9)[:4] in (b"II*\x00", b"MM\x00*")
+    webp = encode(rgb, Format.WEBP, 0.9)
+    assert webp[:4] == b"RIFF" and webp[8:12] == b"WEBP"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (256, 256), (300, 517)])
+def test_webp_round_trip_within_tolerance(shape: tuple[int, int]) -> None:
+    rgb = smooth(*shape)
+    pixels, _, found = decode(encode(rgb, Format.WEBP, 0.95))
+    assert found == "WEBP" and pixels.shape == rgb.shape
+    assert np.abs(pixels.astype(int) - rgb.astype(int)).mean() < 3
+    small = len(encode(rgb, Format.WEBP, 0.3))
+    assert small <= len(encode(rgb, Format.WEBP, 0.95))

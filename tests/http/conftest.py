@@ -164,3 +164,23 @@ def source_array(root: Path, rel: str, level: int) -> np.ndarray:
 
 def decode(body: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def iiif_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The IIIF/DeepZoom images of tests/http/iiif_fixtures.py (odd size, validator squares)."""
+    from tests.http.iiif_fixtures import write_all
+
+    return write_all(tmp_path_factory.mktemp("iiif_root"))
+
+
+@pytest.fixture
+def make_iiif_client(iiif_root: Path, aiohttp_client: Callable[..., Any]) -> Callable[..., Any]:
+    async def factory(**groups: Any) -> TestClient:
+        merged: dict[str, Any] = {"source": {"zarr_root": str(iiif_root)}}
+        for group, values in groups.items():
+            merged.setdefault(group, {}).update(values)
+        client: TestClient = await aiohttp_client(create_app(load_settings(merged)))
+        return client
+
+    return factory

@@ -1,0 +1,156 @@
+"""DeepZoom (DZI) for OpenSeadragon: `/deepzoom/{id}.dzi` and its `_files/` tiles.
+
+DeepZoom numbers levels from a 1×1 image (level 0) up to full resolution (level N =
+⌈log2(max(W, H))⌉); level L is ⌈W / 2^(N−L)⌉ × ⌈H / 2^(N−L)⌉. Tiles are square, TileSize
+the stored chunk size (as in IIIF's info.json), Overlap 0, so tiles of stored levels fall on
+chunk boundaries. Levels the pyramid does not store are area-averaged from raw values
+(`pyramid.plan_region`), exactly as for IIIF.
+
+Rendering settings travel in the descriptor's query string with webgateway's names (`c`, `m`,
+`z`, `t`, `p`, `q`, `maps`): OpenSeadragon appends the descriptor's query string to every tile
+URL, so `…/1001.dzi?c=1|0:255$FF0000&m=c` renders every tile that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from idrserve.errors import BadRequest, NotFound
+from idrserve.http import params
+from idrserve.http.iiif import build_request, preflight, respond_image, tile_size
+from idrserve.http.iiif_params import Identifier
+from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.model import Box, Format, ImageMeta
+from idrserve.service import Deps, check_plane
+
+NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
+_EXTENSIONS = {
+    "jpeg": Format.JPEG,
+    "jpg": Format.JPEG,
+    "png": Format.PNG,
+    "tif": Format.TIFF,
+    "webp": Format.WEBP,
+}
+_DZI_FORMAT = {Format.JPEG: "jpeg", Format.PNG: "png", Format.TIFF: "tif", Format.WEBP: "webp"}
+
+
+def max_level(width: int, height: int) -> int:
+    """N = ⌈log2(max(W, H))⌉, the full-resolution level (0 for a 1×1 image)."""
+    longest = max(width, height)
+    return (longest - 1).bit_length() if longest > 1 else 0
+
+
+def level_size(width: int, height: int, level: int) -> tuple[int, int]:
+    """Size of DeepZoom level `level`: the full size divided by 2^(N−L), rounded up."""
+    scale = 1 << (max_level(width, height) - level)
+    return -(-width // scale), -(-height // scale)
+
+
+def tile_region(
+    width: int, height: int, level: int, col: int, row: int, tile: int
+) -> tuple[Box, tuple[int, int]] | None:
+    """(region in full-resolution pixels, output size) of one tile, or None off the level."""
+    n = max_level(width, height)
+    if level > n:
+        return None
+    lw, lh = level_size(width, height, level)
+    x0, y0 = col * tile, row * tile
+    if x0 >= lw or y0 >= lh:
+        return None
+    w, h = min(tile, lw - x0), min(tile, lh - y0)
+    scale = 1 << (n - level)
+    rx, ry = x0 * scale, y0 * scale
+    region = Box(rx, ry, min(w * scale, width - rx), min(h * scale, height - ry))
+    return region, (w, h)
+
+
+def _identifier(iid: int, query: Mapping[str, str], deps: Deps) -> Identifier:
+    overrides = params.parse_render_overrides(
+        query, max_active_channels=deps.limits.max_active_channels
+    )
+    z, t = params.parse_thumbnail_query(query)
+    quality = params.parse_quality(query, deps.limits.default_jpeg_quality)
+    return Identifier(iid, z, t, overrides, query.get("p"), quality)
+
+
+def _image_id(text: str) -> int:
+    return params.parse_path_int(text, "id")
+
+
+async def descriptor(request: web.Request) -> web.Response:
+    """The DZI XML: TileSize, Overlap 0, Format (from `format=`, default jpeg), Size."""
+    deps = request.app[DEPS]
+    iid = _image_id(request.match_info["iid"])
+    fmt = params.parse_format(request.query)
+    ident = _identifier(iid, request.query, deps)
+    meta = await _meta(deps, ident)
+    tile = tile_size(meta, deps.limits)[0]
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<Image xmlns="{NAMESPACE}" TileSize="{tile}" Overlap="0" Format="{_DZI_FORMAT[fmt]}">'
+        f'<Size Width="{meta.size_x}" Height="{meta.size_y}"/></Image>\n'
+    )
+    return web.Response(
+        text=body,
+        content_type="application/xml",
+        headers={"Cache-Control": request.app[SETTINGS].server.cache_control},
+    )
+
+
+async def _meta(deps: Deps, ident: Identifier) -> ImageMeta:
+    meta = await deps.source.meta(ident.image_id)
+    z = meta.default_z if ident.z is None else ident.z
+    t = meta.default_t if ident.t is None else ident.t
+    check_plane(meta, z, t)
+    return meta
+
+
+async def tile(request: web.Request) -> web.StreamResponse:
+    """One tile: `{id}_files/{level}/{col}_{row}.{jpeg|jpg|png|tif|webp}`."""
+    deps = request.app[DEPS]
+    info = request.match_info
+    iid = _image_id(info["iid"])
+    level = params.parse_path_int(info["level"], "level")
+    col = params.parse_path_int(info["col"], "col")
+    row = params.parse_path_int(info["row"], "row")
+    fmt = _EXTENSIONS.get(info["ext"])
+    if fmt is None:
+        raise BadRequest(
+            f"tile format {info['ext'][:16]!r}: expected one of {', '.join(_EXTENSIONS)}",
+            param="format",
+        )
+    ident = _identifier(iid, request.query, deps)
+    meta = await _meta(deps, ident)
+    z = meta.default_z if ident.z is None else ident.z
+    t = meta.default_t if ident.t is None else ident.t
+    side = tile_size(meta, deps.limits)[0]
+    found = tile_region(meta.size_x, meta.size_y, level, col, row, side)
+    if found is None:
+        n = max_level(meta.size_x, meta.size_y)
+        raise NotFound(
+            f"no tile {col}_{row} at level {level}: levels are 0..{n}, level {min(level, n)} "
+            f"is {'x'.join(map(str, level_size(meta.size_x, meta.size_y, min(level, n))))} px "
+            f"in tiles of {side}",
+            param="tile",
+        )
+    region, size = found
+    req = build_request(meta, ident, z, t, region, size, deps, fmt=fmt)
+    return await respond_image(request, req, meta)
+
+
+def add_routes(app: web.Application) -> None:
+    """The descriptor and the tiles (GET and HEAD); CORS comes from the middleware."""
+    iid = r"{iid:\d{1,19}}"
+    dzi = f"/deepzoom/{iid}.dzi"
+    tiles = (
+        f"/deepzoom/{iid}_files/{{level:\\d{{1,3}}}}/{{col:\\d{{1,9}}}}_{{row:\\d{{1,9}}}}"
+        r".{ext:[A-Za-z]{1,8}}"
+    )
+    # Preflight on exactly these shapes: a catch-all OPTIONS route would turn every unknown
+    # GET path below /deepzoom/ into a 405 instead of a 404.
+    app.router.add_get(dzi, descriptor, name="deepzoom_dzi")
+    app.router.add_route("OPTIONS", dzi, preflight, name="deepzoom_dzi_options")
+    app.router.add_get(tiles, tile, name="deepzoom_tile")
+    app.router.add_route("OPTIONS", tiles, preflight, name="deepzoom_tile_options")

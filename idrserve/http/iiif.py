@@ -1,0 +1,454 @@
+"""IIIF Image API 3.0 (level 2) at `/iiif/3/…` and 2.1 at `/iiif/2/…`.
+
+One catch-all route per version: the path is split on raw `/` (so an encoded `%2F` stays
+inside its segment), then
+
+* `{identifier}` → 303 to `{identifier}/info.json` (`baseUriRedirect`);
+* `{identifier}/info.json` → the image information document;
+* `{identifier}/manifest.json` (3 only) → a Presentation 3 manifest;
+* `{identifier}/{region}/{size}/{rotation}/{quality}.{format}` → pixels;
+* anything else → 404.
+
+`/iiif/3/{identifier}/manifest.json` is a minimal IIIF Presentation 3 manifest (one canvas
+per z-plane) for viewers that start from manifests, such as Mirador.
+
+The identifier names the image and its rendering (`http/iiif_params.py`, docs/iiif.md).
+Image requests become a `RegionRequest` (`pyramid.plan_region` picks the stored level, the
+raw area factor for unstored levels and the final size) and go through the same cache and
+pipeline as webgateway, so a IIIF tile equal to a webgateway tile has the same key and bytes.
+Errors are the JSON bodies of `http/middleware.py` with IIIF's statuses: 400 malformed, 404
+unknown image or plane, 501 valid but not implemented.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+
+from idrserve.errors import BadRequest
+from idrserve.http import params
+from idrserve.http.fastpath import MEMO_INFO
+from idrserve.http.iiif_params import (
+    FORMATS,
+    Identifier,
+    Limits,
+    Version,
+    parse_identifier,
+    parse_quality_format,
+    parse_region,
+    parse_rotation,
+    parse_size,
+    resolve_region,
+    resolve_size,
+)
+from idrserve.http.responses import image_response, not_modified
+from idrserve.http.urls import forwarded_headers_used, public_base
+from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, Tone
+from idrserve.pyramid import plan_region, raw_bytes
+from idrserve.render.settings import resolve_render
+from idrserve.service import Deps, cache_key, cached_render, check_plane
+from idrserve.settings import LimitSettings
+
+CONTEXT = {
+    Version.V3: "http://iiif.io/api/image/3/context.json",
+    Version.V2: "http://iiif.io/api/image/2/context.json",
+}
+PROTOCOL = "http://iiif.io/api/image"
+# Beyond level 2: mirroring, `^` upscaling. (Level 2 itself covers the rest we do.)
+EXTRA_FEATURES = ["mirroring", "sizeUpscaling"]
+V2_SUPPORTS = [
+    "baseUriRedirect",
+    "cors",
+    "jsonldMediaType",
+    "mirroring",
+    "regionByPct",
+    "regionByPx",
+    "regionSquare",
+    "rotationBy90s",
+    "sizeAboveFull",
+    "sizeByConfinedWh",
+    "sizeByDistortedWh",
+    "sizeByH",
+    "sizeByPct",
+    "sizeByW",
+    "sizeByWh",
+]
+ALLOW = "GET, HEAD, OPTIONS"
+_PROJECTION_NAMES = {p.value for p in Projection} - {Projection.NORMAL.value}
+
+
+def iiif_limits(limits: LimitSettings) -> Limits:
+    """maxWidth/maxHeight/maxArea: the same plane bound webgateway regions have."""
+    side = math.isqrt(limits.max_region_pixels)
+    return Limits(side, side, limits.max_region_pixels)
+
+
+def tile_size(meta: ImageMeta, limits: LimitSettings) -> tuple[int, int]:
+    """The stored chunk size when it makes a sensible tile (64–1024 px), else 512."""
+    lv = meta.levels[0]
+    top = min(1024, limits.max_tile_length)
+
+    def pick(chunk: int) -> int:
+        return chunk if 64 <= chunk <= top else min(512, top)
+
+    return pick(lv.tile_x), pick(lv.tile_y)
+
+
+def scale_factors(width: int, height: int, tile_w: int, tile_h: int) -> list[int]:
+    """1, 2, 4, … up to the first factor at which the whole image fits one tile."""
+    factors = [1]
+    while -(-width // factors[-1]) > tile_w or -(-height // factors[-1]) > tile_h:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def info_document(
+    meta: ImageMeta, version: Version, base_id: str, limits: LimitSettings
+) -> dict[str, Any]:
+    """The info.json of one identifier; `base_id` is its public URL without a trailing slash."""
+    lim = iiif_limits(limits)
+    tw, th = tile_size(meta, limits)
+    factors = scale_factors(meta.size_x, meta.size_y, tw, th)
+    tile: dict[str, Any] = {"width": tw, "height": th, "scaleFactors": factors}
+    sizes = []
+    for f in reversed(factors):
+        w, h = -(-meta.size_x // f), -(-meta.size_y // f)
+        if w <= lim.max_width and h <= lim.max_height and w * h <= lim.max_area:
+            sizes.append({"width": w, "height": h})
+    if version is Version.V3:
+        return {
+            "@context": CONTEXT[version],
+            "id": base_id,
+            "type": "ImageService3",
+            "protocol": PROTOCOL,
+            "profile": "level2",
+            "width": meta.size_x,
+            "height": meta.size_y,
+            "maxWidth": lim.max_width,
+            "maxHeight": lim.max_height,
+            "maxArea": lim.max_area,
+            "tiles": [tile],
+            "sizes": sizes,
+            "preferredFormats": ["jpg"],
+            "extraFormats": ["tif", "webp"],
+            "extraQualities": ["color", "gray", "bitonal"],
+            "extraFeatures": EXTRA_FEATURES,
+        }
+    return {
+        "@context": CONTEXT[version],
+        "@id": base_id,
+        "protocol": PROTOCOL,
+        "width": meta.size_x,
+        "height": meta.size_y,
+        "tiles": [tile],
+        "sizes": sizes,
+        "profile": [
+            "http://iiif.io/api/image/2/level2.json",
+            {
+                "formats": list(FORMATS),
+                "qualities": ["default", "color", "gray", "bitonal"],
+                "supports": V2_SUPPORTS,
+                "maxWidth": lim.max_width,
+                "maxHeight": lim.max_height,
+                "maxArea": lim.max_area,
+            },
+        ],
+    }
+
+
+def public_identifier(raw_id: str) -> str:
+    """The identifier as it appears in `id`: `|` (and anything else not allowed unencoded in
+    a path segment) percent-encoded, so clients can append tile paths to `id` as is."""
+    return quote(_decode(raw_id), safe=";=,:$!-_.~*'()@+&")
+
+
+def _prefix(version: Version) -> str:
+    return f"/iiif/{version.value}/"
+
+
+async def _meta_for(deps: Deps, ident: Identifier) -> tuple[ImageMeta, int, int]:
+    meta = await deps.source.meta(ident.image_id)
+    z = meta.default_z if ident.z is None else ident.z
+    t = meta.default_t if ident.t is None else ident.t
+    check_plane(meta, z, t)  # 404: the identifier names a plane that does not exist
+    return meta, z, t
+
+
+async def _info(request: web.Request, version: Version, raw_id: str) -> web.Response:
+    deps, settings = request.app[DEPS], request.app[SETTINGS]
+    ident = parse_identifier(raw_id, deps.limits.max_active_channels)
+    meta, _z, _t = await _meta_for(deps, ident)
+    base_id = f"{public_base(request)}{_prefix(version)}{public_identifier(raw_id)}"
+    body = json.dumps(info_document(meta, version, base_id, deps.limits), separators=(",", ":"))
+    accept = request.headers.get("Accept", "")
+    if version is Version.V3 or "application/ld+json" in accept:
+        content_type = f'application/ld+json;profile="{CONTEXT[version]}"'
+    else:
+        content_type = "application/json"
+    # Without a configured public URL the document names the Host it was asked for: browsers
+    # may keep it, shared caches (nginx keys on the path only) must not.
+    cache_control = (
+        "private, max-age=3600"
+        if forwarded_headers_used(request)
+        else settings.server.cache_control
+    )
+    return web.Response(
+        body=body.encode(),
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": cache_control,
+            "Link": f'<{CONTEXT[version].replace("context.json", "level2.json")}>;rel="profile"',
+            "Access-Control-Expose-Headers": "ETag, X-Request-ID, Link",
+        },
+    )
+
+
+def _redirect(request: web.Request, version: Version, raw_id: str) -> web.Response:
+    location = f"{public_base(request)}{_prefix(version)}{public_identifier(raw_id)}/info.json"
+    return web.Response(status=303, headers={"Location": location})
+
+
+def build_request(
+    meta: ImageMeta,
+    ident: Identifier,
+    z: int,
+    t: int,
+    region: Box,
+    size: tuple[int, int],
+    deps: Deps,
+    *,
+    mirror: bool = False,
+    rotate: int = 0,
+    tone: Tone = Tone.DEFAULT,
+    fmt: Format = Format.JPEG,
+) -> RegionRequest:
+    """The pipeline request for `region` (full-resolution pixels) rendered at `size`.
+
+    Shared by DeepZoom. Raw reads over `limits.max_read_bytes` are refused here with a 400
+    (IIIF: over a server limit), before any pixel is read.
+    """
+    limits = deps.limits
+    render = resolve_render(meta, ident.overrides)
+    projection, p_start, p_end = Projection.NORMAL, 0, 0
+    if ident.projection is not None:
+        if ident.projection.partition("|")[0] not in _PROJECTION_NAMES:
+            raise BadRequest(
+                f"identifier p={ident.projection[:64]!r}: expected intmax, intmean or intsum"
+                "[|start:end]",
+                param="p",
+            )
+        projection, p_start, p_end = params.parse_projection({"p": ident.projection}, meta.size_z)
+    plan = plan_region(meta, region, size[0], size[1])
+    planes = 1 if projection is Projection.NORMAL else p_end - p_start + 1
+    nbytes = raw_bytes(meta, plan, len(render.active_indices()), planes)
+    if nbytes > limits.max_read_bytes:
+        raise BadRequest(
+            f"this region at this size needs {nbytes} bytes of raw pixels, over the limit of "
+            f"{limits.max_read_bytes}; request a smaller region or size",
+            param="size",
+        )
+    return RegionRequest(
+        image_id=meta.image_id,
+        z=z,
+        t=t,
+        level=plan.level,
+        box=plan.box,
+        render=render,
+        projection=projection,
+        proj_start=p_start,
+        proj_end=p_end,
+        flip_h=mirror,
+        fmt=fmt,
+        quality=ident.quality if ident.quality is not None else limits.default_jpeg_quality,
+        out_size=plan.out_size,
+        data_version=meta.data_version,
+        downsample=plan.downsample,
+        pad=plan.pad,
+        rotate=rotate,
+        tone=tone,
+    )
+
+
+async def respond_image(
+    request: web.Request, req: RegionRequest, meta: ImageMeta
+) -> web.StreamResponse:
+    """Cache key, 304, cached render, response: the webgateway path, for IIIF and DeepZoom."""
+    deps, settings = request.app[DEPS], request.app[SETTINGS]
+    cache_control = settings.server.cache_control
+    key, generation = await cache_key(req, deps)
+    # The fast path (http/fastpath.py) answers this exact URL from memory next time.
+    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation)
+    early = not_modified(request, key, cache_control)
+    if early is not None:
+        return early
+    rendered = await cached_render(req, meta, deps, key)
+    return image_response(rendered, cache_control)
+
+
+def _decode(segment: str) -> str:
+    """Percent-decode one path segment; undecodable bytes make it malformed (400 later)."""
+    if "%" not in segment:
+        return segment
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return "\ufffd"
+
+
+async def _image(request: web.Request, version: Version, segments: list[str]) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    raw_id = segments[0]
+    # Clients may percent-encode `^`, `!`, `,` or `:` (yarl and some browsers encode `^`).
+    region_text, size_text, rotation_text, last = (_decode(s) for s in segments[1:])
+    # Syntax first (400 for any malformed segment), then the image (404), then semantics.
+    ident = parse_identifier(raw_id, deps.limits.max_active_channels)
+    region_spec = parse_region(region_text)
+    size_spec = parse_size(size_text, version)
+    mirror, degrees = parse_rotation(rotation_text)
+    tone, fmt = parse_quality_format(last)
+    meta, z, t = await _meta_for(deps, ident)
+    region = resolve_region(region_spec, meta.size_x, meta.size_y)
+    size = resolve_size(size_spec, region, version, iiif_limits(deps.limits))
+    req = build_request(
+        meta, ident, z, t, region, size, deps, mirror=mirror, rotate=degrees, tone=tone, fmt=fmt
+    )
+    return await respond_image(request, req, meta)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Every GET/HEAD under `/iiif/{2,3}/`: split the raw path and dispatch (module docstring)."""
+    version = Version(request.match_info["version"])
+    raw = request.rel_url.raw_path
+    prefix = _prefix(version)
+    segments = raw[len(prefix) :].split("/") if raw.startswith(prefix) else []
+    if segments and segments[-1] == "" and len(segments) == 2:
+        segments = segments[:1]  # `{identifier}/`: the base URI with a slash
+    if len(segments) == 1 and segments[0]:
+        parse_identifier(segments[0], request.app[DEPS].limits.max_active_channels)
+        return _redirect(request, version, segments[0])
+    if len(segments) == 2 and segments[0] and segments[1] == "info.json":
+        return await _info(request, version, segments[0])
+    if (
+        len(segments) == 2
+        and segments[0]
+        and segments[1] == "manifest.json"
+        and version is Version.V3  # Presentation 3 only
+    ):
+        return await _manifest(request, segments[0])
+    if len(segments) == 5 and all(segments):
+        return await _image(request, version, segments)
+    raise web.HTTPNotFound()
+
+
+MAX_CANVASES = 1000
+PRESENTATION_CONTEXT = "http://iiif.io/api/presentation/3/context.json"
+
+
+def manifest_document(
+    meta: ImageMeta, ident_text: str, ident: Identifier, base: str, limits: LimitSettings
+) -> dict[str, Any]:
+    """A minimal IIIF Presentation 3 manifest: one canvas per z-plane (Mirador needs one).
+
+    With `z` in the identifier there is one canvas; otherwise one per plane (at most
+    MAX_CANVASES), each painted by the image service of that plane.
+    """
+    mid = f"{base}/iiif/3/{ident_text}/manifest.json"
+    planes = [ident.z] if ident.z is not None else list(range(min(meta.size_z, MAX_CANVASES)))
+    lim = iiif_limits(limits)
+    full = Box(0, 0, meta.size_x, meta.size_y)
+    body_w, body_h = resolve_size(parse_size("max", Version.V3), full, Version.V3, lim)
+    canvases = []
+    for z in planes:
+        service_id = f"{base}/iiif/3/{ident_text}" + ("" if ident.z is not None else f";z={z}")
+        canvas_id = f"{mid}/canvas/{z}"
+        canvases.append(
+            {
+                "id": canvas_id,
+                "type": "Canvas",
+                "label": {"none": [f"z={z}"]},
+                "width": meta.size_x,
+                "height": meta.size_y,
+                "items": [
+                    {
+                        "id": f"{mid}/page/{z}",
+                        "type": "AnnotationPage",
+                        "items": [
+                            {
+                                "id": f"{mid}/annotation/{z}",
+                                "type": "Annotation",
+                                "motivation": "painting",
+                                "target": canvas_id,
+                                "body": {
+                                    "id": f"{service_id}/full/max/0/default.jpg",
+                                    "type": "Image",
+                                    "format": "image/jpeg",
+                                    "width": body_w,
+                                    "height": body_h,
+                                    "service": [
+                                        {
+                                            "id": service_id,
+                                            "type": "ImageService3",
+                                            "profile": "level2",
+                                        }
+                                    ],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    return {
+        "@context": PRESENTATION_CONTEXT,
+        "id": mid,
+        "type": "Manifest",
+        "label": {"none": [meta.name or str(meta.image_id)]},
+        "items": canvases,
+    }
+
+
+async def _manifest(request: web.Request, raw: str) -> web.Response:
+    """`/iiif/3/{identifier}/manifest.json`: a Presentation 3 manifest for Mirador and friends."""
+    deps = request.app[DEPS]
+    ident = parse_identifier(raw, deps.limits.max_active_channels)
+    meta, _z, _t = await _meta_for(deps, ident)
+    text = public_identifier(raw)
+    doc = manifest_document(meta, text, ident, public_base(request), deps.limits)
+    cache_control = (
+        "private, max-age=3600"
+        if forwarded_headers_used(request)
+        else request.app[SETTINGS].server.cache_control
+    )
+    return web.Response(
+        body=json.dumps(doc, separators=(",", ":")).encode(),
+        headers={
+            "Content-Type": f'application/ld+json;profile="{PRESENTATION_CONTEXT}"',
+            "Cache-Control": cache_control,
+        },
+    )
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight: the methods IIIF clients use and whatever headers they ask for."""
+    headers = {
+        "Access-Control-Allow-Methods": ALLOW,
+        "Access-Control-Max-Age": "86400",
+        "Allow": ALLOW,
+    }
+    asked = request.headers.get("Access-Control-Request-Headers")
+    if asked:
+        headers["Access-Control-Allow-Headers"] = asked[:1024]
+    return web.Response(status=204, headers=headers)
+
+
+def add_routes(app: web.Application) -> None:
+    """`/iiif/3/…` and `/iiif/2/…` (GET and HEAD), plus their CORS preflight."""
+    app.router.add_get(r"/iiif/{version:[23]}/{tail:.*}", handle, name="iiif")
+    app.router.add_route(
+        "OPTIONS", r"/iiif/{version:[23]}/{tail:.*}", preflight, name="iiif_options"
+    )

@@ -1,0 +1,248 @@
+"""IIIF path-segment parsers and the pyramid planner, as pure functions (plus Hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from idrserve.errors import BadRequest, IdrServeError, NotFound
+from idrserve.http.iiif_params import (
+    Limits,
+    NotImplementedFeature,
+    Version,
+    parse_identifier,
+    parse_quality_format,
+    parse_region,
+    parse_rotation,
+    parse_size,
+    resolve_region,
+    resolve_size,
+)
+from idrserve.model import Box, ChannelMeta, Format, ImageMeta, LevelMeta, Tone
+from idrserve.pyramid import plan_region, power_of_two_scale
+
+LIMITS = Limits(4096, 4096, 4096 * 4096)
+
+
+def test_identifier_forms() -> None:
+    ident = parse_identifier("1001")
+    assert (ident.image_id, ident.z, ident.t, ident.overrides.channels) == (1001, None, None, None)
+    ident = parse_identifier("1001;z=3;t=2;c=1%7C0:255$FF0000,-2;m=g;q=0.5;p=intmax%7C0:4")
+    assert (ident.z, ident.t, ident.quality, ident.projection) == (3, 2, 0.5, "intmax|0:4")
+    assert ident.overrides.channels is not None
+    first, second = ident.overrides.channels
+    assert (first.index, first.active, first.start, first.end) == (0, True, 0.0, 255.0)
+    assert first.color == (255, 0, 0, 255)
+    assert (second.index, second.active) == (1, False)
+    assert ident.overrides.model is not None and ident.overrides.model.value == "greyscale"
+
+
+@pytest.mark.parametrize("raw", ["x", "", "1.5", "-1", "1" * 20, "%FF", "..%2F1", "1%2F2", "１"])
+def test_identifier_not_an_image_is_404(raw: str) -> None:
+    with pytest.raises(NotFound):
+        parse_identifier(raw)
+
+
+@pytest.mark.parametrize(
+    "raw", ["1;", "1;z", "1;z=", "1;z=a", "1;y=1", "1;z=1;z=2", "1;m=q", "1;q=0", "1;p=max"]
+)
+def test_identifier_bad_options_are_400(raw: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_identifier(raw)
+
+
+def test_region_resolution() -> None:
+    assert resolve_region(parse_region("full"), 300, 200) == Box(0, 0, 300, 200)
+    assert resolve_region(parse_region("square"), 300, 200) == Box(50, 0, 200, 200)
+    assert resolve_region(parse_region("square"), 200, 301) == Box(0, 50, 200, 200)
+    assert resolve_region(parse_region("10,20,1000,1000"), 300, 200) == Box(10, 20, 290, 180)
+    assert resolve_region(parse_region("pct:50,50,50,50"), 300, 200) == Box(150, 100, 150, 100)
+    with pytest.raises(BadRequest):
+        resolve_region(parse_region("300,0,1,1"), 300, 200)
+
+
+def test_size_resolution() -> None:
+    region = Box(0, 0, 1000, 500)
+
+    def size(text: str, version: Version = Version.V3) -> tuple[int, int]:
+        return resolve_size(parse_size(text, version), region, version, LIMITS)
+
+    assert size("max") == (1000, 500)
+    assert size("500,") == (500, 250)
+    assert size(",100") == (200, 100)
+    assert size("pct:10") == (100, 50)
+    assert size("!300,300") == (300, 150)
+    assert size("!300,100") == (200, 100)
+    assert size("^!3000,3000") == (3000, 1500)
+    assert size("^max") == (4096, 2048)
+    assert size("1500,", Version.V2) == (1500, 750)
+    assert size("full", Version.V2) == (1000, 500)
+    for bad in ("1500,", "!3000,3000", "pct:200", "1001,10"):
+        with pytest.raises(BadRequest):
+            size(bad)
+    with pytest.raises(BadRequest):
+        size("^5000,")  # over maxWidth
+    with pytest.raises(BadRequest):
+        size("pct:0.01")  # under one pixel
+
+
+def test_max_respects_area() -> None:
+    big = Box(0, 0, 100_000, 1_000)
+    w, h = resolve_size(parse_size("max", Version.V3), big, Version.V3, Limits(4096, 4096, 10**6))
+    assert w <= 4096 and w * h <= 10**6 and h >= 1
+
+
+def test_rotation_and_quality() -> None:
+    assert parse_rotation("0") == (False, 0)
+    assert parse_rotation("!90") == (True, 90)
+    assert parse_rotation("360") == (False, 0)
+    with pytest.raises(NotImplementedFeature):
+        parse_rotation("45.5")
+    for bad in ("-90", "361", "090", "x", "90.0", "!"):
+        with pytest.raises(BadRequest):
+            parse_rotation(bad)
+    assert parse_quality_format("gray.png") == (Tone.GRAY, Format.PNG)
+    assert parse_quality_format("color.webp") == (Tone.DEFAULT, Format.WEBP)
+    for bad in ("default", "grey.jpg", "default.gif", ".jpg", "default.JPG"):
+        with pytest.raises(BadRequest):
+            parse_quality_format(bad)
+
+
+# --- Hypothesis: the parsers only ever raise our 4xx/501 errors --------------------------------
+
+segment = st.text(
+    alphabet=st.sampled_from(list("0123456789,.:!^%;=|$-+abcdefgmpqtxz/ \\~\x00é")), max_size=30
+)
+
+
+@given(segment)
+def test_region_parser_total(text: str) -> None:
+    try:
+        spec = parse_region(text)
+        box = resolve_region(spec, 4097, 3001)
+    except IdrServeError as exc:
+        status, detail = exc.status, exc.detail
+        assert 400 <= status < 500 and detail
+        return
+    assert box.w >= 1 and box.h >= 1 and box.x + box.w <= 4097 and box.y + box.h <= 3001
+
+
+@given(segment, st.sampled_from(list(Version)))
+def test_size_parser_total(text: str, version: Version) -> None:
+    try:
+        w, h = resolve_size(parse_size(text, version), Box(0, 0, 4097, 3001), version, LIMITS)
+    except IdrServeError as exc:
+        status, detail = exc.status, exc.detail
+        assert 400 <= status < 500 and detail
+        return
+    assert 1 <= w <= 4096 and 1 <= h <= 4096
+
+
+@given(segment)
+def test_other_parsers_total(text: str) -> None:
+    for parse in (parse_rotation, parse_quality_format, parse_identifier):
+        try:
+            parse(text)
+        except IdrServeError as exc:
+            status, detail = exc.status, exc.detail
+            assert 400 <= status < 502 and detail
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def meta_with(width: int, height: int, n_levels: int, floor: bool = True) -> ImageMeta:
+    levels = []
+    w, h = width, height
+    for _ in range(n_levels):
+        levels.append(LevelMeta(w, h, 256, 256))
+        w, h = (max(1, w // 2), max(1, h // 2)) if floor else (-(-w // 2), -(-h // 2))
+    channel = ChannelMeta("c", (255, 255, 255, 255), 0, 255, 0, 255, True)
+    return ImageMeta(1, "x", "uint8", width, height, 1, 1, 1, tuple(levels), (channel,))
+
+
+def test_scale_uses_ceil_like_clients() -> None:
+    assert power_of_two_scale(512, 441, 256, 221) == 2
+    assert power_of_two_scale(1, 1, 1, 1) == 1
+    assert power_of_two_scale(4097, 3001, 1, 1) == 4096
+    assert power_of_two_scale(100, 100, 300, 300) == 1  # upscaling
+
+
+def test_plan_stored_virtual_and_edge() -> None:
+    meta = meta_with(4097, 3001, 3)  # stored factors 1, 2, 4
+    stored = plan_region(meta, Box(512, 512, 512, 512), 256, 256)
+    assert (stored.level, stored.box, stored.downsample, stored.pad, stored.out_size) == (
+        1,
+        Box(256, 256, 256, 256),
+        (1, 1),
+        (0, 0),
+        None,
+    )
+    virtual = plan_region(meta, Box(2048, 0, 2048, 2048), 256, 256)  # factor 8 from level 2
+    assert (virtual.level, virtual.box, virtual.downsample, virtual.out_size) == (
+        2,
+        Box(512, 0, 512, 512),
+        (2, 2),
+        None,
+    )
+    edge = plan_region(meta, Box(4096, 0, 1, 512), 1, 256)  # 1-px column at factor 2
+    assert edge.level == 1 and edge.box == Box(2047, 0, 1, 256)
+    assert edge.pad == (0, 0) and edge.out_size is None
+    bottom = plan_region(meta, Box(0, 2560, 512, 441), 256, 221)  # floor level: 1 row short
+    assert bottom.box == Box(0, 1280, 256, 220) and bottom.pad == (0, 1)
+    assert bottom.out_size is None
+    odd = plan_region(meta, Box(0, 0, 4097, 3001), 700, 513)  # not a power of two: resize
+    assert odd.level == 2 and odd.downsample == (1, 1) and odd.out_size == (700, 513)
+
+
+@given(
+    st.integers(1, 5000),
+    st.integers(1, 5000),
+    st.integers(1, 4),
+    st.booleans(),
+    st.data(),
+)
+def test_plan_always_reads_inside_the_level(
+    width: int, height: int, n_levels: int, floor: bool, data: st.DataObject
+) -> None:
+    meta = meta_with(width, height, n_levels, floor)
+    x = data.draw(st.integers(0, width - 1))
+    y = data.draw(st.integers(0, height - 1))
+    w = data.draw(st.integers(1, width - x))
+    h = data.draw(st.integers(1, height - y))
+    ow = data.draw(st.integers(1, 2 * w))
+    oh = data.draw(st.integers(1, 2 * h))
+    plan = plan_region(meta, Box(x, y, w, h), ow, oh)
+    lv = meta.levels[plan.level]
+    assert plan.box.w >= 1 and plan.box.h >= 1
+    assert plan.box.x + plan.box.w <= lv.size_x and plan.box.y + plan.box.h <= lv.size_y
+    natural = (
+        math.ceil(plan.box.w / plan.downsample[0]) + plan.pad[0],
+        math.ceil(plan.box.h / plan.downsample[1]) + plan.pad[1],
+    )
+    assert (plan.out_size or natural) == (ow, oh)
+
+
+def test_forwarded_prefix_normalisation() -> None:
+    from idrserve.http.urls import normalise_prefix
+
+    assert normalise_prefix("") == normalise_prefix("/") == ""
+    assert normalise_prefix("idr") == normalise_prefix("/idr/") == "/idr"
+    assert normalise_prefix("/a/b") == "/a/b"
+    assert normalise_prefix('/x"y') == ""  # never echoed into JSON or Location
+    assert normalise_prefix("/a b") == ""
+
+
+def test_public_base_url_must_be_an_http_url() -> None:
+    from pydantic import ValidationError
+
+    from idrserve.settings import load_settings
+
+    ok = load_settings({"server": {"public_base_url": "https://tiles.example.org/idr"}})
+    assert ok.server.public_base_url == "https://tiles.example.org/idr"
+    for bad in ("tiles.example.org", "ftp://x", "https://x/?q=1", "https://"):
+        with pytest.raises(ValidationError):
+            load_settings({"server": {"public_base_url": bad}})
