@@ -10,16 +10,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from idrserve import __version__
+from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
-from idrserve.http import webgateway
+from idrserve.http import api, deepzoom, iiif, ops, viewer, webgateway, zarrstore
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
 from idrserve.http.webgateway import DEPS, SETTINGS
 from idrserve.render.lut import LutTable
 from idrserve.service import Deps
 from idrserve.settings import Settings
-from idrserve.sources.zarr import ZarrSource
+from idrserve.sources.routing import build_source
 
 log = logging.getLogger("idrserve")
 
@@ -36,8 +37,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    """A JSON directory of the served images with a few URLs to try."""
+    """A JSON directory of the served images with a few URLs to try; browsers get the index page."""
     ids = await request.app[CATALOG].ids()
+    if viewer.prefers_html(request):
+        return await viewer.index_page(request, ids)
     base = f"{request.scheme}://{request.host}"
     images = [
         {
@@ -47,7 +50,8 @@ async def index(request: web.Request) -> web.Response:
         }
         for i in ids[:1000]
     ]
-    return web.json_response({"service": "idrserve", "version": __version__, "images": images})
+    doc = {"service": "idrserve", "version": __version__, "viewer": f"{base}/viewer/"}
+    return web.json_response(doc | {"images": images}, headers={"Vary": "Accept"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -58,9 +62,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     limits = settings.limits
-    url_index = UrlIndex(settings.cache.url_index_entries)
+    url_index = UrlIndex(settings.cache.url_index_entries, settings.cache.url_index_max_bytes)
+    admission = Admission(
+        limits.max_concurrent_requests, limits.max_concurrent_renders, limits.retry_after_s
+    )
     app = web.Application(
         middlewares=[
+            ops.make_admission_middleware(
+                admission, logging.getLogger(ops.ACCESS_LOGGER), settings.log.access_log_format
+            ),
             make_fastpath_middleware(
                 url_index, lambda request: request.app[DEPS], settings.server.cache_control
             ),
@@ -78,17 +88,26 @@ def create_app(settings: Settings) -> web.Application:
     # One registry per app, so several apps (tests, workers) never share counters.
     app[REGISTRY] = CollectorRegistry()
     app[READY] = {"ready": False}
+    app[ops.STATE] = app[READY]  # /readyz reads it too, plus "draining" at shutdown
+    app[ops.ADMISSION] = admission
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         cpu_pool = ThreadPoolExecutor(settings.server.cpu_threads, thread_name_prefix="idrs-cpu")
         catalog = Catalog(settings.source)
-        source = ZarrSource(settings.source, catalog)
+        source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
         luts = LutTable(settings.source.lut_dir)
         cache = TieredCache(settings.cache, registry=app[REGISTRY])
         await cache.start()
         app[CATALOG] = catalog
-        app[DEPS] = Deps(source=source, luts=luts, limits=limits, cpu_pool=cpu_pool, cache=cache)
+        app[DEPS] = Deps(
+            source=source,
+            luts=luts,
+            limits=limits,
+            cpu_pool=cpu_pool,
+            cache=cache,
+            admission=admission,
+        )
         app[READY]["ready"] = True
         try:
             yield
@@ -103,4 +122,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/", index, name="index")
     app.router.add_get("/metrics", metrics, name="metrics")
     webgateway.add_routes(app)
+    iiif.add_routes(app)
+    deepzoom.add_routes(app)
+    viewer.add_routes(app, lambda request: request.app[CATALOG].ids())
+    zarrstore.add_routes(app)
+    api.add_routes(app)
+    ops.add_routes(app)
     return app

@@ -67,3 +67,14 @@ class UpstreamTimeout(IdrServeError):
 
     status = 504
     code = "timeout"
+
+
+class Overloaded(IdrServeError):
+    """Admission control refused the request (see `admission.py`): 503 with Retry-After."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s

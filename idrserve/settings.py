@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +36,10 @@ class ServerSettings(_Group):
     cors_origin: str = "*"
     # `Cache-Control` on rendered images; public so that nginx in front may cache them.
     cache_control: str = "public, max-age=86400"
+    # The server's public URL as clients see it (scheme, host and any path prefix, e.g.
+    # https://tiles.example.org/idr), for the IIIF `id`; when unset it is taken from
+    # X-Forwarded-Proto/-Host/-Prefix or the request itself (http/urls.py).
+    public_base_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
 
 
 class SourceSettings(_Group):
@@ -54,8 +58,10 @@ class SourceSettings(_Group):
     # Read local Zarr v2 chunks directly with numcodecs instead of through zarr-python
     # (measured faster for tiles; see idrserve/sources/direct.py).
     direct_reads: bool = True
-    # Open arrays and parsed image metadata kept in memory.
+    # Open arrays and parsed image metadata kept in memory, bounded in entries and in
+    # estimated bytes (sources/zarr.py `record_cost`: ~12 KiB for a typical image).
     meta_cache_entries: int = Field(4096, ge=1)
+    meta_cache_max_bytes: int = Field(128 * 1024 * 1024, ge=1)
     # Local disk cache of chunks read from remote stores (S3, HTTP); None disables it.
     chunk_cache_dir: Path | None = None
     chunk_cache_max_bytes: int = Field(20 * 1024**3, ge=1)
@@ -79,6 +85,15 @@ class LimitSettings(_Group):
     request_timeout_s: float = Field(30.0, gt=0)
     max_url_length: int = Field(16384, ge=256)
     default_jpeg_quality: float = Field(0.85, gt=0, le=1)
+    # Largest raw region of /api/v1/images/{id}/region (bytes of pixels); larger is a 413 that
+    # says how to page. 256 MiB: a few 4096² uint16 planes, one notebook cell's worth.
+    max_api_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    # Admission control (http/ops.py): requests in progress per process, cache hits included,
+    # and renders (read + render + encode) in progress per process. Beyond either bound a
+    # request is refused at once with 503 + Retry-After instead of joining a growing queue.
+    max_concurrent_requests: int = Field(1024, ge=1)
+    max_concurrent_renders: int = Field(32, ge=1)
+    retry_after_s: int = Field(1, ge=0)
 
 
 class CacheSettings(_Group):
@@ -117,6 +132,51 @@ class CacheSettings(_Group):
     # Exact URLs remembered with their resolved key, so a repeated URL is a memory hit without
     # re-parsing (http/fastpath.py); about 200 bytes each. 0 disables the index.
     url_index_entries: int = Field(100_000, ge=0)
+    # ... and at most this many bytes of them (URLs up to 4 KiB are remembered).
+    url_index_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
+
+class OmeroSettings(_Group):
+    """Images not found as OME-Zarr are read from OMERO through the reader worker (docs/omero.md).
+
+    OMERO is used when `host` or `worker_url` is set; otherwise nothing here matters.
+    """
+
+    # OMERO server (Glacier2 router): a host name, or a URL like wss://host/omero-ws or tcp://h.
+    host: str | None = None
+    port: int = Field(4064, ge=1, le=65535)
+    # IDR's public account by default; the password is never logged and `config show` hides it.
+    user: str = "public"
+    password: SecretStr = SecretStr("public")
+    # An already running worker (http://127.0.0.1:PORT or unix:/path); else one is spawned.
+    worker_url: str | None = None
+    # Interpreter that runs the spawned worker (needs omero-py; scripts/setup_omero.sh makes
+    # .venv-omero). Unset: this interpreter if omero-py imports here, else ./.venv-omero.
+    worker_python: Path | None = None
+    # Global cap on OMERO calls in flight (worker lanes, and requests to the worker).
+    max_concurrent_calls: int = Field(8, ge=1, le=1024)
+    # Deadline of one OMERO call; past it the image answers 503 with Retry-After.
+    call_timeout_s: float = Field(10.0, gt=0)
+    # Logged-in sessions the worker keeps alive (re-created when they expire).
+    session_pool_size: int = Field(2, ge=1, le=64)
+    # Worker threads that make the blocking Ice calls.
+    thread_pool_size: int = Field(8, ge=1, le=256)
+    # How long image metadata (and the saved rendering settings) is trusted.
+    metadata_ttl_s: float = Field(300.0, ge=0)
+    meta_cache_entries: int = Field(4096, ge=1)
+    # Seconds between keepAlive calls on idle sessions.
+    keepalive_s: float = Field(60.0, gt=0)
+    # Raw tiles kept in memory, so re-rendering a tile never asks OMERO again; 0 disables it.
+    tile_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # Retry-After (seconds) of the 503 answered while OMERO is unreachable.
+    retry_after_s: int = Field(5, ge=1)
+    # Images OMERO links to an OME-Zarr (ExternalInfo, omero-zarr-pixel-buffer) are read
+    # from that Zarr directly instead of through OMERO.
+    ngff_direct: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host or self.worker_url)
 
 
 class ViewerSettings(_Group):
@@ -129,6 +189,9 @@ class ViewerSettings(_Group):
 class LogSettings(_Group):
     level: str = "INFO"
     access_log: bool = True
+    # Access-log line format (logger `idrserve.access`): one JSON object per request, or the
+    # same fields as space-separated key=value text.
+    access_log_format: Literal["json", "text"] = "json"
 
 
 class Settings(BaseSettings):
@@ -146,6 +209,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     viewer: ViewerSettings = Field(default_factory=ViewerSettings)
+    omero: OmeroSettings = Field(default_factory=OmeroSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

@@ -12,12 +12,22 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 # ... and verify the systemd units with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The viewer tests drive Debian's headless Chromium through its chromedriver (no browser download).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# The IIIF validator (iiif-validator, PyPI) imports python-magic, which loads libmagic.
+ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || need_apt+=(libmagic1)
 if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
 "$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The OMERO tests run the OMERO reader worker and a stand-in OMERO under a Python 3.10 venv
+# with omero-py (zeroc-ice 3.6 builds from source there: minutes, once). A failed build fails
+# the run here, and tests/omero fails rather than skips without it.
+bash scripts/setup_omero.sh
 
 "$PY" -m ruff check idrserve tests bench
 "$PY" -m ruff format --check idrserve tests bench

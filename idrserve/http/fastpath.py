@@ -31,11 +31,19 @@ class _Memo:
     generation: int
 
 
-class UrlIndex:
-    """A bounded LRU of URL → resolved key, validated on every use."""
+# Bytes charged per remembered URL beyond the URL and key text: the dict slot, the two str
+# headers and the _Memo (about 250 B on CPython 3.11, 64-bit).
+MEMO_OVERHEAD = 250
 
-    def __init__(self, max_entries: int) -> None:
+
+class UrlIndex:
+    """A bounded LRU of URL → resolved key, validated on every use; bounded in entries and
+    in bytes (URLs of up to 4 KiB are remembered, so entries alone would not bound memory)."""
+
+    def __init__(self, max_entries: int, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, _Memo] = OrderedDict()
 
     def remember(
@@ -43,16 +51,25 @@ class UrlIndex:
     ) -> None:
         if self.max_entries <= 0 or len(url) > 4096:
             return
-        self._entries[url] = _Memo(key, image_id, data_version, generation)
-        self._entries.move_to_end(url)
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        old = self._entries.pop(url, None)
+        if old is not None:
+            self.bytes -= _cost(url, old)
+        memo = _Memo(key, image_id, data_version, generation)
+        self._entries[url] = memo
+        self.bytes += _cost(url, memo)
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            evicted_url, evicted = self._entries.popitem(last=False)
+            self.bytes -= _cost(evicted_url, evicted)
 
     def lookup(self, url: str) -> _Memo | None:
         return self._entries.get(url)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _cost(url: str, memo: _Memo) -> int:
+    return len(url) + len(memo.key) + len(memo.data_version) + MEMO_OVERHEAD
 
 
 def make_fastpath_middleware(

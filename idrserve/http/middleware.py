@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from idrserve.errors import IdrServeError, SourceUnavailable, UpstreamTimeout
+from idrserve.errors import IdrServeError, Overloaded, SourceUnavailable, UpstreamTimeout
 
 log = logging.getLogger("idrserve.http")
 
@@ -74,7 +74,7 @@ def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Midd
                 return await handler(request)
         except IdrServeError as exc:
             response = error_response(request, exc.status, exc.code, exc.detail, exc.param)
-            if isinstance(exc, SourceUnavailable):
+            if isinstance(exc, SourceUnavailable | Overloaded):
                 response.headers["Retry-After"] = str(exc.retry_after_s)
             if exc.status >= 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.detail)

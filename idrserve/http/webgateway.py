@@ -322,7 +322,7 @@ async def ms_options(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     limits = ctx.deps.limits
     side = int(limits.max_region_pixels**0.5)
-    return json_or_jsonp(
+    response = json_or_jsonp(
         {
             "provider": "idrserve",
             "version": __version__,
@@ -337,6 +337,12 @@ async def ms_options(request: web.Request) -> web.StreamResponse:
         },
         None,
     )
+    if request.method == "OPTIONS":  # doubles as the answer to a CORS preflight
+        response.headers["Allow"] = "GET, HEAD, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "*"
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return response
 
 
 # --- routing ----------------------------------------------------------------------------------
@@ -432,4 +438,8 @@ def add_routes(app: web.Application) -> None:
             name=f"webclient_get_thumbnail{n}",
         )
     app.router.add_route("OPTIONS", "/omero_ms_image_region/", ms_options, name="ms_options")
+    # OPTIONS on every other /webgateway/ path gets the same answer (the microservice
+    # answers `OPTIONS *`): served by http/ops.py's middleware, because a catch-all OPTIONS
+    # route would turn every unknown /webgateway/ GET into a 405 instead of a 404 (and stop
+    # the missing-slash 301).
     add("/omero_ms_image_region/", ms_options, name="ms_options_get")

@@ -187,7 +187,10 @@ def test_cache_warm_fills_a_running_server(demo_server: tuple[str, str], tmp_pat
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_drains_in_flight_requests(demo_server: tuple[str, str], workers: int) -> None:
+def test_sigterm_drains_in_flight_requests(
+    demo_server: tuple[str, str], workers: int, tmp_path: Path
+) -> None:
+    """In-flight requests finish, and so do the cache writes they scheduled (disk tier)."""
     import asyncio
     import signal
 
@@ -195,9 +198,10 @@ def test_sigterm_drains_in_flight_requests(demo_server: tuple[str, str], workers
 
     _, data_dir = demo_server
     port = free_port()
+    cache_dir = tmp_path / "cache"
     proc = subprocess.Popen(
         [sys.executable, "-m", "idrserve", "serve", "--zarr-root", data_dir, "--port", str(port),
-         "--workers", str(workers)],
+         "--workers", str(workers), "--cache-dir", str(cache_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0"},
     )  # fmt: skip
@@ -222,6 +226,13 @@ def test_sigterm_drains_in_flight_requests(demo_server: tuple[str, str], workers
         wait_ready(base, proc)
         assert asyncio.run(storm()) == [200] * 30  # nothing cut off
         assert proc.wait(30) == 0  # then a clean exit
+        # Every response rendered during the drain was also written to the disk tier (30
+        # distinct keys: one file each, outside the generations and temporary files).
+        entries = [
+            p for p in cache_dir.rglob("*")
+            if p.is_file() and "generations" not in p.parts and not p.name.endswith(".tmp")
+        ]  # fmt: skip
+        assert len(entries) == 30
     finally:
         if proc.poll() is None:
             proc.kill()

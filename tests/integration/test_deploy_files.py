@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from idrserve.settings import Settings, load_settings
 
@@ -55,6 +55,8 @@ def setting_path(name: str) -> tuple[str, str]:
 
 
 def same_value(actual: Any, raw: str) -> bool:
+    if isinstance(actual, SecretStr):
+        return actual.get_secret_value() == raw
     if isinstance(actual, bool):
         return actual == (raw.lower() in ("1", "true", "yes", "on"))
     if isinstance(actual, int | float):

@@ -394,6 +394,10 @@ def test_cors_header_exactly_once(stack: Stack) -> None:
         "/webgateway/luts/",
         "/omero_ms_image_region/",
         "/healthz",
+        "/api/v1/images/1003",
+        "/api/v1/images/1003/region?y=0:8&x=0:8",
+        "/zarr/1003.zarr/.zattrs",
+        "/zarr/v3/1002.zarr/0/zarr.json",
     ],
 )
 def test_routes_to_idrserve(stack: Stack, path: str) -> None:
@@ -411,6 +415,8 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
         "/webclient/?show=image-1003",
         "/webgateway/",
         "/api/v0/",
+        "/api/v0/m/images/1003/",
+        "/api/v1/images/",
         "/static/x.js",
         "/metrics",
     ],
@@ -463,6 +469,28 @@ def test_stampede_reaches_idrserve_once(stack: Stack) -> None:
     assert statuses.count("MISS") == 1, statuses
     # nginx's cache lock let one request through; the other 29 were answered from its cache.
     assert cache_requests(stack.idrserve_port) - before == 1
+
+
+def test_iiif_through_nginx(stack: Stack) -> None:
+    """info.json names nginx's public address (X-Forwarded-*), is never shared from nginx's
+    cache (it depends on the Host), and IIIF tiles are cached like webgateway tiles."""
+    port = stack.nginx_port
+    info = get(port, "/iiif/3/1002/info.json", headers={"Host": f"tiles.example.org:{port}"})
+    assert info.status == 200
+    assert json.loads(info.body)["id"] == f"http://tiles.example.org:{port}/iiif/3/1002"
+    assert info.header("Access-Control-Allow-Origin") == "*"
+    other = get(port, "/iiif/3/1002/info.json", headers={"Host": f"127.0.0.1:{port}"})
+    assert json.loads(other.body)["id"] == f"http://127.0.0.1:{port}/iiif/3/1002"
+    assert other.header("X-Cache-Status") != "HIT"
+    redirect = get(port, "/iiif/3/1002")
+    assert redirect.status == 303
+    assert redirect.header("Location") == f"http://127.0.0.1:{port}/iiif/3/1002/info.json"
+    tile = "/iiif/3/1002/0,0,256,256/128,128/0/default.jpg"
+    first, second = get(port, tile), get(port, tile)
+    assert first.status == second.status == 200
+    assert (first.header("X-Cache-Status"), second.header("X-Cache-Status")) == ("MISS", "HIT")
+    bad = get(port, "/iiif/3/1002/full/max/45/default.jpg")
+    assert bad.status == 501 and bad.header("Access-Control-Allow-Origin") == "*"
 
 
 def test_zz_idrserve_down_serves_stale_and_fails_fast(stack: Stack) -> None:
