@@ -65,7 +65,7 @@ class RenderSlot:
             self._release()
 
 
-# The render slot of the current task, so that `service._in_pool` can extend it over a
+# The render slot of the current task, so that `service.in_pool` can extend it over a
 # thread job that outlives a cancelled request without every caller passing it along.
 CURRENT_SLOT: contextvars.ContextVar[RenderSlot | None] = contextvars.ContextVar(
     "idrserve_render_slot", default=None

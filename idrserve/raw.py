@@ -13,6 +13,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 
 import numpy as np
 import tifffile
@@ -21,7 +22,7 @@ from multidict import MultiMapping
 from idrserve.cache import CacheEntry, response_key
 from idrserve.errors import BadRequest, TooLarge
 from idrserve.model import Box, ImageMeta, Selection
-from idrserve.service import Deps
+from idrserve.service import Deps, in_pool, render_slot
 
 AXES = ("t", "c", "z", "y", "x")
 # Bump when the bytes of a region response change for the same request.
@@ -236,9 +237,9 @@ async def cached_region(req: RawRequest, deps: Deps, key: str) -> RawOut:
     """Through the response cache when the result is small enough to be worth keeping."""
 
     async def produce() -> CacheEntry:
-        data = await read_region(req, deps)
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(deps.cpu_pool, encode_region, data, req)
+        with render_slot(deps):
+            data = await read_region(req, deps)
+            body = await in_pool(deps.cpu_pool, partial(encode_region, data, req))
         return CacheEntry(body, MEDIA[req.fmt])
 
     if deps.cache is None or req.nbytes > 8 * 1024 * 1024:

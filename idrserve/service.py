@@ -7,8 +7,9 @@ is produced and cached the same way whichever protocol asked for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -97,7 +98,18 @@ async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: st
     return Rendered(entry.body, entry.media_type, key, timings, tier)
 
 
-async def _in_pool(pool: Executor, fn: Callable[[], T]) -> T:
+@contextlib.contextmanager
+def render_slot(deps: Deps) -> Iterator[None]:
+    """One of the process's render slots (503 `Overloaded` when none is free), for every
+    route that reads and computes pixels, not only `render_region`."""
+    if deps.admission is None:
+        yield
+        return
+    with deps.admission.render():
+        yield
+
+
+async def in_pool(pool: Executor, fn: Callable[[], T]) -> T:
     """Run `fn` in the pool; if the caller is cancelled while it runs, the current render
     slot stays taken until the thread is done (admission.py), so the pool's queue stays
     bounded by the render limit even when deadlines expire or clients go away."""
@@ -210,7 +222,7 @@ async def _render_region(
         if direct is not None and req.projection is Projection.NORMAL:
             # Read, render and encode in one executor job: each hop costs about as much as
             # encoding a small tile (bench/results/http-*.md).
-            return await _in_pool(
+            return await in_pool(
                 deps.cpu_pool, partial(_read_render_encode, req, meta, deps, direct, key)
             )
         t0 = time.perf_counter()
@@ -220,9 +232,9 @@ async def _render_region(
             raw = stack[:, 0]
         else:
             kind = req.projection
-            raw = await _in_pool(deps.cpu_pool, lambda: project(stack, kind))
+            raw = await in_pool(deps.cpu_pool, lambda: project(stack, kind))
 
-    body = await _in_pool(deps.cpu_pool, partial(_render_encode, req, meta, deps, raw, timings))
+    body = await in_pool(deps.cpu_pool, partial(_render_encode, req, meta, deps, raw, timings))
     return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
 
 

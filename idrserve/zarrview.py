@@ -24,6 +24,7 @@ import json
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from idrserve.cache import CacheEntry, response_key
 from idrserve.errors import NotFound
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.ngffdocs import dumps, group_docs, level0_shape, level_scale, v3_array_doc
-from idrserve.service import Deps
+from idrserve.service import Deps, in_pool, render_slot
 from idrserve.sources import ngff
 from idrserve.sources.base import resolve_source
 from idrserve.sources.zarr import ZarrSource
@@ -203,9 +204,9 @@ async def _generated_chunk(view: ZarrView, ref: ChunkRef, deps: Deps) -> Blob:
 
     async def produce() -> CacheEntry:
         sel = Selection(ref.level, t, z, z + 1, (c,), box)
-        data = await deps.source.read(meta.image_id, sel)
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(deps.cpu_pool, _encode_chunk, data, (th, tw), dtype)
+        with render_slot(deps):
+            data = await deps.source.read(meta.image_id, sel)
+            body = await in_pool(deps.cpu_pool, partial(_encode_chunk, data, (th, tw), dtype))
         return CacheEntry(body, CHUNK_TYPE)
 
     if deps.cache is None:

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from idrserve.admission import Admission
+
 MEMO_INFO = web.RequestKey("memo_info", tuple)
 
 
@@ -76,7 +78,13 @@ def make_fastpath_middleware(
     index: UrlIndex,
     deps_getter: Callable[[web.Request], Any],
     cache_control: str,
+    admission: Admission | None = None,
 ) -> Middleware:
+    """The outermost middleware. A memory hit is answered without awaiting anything, so it
+    never holds a request slot; a lower-tier hit counts against `admission`'s request bound
+    like any request (and a full bound sends it on to the admission middleware, which
+    refuses it)."""
+
     @web.middleware
     async def fastpath(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != "GET":
@@ -95,7 +103,15 @@ def make_fastpath_middleware(
                 entry = cache.memory.get(memo.key) if cache.memory is not None else None
                 if entry is None:
                     # Lower tiers still skip parsing and resolving; a hit fills memory.
-                    entry, tier = await cache.get(memo.key)
+                    if admission is not None:
+                        if admission.requests >= admission.max_requests:
+                            return await handler(request)
+                        admission.requests += 1
+                    try:
+                        entry, tier = await cache.get(memo.key)
+                    finally:
+                        if admission is not None:
+                            admission.request_done()
                 if entry is not None:
                     tag = f'"{memo.key}"'
                     headers = {"ETag": tag, "Cache-Control": cache_control}

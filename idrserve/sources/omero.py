@@ -352,6 +352,28 @@ class OmeroSource:
         self._tile_bytes = 0
         # Counters for /metrics-style inspection, tests and the benchmark.
         self.stats = {"meta_calls": 0, "tile_calls": 0, "tile_hits": 0, "coalesced": 0}
+        # Monotonic times of the last answered call and of the last outage seen, for /readyz.
+        self._last_ok = 0.0
+        self._last_outage: tuple[float, str] | None = None
+
+    async def health(self) -> dict[str, Any]:
+        """For /readyz: is the reader worker up, and did the last OMERO call succeed?
+
+        Never calls OMERO itself (a readiness probe must not add load to it): "down" when the
+        worker does not answer, "degraded" when the most recent call ended in an outage.
+        """
+        out: dict[str, Any] = {"kind": "omero", "host": self._settings.host}
+        try:
+            session, base = await self._client()
+            async with asyncio.timeout(2.0), session.get(base + "/stats") as resp:
+                out["worker"] = await resp.json() if resp.status == 200 else resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, errors.IdrServeError) as e:
+            exc = e
+            return out | {"status": "down", "detail": f"OMERO reader worker: {exc!r}"[:300]}
+        outage = self._last_outage
+        if outage is not None and outage[0] > self._last_ok:
+            return out | {"status": "degraded", "detail": outage[1][:300]}
+        return out | {"status": "ok"}
 
     # ---- contract --------------------------------------------------------------------------
 
@@ -530,6 +552,7 @@ class OmeroSource:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._unavailable(f"OMERO reader unreachable ({type(exc).__name__})") from exc
         if status == 200:
+            self._last_ok = time.monotonic()
             return body
         detail = _detail(body)
         if status == 404:
@@ -541,6 +564,7 @@ class OmeroSource:
     def _unavailable(
         self, detail: str, retry_after: float | None = None
     ) -> errors.SourceUnavailable:
+        self._last_outage = (time.monotonic(), detail)
         exc = errors.SourceUnavailable(detail)
         exc.retry_after_s = max(self._settings.retry_after_s, int(retry_after or 0))
         return exc

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -68,6 +68,14 @@ class RoutingSource:
         self._routes: OrderedDict[int, tuple[PixelSource, float]] = OrderedDict()
         # Optional: a Zarr source over the OME-Zarr that OMERO links NGFF-backed images to.
         self._ngff = ngff
+
+    async def health(self) -> dict[str, Any]:
+        """The OMERO side's health for /readyz (the Zarr side is reported as data roots)."""
+        check = getattr(self.omero, "health", None)
+        if check is None:
+            return {"status": "unconfigured"}
+        result: dict[str, Any] = await check()
+        return result
 
     async def source_for(self, image_id: int) -> PixelSource:
         """Zarr when the catalog locates the image, else OMERO (if configured), else Zarr."""

@@ -304,6 +304,10 @@ async def test_edge_and_outside_tiles(make_client: MakeClient, worker: Worker) -
     assert Image.open(io.BytesIO(body)).size == (232, 238)
     await get(client, f"{RI}/{oid}/0/0/?tile=1,4,0,256,256", 404)  # x = 1024 ≥ 1000
     await get(client, f"{RI}/{oid}/0/0/?tile=4,0,0,256,256", 400)  # only 4 levels
+    async with client.get("/readyz") as resp:  # a 404 tile is no outage: OMERO is fine
+        ready = await resp.json()
+    assert ready["dependencies"]["source"]["status"] == "ok", ready
+    assert ready["dependencies"]["source"]["worker"]["tile_calls"] >= 1
 
 
 async def test_routing_follows_the_catalog(worker: Worker, zarr_dir: Path) -> None:
@@ -491,6 +495,13 @@ async def test_omero_unreachable_is_503_while_zarr_is_served(
         assert "OMERO" in body["detail"]
         await get(client, f"{RI}/1003/0/0/?tile=0,0,0")
         await get(client, "/webgateway/imgData/1002/")
+        # /readyz names OMERO as the degraded dependency and stays 200: Zarr still serves.
+        async with client.get("/readyz") as resp:
+            ready = await resp.json()
+            assert resp.status == 200, ready
+        assert ready["status"] == "degraded"
+        assert ready["dependencies"]["source"]["status"] == "degraded"
+        assert "OMERO" in ready["dependencies"]["source"]["detail"]
     finally:
         stop(dead.proc)
 
@@ -502,6 +513,11 @@ async def test_worker_down_is_503_while_zarr_is_served(make_client: MakeClient) 
         assert int(resp.headers["Retry-After"]) >= 1
         assert (await resp.json())["error"] == "source_unavailable"
     await get(client, "/webgateway/imgData/1004/")
+    async with client.get("/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 200, ready
+    assert ready["dependencies"]["source"]["status"] == "down"
+    assert ready["status"] == "degraded"
 
 
 async def test_wrong_password_is_503_and_never_shown(

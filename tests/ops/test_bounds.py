@@ -16,7 +16,7 @@ from idrserve.admission import Admission
 from idrserve.catalog import Catalog
 from idrserve.errors import Overloaded
 from idrserve.http.fastpath import MEMO_OVERHEAD, UrlIndex
-from idrserve.service import _in_pool
+from idrserve.service import in_pool
 from idrserve.settings import load_settings
 from idrserve.sources.zarr import ZarrSource, record_cost
 
@@ -103,7 +103,7 @@ async def test_render_slot_outlives_a_cancelled_request_until_its_thread_finishe
 
     async def request() -> None:
         with admission.render():
-            await _in_pool(pool, lambda: release.wait(10))
+            await in_pool(pool, lambda: release.wait(10))
 
     task = asyncio.create_task(request())
     await asyncio.sleep(0.05)

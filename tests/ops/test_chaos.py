@@ -310,3 +310,29 @@ def test_access_log_lines_survive_sigterm(make_server: Any, demo_data: Path) -> 
     ]
     (line,) = [line for line in lines if line["route"] == "/webgateway/imgData/{iid}/"]
     assert line["status"] == 200 and line["bytes"] > 0
+
+
+@pytest.mark.slow
+def test_overload_raw_regions_take_render_slots(make_server: Any, storage: StorageServer) -> None:
+    """/api/v1 region reads compute pixels too: they share the render bound with tiles."""
+    bound = 3
+    server: Server = make_server(
+        storage.url,
+        IDRSERVE_LIMITS__MAX_CONCURRENT_RENDERS=str(bound),
+        IDRSERVE_LIMITS__REQUEST_TIMEOUT_S="5",
+        IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
+    )
+    assert get(server.base + "/api/v1/images/1001")[0] == 200
+    storage.control(delay_s=0.5)
+    region = "{}/api/v1/images/1001/region?level=1&c=0&y={}:{}&x={}:{}&format=npy"
+    urls = [
+        region.format(
+            server.base, 64 * (i // 8), 64 * (i // 8) + 64, 64 * (i % 8), 64 * (i % 8) + 64
+        )
+        for i in range(10 * bound)
+    ]
+    results = asyncio.run(_burst(urls))
+    split = Counter(r[0] for r in results)
+    assert set(split) == {200, 503}, split
+    assert split[200] == bound
+    assert all(_is_json_error(body) for status, _, body, _ in results if status == 503)
