@@ -336,3 +336,47 @@ def test_overload_raw_regions_take_render_slots(make_server: Any, storage: Stora
     assert set(split) == {200, 503}, split
     assert split[200] == bound
     assert all(_is_json_error(body) for status, _, body, _ in results if status == 503)
+
+
+@pytest.mark.slow
+def test_redis_killed_and_restarted_during_a_locust_run(
+    make_server: Any, demo_data: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The issue's own shape of the Redis chaos: real viewer sessions (bench/locustfile.py),
+    Redis SIGKILLed and restarted mid-run, and locust counts 0 failures."""
+    import csv
+    import os
+    import sys
+
+    server: Server = make_server(
+        demo_data,
+        IDRSERVE_REDIS_URL=redis_server.url,
+        IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
+        IDRSERVE_CACHE__REDIS_TIMEOUT_S="0.2",
+        IDRSERVE_CACHE__BREAKER_BACKOFF_S="0.2",
+        IDRSERVE_CACHE__BREAKER_BACKOFF_MAX_S="0.5",
+        IDRSERVE_CACHE__LOCK_WAIT_S="0.5",
+    )
+    locustfile = Path(__file__).resolve().parents[2] / "bench" / "locustfile.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "8",
+         "-r", "8", "-t", "10s", "--host", server.base, "--csv", str(tmp_path / "chaos"),
+         "--only-summary"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        redis_server.kill()
+        time.sleep(3)
+        redis_server.start()
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with (tmp_path / "chaos_stats.csv").open(newline="") as fh:
+        total = {row["Name"]: row for row in csv.DictReader(fh)}["Aggregated"]
+    log = out.decode(errors="replace")[-3000:]
+    assert int(total["Request Count"]) > 100, log
+    assert int(total["Failure Count"]) == 0, log
