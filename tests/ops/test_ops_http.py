@@ -233,11 +233,21 @@ async def test_abandoned_request_is_logged_and_cancelled(
     make: Callable[..., Any],
 ) -> None:
     from idrserve.http.ops import ADMISSION
+    from idrserve.http.webgateway import DEPS
 
     client, lines = await make()
-    # A big projection takes long enough to hang up in the middle of it.
+    # Storage that takes a second, so the client hangs up in the middle of the request on any
+    # machine (a real projection finished within the client's timeout on a fast one).
+    source = client.app[DEPS].source
+    read = source.read
+
+    async def slow_read(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(1.0)
+        return await read(*args, **kwargs)
+
+    source.read = slow_read
     url = "/webgateway/render_image/1002/?p=intsum&c=1|0:60000$FF0000,2|0:60000$00FF00&q=0.31"
-    session = ClientSession(timeout=ClientTimeout(total=0.02))
+    session = ClientSession(timeout=ClientTimeout(total=0.2))
     with pytest.raises(asyncio.TimeoutError):
         await session.get(str(client.make_url(url)))
     await session.close()
