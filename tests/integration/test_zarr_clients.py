@@ -238,26 +238,3 @@ def test_remote_store_is_passed_through_too(served: tuple[str, Path], tmp_path: 
     finally:
         static.terminate()
         static.wait(10)
-
-
-@pytest.mark.parametrize("view", VIEWS)
-@pytest.mark.parametrize("iid", IDS)
-def test_napari_ome_zarr_reader(served: tuple[str, Path], iid: int, view: str) -> None:
-    """napari's OME-Zarr plugin (its reader, no GUI) opens the store view unchanged."""
-    from napari_ome_zarr._reader import napari_get_reader
-
-    base, root = served
-    reader = napari_get_reader(f"{base}/{view}/{iid}.zarr")
-    assert reader is not None
-    layers = reader(f"{base}/{view}/{iid}.zarr")
-    images = [layer for layer in layers if layer[2] == "image"]
-    assert len(images) == 1
-    data, kwargs, _ = images[0]
-    stored = stored_levels(root, iid)
-    pyramid = data if isinstance(data, list) else [data]
-    assert len(pyramid) == len(stored)
-    # napari splits channels into layers of their own (`channel_axis`); compare the full arrays.
-    for lazy, expected in zip(pyramid, stored, strict=True):
-        got = np.asarray(lazy)
-        np.testing.assert_array_equal(got, as_view(expected, got.shape))
-    assert kwargs.get("name")
