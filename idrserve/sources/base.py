@@ -7,6 +7,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from idrserve import errors
 from idrserve.model import ImageMeta, Selection
 
 
@@ -48,3 +49,30 @@ async def resolve_source(source: PixelSource, image_id: int) -> PixelSource:
         return source
     chosen: PixelSource = await pick(image_id)
     return chosen
+
+
+def check_selection(meta: ImageMeta, sel: Selection) -> None:
+    """Defensive bounds check every source runs before reading (callers validate first with
+    the HTTP-facing messages); out of range is a NotFound."""
+    problem = None
+    if not 0 <= sel.level < len(meta.levels):
+        problem = f"level {sel.level} not in 0..{len(meta.levels) - 1}"
+    elif not 0 <= sel.t < meta.size_t:
+        problem = f"t {sel.t} not in 0..{meta.size_t - 1}"
+    elif not 0 <= sel.z_start < sel.z_stop <= meta.size_z:
+        problem = f"z {sel.z_start}..{sel.z_stop} not within 0..{meta.size_z}"
+    elif not sel.channels or any(not 0 <= c < meta.size_c for c in sel.channels):
+        problem = f"channels {sel.channels} not within 0..{meta.size_c - 1}"
+    else:
+        lv, b = meta.levels[sel.level], sel.box
+        if (
+            b.x < 0
+            or b.y < 0
+            or b.w < 1
+            or b.h < 1
+            or b.x + b.w > lv.size_x
+            or b.y + b.h > lv.size_y
+        ):
+            problem = f"box {b} outside level {sel.level} ({lv.size_x}x{lv.size_y})"
+    if problem:
+        raise errors.NotFound(f"image {meta.image_id}: {problem}")

@@ -48,6 +48,7 @@ from idrserve.model import (
     Selection,
 )
 from idrserve.settings import OmeroSettings
+from idrserve.sources.base import check_selection
 from idrserve.sources.ngff import dtype_range, palette
 
 log = logging.getLogger(__name__)
@@ -391,7 +392,7 @@ class OmeroSource:
 
     async def read(self, image_id: int, sel: Selection) -> np.ndarray:
         meta = await self.meta(image_id)
-        _check_selection(meta, sel)
+        check_selection(meta, sel)
         level = meta.levels[sel.level]
         tw, th = level.tile_x, level.tile_y
         b = sel.box
@@ -581,29 +582,3 @@ def _retry_after(body: bytes) -> float | None:
         value = json.loads(body).get("retry_after")
         return float(value) if value is not None else None
     return None
-
-
-def _check_selection(meta: ImageMeta, sel: Selection) -> None:
-    """Defensive bounds check (callers validate first); out of range is a NotFound."""
-    problem = None
-    if not 0 <= sel.level < len(meta.levels):
-        problem = f"level {sel.level} not in 0..{len(meta.levels) - 1}"
-    elif not 0 <= sel.t < meta.size_t:
-        problem = f"t {sel.t} not in 0..{meta.size_t - 1}"
-    elif not 0 <= sel.z_start < sel.z_stop <= meta.size_z:
-        problem = f"z {sel.z_start}..{sel.z_stop} not within 0..{meta.size_z}"
-    elif not sel.channels or any(not 0 <= c < meta.size_c for c in sel.channels):
-        problem = f"channels {sel.channels} not within 0..{meta.size_c - 1}"
-    else:
-        lv, b = meta.levels[sel.level], sel.box
-        if (
-            b.x < 0
-            or b.y < 0
-            or b.w < 1
-            or b.h < 1
-            or b.x + b.w > lv.size_x
-            or b.y + b.h > lv.size_y
-        ):
-            problem = f"box {b} outside level {sel.level} ({lv.size_x}x{lv.size_y})"
-    if problem:
-        raise errors.NotFound(f"image {meta.image_id}: {problem}")

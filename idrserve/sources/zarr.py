@@ -64,6 +64,7 @@ from idrserve.catalog import Catalog, Location, open_object_store
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
 from idrserve.sources import ngff
+from idrserve.sources.base import check_selection
 from idrserve.sources.direct import DirectV2Array, open_direct
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class ZarrSource:
 
     async def read(self, image_id: int, sel: Selection) -> np.ndarray:
         rec = await self._record(image_id)
-        _check_selection(rec.meta, sel)
+        check_selection(rec.meta, sel)
         return await self._read(rec, sel)
 
     async def stored_arrays(
@@ -353,7 +354,7 @@ class ZarrSource:
         direct = rec.direct[sel.level] if 0 <= sel.level < len(rec.direct) else None
         if direct is None:
             return None
-        _check_selection(rec.meta, sel)
+        check_selection(rec.meta, sel)
         image = rec.image
         z_levels = _level_planes(image, sel)
         runs = _runs(sel.channels)
@@ -419,32 +420,6 @@ def _runs(channels: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append((c, c + 1))
     return runs
-
-
-def _check_selection(meta: ImageMeta, sel: Selection) -> None:
-    """Defensive bounds check (callers validate first); out of range is a NotFound."""
-    problem = None
-    if not 0 <= sel.level < len(meta.levels):
-        problem = f"level {sel.level} not in 0..{len(meta.levels) - 1}"
-    elif not 0 <= sel.t < meta.size_t:
-        problem = f"t {sel.t} not in 0..{meta.size_t - 1}"
-    elif not 0 <= sel.z_start < sel.z_stop <= meta.size_z:
-        problem = f"z {sel.z_start}..{sel.z_stop} not within 0..{meta.size_z}"
-    elif not sel.channels or any(not 0 <= c < meta.size_c for c in sel.channels):
-        problem = f"channels {sel.channels} not within 0..{meta.size_c - 1}"
-    else:
-        lv, b = meta.levels[sel.level], sel.box
-        if (
-            b.x < 0
-            or b.y < 0
-            or b.w < 1
-            or b.h < 1
-            or b.x + b.w > lv.size_x
-            or b.y + b.h > lv.size_y
-        ):
-            problem = f"box {b} outside level {sel.level} ({lv.size_x}x{lv.size_y})"
-    if problem:
-        raise errors.NotFound(f"image {meta.image_id}: {problem}")
 
 
 # ---- stores ----------------------------------------------------------------------------------

@@ -2,67 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idrserve.app import create_app
-from idrserve.settings import load_settings
 from tests.http.conftest import P, S, Z
+from tests.http.demo_live import raw_get, serve_in_thread
 
 
 @pytest.fixture(scope="module")
 def live(zarr_root: Path) -> Iterator[tuple[str, int]]:
-    """The app on a real socket in a background thread, like a deployed server."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    loop = asyncio.new_event_loop()
-    app = create_app(
-        load_settings({"source": {"zarr_root": str(zarr_root)}, "server": {"port": port}})
-    )
-    runner = web.AppRunner(app, handler_cancellation=True)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(30)
-    yield "127.0.0.1", port
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-
-
-def fetch(addr: tuple[str, int], path: str) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection(*addr, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("Content-Type") or "", resp.read()
-    finally:
-        conn.close()
+    """The app on a real socket in a background thread."""
+    with serve_in_thread(zarr_root) as addr:
+        yield addr
 
 
 def check(addr: tuple[str, int], path: str) -> None:
-    status, ctype, body = fetch(addr, path)
+    status, ctype, body = raw_get(addr, path)
     assert status < 500, (path, status, body[:200])
     if status >= 400:
         assert ctype.startswith("application/json"), (path, ctype)
@@ -128,6 +89,6 @@ def test_other_routes_fuzz(
     ],
 )
 def test_hostile_paths(live: tuple[str, int], path: str) -> None:
-    status, _ctype, body = fetch(live, path)
+    status, _ctype, body = raw_get(live, path)
     assert status < 500
     assert b"root:" not in body

@@ -3,65 +3,28 @@ JSON body, and path traversal in identifiers (raw and percent-encoded) is a 4xx.
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idrserve.app import create_app
-from idrserve.settings import load_settings
+from tests.http.demo_live import raw_get, serve_in_thread
 from tests.http.iiif_fixtures import ODD, SQUARES
 
 
 @pytest.fixture(scope="module")
 def live(iiif_root: Path) -> Iterator[tuple[str, int]]:
     """The app on a real socket in a background thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    loop = asyncio.new_event_loop()
-    app = create_app(load_settings({"source": {"zarr_root": str(iiif_root)}}))
-    runner = web.AppRunner(app, handler_cancellation=True)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(30)
-    yield "127.0.0.1", port
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-
-
-def fetch(addr: tuple[str, int], path: str) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection(*addr, timeout=60)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("Content-Type") or "", resp.read()
-    finally:
-        conn.close()
+    with serve_in_thread(iiif_root) as addr:
+        yield addr
 
 
 def check(addr: tuple[str, int], path: str) -> int:
-    status, ctype, body = fetch(addr, path)
+    status, ctype, body = raw_get(addr, path)
     assert status < 500 or status == 501, (path, status, body[:200])
     if status >= 400:
         assert ctype.startswith("application/json"), (path, ctype)
@@ -165,7 +128,7 @@ def test_lut_names_with_paths_are_not_files(live: tuple[str, int]) -> None:
     """A LUT name is a file name, never a path: `../x.lut` is an invalid colour (ignored, as
     webgateway ignores invalid colours), so the channel renders with its saved colour."""
     base = f"/iiif/3/{ODD};c=1%7C0:4000"
-    status, _, traversal = fetch(live, f"{base}$..%2F..%2Fx.lut/0,0,64,64/max/0/default.png")
-    plain_status, _, plain = fetch(live, f"{base}/0,0,64,64/max/0/default.png")
+    status, _, traversal = raw_get(live, f"{base}$..%2F..%2Fx.lut/0,0,64,64/max/0/default.png")
+    plain_status, _, plain = raw_get(live, f"{base}/0,0,64,64/max/0/default.png")
     assert status == plain_status == 200
     assert traversal == plain
