@@ -31,8 +31,6 @@ from typing import Any
 import numcodecs
 import numpy as np
 from numcodecs.registry import codec_registry
-from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import LocalStore
 
 from idrserve.cache import CacheEntry, response_key
 from idrserve.errors import NotFound
@@ -41,7 +39,7 @@ from idrserve.ngffdocs import dumps, group_docs, level0_shape, level_scale, v3_a
 from idrserve.service import Deps, in_pool, render_slot
 from idrserve.sources import ngff
 from idrserve.sources.base import resolve_source
-from idrserve.sources.zarr import ZarrSource
+from idrserve.sources.zarr import ZarrSource, arrays_store, local_file, stored_bytes
 
 # Bump when generated documents or chunk encoding change, so cached chunks are never reused.
 VIEW_SCHEMA = 1
@@ -138,12 +136,12 @@ async def read_chunk(view: ZarrView, ref: ChunkRef, deps: Deps) -> Blob | None:
     if view.passthrough:
         lv = view.levels[ref.level]
         stored = f"{lv.stored_path}/" + lv.separator.join(map(str, ref.index))
-        if isinstance(view.store, LocalStore):
-            return await _local_chunk(view, Path(view.store.root) / stored, stored, deps)
-        buf = await view.store.get(stored, prototype=default_buffer_prototype())
-        if buf is None:
+        path = local_file(view.store, stored)
+        if path is not None:
+            return await _local_chunk(view, path, stored, deps)
+        body = await stored_bytes(view.store, stored)
+        if body is None:
             return None
-        body = bytes(buf.to_bytes())
         return Blob(body, CHUNK_TYPE, digest_tag(body))
     return await _generated_chunk(view, ref, deps)
 
@@ -266,21 +264,17 @@ async def build_view(deps: Deps, image_id: int, zarr_format: int, meta: ImageMet
 async def _passthrough_view(
     meta: ImageMeta, image: ngff.NgffImage, arrays: tuple[Any, ...], zarr_format: int
 ) -> ZarrView | None:
-    if not arrays:
+    located = arrays_store(arrays)
+    if located is None:
         return None
-    store = arrays[0].store_path.store
-    paths = [str(a.store_path.path) for a in arrays]
-    if any(a.store_path.store is not store for a in arrays):
-        return None
-    raws = await asyncio.gather(
-        *(store.get(f"{p}/.zarray", prototype=default_buffer_prototype()) for p in paths)
-    )
+    store, paths = located
+    raws = await asyncio.gather(*(stored_bytes(store, f"{p}/.zarray") for p in paths))
     levels = []
     dtype: np.dtype[Any] | None = None
     for i, (path, raw) in enumerate(zip(paths, raws, strict=True)):
         if raw is None:
             return None
-        raw_bytes = bytes(raw.to_bytes())
+        raw_bytes = raw
         doc = _eligible_v2(raw_bytes, image.levels[i].shape, zarr_format)
         if doc is None:
             return None

@@ -494,3 +494,29 @@ def _failure(exc: Exception, what: str) -> errors.IdrServeError:
     if isinstance(exc, TimeoutError | ConnectionError) or _UNREACHABLE.search(text):
         return errors.SourceUnavailable(f"{what}: store unreachable ({text[:200]})")
     return errors.SourceError(f"{what}: {text[:300]}")
+
+
+# ---- stored objects, for layers that pass them through unchanged (zarrview.py) ---------------
+
+
+def arrays_store(arrays: tuple[AsyncArray[Any], ...]) -> tuple[Any, list[str]] | None:
+    """The one store holding all of `arrays` and each array's key prefix in it, or None."""
+    if not arrays:
+        return None
+    store = arrays[0].store_path.store
+    if any(a.store_path.store is not store for a in arrays):
+        return None
+    return store, [str(a.store_path.path) for a in arrays]
+
+
+def local_file(store: Any, key: str) -> Path | None:
+    """The file behind `key` when `store` is a local directory store, else None."""
+    if isinstance(store, LocalStore):
+        return Path(store.root) / key
+    return None
+
+
+async def stored_bytes(store: Any, key: str) -> bytes | None:
+    """One stored object (a chunk or a metadata document) as bytes; None when absent."""
+    buf = await store.get(key, prototype=default_buffer_prototype())
+    return None if buf is None else bytes(buf.to_bytes())
