@@ -17,6 +17,7 @@ from idrserve.http import api, deepzoom, iiif, ops, viewer, webgateway, zarrstor
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
 from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.render import kernels
 from idrserve.render.lut import LutTable
 from idrserve.service import Deps
 from idrserve.settings import Settings
@@ -99,6 +100,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         cpu_pool = ThreadPoolExecutor(settings.server.cpu_threads, thread_name_prefix="idrs-cpu")
+        # Load the compiled render loops (≈ 0.5 s from numba's cache, longer the first time
+        # ever) in the pool, while the server already answers: the first renders queue behind.
+        cpu_pool.submit(kernels.warm)
         catalog = Catalog(settings.source)
         source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
         luts = LutTable(settings.source.lut_dir)

@@ -19,6 +19,9 @@ from idrserve.render.colour import Contribution, channel_tables, composite, rend
 from idrserve.render.lut import LutTable
 from idrserve.render.quantize import LUT_TYPES, check_dtype, index_plane
 
+_IDENTITY = np.arange(256, dtype=np.uint8)
+_IDENTITY.setflags(write=False)
+
 # The function `quantize` is not re-exported: it would shadow the `render.quantize` module.
 __all__ = ["LutTable", "clear_caches", "render_rgb"]
 
@@ -58,7 +61,13 @@ def render_rgb(
     if n == 0:
         return np.zeros((height, width, 3), dtype=np.uint8)
     if settings.model is ColorModel.GREYSCALE:
-        return render_greyscale(_quantize.quantize(arr[0], settings.channels[indices[0]], dtype))
+        ch = settings.channels[indices[0]]
+        if dtype in LUT_TYPES:
+            table = _quantize.quantize_table(
+                dtype, ch.start, ch.end, ch.family, ch.coefficient, ch.inverted
+            )
+            return render_greyscale(table, index_plane(arr[0], dtype))
+        return render_greyscale(_IDENTITY, _quantize.quantize(arr[0], ch, dtype))
 
     per_component: tuple[list[Contribution], ...] = ([], [], [])
     for k, c in enumerate(indices):
@@ -76,7 +85,10 @@ def render_rgb(
         for component, entry in enumerate(tables):
             if entry is not None:
                 per_component[component].append((entry[0], entry[1], index))
-    out = np.empty((height, width, 3), dtype=np.uint8)
+    # Components no channel lights stay zero: start from zeros only when there are some.
+    alloc = np.empty if all(per_component) else np.zeros
+    out = alloc((height, width, 3), dtype=np.uint8)
     for component, parts in enumerate(per_component):
-        composite(parts, out[..., component])
+        if parts:
+            composite(parts, out, component)
     return out
