@@ -116,6 +116,7 @@ def create_app(settings: Settings) -> web.Application:
             cpu_pool=cpu_pool,
             cache=cache,
             admission=admission,
+            inline_pixels=settings.server.inline_pixels(),
         )
         app[READY]["ready"] = True
         try:

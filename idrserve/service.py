@@ -51,6 +51,8 @@ class Deps:
     cache: TieredCache | None = None
     # Bounds renders in progress (admission.py); None: unbounded (benchmarks, tools).
     admission: Admission | None = None
+    # Direct reads of at most this many raw pixels render inline (server.inline_render_pixels).
+    inline_pixels: int = 0
 
 
 @dataclass(slots=True)
@@ -220,6 +222,9 @@ async def _render_region(
             )
         direct = deps.source.sync_reader(req.image_id, sel)
         if direct is not None and req.projection is Projection.NORMAL:
+            if len(indices) * box.w * box.h <= deps.inline_pixels:
+                # A small job on a one-core worker: no thread hand-off at all.
+                return _read_render_encode(req, meta, deps, direct, key)
             # Read, render and encode in one executor job: each hop costs about as much as
             # encoding a small tile (bench/results/http-*.md).
             return await in_pool(

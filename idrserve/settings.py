@@ -33,6 +33,11 @@ class ServerSettings(_Group):
     shutdown_timeout_s: float = 10.0
     # Threads for chunk decode, rendering and encoding (numpy, zarrs, simplejpeg release the GIL).
     cpu_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256)
+    # Cold renders reading at most this many raw pixels (channels × width × height) from a
+    # local Zarr v2 array run on the event-loop thread, not in the CPU pool: with one worker
+    # per core the pool's thread hand-offs cost more than they overlap (+13 % cold tiles/s,
+    # bench/bench_iiif.py). 0: always the pool; unset: 3 × 256² when cpu_threads is 1, else 0.
+    inline_render_pixels: int | None = Field(None, ge=0)
     cors_origin: str = "*"
     # `Cache-Control` on rendered images; public so that nginx in front may cache them.
     cache_control: str = "public, max-age=86400"
@@ -40,6 +45,12 @@ class ServerSettings(_Group):
     # https://tiles.example.org/idr), for the IIIF `id`; when unset it is taken from
     # X-Forwarded-Proto/-Host/-Prefix or the request itself (http/urls.py).
     public_base_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+
+    def inline_pixels(self) -> int:
+        """`inline_render_pixels`, or its default for this many CPU threads."""
+        if self.inline_render_pixels is not None:
+            return self.inline_render_pixels
+        return 3 * 256 * 256 if self.cpu_threads == 1 else 0
 
 
 class SourceSettings(_Group):

@@ -664,3 +664,42 @@ async def test_manifest_one_canvas_per_plane(client: TestClient) -> None:
         assert got == status, bad
     got, _ = await status_of(client, f"{V2}/{STACK}/manifest.json")  # Presentation 3 only
     assert got == 404
+
+
+# --- inline renders (server.inline_render_pixels) -----------------------------------------------
+
+
+async def test_inline_renders_equal_pool_renders_and_skip_the_pool(
+    make_iiif_client: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pooled = await make_iiif_client(server={"inline_render_pixels": 0})
+    inline = await make_iiif_client(server={"inline_render_pixels": 2 * 256 * 256})
+    paths = [
+        f"{V3}/{ODD}/0,0,256,256/256,256/0/default.png",  # one chunk per channel
+        f"{V3}/{ODD}/3840,2816,257,185/257,185/0/default.png",  # edge tiles, two chunks wide
+        f"{V3}/{ODD}/1000,1000,512,512/max/0/default.png",  # 4× the inline bound: pool
+    ]
+    expected = [await get_png(pooled, p) for p in paths]
+    # From here on, the inline server's pool may only run what is over the bound.
+    from idrserve.http.webgateway import DEPS
+
+    pool = inline.server.app[DEPS].cpu_pool
+    submitted: list[object] = []
+    real_submit = pool.submit
+
+    def submit(fn: Any, *args: Any, **kw: Any) -> Any:
+        submitted.append(fn)
+        return real_submit(fn, *args, **kw)
+
+    monkeypatch.setattr(pool, "submit", submit)
+    for i, (path, want) in enumerate(zip(paths, expected, strict=True)):
+        np.testing.assert_array_equal(await get_png(inline, path), want)
+        assert len(submitted) == (0 if i < 2 else 1), path
+
+
+def test_inline_default_follows_cpu_threads() -> None:
+    from idrserve.settings import ServerSettings
+
+    assert ServerSettings(cpu_threads=1).inline_pixels() == 3 * 256 * 256
+    assert ServerSettings(cpu_threads=4).inline_pixels() == 0
+    assert ServerSettings(cpu_threads=1, inline_render_pixels=0).inline_pixels() == 0

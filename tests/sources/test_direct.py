@@ -70,6 +70,19 @@ def test_random_boxes_equal_zarr(
     np.testing.assert_array_equal(direct.read(sel), arr[sel])
 
 
+def test_whole_chunk_reads_take_the_short_path_and_equal_zarr(tmp_path: Path) -> None:
+    arr, direct = make_array(tmp_path / "a", (2, 128, 100), (1, 64, 50), "uint16")
+    (tmp_path / "a" / "1.1.0").unlink()  # a missing whole chunk: its fill value
+    for sel in [(0, slice(0, 64), slice(50, 100)), (1, slice(64, 128), slice(0, 50))]:
+        assert direct._whole_chunk(sel) is not None
+        np.testing.assert_array_equal(direct.read(sel), arr[sel])
+    assert (direct.read((1, slice(64, 128), slice(0, 50))) == 7).all()
+    # Not one whole chunk: the general loop.
+    for sel in [(0, slice(0, 63), slice(0, 50)), (slice(0, 2), slice(0, 64), slice(0, 50))]:
+        assert direct._whole_chunk(sel) is None
+        np.testing.assert_array_equal(direct.read(sel), arr[sel])
+
+
 def test_missing_chunk_reads_fill_value(tmp_path: Path) -> None:
     _arr, direct = make_array(tmp_path / "a", (1, 64, 64), (1, 32, 32), "uint16")
     (tmp_path / "a" / "0.1.1").unlink()
