@@ -21,6 +21,7 @@ median (and best) per call reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import platform
 import shlex
@@ -28,7 +29,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from idrserve.encode import encode_jpeg, encode_png, encode_tiff  # noqa: E402
 from idrserve.model import ChannelRender, ColorModel, RenderSettings  # noqa: E402
-from idrserve.render import clear_caches, render_rgb  # noqa: E402
+from idrserve.render import clear_caches, kernels, render_rgb  # noqa: E402
 from idrserve.render.lut import LutTable  # noqa: E402
 from idrserve.render.quantize import quantize, quantize_table  # noqa: E402
 
@@ -69,6 +70,19 @@ def microscopy(channels: int, size: int, seed: int) -> np.ndarray:
         signal = 150 + blurred + rng.normal(0, 25, (size, size))
         out[c] = np.clip(rng.poisson(np.clip(signal, 0, None)), 0, 65535)
     return out
+
+
+@contextlib.contextmanager
+def numpy_loops() -> Iterator[None]:
+    """render/kernels.py's numpy definitions in place of the compiled loops, for comparison."""
+    saved = (kernels.lut_into, kernels.lut_add_into, kernels.lut_grey)
+    kernels.lut_into = kernels.lut_into_numpy
+    kernels.lut_add_into = kernels.lut_add_into_numpy
+    kernels.lut_grey = kernels.lut_grey_numpy
+    try:
+        yield
+    finally:
+        kernels.lut_into, kernels.lut_add_into, kernels.lut_grey = saved
 
 
 def naive_render(planes: np.ndarray, settings: RenderSettings) -> np.ndarray:
@@ -141,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 partial(naive_render, planes, settings),
             )
             rows[-1] = (*rows[-1][:4], f"{slow / fast:.1f}× slower than render_rgb")
+            with numpy_loops():
+                loops = record(
+                    f"render_rgb with numpy loops (no numba), {name}",
+                    label,
+                    partial(render_rgb, planes, settings, "uint16", luts),
+                )
+            rows[-1] = (*rows[-1][:4], f"{loops / fast:.1f}× the compiled loops' time")
             if name == "blue/green/red":
                 tiles[size] = render_rgb(planes, settings, "uint16", luts)
         grey = RenderSettings((ChannelRender(True, 110, 1800),), ColorModel.GREYSCALE)
