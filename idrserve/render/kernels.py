@@ -10,7 +10,9 @@ an eighth of the whole request.
 
 numba is a dependency; if it cannot be imported (a platform without llvmlite wheels) the numpy
 versions below run instead, with the same results: tests/render/test_kernels.py holds the
-two to each other on random data, every index dtype and every saturation case.
+two to each other on random data, every index dtype and every saturation case. Setting
+IDRSERVE_NO_NUMBA=1 in the environment forces the numpy versions (to rule numba out when
+debugging; bench/bench_render.py times both).
 
 Both loops take the output as (H, W, 3) uint8 and the index plane as a 2-D unsigned integer
 array whose every value is a valid table index (8/16-bit raw bits into a full-range table, or
