@@ -84,7 +84,7 @@ def render_rgb(
         )
         for component, entry in enumerate(tables):
             if entry is not None:
-                per_component[component].append((entry[0], entry[1], index))
+                per_component[component].append((entry, index))
     # Components no channel lights stay zero: start from zeros only when there are some.
     alloc = np.empty if all(per_component) else np.zeros
     out = alloc((height, width, 3), dtype=np.uint8)

@@ -32,8 +32,8 @@ from idrserve.render import kernels
 from idrserve.render.quantize import LUT_TYPES, quantize_table
 
 U8 = npt.NDArray[np.uint8]
-# Per output component: (term table, its peak), or None when the channel never adds to it.
-Component = tuple[U8, int] | None
+# Per output component: the term table, or None when the channel never adds to it.
+Component = U8 | None
 ComponentTables = tuple[Component, Component, Component]
 
 
@@ -58,11 +58,10 @@ def lut_terms(lut: npt.NDArray[np.uint8]) -> U8:
 
 
 def _component(table: U8) -> Component:
-    peak = int(table.max())
-    if peak == 0:
+    if not table.any():
         return None
     table.setflags(write=False)
-    return table, peak
+    return table
 
 
 def _split(terms: U8) -> ComponentTables:
@@ -94,7 +93,7 @@ def _tables_for_raw(
     # on, so the cache never needs invalidating.
     qtable = quantize_table(dtype, start, end, family, coefficient, inverted)
     by_q = _tables_for_q(color, lut_bytes)
-    r, g, b = (None if comp is None else _component(np.take(comp[0], qtable)) for comp in by_q)
+    r, g, b = (None if comp is None else _component(np.take(comp, qtable)) for comp in by_q)
     return r, g, b
 
 
@@ -121,19 +120,16 @@ def channel_tables(
     return _tables_for_q(ch.color, lut_bytes)
 
 
-# (term table, its peak, index plane: raw bits or q)
-Contribution = tuple[U8, int, npt.NDArray[np.unsignedinteger[Any]]]
+# (term table, index plane: raw bits or q)
+Contribution = tuple[U8, npt.NDArray[np.unsignedinteger[Any]]]
 
 
 def composite(parts: Sequence[Contribution], out: npt.NDArray[np.uint8], component: int) -> None:
-    """Write `min(255, Σ table[index])` over `parts` into component `component` of the
-    (H, W, 3) `out`, straight into the interleaved bytes (render/kernels.py)."""
-    if not parts:
-        out[..., component] = 0
-        return
-    table, _peak, index = parts[0]
+    """Write `min(255, Σ table[index])` over `parts` (at least one) into component
+    `component` of the (H, W, 3) `out`, straight into the interleaved bytes (kernels.py)."""
+    (table, index), *rest = parts
     kernels.lut_into(out, component, table, index)
-    for table, _peak, index in parts[1:]:
+    for table, index in rest:
         kernels.lut_add_into(out, component, table, index)
 
 

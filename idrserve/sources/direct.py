@@ -80,7 +80,7 @@ class DirectV2Array:
         try:
             size = os.fstat(fd).st_size
             data = os.read(fd, size)
-            while len(data) < size:  # short reads: only ever seen on network filesystems
+            while len(data) < size:  # read(2) may return less than asked (signals, NFS)
                 more = os.read(fd, size - len(data))
                 if not more:
                     break
@@ -121,20 +121,7 @@ class DirectV2Array:
                 lo, hi = max(a, i * c), min(b, (i + 1) * c)
                 src.append(slice(lo - i * c, hi - i * c))
                 dst.append(slice(lo - a, hi - a))
-            raw = self._raw(index)
-            target = out[tuple(dst)]
-            if raw is None:
-                target[...] = self.fill_value
-            elif (
-                self.codec is not None
-                and target.shape == self.chunks
-                and target.flags.c_contiguous
-                and self.dtype.isnative
-            ):
-                # A whole chunk into a contiguous slot: decode in place, no extra copy.
-                self.codec.decode(raw, out=target)
-            else:
-                target[...] = self._chunk(raw)[tuple(src)]
+            self._put(index, out[tuple(dst)], tuple(src))
         drop = tuple(0 if not isinstance(s, slice) else slice(None) for s in selector)
         return out[drop]
 
@@ -155,18 +142,28 @@ class DirectV2Array:
                 if chunk != 1 or not 0 <= sel < size:
                     return None
                 index.append(sel)
-        if self.codec is None or not self.dtype.isnative:
-            return None
-        raw = self._raw(tuple(index))
         shape = tuple(
             c for sel, c in zip(selector, self.chunks, strict=True) if isinstance(sel, slice)
         )
         out = np.empty(self.chunks, dtype=self.dtype)
-        if raw is None:
-            out[...] = self.fill_value
-        else:
-            self.codec.decode(raw, out=out)
+        self._put(tuple(index), out, ())
         return out.reshape(shape)
+
+    def _put(self, index: tuple[int, ...], target: np.ndarray, src: tuple[slice, ...]) -> None:
+        """Chunk `index`, cut to `src`, into `target` (its fill value when it is missing)."""
+        raw = self._raw(index)
+        if raw is None:
+            target[...] = self.fill_value
+        elif (
+            self.codec is not None
+            and target.shape == self.chunks
+            and target.flags.c_contiguous
+            and self.dtype.isnative
+        ):
+            # A whole chunk into a contiguous slot: decode in place, no extra copy.
+            self.codec.decode(raw, out=target)
+        else:
+            target[...] = self._chunk(raw)[src]
 
 
 def open_direct(level_dir: Path, doc_bytes: bytes) -> DirectV2Array | None:
