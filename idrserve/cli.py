@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from idrserve import __version__
 from idrserve.settings import Settings, load_settings
 
@@ -153,21 +151,22 @@ def _tune_malloc() -> None:
 def _run_one(settings: Settings, reuse_port: bool) -> None:
     from idrserve.app import create_app
     from idrserve.http.ops import AccessLog, configure_access_log
+    from idrserve.http.server import serve
 
     _tune_malloc()
     _install_uvloop()
-    web.run_app(
+    serve(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         reuse_port=reuse_port or None,
+        cors_origin=settings.server.cors_origin,
         shutdown_timeout=settings.server.shutdown_timeout_s,
         handler_cancellation=True,
         # One JSON line per request on `idrserve.access` (http/ops.py), or none.
         access_log=configure_access_log(settings),
         access_log_class=AccessLog,
         access_log_format=settings.log.access_log_format,
-        print=None,
     )
 
 

@@ -22,8 +22,9 @@ log = logging.getLogger("idrserve.http")
 REQUEST_ID = web.RequestKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# aiohttp's own HTTP errors (unknown route, wrong method) get a JSON body with these codes.
-_HTTP_CODES = {
+# aiohttp's own HTTP errors (unknown route, wrong method, a request its parser refuses:
+# http/server.py) get a JSON body with these codes.
+HTTP_ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
@@ -85,7 +86,7 @@ def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Midd
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = _HTTP_CODES.get(exc.status, "http_error")
+            code = HTTP_ERROR_CODES.get(exc.status, "http_error")
             detail = exc.reason if exc.status != 404 else f"no such resource: {request.path}"
             response = error_response(request, exc.status, code, detail)
             for name in ("Allow", "Retry-After"):
