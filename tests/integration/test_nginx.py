@@ -309,6 +309,9 @@ def test_rate_limit_switch(stack: Stack, tmp_path: Path) -> None:
     assert codes[:6] == [200] * 6, codes  # the burst
     assert codes.count(429) >= 8, codes
     assert all(r.headers.get_all("Access-Control-Allow-Origin") == ["*"] for r in tiles)
+    limited = [r for r in tiles if r.status == 429]
+    assert all(json.loads(r.body)["error"] == "rate_limited" for r in limited)
+    assert {r.header("Content-Type") for r in limited} == {"application/json"}
     assert {r.status for r in others} == {200}
 
 
@@ -493,6 +496,22 @@ def test_iiif_through_nginx(stack: Stack) -> None:
     assert bad.status == 501 and bad.header("Access-Control-Allow-Origin") == "*"
 
 
+def test_nginx_refusals_on_idrserve_routes_are_json(stack: Stack) -> None:
+    """A request body over client_max_body_size (1k on idrserve routes) is refused by nginx
+    itself, in idrserve's JSON error shape with CORS; OMERO.web's routes keep their 100m."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.nginx_port, timeout=10)
+    try:
+        conn.request("POST", TILE, body=b"x" * 4096)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 413
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    assert json.loads(body)["error"] == "too_large"
+
+
 def test_zz_idrserve_down_serves_stale_and_fails_fast(stack: Stack) -> None:
     # Runs last (it stops idrserve). The entry cached by the fixture is older than idrserve's
     # max-age by now (waiting out the remainder if not), so nginx would normally ask idrserve again.
@@ -511,3 +530,8 @@ def test_zz_idrserve_down_serves_stale_and_fails_fast(stack: Stack) -> None:
     assert uncached.status in (502, 504)
     assert time.monotonic() - started < 5
     assert uncached.headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    # nginx's own error, in idrserve's JSON shape (deploy/nginx: @idrserve_error).
+    assert uncached.header("Content-Type") == "application/json"
+    doc = json.loads(uncached.body)
+    assert doc["error"] == ("unavailable" if uncached.status == 502 else "upstream_timeout")
+    assert doc["request_id"]
