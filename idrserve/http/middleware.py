@@ -108,8 +108,13 @@ def make_on_prepare(
     cors_origin: str,
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Access-Control-Allow-Origin"] = cors_origin
-        response.headers.setdefault("Access-Control-Expose-Headers", "ETag, X-Request-ID")
-        response.headers["X-Request-ID"] = request_id(request)
+        set_common_headers(response, cors_origin, request_id(request))
 
     return on_prepare
+
+
+def set_common_headers(response: web.StreamResponse, cors_origin: str, rid: str) -> None:
+    """CORS and the request id, on every response (http/server.py's parser errors too)."""
+    response.headers["Access-Control-Allow-Origin"] = cors_origin
+    response.headers.setdefault("Access-Control-Expose-Headers", "ETag, X-Request-ID")
+    response.headers["X-Request-ID"] = rid

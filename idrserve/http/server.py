@@ -12,7 +12,6 @@ shutdown sequence), because run_app offers no way to choose the protocol class.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from contextlib import suppress
 from http import HTTPStatus
@@ -22,7 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from idrserve.http.middleware import HTTP_ERROR_CODES, request_id
+from idrserve.http.middleware import HTTP_ERROR_CODES, request_id, set_common_headers
 
 log = logging.getLogger("idrserve.http")
 
@@ -30,8 +29,11 @@ log = logging.getLogger("idrserve.http")
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its own error responses in idrserve's JSON shape."""
 
-    __slots__ = ()
-    cors_origin = "*"
+    __slots__ = ("cors_origin",)
+
+    def __init__(self, manager: web.Server, *, cors_origin: str, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.cors_origin = cors_origin
 
     def handle_error(
         self,
@@ -50,25 +52,21 @@ class JsonErrorRequestHandler(RequestHandler):
             detail = f"malformed HTTP request: {reason}"
         # The app's request factory builds a web.Request even for an unparsable request.
         rid = request_id(request) if isinstance(request, web.Request) else ""
-        body = {"error": code, "detail": detail, "request_id": rid}
-        resp = web.json_response(body, status=plain.status)
-        resp.headers["Access-Control-Allow-Origin"] = self.cors_origin
-        resp.headers["Access-Control-Expose-Headers"] = "ETag, X-Request-ID"
-        resp.headers["X-Request-ID"] = rid
+        resp = web.json_response(
+            {"error": code, "detail": detail, "request_id": rid}, status=plain.status
+        )
+        set_common_headers(resp, self.cors_origin, rid)
         resp.force_close()
         return resp
 
 
-@functools.cache
-def _handler_class(cors_origin: str) -> type[JsonErrorRequestHandler]:
-    return type("JsonErrorRequestHandler", (JsonErrorRequestHandler,), {"cors_origin": cors_origin})
-
-
 class _JsonErrorServer(web.Server):
-    handler_class: type[JsonErrorRequestHandler] = JsonErrorRequestHandler
+    cors_origin = "*"
 
     def __call__(self) -> RequestHandler:
-        return self.handler_class(self, loop=self._loop, **self._kwargs)
+        return JsonErrorRequestHandler(
+            self, loop=self._loop, cors_origin=self.cors_origin, **self._kwargs
+        )
 
 
 class JsonErrorAppRunner(web.AppRunner):
@@ -76,7 +74,7 @@ class JsonErrorAppRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, *, cors_origin: str = "*", **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._handler_class = _handler_class(cors_origin)
+        self._cors_origin = cors_origin
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -84,7 +82,7 @@ class JsonErrorAppRunner(web.AppRunner):
         # connection now builds the JSON-error handler.
         server.__class__ = _JsonErrorServer
         assert isinstance(server, _JsonErrorServer)
-        server.handler_class = self._handler_class
+        server.cors_origin = self._cors_origin
         return server
 
 
