@@ -303,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
             "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c"
         )
-        print(f"  {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003", flush=True)
+        print(f"  {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003")
+        print(f"  {base}/iiif/3/{first}/info.json")
+        print(f"  {base}/iiif/3/{first}/full/!512,512/0/default.jpg")
+        print(f"  {base}/iiif/3/{first}/manifest.json")
+        print(f"  {base}/deepzoom/{first}.dzi", flush=True)
         print(f"viewer: {base}/viewer/  (API docs: {base}/docs)", flush=True)
         print(f"serving on {base}/ (Ctrl-C to stop)", flush=True)
         run(settings)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +50,10 @@ def fetch(url: str) -> tuple[int, str, bytes]:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
 
+# What `idrserve demo` printed before serving (filled by the demo_server fixture).
+DEMO_BANNER: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data_dir = tmp_path_factory.mktemp("demo")
@@ -69,6 +75,13 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     )
     base = f"http://127.0.0.1:{port}"
     try:
+        assert proc.stdout is not None
+        banner = []
+        for raw in iter(proc.stdout.readline, b""):
+            banner.append(raw.decode())
+            if raw.startswith(b"serving on "):
+                break
+        DEMO_BANNER[:] = banner
         wait_ready(base, proc)
         yield base, str(data_dir)
     finally:
@@ -95,6 +108,22 @@ def test_demo_serves_every_image(demo_server: tuple[str, str]) -> None:
         )
         assert status == 200, iid
     assert Path(data_dir, "1001.zarr").exists() or any(Path(data_dir).rglob("1001.zarr"))
+
+
+def test_every_url_the_demo_prints_answers(demo_server: tuple[str, str]) -> None:
+    """A newcomer copies URLs from the banner: each must work as printed (port swapped)."""
+    base, _ = demo_server
+    port = base.rsplit(":", 1)[1]
+    urls = [m.group(0) for line in DEMO_BANNER for m in re.finditer(r"http://[^\s)]+", line)]
+    assert any("/iiif/3/" in u for u in urls) and any(u.endswith(".dzi") for u in urls)
+    assert len(urls) >= 20, DEMO_BANNER
+    for url in urls:
+        assert url.startswith(f"http://localhost:{port}/"), url
+        local = url.replace("http://localhost:", "http://127.0.0.1:", 1)
+        quoted = urllib.parse.quote(local, safe=":/?&=,!$|;%")
+        status, _, body = fetch(quoted)
+        assert status == 200, (url, body[:200])
+        assert body, url
 
 
 def test_demo_big_pyramid(demo_server: tuple[str, str]) -> None:
