@@ -512,6 +512,59 @@ def test_nginx_refusals_on_idrserve_routes_are_json(stack: Stack) -> None:
     assert json.loads(body)["error"] == "too_large"
 
 
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client library would, read until nginx closes; (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        # A header over large_client_header_buffers (4 × 8k): nginx's internal 494.
+        (
+            b"GET "
+            + TILE.encode()
+            + b" HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"a" * 20000
+            + b"\r\n\r\n",
+            400,
+        ),
+        # A cookie that large, the usual way this happens to a browser.
+        (
+            b"GET /webgateway/imgData/1002/ HTTP/1.1\r\nHost: x\r\nCookie: s="
+            + b"b" * 20000
+            + b"\r\n\r\n",
+            400,
+        ),
+        # A header line with no colon.
+        (b"GET " + TILE.encode() + b" HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
+        # HTTP/1.1 without Host.
+        (b"GET " + TILE.encode() + b" HTTP/1.1\r\n\r\n", 400),
+    ],
+    ids=["header-too-large", "cookie-too-large", "bad-header-line", "no-host"],
+)
+def test_requests_nginx_refuses_before_routing_are_json(
+    stack: Stack, request_bytes: bytes, code: int
+) -> None:
+    """Refusals that happen before nginx picks a location get the JSON error shape and CORS too,
+    not nginx's HTML page."""
+    status, headers, body = raw_exchange(stack.nginx_port, request_bytes)
+    assert status == code, body[:300]
+    assert headers["content-type"] == "application/json", body[:300]
+    assert headers.get("access-control-allow-origin") == "*"
+    doc = json.loads(body)
+    assert doc["error"] == "bad_request" and doc["request_id"]
+    assert "nginx" in doc["detail"]
+
+
 def test_zz_idrserve_down_serves_stale_and_fails_fast(stack: Stack) -> None:
     # Runs last (it stops idrserve). The entry cached by the fixture is older than idrserve's
     # max-age by now (waiting out the remainder if not), so nginx would normally ask idrserve again.
