@@ -105,6 +105,8 @@ def create_app(settings: Settings) -> web.Application:
         cpu_pool.submit(kernels.warm)
         catalog = Catalog(settings.source)
         source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
+        for collector in getattr(source, "collectors", list)():
+            app[REGISTRY].register(collector)  # idrserve_omero_* when OMERO is configured
         luts = LutTable(settings.source.lut_dir)
         cache = TieredCache(settings.cache, registry=app[REGISTRY])
         await cache.start()

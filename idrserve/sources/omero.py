@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import numpy as np
@@ -49,7 +49,11 @@ from idrserve.model import (
 )
 from idrserve.settings import OmeroSettings
 from idrserve.sources.base import check_selection
+from idrserve.sources.metrics import OmeroCollector, OmeroGauges, OmeroStats
 from idrserve.sources.ngff import dtype_range, palette
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +355,36 @@ class OmeroSource:
         self._tiles_loading: dict[TileKey, asyncio.Task[np.ndarray]] = {}
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
         self._tile_bytes = 0
-        # Counters for /metrics-style inspection, tests and the benchmark.
-        self.stats = {"meta_calls": 0, "tile_calls": 0, "tile_hits": 0, "coalesced": 0}
+        # Counters for /metrics (see `collectors`), tests and the benchmark.
+        self.call_stats = OmeroStats()
         # Monotonic times of the last answered call and of the last outage seen, for /readyz.
         self._last_ok = 0.0
         self._last_outage: tuple[float, str] | None = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The headline counters: calls made (whatever their result), tile cache hits, and
+        tile reads that joined one in flight."""
+        s = self.call_stats
+        return {
+            "meta_calls": s.total("meta"),
+            "tile_calls": s.total("tile"),
+            "tile_hits": s.tile_hits,
+            "coalesced": s.coalesced,
+        }
+
+    def collectors(self) -> list[Collector]:
+        """The `idrserve_omero_*` metrics, for the app's registry."""
+
+        def gauges() -> OmeroGauges:
+            return OmeroGauges(
+                max_concurrent_calls=self._settings.max_concurrent_calls,
+                tile_cache_bytes=self._tile_bytes,
+                tile_cache_entries=len(self._tiles),
+                metadata_entries=len(self._meta),
+            )
+
+        return [OmeroCollector(self.call_stats, gauges)]
 
     async def health(self) -> dict[str, Any]:
         """For /readyz: is the reader worker up, and did the last OMERO call succeed?
@@ -433,8 +462,7 @@ class OmeroSource:
     # ---- metadata --------------------------------------------------------------------------
 
     async def _load_meta(self, image_id: int) -> ImageMeta:
-        self.stats["meta_calls"] += 1
-        body = await self._get(f"/image/{image_id}")
+        body = await self._get("meta", f"/image/{image_id}")
         try:
             facts = json.loads(body)
             meta = facts_to_meta(facts, image_id)
@@ -478,7 +506,7 @@ class OmeroSource:
         cached = self._tiles.get(key)
         if cached is not None:
             self._tiles.move_to_end(key)
-            self.stats["tile_hits"] += 1
+            self.call_stats.tile_hits += 1
             return cached
         task = self._tiles_loading.get(key)
         if task is None:
@@ -486,7 +514,7 @@ class OmeroSource:
             self._tiles_loading[key] = task
             task.add_done_callback(lambda _t: self._tiles_loading.pop(key, None))
         else:
-            self.stats["coalesced"] += 1
+            self.call_stats.coalesced += 1
         return await asyncio.shield(task)
 
     async def _fetch_tile(self, meta: ImageMeta, key: TileKey) -> np.ndarray:
@@ -494,9 +522,8 @@ class OmeroSource:
         lm = meta.levels[level]
         x, y = col * lm.tile_x, row * lm.tile_y
         w, h = min(lm.tile_x, lm.size_x - x), min(lm.tile_y, lm.size_y - y)
-        self.stats["tile_calls"] += 1
         body = await self._get(
-            f"/tile/{image_id}/{z}/{c}/{t}?level={level}&x={x}&y={y}&w={w}&h={h}"
+            "tile", f"/tile/{image_id}/{z}/{c}/{t}?level={level}&x={x}&y={y}&w={w}&h={h}"
         )
         big = np.dtype(meta.dtype).newbyteorder(">")
         expected = w * h * big.itemsize
@@ -535,32 +562,52 @@ class OmeroSource:
         base = "http://worker" if url.startswith("unix:") else url.rstrip("/")
         return self._session, base
 
-    async def _get(self, path: str) -> bytes:
-        """GET from the worker under the global cap and the call deadline."""
-        timeout = self._settings.call_timeout_s
+    async def _get(self, call: str, path: str) -> bytes:
+        """GET from the worker under the global cap and the call deadline. `call` ("meta" or
+        "tile") labels the metrics; every call records one result, and its duration once it
+        had a slot (a cancelled call counts as "error")."""
+        stats, timeout = self.call_stats, self._settings.call_timeout_s
+        result, started = "error", None
         try:
-            async with self._sem:
+            stats.waiting += 1
+            try:
+                await self._sem.acquire()
+            finally:
+                stats.waiting -= 1
+            stats.in_flight += 1
+            started = time.perf_counter()
+            try:
                 session, base = await self._client()
                 headers = {"X-Deadline-Ms": str(int(timeout * 1000))}
                 async with asyncio.timeout(timeout + 1.0):
                     async with session.get(base + path, headers=headers) as resp:
                         body = await resp.read()
                         status = resp.status
-        except errors.IdrServeError as exc:
-            if isinstance(exc, errors.SourceUnavailable):
+            except errors.SourceUnavailable as exc:  # the spawned worker did not start
+                result = "unavailable"
                 exc.retry_after_s = self._settings.retry_after_s
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise self._unavailable(f"OMERO reader unreachable ({type(exc).__name__})") from exc
-        if status == 200:
-            self._last_ok = time.monotonic()
-            return body
-        detail = _detail(body)
-        if status == 404:
-            raise errors.NotFound(detail, param="image_id")
-        if status == 503:
-            raise self._unavailable(f"OMERO unavailable: {detail}", _retry_after(body))
-        raise errors.SourceError(f"OMERO read failed ({status}): {detail}")
+                raise
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                result = "unavailable"
+                detail = f"OMERO reader unreachable ({type(exc).__name__})"
+                raise self._unavailable(detail) from exc
+            finally:
+                stats.in_flight -= 1
+                self._sem.release()
+            if status == 200:
+                result = "ok"
+                self._last_ok = time.monotonic()
+                return body
+            detail = _detail(body)
+            if status == 404:
+                result = "not_found"
+                raise errors.NotFound(detail, param="image_id")
+            if status == 503:
+                result = "unavailable"
+                raise self._unavailable(f"OMERO unavailable: {detail}", _retry_after(body))
+            raise errors.SourceError(f"OMERO read failed ({status}): {detail}")
+        finally:
+            stats.record(call, result, None if started is None else time.perf_counter() - started)
 
     def _unavailable(
         self, detail: str, retry_after: float | None = None

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from idrserve.model import ImageMeta, Selection
 from idrserve.settings import Settings, SourceSettings
 from idrserve.sources.base import PixelSource
 from idrserve.sources.zarr import ZarrSource
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 _MAX_ROUTES = 100_000
 
@@ -68,6 +71,11 @@ class RoutingSource:
         self._routes: OrderedDict[int, tuple[PixelSource, float]] = OrderedDict()
         # Optional: a Zarr source over the OME-Zarr that OMERO links NGFF-backed images to.
         self._ngff = ngff
+
+    def collectors(self) -> list[Collector]:
+        """The OMERO side's metrics (the Zarr side has none of its own)."""
+        get = getattr(self.omero, "collectors", None)
+        return list(get()) if get is not None else []
 
     async def health(self) -> dict[str, Any]:
         """The OMERO side's health for /readyz (the Zarr side is reported as data roots)."""

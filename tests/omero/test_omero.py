@@ -22,6 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from idrserve.app import create_app
 from idrserve.catalog import Catalog
@@ -386,6 +387,58 @@ async def test_without_omero_settings_nothing_changes(make_client: MakeClient) -
     assert isinstance(source, ZarrSource)
     await get(client, f"/webgateway/imgData/{omero_id(1003)}/", 404)
     await get(client, f"{RI}/1003/0/0/?tile=0,0,0", 200)
+    assert "idrserve_omero_" not in (await get(client, "/metrics")).decode()
+
+
+async def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}, parsed by prometheus_client."""
+    text = (await get(client, "/metrics")).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(metrics: dict[Any, float], name: str, **labels: str) -> float:
+    return metrics[(name, tuple(sorted(labels.items())))]
+
+
+async def test_omero_metrics_count_every_call(
+    standin: StandIn, make_client: MakeClient, worker: Worker
+) -> None:
+    """/metrics says how many calls reached OMERO, with which result, how long they took, and
+    how the source's own tile cache and single flight spared OMERO; the counts agree with the
+    stand-in's own count of getTile calls."""
+    client = await make_client(worker_url=worker.url, max_concurrent_calls=3)
+    oid = omero_id(PYRAMID_ID)
+    await get(client, f"/webgateway/imgData/{oid}/")
+    await get(client, "/webgateway/imgData/9999/", 404)
+    before = standin.stats()["getTile"]
+    await get(client, f"{RI}/{oid}/0/0/?tile=1,0,0,256,256")  # two channels: two getTile calls
+    await get(client, f"{RI}/{oid}/0/0/?tile=1,0,0,256,256&c=1|0:900$FF0000,2|0:900$00FF00")
+    tiles = standin.stats()["getTile"] - before
+    assert tiles == 2
+    m = await scrape(client)
+    calls = "idrserve_omero_calls_total"
+    assert sample(m, calls, call="meta", result="ok") == 1
+    assert sample(m, calls, call="meta", result="not_found") == 1
+    assert sample(m, calls, call="tile", result="ok") == tiles
+    assert sample(m, calls, call="tile", result="unavailable") == 0
+    count = "idrserve_omero_call_duration_seconds_count"
+    assert sample(m, count, call="meta") == 2
+    assert sample(m, count, call="tile") == tiles
+    assert sample(m, "idrserve_omero_call_duration_seconds_bucket", call="tile", le="+Inf") == 2
+    assert 0 < sample(m, "idrserve_omero_call_duration_seconds_sum", call="tile") < 10
+    reads = "idrserve_omero_tile_reads_total"
+    assert sample(m, reads, answer="call") == tiles
+    assert sample(m, reads, answer="hit") == 2  # the re-rendering asked no new tiles
+    assert sample(m, "idrserve_omero_tile_cache_entries") == tiles
+    assert sample(m, "idrserve_omero_tile_cache_bytes") > 0
+    assert sample(m, "idrserve_omero_metadata_entries") == 1
+    assert sample(m, "idrserve_omero_max_concurrent_calls") == 3
+    assert sample(m, "idrserve_omero_calls_waiting") == 0
+    assert sample(m, "idrserve_omero_calls_in_flight") == 0
 
 
 # ---- protecting OMERO -------------------------------------------------------------------------
@@ -517,6 +570,9 @@ async def test_worker_down_is_503_while_zarr_is_served(make_client: MakeClient) 
         ready = await resp.json()
         assert resp.status == 200, ready
     assert ready["dependencies"]["source"]["status"] == "down"
+    m = await scrape(client)
+    assert sample(m, "idrserve_omero_calls_total", call="meta", result="unavailable") == 1
+    assert sample(m, "idrserve_omero_calls_total", call="meta", result="ok") == 0
     assert ready["status"] == "degraded"
 
 
