@@ -161,6 +161,8 @@ def _run_one(settings: Settings, reuse_port: bool) -> None:
         port=settings.server.port,
         reuse_port=reuse_port or None,
         cors_origin=settings.server.cors_origin,
+        header_timeout_s=settings.limits.header_timeout_s,
+        keepalive_timeout=settings.limits.keepalive_timeout_s,
         shutdown_timeout=settings.server.shutdown_timeout_s,
         handler_cancellation=True,
         # One JSON line per request on `idrserve.access` (http/ops.py), or none.

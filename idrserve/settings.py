@@ -94,6 +94,14 @@ class LimitSettings(_Group):
     max_batch_thumbnails: int = Field(50, ge=1)
     default_thumbnail_size: int = Field(96, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    # A request line and headers must arrive within this long of their first byte (else a
+    # JSON 408 and the connection closes): a client trickling a header holds no connection for
+    # long. nginx's client_header_timeout does the same in front.
+    header_timeout_s: float = Field(15.0, gt=0)
+    # An idle keep-alive connection is closed after this long. Keep it above the upstream
+    # keepalive_timeout of the nginx in front (60 s in deploy/nginx), so that nginx, not
+    # idrserve, closes idle upstream connections and never sends on one being closed.
+    keepalive_timeout_s: float = Field(75.0, gt=0)
     max_url_length: int = Field(16384, ge=256)
     default_jpeg_quality: float = Field(0.85, gt=0, le=1)
     # Largest raw region of /api/v1/images/{id}/region (bytes of pixels); larger is a 413 that

@@ -28,6 +28,7 @@ HTTP_ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "too_large",
     414: "uri_too_long",
 }
@@ -38,12 +39,16 @@ _ID_PREFIX = os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 
 
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
 def request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
         rid = request.headers.get("X-Request-ID", "")[:64]
         if not rid or not rid.isascii() or not rid.replace("-", "").isalnum():
-            rid = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+            rid = new_request_id()
         request[REQUEST_ID] = rid
     return rid
 

@@ -7,11 +7,19 @@ had neither the JSON error body every other refusal has nor CORS. `JsonErrorRequ
 keeps aiohttp's logging, status and connection close and only replaces the body and headers;
 `serve` is `web.run_app` with that handler (same startup, signal handling and graceful
 shutdown sequence), because run_app offers no way to choose the protocol class.
+
+The handler also bounds how long a request head may take to arrive. aiohttp only closes a
+connection that has waited `keepalive_timeout` for its next request (an hour by default;
+`limits.keepalive_timeout_s` here), so a client trickling a header a byte at a time held a
+connection, a descriptor and a parser buffer for that long. Now a request line and headers
+must be complete within `limits.header_timeout_s` of their first byte, else the client gets a
+JSON 408 and the connection is closed (nginx's `client_header_timeout` does the same in front).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from contextlib import suppress
 from http import HTTPStatus
@@ -21,7 +29,12 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from idrserve.http.middleware import HTTP_ERROR_CODES, request_id, set_common_headers
+from idrserve.http.middleware import (
+    HTTP_ERROR_CODES,
+    new_request_id,
+    request_id,
+    set_common_headers,
+)
 
 log = logging.getLogger("idrserve.http")
 
@@ -29,11 +42,64 @@ log = logging.getLogger("idrserve.http")
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its own error responses in idrserve's JSON shape."""
 
-    __slots__ = ("cors_origin",)
+    __slots__ = ("_head_timer", "cors_origin", "header_timeout_s")
 
-    def __init__(self, manager: web.Server, *, cors_origin: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        cors_origin: str,
+        header_timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self.cors_origin = cors_origin
+        self.header_timeout_s = header_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # A timer per request head: started by its first bytes while no request is being
+        # handled, stopped once the parser has a whole head. (Bytes pipelined behind a request
+        # in progress are left to the keep-alive timeout.)
+        if (
+            self._head_timer is None
+            and self.header_timeout_s is not None
+            and not self._messages
+            and not self._request_in_progress
+        ):
+            self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_timed_out)
+        super().data_received(data)
+        if self._head_timer is not None and (self._messages or self._request_in_progress):
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._messages or self._request_in_progress or self.transport is None:
+            return
+        rid, peer = new_request_id(), self.transport.get_extra_info("peername")
+        detail = f"request line and headers not complete within {self.header_timeout_s:g} s"
+        log.info("%s: 408 for %s: %s", rid, peer, detail)
+        body = json.dumps(
+            {"error": HTTP_ERROR_CODES[408], "detail": detail, "request_id": rid}
+        ).encode()
+        # Written by hand: there is no request object to build an aiohttp response for.
+        head = (
+            "HTTP/1.1 408 Request Timeout\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Access-Control-Allow-Origin: {self.cors_origin}\r\n"
+            f"X-Request-ID: {rid}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("latin-1") + body)
+        self.force_close()  # the transport sends what is buffered, then closes
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -62,19 +128,32 @@ class JsonErrorRequestHandler(RequestHandler):
 
 class _JsonErrorServer(web.Server):
     cors_origin = "*"
+    header_timeout_s: float | None = None
 
     def __call__(self) -> RequestHandler:
         return JsonErrorRequestHandler(
-            self, loop=self._loop, cors_origin=self.cors_origin, **self._kwargs
+            self,
+            loop=self._loop,
+            cors_origin=self.cors_origin,
+            header_timeout_s=self.header_timeout_s,
+            **self._kwargs,
         )
 
 
 class JsonErrorAppRunner(web.AppRunner):
     """An AppRunner whose connections use `JsonErrorRequestHandler`."""
 
-    def __init__(self, app: web.Application, *, cors_origin: str = "*", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        cors_origin: str = "*",
+        header_timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._cors_origin = cors_origin
+        self._header_timeout_s = header_timeout_s
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -83,6 +162,7 @@ class JsonErrorAppRunner(web.AppRunner):
         server.__class__ = _JsonErrorServer
         assert isinstance(server, _JsonErrorServer)
         server.cors_origin = self._cors_origin
+        server.header_timeout_s = self._header_timeout_s
         return server
 
 
@@ -105,10 +185,17 @@ def serve(
     *,
     reuse_port: bool | None = None,
     cors_origin: str = "*",
+    header_timeout_s: float | None = None,
     **runner_kwargs: Any,
 ) -> None:
     """Serve `app` until SIGTERM or SIGINT, then shut down gracefully (as `web.run_app`)."""
-    runner = JsonErrorAppRunner(app, cors_origin=cors_origin, handle_signals=True, **runner_kwargs)
+    runner = JsonErrorAppRunner(
+        app,
+        cors_origin=cors_origin,
+        header_timeout_s=header_timeout_s,
+        handle_signals=True,
+        **runner_kwargs,
+    )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve_forever(runner, host, port, reuse_port))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -28,8 +30,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _start(app: web.Application, cors_origin: str) -> tuple[JsonErrorAppRunner, int]:
-    runner = JsonErrorAppRunner(app, cors_origin=cors_origin, handle_signals=False)
+async def _start(
+    app: web.Application, cors_origin: str, **kwargs: Any
+) -> tuple[JsonErrorAppRunner, int]:
+    runner = JsonErrorAppRunner(app, cors_origin=cors_origin, handle_signals=False, **kwargs)
     await runner.setup()
     port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -119,3 +123,97 @@ async def test_an_unhandled_exception_is_a_json_500_without_the_traceback() -> N
     doc = json.loads(body)
     assert doc["error"] == "internal_error"
     assert "secret" not in body.decode()
+
+
+# ---- time limits on the request head and on idle connections -------------------------------
+
+
+async def _slow_app() -> web.Application:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "0")))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    return app
+
+
+@pytest.fixture
+async def timed_port() -> AsyncIterator[int]:
+    runner, port = await _start(await _slow_app(), "*", header_timeout_s=0.4, keepalive_timeout=1.5)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(v) for k, _, v in (ln.partition(":") for ln in lines) if k.lower() == "content-length"
+    )
+    return int(lines[0].split()[1]), await reader.readexactly(length)
+
+
+async def test_a_trickled_request_head_gets_a_json_408_and_the_connection_closes(
+    timed_port: int,
+) -> None:
+    """A client sending its header a few bytes at a time (slowloris) is cut off after
+    header_timeout_s from the head's first byte, however steadily it keeps sending."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", timed_port)
+    started = time.monotonic()
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+    data = b""
+    try:
+        for _ in range(40):  # 2 s of trickling, five times the limit
+            writer.write(b"X")
+            await writer.drain()
+            try:
+                data += await asyncio.wait_for(reader.read(65536), 0.05)
+            except TimeoutError:
+                continue
+            if data:
+                break
+        data += await asyncio.wait_for(reader.read(-1), 5)  # then the server closes
+    finally:
+        writer.close()
+    elapsed = time.monotonic() - started
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), data[:200]
+    assert b"Content-Type: application/json" in head and b"Access-Control-Allow-Origin: *" in head
+    doc = json.loads(body)
+    assert doc["error"] == "request_timeout" and "0.4 s" in doc["detail"]
+    assert doc["request_id"] and f"X-Request-ID: {doc['request_id']}".encode() in head
+    assert 0.35 < elapsed < 1.5
+
+
+async def test_heads_within_the_limit_and_slow_handlers_are_untouched(timed_port: int) -> None:
+    """The limit covers only the head's arrival: a head completed in time, a handler slower
+    than the limit, pipelined requests and a keep-alive pause longer than the limit all work on
+    one connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", timed_port)
+    try:
+        writer.write(b"GET /slow HTTP/1.1\r\n")
+        await asyncio.sleep(0.2)
+        writer.write(b"Host: x\r\n\r\n")
+        assert (await _response(reader))[0] == 200
+        await asyncio.sleep(0.6)  # idle past header_timeout_s, within keepalive_timeout
+        writer.write(b"GET /slow?s=0.7 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _response(reader))[0] == 200  # the handler took longer than the limit
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert [(await _response(reader))[0] for _ in range(2)] == [200, 200]
+    finally:
+        writer.close()
+
+
+async def test_idle_keep_alive_connections_close_after_keepalive_timeout(timed_port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", timed_port)
+    try:
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _response(reader))[0] == 200
+        idle = time.monotonic()
+        assert await asyncio.wait_for(reader.read(1), 10) == b""  # closed by the server
+        assert 1.0 < time.monotonic() - idle < 5
+    finally:
+        writer.close()

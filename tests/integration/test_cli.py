@@ -168,12 +168,32 @@ def test_serve_with_two_workers(demo_server: tuple[str, str]) -> None:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # The connection time limits reach every worker from the settings.
+        env={
+            **os.environ,
+            "IDRSERVE_LIMITS__HEADER_TIMEOUT_S": "0.5",
+            "IDRSERVE_LIMITS__KEEPALIVE_TIMEOUT_S": "1",
+        },
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc)
         for _ in range(20):
             assert fetch(f"{base}/webgateway/render_thumbnail/1003/")[0] == 200
+        for _ in range(4):  # connections land on either worker
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                started = time.monotonic()
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never completed
+                data = b"".join(iter(lambda: sock.recv(65536), b""))
+                assert data.startswith(b"HTTP/1.1 408 "), data[:200]
+                assert json.loads(data.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+                assert time.monotonic() - started < 3
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+                idle = time.monotonic()
+                assert sock.recv(1) == b""  # the idle keep-alive connection is closed
+                assert 0.5 < time.monotonic() - idle < 4
     finally:
         proc.terminate()
         proc.wait(30)

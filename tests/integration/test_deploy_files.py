@@ -302,3 +302,16 @@ def test_deploy_readme_links_exist() -> None:
     for link in links:
         if "://" not in link:
             assert (DEPLOY / link).exists(), link
+
+
+def test_idrserve_outlives_nginx_idle_upstream_connections() -> None:
+    """nginx must be the side that closes an idle upstream keep-alive connection: if idrserve
+    closed first, nginx could send a request on a connection being closed (a 502 or a retry)."""
+    conf = (DEPLOY / "nginx" / "idrserve.conf").read_text()
+    upstream = re.search(r"upstream idrserve \{(.*?)\}", conf, re.S)
+    assert upstream is not None
+    match = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
+    assert match is not None, "the idrserve upstream sets keepalive_timeout"
+    limits = Settings().limits
+    assert limits.keepalive_timeout_s > int(match.group(1))
+    assert limits.header_timeout_s < limits.request_timeout_s
