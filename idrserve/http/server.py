@@ -58,20 +58,17 @@ class JsonErrorRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
-        # A timer per request head: started by its first bytes while no request is being
-        # handled, stopped once the parser has a whole head. (Bytes pipelined behind a request
-        # in progress are left to the keep-alive timeout.)
-        if (
-            self._head_timer is None
-            and self.header_timeout_s is not None
-            and not self._messages
-            and not self._request_in_progress
-        ):
-            self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_timed_out)
+        # A timer per request head that does not arrive whole: started when bytes leave the
+        # parser with a partial head while no request is being handled, stopped once the head
+        # is complete. A head in one read, the usual case, never creates a timer. (Bytes
+        # pipelined behind a request in progress are left to the keep-alive timeout.)
         super().data_received(data)
-        if self._head_timer is not None and (self._messages or self._request_in_progress):
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._messages or self._request_in_progress:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_timer is None and self.header_timeout_s is not None and data:
+            self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
