@@ -150,19 +150,22 @@ def _tune_malloc() -> None:
 
 def _run_one(settings: Settings, reuse_port: bool) -> None:
     from idrserve.app import create_app
-    from idrserve.http.ops import AccessLog, configure_access_log
+    from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
     from idrserve.http.server import serve
 
     _tune_malloc()
     _install_uvloop()
+    app = create_app(settings)
     serve(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         reuse_port=reuse_port or None,
         cors_origin=settings.server.cors_origin,
         header_timeout_s=settings.limits.header_timeout_s,
         keepalive_timeout=settings.limits.keepalive_timeout_s,
+        drain_grace_s=settings.server.drain_grace_s,
+        on_drain=lambda: mark_draining(app),
         shutdown_timeout=settings.server.shutdown_timeout_s,
         handler_cancellation=True,
         # One JSON line per request on `idrserve.access` (http/ops.py), or none.

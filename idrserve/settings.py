@@ -31,6 +31,11 @@ class ServerSettings(_Group):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
     shutdown_timeout_s: float = 10.0
+    # After SIGTERM, keep accepting and serving this long while /readyz answers 503
+    # "draining", for load balancers that learn of a stopping backend only from readiness
+    # checks (Kubernetes, HAProxy, cloud target groups). 0: close the listener at once, right
+    # behind the shipped nginx, which retries another worker (proxy_next_upstream).
+    drain_grace_s: float = Field(0.0, ge=0, le=300)
     # Threads for chunk decode, rendering and encoding (numpy, zarrs, simplejpeg release the GIL).
     cpu_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256)
     # Cold renders reading at most this many raw pixels (channels × width × height) from a

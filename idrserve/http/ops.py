@@ -451,6 +451,12 @@ class AdmissionCollector(Collector):
         )
 
 
+def mark_draining(app: web.Application) -> None:
+    """From now on /readyz answers 503 "draining" (at shutdown, or from SIGTERM's grace)."""
+    if STATE in app:
+        app[STATE]["draining"] = True
+
+
 def add_routes(app: web.Application) -> None:
     """`/readyz` and `/openapi.json`, the shutdown hook that makes /readyz say draining, and
     the admission counters on /metrics."""
@@ -460,7 +466,7 @@ def add_routes(app: web.Application) -> None:
         app[REGISTRY].register(AdmissionCollector(app[ADMISSION]))
 
     async def draining(app: web.Application) -> None:
-        app[STATE]["draining"] = True
+        mark_draining(app)
 
     async def flush_access_log(app: web.Application) -> None:
         AccessLog.flush_all()

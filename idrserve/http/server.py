@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+from collections.abc import Callable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
@@ -164,14 +166,40 @@ class JsonErrorAppRunner(web.AppRunner):
 
 
 async def _serve_forever(
-    runner: JsonErrorAppRunner, host: str, port: int, reuse_port: bool | None
+    runner: JsonErrorAppRunner,
+    host: str,
+    port: int,
+    reuse_port: bool | None,
+    drain_grace_s: float,
+    on_drain: Callable[[], None] | None,
 ) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    grace: asyncio.TimerHandle | None = None
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal grace
+        if drain_grace_s <= 0 or grace is not None:  # no grace, or a second signal: stop now
+            stop.set()
+            return
+        log.info("%s: draining for %gs before closing the listener", signum.name, drain_grace_s)
+        if on_drain is not None:
+            on_drain()  # /readyz now answers 503 "draining"; requests are still served
+        grace = loop.call_later(drain_grace_s, stop.set)
+
     await runner.setup()
+    signals = (signal.SIGINT, signal.SIGTERM)
     try:
+        for signum in signals:
+            loop.add_signal_handler(signum, on_signal, signum)
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
         await site.start()
-        await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit
+        await stop.wait()
     finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        if grace is not None:
+            grace.cancel()
         await runner.cleanup()  # stop listening, finish in-flight requests, on_cleanup
 
 
@@ -183,19 +211,28 @@ def serve(
     reuse_port: bool | None = None,
     cors_origin: str = "*",
     header_timeout_s: float | None = None,
+    drain_grace_s: float = 0.0,
+    on_drain: Callable[[], None] | None = None,
     **runner_kwargs: Any,
 ) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully (as `web.run_app`)."""
+    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully (as `web.run_app`).
+
+    With `drain_grace_s` > 0 the first signal calls `on_drain` and the server keeps accepting
+    and serving for that long before it closes the listener: a load balancer that learns about
+    a stopping backend only from its readiness checks (Kubernetes endpoints, HAProxy, cloud
+    target groups) has stopped sending by then, so no request meets a closed port. A second
+    signal ends the grace at once.
+    """
     runner = JsonErrorAppRunner(
         app,
         cors_origin=cors_origin,
         header_timeout_s=header_timeout_s,
-        handle_signals=True,
+        handle_signals=False,  # _serve_forever installs its own SIGINT/SIGTERM handlers
         **runner_kwargs,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve_forever(runner, host, port, reuse_port))
+    main = loop.create_task(_serve_forever(runner, host, port, reuse_port, drain_grace_s, on_drain))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -328,6 +328,48 @@ def test_sigterm_drains_in_flight_requests(
             proc.wait(10)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_with_a_drain_grace_keeps_serving_while_readyz_says_draining(
+    demo_server: tuple[str, str], workers: int
+) -> None:
+    """server.drain_grace_s: after SIGTERM, /readyz fails at once (a load balancer stops
+    sending) while requests, new connections included, are still served until the grace ends;
+    then a clean exit. A second SIGTERM is not needed, and none is sent."""
+    import signal
+
+    _, data_dir = demo_server
+    port = free_port()
+    grace = 2.0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idrserve", "serve", "--zarr-root", data_dir, "--port", str(port),
+         "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "IDRSERVE_SERVER__DRAIN_GRACE_S": str(grace)},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        assert fetch(f"{base}/readyz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        draining = 0
+        while time.monotonic() - signalled < grace - 0.5:
+            status, _, body = fetch(f"{base}/readyz")  # a new connection each time
+            if status == 503:
+                assert json.loads(body)["status"] == "draining"
+                draining += 1
+            tile = fetch(f"{base}/webgateway/render_image_region/1003/0/0/?tile=0,0,0")
+            assert tile[0] == 200, tile[2][:200]
+            time.sleep(0.1)
+        assert draining >= 3  # every worker reports draining within moments of the signal
+        assert proc.wait(30) == 0
+        assert time.monotonic() - signalled >= grace - 0.1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_config_show_redacts_the_redis_password() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "idrserve", "config", "show"],
