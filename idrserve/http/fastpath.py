@@ -31,6 +31,9 @@ class _Memo:
     image_id: int
     data_version: str
     generation: int
+    # Response headers of the URL's own that the entry (shared by equivalent URLs) lacks,
+    # e.g. IIIF's canonical Link.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 # Bytes charged per remembered URL beyond the URL and key text: the dict slot, the two str
@@ -49,14 +52,20 @@ class UrlIndex:
         self._entries: OrderedDict[str, _Memo] = OrderedDict()
 
     def remember(
-        self, url: str, key: str, image_id: int, data_version: str, generation: int
+        self,
+        url: str,
+        key: str,
+        image_id: int,
+        data_version: str,
+        generation: int,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         if self.max_entries <= 0 or len(url) > 4096:
             return
         old = self._entries.pop(url, None)
         if old is not None:
             self.bytes -= _cost(url, old)
-        memo = _Memo(key, image_id, data_version, generation)
+        memo = _Memo(key, image_id, data_version, generation, headers)
         self._entries[url] = memo
         self.bytes += _cost(url, memo)
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
@@ -71,7 +80,8 @@ class UrlIndex:
 
 
 def _cost(url: str, memo: _Memo) -> int:
-    return len(url) + len(memo.key) + len(memo.data_version) + MEMO_OVERHEAD
+    extra = sum(len(k) + len(v) + 100 for k, v in memo.headers)  # text + tuple and str headers
+    return len(url) + len(memo.key) + len(memo.data_version) + extra + MEMO_OVERHEAD
 
 
 def make_fastpath_middleware(
@@ -119,6 +129,8 @@ def make_fastpath_middleware(
                     if inm and tag in {p.strip().removeprefix("W/") for p in inm.split(",")}:
                         return web.Response(status=304, headers=headers)
                     headers["X-Cache"] = tier
+                    if memo.headers:
+                        headers.update(memo.headers)
                     return web.Response(
                         body=entry.body, content_type=entry.media_type, headers=headers
                     )

@@ -37,6 +37,7 @@ from idrserve.http.iiif_params import (
     Identifier,
     Limits,
     Version,
+    canonical_image_path,
     parse_identifier,
     parse_quality_format,
     parse_region,
@@ -60,12 +61,14 @@ CONTEXT = {
 }
 PROTOCOL = "http://iiif.io/api/image"
 # Beyond level 2: mirroring, `^` upscaling. (Level 2 itself covers the rest we do.)
-EXTRA_FEATURES = ["mirroring", "sizeUpscaling"]
+EXTRA_FEATURES = ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "sizeUpscaling"]
 V2_SUPPORTS = [
     "baseUriRedirect",
+    "canonicalLinkHeader",
     "cors",
     "jsonldMediaType",
     "mirroring",
+    "profileLinkHeader",
     "regionByPct",
     "regionByPx",
     "regionSquare",
@@ -275,19 +278,38 @@ def build_request(
 
 
 async def respond_image(
-    request: web.Request, req: RegionRequest, meta: ImageMeta
+    request: web.Request,
+    req: RegionRequest,
+    meta: ImageMeta,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Cache key, 304, cached render, response: the webgateway path, for IIIF and DeepZoom."""
+    """Cache key, 304, cached render, response: the webgateway path, for IIIF and DeepZoom.
+    `headers` go on the 200, and on the fast path's later answers to the same URL."""
     deps, settings = request.app[DEPS], request.app[SETTINGS]
     cache_control = settings.server.cache_control
     key, generation = await cache_key(req, deps)
     # The fast path (http/fastpath.py) answers this exact URL from memory next time.
-    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation)
+    memo_headers = tuple(headers.items()) if headers else ()
+    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation, memo_headers)
     early = not_modified(request, key, cache_control)
     if early is not None:
         return early
     rendered = await cached_render(req, meta, deps, key)
-    return image_response(rendered, cache_control)
+    return image_response(rendered, cache_control, extra_headers=headers)
+
+
+def link_headers(version: Version, canonical: str) -> dict[str, str]:
+    """`Link` with the compliance profile and the canonical URI (features profileLinkHeader and
+    canonicalLinkHeader). The canonical URI is a relative reference (RFC 8288 §3.1: resolved
+    against the request URI): `../../../` climbs from the rotation segment to the identifier,
+    so it is right under any host, proxy prefix or public base, and the fast path can replay
+    it for every URL it remembers. `^` is not a URI character, hence %5E."""
+    profile = CONTEXT[version].replace("context.json", "level2.json")
+    target = "../../../" + canonical.replace("^", "%5E")
+    return {
+        "Link": f'<{profile}>;rel="profile", <{target}>;rel="canonical"',
+        "Access-Control-Expose-Headers": "ETag, X-Request-ID, Link",
+    }
 
 
 def _decode(segment: str) -> str:
@@ -317,7 +339,19 @@ async def _image(request: web.Request, version: Version, segments: list[str]) ->
     req = build_request(
         meta, ident, z, t, region, size, deps, mirror=mirror, rotate=degrees, tone=tone, fmt=fmt
     )
-    return await respond_image(request, req, meta)
+    quality, _, ext = last.rpartition(".")
+    canonical = canonical_image_path(
+        version,
+        region,
+        size,
+        (meta.size_x, meta.size_y),
+        iiif_limits(deps.limits),
+        mirror=mirror,
+        degrees=degrees,
+        quality=quality,
+        fmt=ext,
+    )
+    return await respond_image(request, req, meta, link_headers(version, canonical))
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

@@ -287,6 +287,48 @@ def resolve_size(spec: SizeSpec, region: Box, version: Version, limits: Limits) 
     return w, h
 
 
+def canonical_size(size: tuple[int, int], region: Box, version: Version, limits: Limits) -> str:
+    """The size segment of the canonical URI for an output of `size` from `region`.
+
+    3.0: `max` (or `^max`) when that is what `max` gives, else `w,h`, with `^` when it
+    upscales. 2.1: `full` for the region's own size, `w,` when the aspect ratio is the
+    region's (as `w,` would resolve it), else `w,h`.
+    """
+    w, h = size
+    if version is Version.V2:
+        if (w, h) == (region.w, region.h):
+            return "full"
+        return f"{w}," if h == max(1, round(w * region.h / region.w)) else f"{w},{h}"
+    upscaled = w > region.w or h > region.h
+    for spec, name in ((SizeSpec("max"), "max"), (SizeSpec("max", upscale=True), "^max")):
+        try:
+            if size == resolve_size(spec, region, version, limits):
+                return name
+        except BadRequest:
+            pass
+    return f"{'^' if upscaled else ''}{w},{h}"
+
+
+def canonical_image_path(
+    version: Version,
+    region: Box,
+    size: tuple[int, int],
+    image_size: tuple[int, int],
+    limits: Limits,
+    *,
+    mirror: bool,
+    degrees: int,
+    quality: str,
+    fmt: str,
+) -> str:
+    """`{region}/{size}/{rotation}/{quality}.{format}` in the spec's canonical form (§ "Canonical
+    URI Syntax" of 3.0 and 2.1): the cache-friendly spelling of an equivalent request."""
+    whole = (region.x, region.y, region.w, region.h) == (0, 0, *image_size)
+    r = "full" if whole else f"{region.x},{region.y},{region.w},{region.h}"
+    rotation = f"{'!' if mirror else ''}{degrees}"
+    return f"{r}/{canonical_size(size, region, version, limits)}/{rotation}/{quality}.{fmt}"
+
+
 # --- rotation, quality, format ---------------------------------------------------------------
 
 

@@ -98,7 +98,7 @@ async def _respond(request: web.Request, req: RegionRequest, meta: ImageMeta) ->
     ctx = _ctx(request)
     key, generation = await cache_key(req, ctx.deps)
     # Lets the fast path answer this exact URL from memory next time (http/fastpath.py).
-    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation)
+    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation, ())
     early = not_modified(request, key, ctx.cache_control)
     if early is not None:
         return early

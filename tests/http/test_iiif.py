@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -703,3 +705,79 @@ def test_inline_default_follows_cpu_threads() -> None:
     assert ServerSettings(cpu_threads=1).inline_pixels() == 3 * 256 * 256
     assert ServerSettings(cpu_threads=4).inline_pixels() == 0
     assert ServerSettings(cpu_threads=1, inline_render_pixels=0).inline_pixels() == 0
+
+
+# --- Link headers: profile and canonical URI --------------------------------------------------
+
+CANONICAL_CASES = [
+    # (request after the identifier, canonical form) on the 1000×1000 pattern (max 4096)
+    ("full/max/0/default.jpg", "full/max/0/default.jpg"),
+    ("0,0,1000,1000/1000,1000/0/default.jpg", "full/max/0/default.jpg"),
+    ("full/^max/0/default.jpg", "full/%5Emax/0/default.jpg"),
+    ("full/500,/0/color.png", "full/500,500/0/color.png"),
+    ("square/,250/360/gray.jpg", "full/250,250/0/gray.jpg"),
+    ("pct:10,20,30,40/!100,100/!90/bitonal.png", "100,200,300,400/75,100/!90/bitonal.png"),
+    ("900,900,500,500/max/0/default.jpg", "900,900,100,100/max/0/default.jpg"),
+    ("0,0,100,100/^200,/180/default.webp", "0,0,100,100/%5E200,200/180/default.webp"),
+    ("0,0,100,100/50,20/0/default.jpg", "0,0,100,100/50,20/0/default.jpg"),
+    ("full/pct:50/0/default.tif", "full/500,500/0/default.tif"),
+]
+
+
+def _links(header: str) -> dict[str, str]:
+    """rel → target of a Link header (targets contain commas: split on the angle brackets)."""
+    return {rel: target for target, rel in re.findall(r'<([^>]*)>\s*;\s*rel="([^"]*)"', header)}
+
+
+@pytest.mark.parametrize(("path", "canonical"), CANONICAL_CASES)
+async def test_canonical_link_names_an_equivalent_request(
+    client: TestClient, path: str, canonical: str
+) -> None:
+    """Every image answer carries the profile and its canonical URI (a relative reference,
+    resolved against the request URI as RFC 8288 says); the canonical URI returns the same
+    bytes under the same ETag, and names itself as canonical."""
+    url = f"{V3}/{SQUARES};q=0.9/{path}"
+    resp = await client.get(url)
+    body = await resp.read()
+    assert resp.status == 200, body[:300]
+    links = _links(resp.headers["Link"])
+    assert links["profile"] == "http://iiif.io/api/image/3/level2.json"
+    assert "Link" in resp.headers["Access-Control-Expose-Headers"]
+    target = urljoin(url, links["canonical"])
+    assert target == f"{V3}/{SQUARES};q=0.9/{canonical}"
+    again = await client.get(target)
+    assert again.status == 200
+    assert await again.read() == body
+    assert again.headers["ETag"] == resp.headers["ETag"]
+    assert urljoin(target, _links(again.headers["Link"])["canonical"]) == target
+
+
+async def test_canonical_link_v2_and_from_the_fast_path(client: TestClient) -> None:
+    # 2.1 spells a size that keeps the aspect ratio `w,`, the region's own size `full`.
+    for path, canonical in [
+        ("full/500,500/0/default.jpg", "full/500,/0/default.jpg"),
+        ("0,0,100,100/100,100/0/native.jpg", None),
+        ("0,0,100,100/100,100/0/default.jpg", "0,0,100,100/full/0/default.jpg"),
+        ("0,0,100,100/50,20/0/default.jpg", "0,0,100,100/50,20/0/default.jpg"),
+    ]:
+        url = f"{V2}/{SQUARES}/{path}"
+        resp = await client.get(url)
+        await resp.read()
+        if canonical is None:
+            assert resp.status == 400 and "Link" not in resp.headers  # errors carry no canonical
+            continue
+        links = _links(resp.headers["Link"])
+        assert links["profile"] == "http://iiif.io/api/image/2/level2.json"
+        assert urljoin(url, links["canonical"]) == f"{V2}/{SQUARES}/{canonical}"
+        # A memory hit from the URL index (http/fastpath.py) carries the same Link.
+        hit = await client.get(url)
+        await hit.read()
+        assert hit.headers["X-Cache"] == "memory"
+        assert hit.headers["Link"] == resp.headers["Link"]
+
+
+async def test_info_json_lists_the_link_header_features(client: TestClient) -> None:
+    info = await (await client.get(f"{V3}/{SQUARES}/info.json")).json()
+    assert {"canonicalLinkHeader", "profileLinkHeader"} <= set(info["extraFeatures"])
+    info2 = await (await client.get(f"{V2}/{SQUARES}/info.json")).json()
+    assert {"canonicalLinkHeader", "profileLinkHeader"} <= set(info2["profile"][1]["supports"])

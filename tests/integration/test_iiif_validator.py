@@ -45,13 +45,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.communicate(timeout=30)
 
 
-def run_validator(server: str, version: str, level: int) -> tuple[list[str], list[str]]:
-    """Run every validator test up to `level` as `iiif-validate.py` does; (passed, failures)."""
+def run_validator(
+    server: str, version: str, level: int, only: set[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Run every validator test up to `level` (or just those named in `only`) as
+    `iiif-validate.py` does; (passed, failures)."""
     prefix = f"iiif/{version[0]}"
     tests = validator.TestSuite(validator.ValidationInfo()).list_tests(version)
     passed, failures = [], []
     for name, meta in sorted(tests.items()):
-        if meta["level"] > level:
+        if (only is None and meta["level"] > level) or (only is not None and name not in only):
             continue
         result = validator.ImageAPI(str(SQUARES), server, prefix, "http", "", version, debug=False)
         try:
@@ -91,3 +94,15 @@ def test_validator_level2(server: str, version: str, seed: int) -> None:
         assert required in passed
     if version == "3.0":
         assert {"region_square", "size_noup", "size_nofull"} <= set(passed)
+
+
+LINK_TESTS = {"linkheader_canonical", "linkheader_profile"}
+
+
+@pytest.mark.parametrize("version", ["3.0", "2.0"])
+def test_validator_link_headers(server: str, version: str) -> None:
+    """The validator's optional (level 3) Link header tests: the features info.json lists as
+    canonicalLinkHeader and profileLinkHeader."""
+    passed, failures = run_validator(server, version, level=3, only=LINK_TESTS)
+    assert not failures, "\n".join(failures)
+    assert set(passed) == LINK_TESTS

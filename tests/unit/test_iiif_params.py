@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,8 @@ from idrserve.http.iiif_params import (
     Limits,
     NotImplementedFeature,
     Version,
+    canonical_image_path,
+    canonical_size,
     parse_identifier,
     parse_quality_format,
     parse_region,
@@ -246,3 +249,39 @@ def test_public_base_url_must_be_an_http_url() -> None:
     for bad in ("tiles.example.org", "ftp://x", "https://x/?q=1", "https://"):
         with pytest.raises(ValidationError):
             load_settings({"server": {"public_base_url": bad}})
+
+
+@given(
+    st.integers(1, 5000),
+    st.integers(1, 5000),
+    st.integers(1, 4096),
+    st.integers(1, 4096),
+    st.sampled_from([Version.V3, Version.V2]),
+)
+def test_canonical_size_resolves_to_the_same_size(
+    rw: int, rh: int, w: int, h: int, version: Version
+) -> None:
+    """The canonical spelling of a size, parsed and resolved again for the same region, gives
+    that size: a canonical URI is an equivalent request."""
+    region = Box(0, 0, rw, rh)
+    text = canonical_size((w, h), region, version, LIMITS)
+    if version is Version.V3:
+        assert text.startswith("^") == (w > rw or h > rh)
+    assert resolve_size(parse_size(text, version), region, version, LIMITS) == (w, h)
+
+
+def test_canonical_image_path_forms() -> None:
+    def path(region: Box, size: tuple[int, int], version: Version = Version.V3, **kw: Any) -> str:
+        args: dict[str, Any] = {"mirror": False, "degrees": 0, "quality": "default", "fmt": "jpg"}
+        args.update(kw)
+        return canonical_image_path(version, region, size, (600, 400), LIMITS, **args)
+
+    whole, half = Box(0, 0, 600, 400), (300, 200)
+    assert path(whole, (600, 400)) == "full/max/0/default.jpg"
+    assert path(whole, half, mirror=True, degrees=270) == "full/300,200/!270/default.jpg"
+    assert path(Box(10, 0, 590, 400), (590, 400), quality="gray", fmt="png") == (
+        "10,0,590,400/max/0/gray.png"
+    )
+    assert path(whole, (600, 400), Version.V2) == "full/full/0/default.jpg"
+    assert path(whole, half, Version.V2) == "full/300,/0/default.jpg"
+    assert path(whole, (300, 300), Version.V2) == "full/300,300/0/default.jpg"
