@@ -251,11 +251,16 @@ _BLOCK = 65536  # pixels per pass of the float/32-bit path (best of 4K..1M measu
 def _bin_codes(raw: AnyArray, s: float, e: float, step: float) -> npt.NDArray[np.intp]:
     """Per-pixel bin code: `(int)((x − s)/step)` inside the window, or a special code."""
     x = raw.astype(np.float64, order="C")  # C order: the patching below goes through ravel()
-    codes = x - s
+    # An infinite window start (a reversed or overflowing float window) gives inf − inf and
+    # inf/inf: NaN, as in Java, without a warning.
     with np.errstate(all="ignore"):
+        codes = x - s
         codes /= step
     np.trunc(codes, out=codes)
     np.clip(codes, 0, _BINS, out=codes)
+    if not (math.isfinite(s) and math.isfinite(step)):
+        # Such NaN codes can fall inside the window too; Java's `(int) NaN` is bin 0.
+        np.nan_to_num(codes, copy=False, nan=0.0)
     # Values outside (s, e] — and NaN — are rarely most of a tile; patch just those. Java's
     # `getMiddleRange` tests `< start`, then `> end`, then `== start`; NaN fails all three and
     # lands in bin `(int) NaN` = 0.

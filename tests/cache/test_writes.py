@@ -30,7 +30,11 @@ async def test_pending_writes_are_capped_and_counted(
 async def test_close_drains_pending_writes(
     make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
 ) -> None:
-    cache = await make_cache(memory_max_bytes=0, redis_url=redis_url, max_pending_writes=64)
+    # What is tested is the drain, not Redis timeouts: a generous command timeout, so a busy
+    # CI machine cannot open the breaker mid-drain (it once did at FAST's 0.2 s: 32 of 50).
+    cache = await make_cache(
+        memory_max_bytes=0, redis_url=redis_url, max_pending_writes=64, redis_timeout_s=5.0
+    )
     keys = [response_key(2, 0, str(i)) for i in range(50)]
     for key in keys:
         cache.put(key, ENTRY)
@@ -43,7 +47,7 @@ async def test_close_drains_pending_writes(
 async def test_a_cancelled_request_still_caches_its_render(
     make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
 ) -> None:
-    cache = await make_cache(memory_max_bytes=0, dir=True, redis_url=redis_url)
+    cache = await make_cache(memory_max_bytes=0, dir=True, redis_url=redis_url, redis_timeout_s=5.0)
     key = response_key(3, 0, "t")
     rendered = asyncio.Event()
 

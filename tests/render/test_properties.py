@@ -78,3 +78,16 @@ def test_integer_quantize_is_monotonic_linear(
     raw = np.arange(int(low), int(high) + 1, max(1, int(high - low) // 997)).astype(dtype)
     out = quantize(raw, ChannelRender(True, float(start), float(start + span)), dtype).astype(int)
     assert (np.diff(out) >= 0).all()
+
+
+def test_infinite_window_start_found_by_hypothesis() -> None:
+    """Hypothesis' find (CI, 2026-12-02): the window inf..inf (kept reversed after clamping,
+    start inf) made `x − s` warn (inf − inf), an error under warnings-as-errors. Now: no
+    warning, and NaN codes take bin 0 as Java's `(int) NaN` does."""
+    raw = np.array([[np.inf, -np.inf, np.nan, 0.0, 1e30]], dtype=np.float32)
+    windows = [(np.inf, np.inf), (1e300, np.inf), (np.inf, 2.0**31 - 1), (-np.inf, np.inf)]
+    for start, end in windows:
+        ch = ChannelRender(active=True, start=start, end=end, color=(255, 255, 255, 255))
+        out = quantize(raw, ch, "float32")
+        assert out.dtype == np.uint8 and out.shape == raw.shape
+        assert np.array_equal(out, quantize(raw.copy(), ch, "float32"))
