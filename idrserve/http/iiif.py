@@ -60,6 +60,13 @@ CONTEXT = {
     Version.V2: "http://iiif.io/api/image/2/context.json",
 }
 PROTOCOL = "http://iiif.io/api/image"
+# The compliance profile, named in info.json (2.1) and in the profile Link of every response.
+PROFILE = {
+    Version.V3: "http://iiif.io/api/image/3/level2.json",
+    Version.V2: "http://iiif.io/api/image/2/level2.json",
+}
+# Responses that send Link let cross-origin viewers read it.
+EXPOSE_WITH_LINK = "ETag, X-Request-ID, Link"
 # Beyond level 2: mirroring, `^` upscaling. (Level 2 itself covers the rest we do.)
 EXTRA_FEATURES = ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "sizeUpscaling"]
 V2_SUPPORTS = [
@@ -151,7 +158,7 @@ def info_document(
         "tiles": [tile],
         "sizes": sizes,
         "profile": [
-            "http://iiif.io/api/image/2/level2.json",
+            PROFILE[Version.V2],
             {
                 "formats": list(FORMATS),
                 "qualities": ["default", "color", "gray", "bitonal"],
@@ -205,8 +212,8 @@ async def _info(request: web.Request, version: Version, raw_id: str) -> web.Resp
         headers={
             "Content-Type": content_type,
             "Cache-Control": cache_control,
-            "Link": f'<{CONTEXT[version].replace("context.json", "level2.json")}>;rel="profile"',
-            "Access-Control-Expose-Headers": "ETag, X-Request-ID, Link",
+            "Link": f'<{PROFILE[version]}>;rel="profile"',
+            "Access-Control-Expose-Headers": EXPOSE_WITH_LINK,
         },
     )
 
@@ -304,11 +311,10 @@ def link_headers(version: Version, canonical: str) -> dict[str, str]:
     against the request URI): `../../../` climbs from the rotation segment to the identifier,
     so it is right under any host, proxy prefix or public base, and the fast path can replay
     it for every URL it remembers. `^` is not a URI character, hence %5E."""
-    profile = CONTEXT[version].replace("context.json", "level2.json")
     target = "../../../" + canonical.replace("^", "%5E")
     return {
-        "Link": f'<{profile}>;rel="profile", <{target}>;rel="canonical"',
-        "Access-Control-Expose-Headers": "ETag, X-Request-ID, Link",
+        "Link": f'<{PROFILE[version]}>;rel="profile", <{target}>;rel="canonical"',
+        "Access-Control-Expose-Headers": EXPOSE_WITH_LINK,
     }
 
 

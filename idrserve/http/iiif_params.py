@@ -288,24 +288,25 @@ def resolve_size(spec: SizeSpec, region: Box, version: Version, limits: Limits) 
 
 
 def canonical_size(size: tuple[int, int], region: Box, version: Version, limits: Limits) -> str:
-    """The size segment of the canonical URI for an output of `size` from `region`.
+    """The size segment of the canonical URI for an output of `size` from `region`: the
+    first of the spec's named forms that resolves to that size, else `w,h`.
 
-    3.0: `max` (or `^max`) when that is what `max` gives, else `w,h`, with `^` when it
-    upscales. 2.1: `full` for the region's own size, `w,` when the aspect ratio is the
-    region's (as `w,` would resolve it), else `w,h`.
+    3.0: `max`, `^max`, else `w,h` (`^w,h` when it upscales). 2.1: `full`, `w,` (the
+    region's aspect ratio), else `w,h`.
     """
     w, h = size
-    if version is Version.V2:
-        if (w, h) == (region.w, region.h):
-            return "full"
-        return f"{w}," if h == max(1, round(w * region.h / region.w)) else f"{w},{h}"
-    upscaled = w > region.w or h > region.h
-    for spec, name in ((SizeSpec("max"), "max"), (SizeSpec("max", upscale=True), "^max")):
+    named = (
+        [("full", SizeSpec("full")), (f"{w},", SizeSpec("w", values=(w,)))]
+        if version is Version.V2
+        else [("max", SizeSpec("max")), ("^max", SizeSpec("max", upscale=True))]
+    )
+    for text, spec in named:
         try:
-            if size == resolve_size(spec, region, version, limits):
-                return name
+            if resolve_size(spec, region, version, limits) == size:
+                return text
         except BadRequest:
             pass
+    upscaled = version is Version.V3 and (w > region.w or h > region.h)
     return f"{'^' if upscaled else ''}{w},{h}"
 
 
