@@ -14,6 +14,8 @@ connection that has waited `keepalive_timeout` for its next request (an hour by 
 connection, a descriptor and a parser buffer for that long. Now a request line and headers
 must be complete within `limits.header_timeout_s` of their first byte, else the client gets a
 JSON 408 and the connection is closed (nginx's `client_header_timeout` does the same in front).
+This reads two pieces of aiohttp's RequestHandler state, `_messages` and `_request_in_progress`
+(hence aiohttp >= 3.10.11 in pyproject.toml); tests/http/test_server.py fails if they change.
 """
 
 from __future__ import annotations
