@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,9 +15,11 @@ from idrserve import __version__
 from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
-from idrserve.http import api, deepzoom, iiif, ops, viewer, webgateway, zarrstore
+from idrserve.http import api, deepzoom, iiif, ops, urls, viewer, webgateway, zarrstore
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
+from idrserve.http.params import parse_page
+from idrserve.http.viewer import page_links
 from idrserve.http.webgateway import DEPS, SETTINGS
 from idrserve.render import kernels
 from idrserve.render.lut import LutTable
@@ -38,27 +42,50 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    """A JSON directory of the served images with a few URLs to try; browsers get the index page."""
-    ids = await request.app[CATALOG].ids()
+    """One page of the served images (`?offset=&limit=`) as JSON; browsers get the index page.
+
+    O(limit) whatever the catalog's size: the page is a slice of the sorted index.
+    """
+    offset, limit = parse_page(request.query)
+    page = await request.app[CATALOG].page(offset, limit)
     if viewer.prefers_html(request):
-        return await viewer.index_page(request, ids)
-    base = f"{request.scheme}://{request.host}"
+        return await viewer.index_page(request, page)
+    base = urls.public_base(request)
     images = [
         {
             "id": i,
             "imgData": f"{base}/webgateway/imgData/{i}/",
             "thumbnail": f"{base}/webgateway/render_thumbnail/{i}/",
         }
-        for i in ids[:1000]
+        for i in page.ids
     ]
-    doc = {"service": "idrserve", "version": __version__, "viewer": f"{base}/viewer/"}
-    return web.json_response(doc | {"images": images}, headers={"Vary": "Accept"})
+    doc = {
+        "service": "idrserve",
+        "version": __version__,
+        "viewer": f"{base}/viewer/",
+        "total": page.total,
+        "offset": page.offset,
+        "limit": page.limit,
+        "images": images,
+        "links": {
+            rel: f"{base}/?offset={start}&limit={page.limit}"
+            for rel, start in page_links(page).items()
+        },
+    }
+    return web.json_response(doc, headers={"Vary": "Accept"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of this process's counters (cache tiers, per process)."""
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def reload_catalog_on_sighup(app: web.Application) -> None:
+    """On startup of a served app (not in tests): SIGHUP re-reads the catalog file."""
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: app[CATALOG].request_reload()
+    )
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -103,7 +130,10 @@ def create_app(settings: Settings) -> web.Application:
         # Load the compiled render loops (≈ 0.5 s from numba's cache, longer the first time
         # ever) in the pool, while the server already answers: the first renders queue behind.
         cpu_pool.submit(kernels.warm)
-        catalog = Catalog(settings.source)
+        # Loaded in the background: /readyz says "loading", image requests get a 503 with
+        # Retry-After until it is ready; nothing is read per request.
+        catalog = Catalog(settings.source, wait_for_load=False)
+        catalog.start()
         source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
         for collector in getattr(source, "collectors", list)():
             app[REGISTRY].register(collector)  # idrserve_omero_* when OMERO is configured
@@ -127,6 +157,7 @@ def create_app(settings: Settings) -> web.Application:
             app[READY]["ready"] = False
             await cache.aclose()  # drains pending cache writes
             await source.aclose()
+            await catalog.aclose()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifecycle)
@@ -136,7 +167,7 @@ def create_app(settings: Settings) -> web.Application:
     webgateway.add_routes(app)
     iiif.add_routes(app)
     deepzoom.add_routes(app)
-    viewer.add_routes(app, lambda request: request.app[CATALOG].ids())
+    viewer.add_routes(app, lambda request, offset, limit: request.app[CATALOG].page(offset, limit))
     zarrstore.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)

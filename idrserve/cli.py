@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     warm.add_argument("--concurrency", type=int, default=8)
 
+    catalog = sub.add_parser("catalog", help="build or inspect a catalog index")
+    catalog_sub = catalog.add_subparsers(dest="action", required=True)
+    index = catalog_sub.add_parser(
+        "index", help="build an index from CSV/JSON catalogs and directories (for --catalog)"
+    )
+    index.add_argument("sources", type=Path, nargs="+", metavar="SOURCE")
+    index.add_argument("-o", "--output", type=Path, required=True, help="the index file")
+    index.add_argument("--scan-depth", type=int, default=6, help="depth of directory scans")
+    index.add_argument("--progress-file", type=Path, help=argparse.SUPPRESS)
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    info = catalog_sub.add_parser("info", help="check an index file and print what it holds")
+    info.add_argument("index", type=Path)
+
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path)
@@ -149,13 +162,14 @@ def _tune_malloc() -> None:
 
 
 def _run_one(settings: Settings, reuse_port: bool) -> None:
-    from idrserve.app import create_app
+    from idrserve.app import create_app, reload_catalog_on_sighup
     from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
     from idrserve.http.server import serve
 
     _tune_malloc()
     _install_uvloop()
     app = create_app(settings)
+    app.on_startup.append(reload_catalog_on_sighup)
     serve(
         app,
         host=settings.server.host,
@@ -193,6 +207,7 @@ def run(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # workers re-read the catalog
     for p in procs:
         p.join()
 
@@ -269,6 +284,11 @@ async def _cache_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "catalog":
+        from idrserve.catalog.cli import catalog_command
+
+        logging.basicConfig(level="WARNING", format="%(message)s")
+        return catalog_command(args)
     if args.command == "config":
         from idrserve.cache.tiered import redact_url
 
@@ -326,9 +346,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    print(
-        f"idrserve {__version__} serving on http://{settings.server.host}:{settings.server.port}/",
-        flush=True,
-    )
+    from idrserve.catalog.startup import describe_sources
+
+    lines, status = describe_sources(settings)
+    if status:
+        for line in lines:
+            print(line, file=sys.stderr)
+        return status
+    host = settings.server.host
+    base = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1', '::') else host}"
+    base += f":{settings.server.port}"
+    print(f"idrserve {__version__} serving on {base}/", flush=True)
+    for line in lines:
+        print(line.replace("{base}", base), flush=True)
     run(settings)
     return 0

@@ -55,6 +55,13 @@ class SourceUnavailable(IdrServeError):
     retry_after_s = 5
 
 
+class CatalogLoading(SourceUnavailable):
+    """The catalog is still being read at start-up: no image can be located yet."""
+
+    code = "catalog_loading"
+    retry_after_s = 5
+
+
 class SourceError(IdrServeError):
     """Stored data could not be read or decoded (corrupt chunk, bad metadata)."""
 

@@ -61,8 +61,15 @@ class ServerSettings(_Group):
 class SourceSettings(_Group):
     # Directory or URL (file://, https://, s3://) scanned for `<image id>.zarr` at any depth.
     zarr_root: str | None = None
-    # CSV or JSON file mapping image id -> local path or URL of an OME-Zarr image.
+    # Image id -> location: a built index (`idrserve catalog index`) or a CSV/JSON file
+    # (indexed at start-up; see idrserve/catalog/). Loaded once, never per request.
     catalog: Path | None = None
+    # Where indexes built from CSV/JSON catalogs are kept (reused while the file is unchanged);
+    # unset: $XDG_CACHE_HOME/idrserve/catalog (~/.cache/idrserve/catalog).
+    catalog_index_dir: Path | None = None
+    # How often the catalog file is checked for changes (then re-read and swapped in the
+    # background; SIGHUP does it at once). 0: never.
+    catalog_check_interval_s: float = Field(30.0, ge=0)
     # How long a scan of a local zarr_root is trusted before an unknown id triggers a rescan.
     rescan_interval_s: float = 60.0
     # Maximum directory depth searched below zarr_root.

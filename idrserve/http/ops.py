@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from idrserve import __version__
 from idrserve.admission import Admission
+from idrserve.catalog import Catalog
 from idrserve.http.middleware import REQUEST_ID, error_response, request_id
 from idrserve.settings import Settings, SourceSettings
 
@@ -376,6 +377,14 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response(body, status=503)
     deps = app[DEPS]
     settings = app[SETTINGS]
+    catalog = _catalog(app)
+    if catalog is not None and catalog.state == "loading":
+        # Alive (/healthz is 200) but unable to locate any image yet.
+        body["status"] = "loading"
+        body["catalog"] = catalog.summary()
+        response = web.json_response(body, status=503)
+        response.headers["Retry-After"] = "5"
+        return response
     checks: dict[str, Awaitable[dict[str, Any]]] = {
         "data_roots": _in_thread(lambda: data_root_health(settings.source)),
     }
@@ -396,9 +405,14 @@ async def readyz(request: web.Request) -> web.Response:
             "bytes": cache.memory.stats.bytes,
             "max_bytes": cache.memory.max_bytes,
         }
+    if catalog is not None and settings.source.catalog is not None:
+        summary = catalog.summary()
+        summary["status"] = "down" if catalog.state == "failed" else "ok"
+        deps_state["catalog"] = summary
     body["dependencies"] = deps_state
     body["admission"] = app[ADMISSION].snapshot()
-    sources = [deps_state[n]["status"] for n in ("data_roots", "source") if n in deps_state]
+    serving_checks = ("data_roots", "source", "catalog")
+    sources = [deps_state[n]["status"] for n in serving_checks if n in deps_state]
     serving = [s for s in sources if s != "unconfigured"]
     if serving and all(s == "down" for s in serving):
         body["status"] = "down"
@@ -406,6 +420,12 @@ async def readyz(request: web.Request) -> web.Response:
     worst = {r.get("status") for r in deps_state.values()} - {"ok", "unconfigured"}
     body["status"] = "degraded" if worst else "ok"
     return web.json_response(body)
+
+
+def _catalog(app: web.Application) -> Catalog | None:
+    from idrserve.app import CATALOG
+
+    return app.get(CATALOG)
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -515,3 +515,24 @@ def parse_path_int(value: str, name: str) -> int:
     if _DIGITS.fullmatch(value) is None or len(value.lstrip("0")) > 19 or int(value) > MAX_ID:
         raise NotFound(f"{name}: expected a non-negative integer, got {_echo(value)!r}", param=name)
     return int(value)
+
+
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 1000
+
+
+def parse_page(query: Mapping[str, str]) -> tuple[int, int]:
+    """`offset` and `limit` of a listing (defaults 0 and 100; limit at most 1000)."""
+    out: list[int] = []
+    for key, default, high in (("offset", 0, MAX_ID), ("limit", DEFAULT_PAGE_LIMIT, None)):
+        text = query.get(key)
+        value = default if text in (None, "") else _to_int(text)
+        top = high if high is not None else MAX_PAGE_LIMIT
+        if value is None or not (0 if key == "offset" else 1) <= value <= top:
+            low = 0 if key == "offset" else 1
+            raise BadRequest(
+                f"{key}: expected an integer from {low} to {top}, got {_echo(text or '')!r}",
+                param=key,
+            )
+        out.append(value)
+    return out[0], out[1]

@@ -18,20 +18,22 @@ import hashlib
 import html
 import mimetypes
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from idrserve import __version__, vendor
+from idrserve.catalog import CatalogPage
 from idrserve.errors import IdrServeError, NotFound
+from idrserve.http.params import parse_page
 from idrserve.http.webgateway import DEPS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_ROOT = web.AppKey("static_root", Path)
 _HASHES = web.AppKey("static_hashes", dict)
-IdsGetter = Callable[[web.Request], Awaitable[Sequence[int]]]
+PageGetter = Callable[[web.Request, int, int], Awaitable[CatalogPage]]
 
 LONG_CACHE = "public, max-age=31536000, immutable"
 PAGE_CACHE = "no-cache"
@@ -43,15 +45,14 @@ CSP = (
 OSD_IMAGES = "vendor/openseadragon/build/openseadragon/images/"
 # Under /viewer/, which deploy/nginx routes to idrserve (OMERO.web owns /static/).
 STATIC_PREFIX = "/viewer/static/"
-MAX_INDEX_IMAGES = 1000
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
-    """Where the index page gets the served image ids (the catalog lives in app.py)."""
+    """Where the index page gets a page of the served image ids (the catalog lives in app.py)."""
 
-    ids: IdsGetter
+    page: PageGetter
 
 
 _LISTING = web.AppKey("viewer_listing", _Listing)
@@ -149,34 +150,49 @@ def _common(app: web.Application) -> dict[str, str]:
     }
 
 
-def index_html(app: web.Application, ids: Sequence[int]) -> str:
-    """The image index: one card per image with its thumbnail, linking to its viewer."""
+def page_links(page: CatalogPage) -> dict[str, int]:
+    """The offsets of the first, previous and next pages (those that exist)."""
+    links = {"first": 0}
+    if page.offset > 0:
+        links["prev"] = max(0, page.offset - page.limit)
+    if page.offset + page.limit < page.total:
+        links["next"] = page.offset + page.limit
+    return links
+
+
+def index_html(app: web.Application, page: CatalogPage, path: str = "/viewer/") -> str:
+    """One page of the image index: a card per image with its thumbnail, linking to its
+    viewer, and links to the neighbouring pages."""
     cards = "\n".join(
         f'    <li><a href="/viewer/{i}"><img src="/webgateway/render_thumbnail/{i}/" '
         f'alt="image {i}" loading="lazy" width="96" height="96"><span>{i}</span></a></li>'
-        for i in ids[:MAX_INDEX_IMAGES]
+        for i in page.ids
     )
-    values = _common(app) | {"count": str(len(ids))}
-    page = _render(app, "index.html", values)
-    more = (
-        f"\n    <li class='more'>… and {len(ids) - MAX_INDEX_IMAGES} more</li>"
-        if len(ids) > MAX_INDEX_IMAGES
-        else ""
-    )
-    return page.replace("<!--images-->", cards + more, 1)
+    first = page.offset + 1 if page.ids else page.offset
+    shown = f"{first}–{page.offset + len(page.ids)} of {page.total}"
+    values = _common(app) | {"count": str(page.total), "shown": shown}
+    text = _render(app, "index.html", values)
+    nav = []
+    for rel, label in (("prev", "← previous"), ("next", "next →")):
+        offset = page_links(page).get(rel)
+        if offset is not None:
+            href = html.escape(f"{path}?offset={offset}&limit={page.limit}", quote=True)
+            nav.append(f'<a rel="{rel}" href="{href}">{label}</a>')
+    return text.replace("<!--images-->", cards, 1).replace("<!--pager-->", " ".join(nav), 1)
 
 
-async def index_page(request: web.Request, ids: Sequence[int]) -> web.Response:
-    """`/` for browsers and `/viewer/`: served images with thumbnails."""
-    response = _page(index_html(request.app, ids))
+async def index_page(request: web.Request, page: CatalogPage) -> web.Response:
+    """`/` for browsers and `/viewer/`: one page of the served images with thumbnails."""
+    response = _page(index_html(request.app, page, request.path))
     response.headers["Vary"] = "Accept"
     return response
 
 
 async def viewer_index(request: web.Request) -> web.Response:
     """`/viewer/`: the index page whatever the client accepts (`/` negotiates)."""
-    ids = await request.app[_LISTING].ids(request)
-    return await index_page(request, ids)
+    offset, limit = parse_page(request.query)
+    page = await request.app[_LISTING].page(request, offset, limit)
+    return await index_page(request, page)
 
 
 async def viewer_page(request: web.Request) -> web.Response:
@@ -229,11 +245,11 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     )
 
 
-def add_routes(app: web.Application, ids: IdsGetter, static_root: Path | None = None) -> None:
-    """Register the pages; `ids(request)` lists the served image ids for the index."""
+def add_routes(app: web.Application, page: PageGetter, static_root: Path | None = None) -> None:
+    """Register the pages; `page(request, offset, limit)` lists served ids for the index."""
     app[STATIC_ROOT] = static_root or STATIC_DIR
     app[_HASHES] = {}
-    app[_LISTING] = _Listing(ids)
+    app[_LISTING] = _Listing(page)
     router = app.router
     router.add_get("/viewer/", viewer_index, name="viewer_index")
     router.add_get(r"/viewer/{iid:\d{1,19}}", viewer_page, name="viewer")

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from idrserve.catalog import Catalog, Location, is_url
+from idrserve.catalog import Catalog, Location, Locator, is_url
 from idrserve.model import ImageMeta, Selection
-from idrserve.settings import Settings, SourceSettings
+from idrserve.settings import Settings
 from idrserve.sources.base import PixelSource
 from idrserve.sources.zarr import ZarrSource
 
@@ -36,18 +36,23 @@ if TYPE_CHECKING:
 _MAX_ROUTES = 100_000
 
 
-class NgffCatalog(Catalog):
-    """Locations OMERO recorded for NGFF-backed images (ExternalInfo), learnt while routing."""
+class NgffCatalog:
+    """Locations OMERO recorded for NGFF-backed images (ExternalInfo), learnt while routing.
 
-    def __init__(self, settings: SourceSettings) -> None:
-        super().__init__(settings.model_copy(update={"zarr_root": None, "catalog": None}))
-        self.known: dict[int, Location] = {}
+    Bounded like the routes: an image forgotten here is asked of OMERO again.
+    """
+
+    def __init__(self) -> None:
+        self.known: OrderedDict[int, Location] = OrderedDict()
+
+    def learn(self, image_id: int, location: Location) -> None:
+        self.known[image_id] = location
+        self.known.move_to_end(image_id)
+        while len(self.known) > _MAX_ROUTES:
+            self.known.popitem(last=False)
 
     async def locate(self, image_id: int) -> Location | None:
         return self.known.get(image_id)
-
-    async def ids(self) -> list[int]:
-        return sorted(self.known)
 
 
 class RoutingSource:
@@ -57,7 +62,7 @@ class RoutingSource:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: Locator,
         zarr: PixelSource,
         omero: PixelSource | None,
         *,
@@ -111,7 +116,7 @@ class RoutingSource:
         if not found:
             return omero
         source, catalog = self._ngff
-        catalog.known[image_id] = _location(found)
+        catalog.learn(image_id, _location(found))
         return source
 
     async def meta(self, image_id: int) -> ImageMeta:
@@ -162,6 +167,6 @@ def build_source(settings: Settings, catalog: Catalog) -> PixelSource:
     omero = OmeroSource(settings.omero)
     ngff = None
     if settings.omero.ngff_direct:
-        ngff_catalog = NgffCatalog(settings.source)
+        ngff_catalog = NgffCatalog()
         ngff = (ZarrSource(settings.source, ngff_catalog), ngff_catalog)
     return RoutingSource(catalog, zarr, omero, trust_s=settings.source.rescan_interval_s, ngff=ngff)

@@ -60,7 +60,7 @@ from zarr.experimental.cache_store import CacheStore
 from zarr.storage import LocalStore, ObjectStore, StorePath
 
 from idrserve import errors
-from idrserve.catalog import Catalog, Location, open_object_store
+from idrserve.catalog import Location, Locator, open_object_store
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
 from idrserve.sources import ngff
@@ -113,7 +113,7 @@ class ZarrSource:
     name: ClassVar[str] = "zarr"
 
     def __init__(
-        self, settings: SourceSettings, catalog: Catalog, *, executor: Executor | None = None
+        self, settings: SourceSettings, catalog: Locator, *, executor: Executor | None = None
     ) -> None:
         self._settings = settings
         self._catalog = catalog
