@@ -15,6 +15,7 @@ from idrserve import __version__
 from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
+from idrserve.catalog.metrics import CatalogCollector
 from idrserve.http import api, deepzoom, iiif, ops, urls, viewer, webgateway, zarrstore
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
@@ -134,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
         # Retry-After until it is ready; nothing is read per request.
         catalog = Catalog(settings.source, wait_for_load=False)
         catalog.start()
+        app[REGISTRY].register(CatalogCollector(catalog))
         source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
         for collector in getattr(source, "collectors", list)():
             app[REGISTRY].register(collector)  # idrserve_omero_* when OMERO is configured

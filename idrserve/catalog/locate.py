@@ -48,6 +48,7 @@ from idrserve.catalog.index import (
     is_index_file,
     open_index,
 )
+from idrserve.catalog.metrics import CatalogStats
 from idrserve.catalog.stores import (
     ObjectStoreLike,
     exists_any,
@@ -217,6 +218,7 @@ class Catalog:
         self._roots: list[_Root] = list(self._base_roots)
         self._extras = np.zeros(0, dtype=np.int64)
         self._extras_key: tuple[Any, ...] = ()
+        self.stats = CatalogStats()
 
     def _make_root(self, root: Location) -> _Root:
         if isinstance(root, Path):
@@ -409,12 +411,14 @@ class Catalog:
             if not force and (st.st_size, st.st_mtime_ns, st.st_ino) == self._loaded_fingerprint:
                 continue
             log.info("catalog %s changed: re-reading it", self._file)
+            self.stats.reloads += 1
             try:
                 await self._load()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # The previous catalog keeps serving.
+                self.stats.reload_failures += 1
                 self.error = _public_reason(exc)
                 log.error("catalog %s: re-reading failed, keeping the old one: %s", self._file, exc)
 
@@ -435,14 +439,18 @@ class Catalog:
         """The location of `image_id`, or None if it is not known (after a rescan if due)."""
         if not self._check_ready():
             await self.wait_loaded()
+        started = time.perf_counter()
         index, roots = self._index, self._roots
         found = index.locate(image_id)
         if found is not None:
+            self.stats.record("index", time.perf_counter() - started)
             return found
         for root in roots:
             found = await root.locate(image_id)
             if found is not None:
+                self.stats.record("root", time.perf_counter() - started)
                 return found
+        self.stats.record("unknown", time.perf_counter() - started)
         return None
 
     async def page(self, offset: int = 0, limit: int = 100) -> CatalogPage:

@@ -8,7 +8,6 @@ integers; Prometheus reads them when `/metrics` is scraped.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -20,30 +19,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from idrserve.histogram import Histogram
+
 # Upper bounds (s) of the call-duration buckets: a cached getTile takes milliseconds, a cold
 # one on a busy OMERO tenths of a second, and omero.call_timeout_s (10 s) ends the scale.
 CALL_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CALLS = ("meta", "tile")
 RESULTS = ("ok", "not_found", "unavailable", "error")
-
-
-@dataclass(slots=True)
-class Histogram:
-    """Bucket counts (not cumulative; the last bucket is +Inf) and the sum of observations."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(CALL_BUCKETS) + 1))
-    total_s: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(CALL_BUCKETS, seconds)] += 1
-        self.total_s += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out, running = [], 0
-        for bound, count in zip((*CALL_BUCKETS, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return out
 
 
 @dataclass(slots=True)
@@ -53,7 +35,9 @@ class OmeroStats:
     calls: dict[tuple[str, str], int] = field(
         default_factory=lambda: {(c, r): 0 for c in CALLS for r in RESULTS}
     )
-    durations: dict[str, Histogram] = field(default_factory=lambda: {c: Histogram() for c in CALLS})
+    durations: dict[str, Histogram] = field(
+        default_factory=lambda: {c: Histogram(CALL_BUCKETS) for c in CALLS}
+    )
     waiting: int = 0  # calls queued for a slot under max_concurrent_calls
     in_flight: int = 0  # calls the worker is answering
     tile_hits: int = 0  # raw tiles answered from the source's own tile cache

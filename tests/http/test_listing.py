@@ -161,6 +161,12 @@ async def test_loading_catalog_over_http(
     assert doc["dependencies"]["catalog"]["state"] == "ready"
     listing = await (await client.get("/?offset=149990")).json()
     assert listing["total"] == 150_000 and len(listing["images"]) == 10
+    await client.get("/webgateway/imgData/5/")  # unknown
+    metrics = await (await client.get("/metrics")).text()
+    assert "idrserve_catalog_images 150000.0" in metrics
+    assert 'idrserve_catalog_state{state="ready"} 1.0' in metrics
+    assert 'idrserve_catalog_lookups_total{result="unknown"} 1.0' in metrics
+    assert "idrserve_catalog_lookup_duration_seconds_bucket" in metrics
 
 
 @pytest.fixture(scope="module")
