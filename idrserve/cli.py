@@ -168,6 +168,8 @@ def _run_one(settings: Settings, reuse_port: bool) -> None:
 
     _tune_malloc()
     _install_uvloop()
+    # Worker processes are spawned: they inherit no logging configuration from the parent.
+    logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(reload_catalog_on_sighup)
     serve(
