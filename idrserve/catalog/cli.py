@@ -62,10 +62,22 @@ def _index(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = report.summary()
     summary["output"] = str(args.output)
     summary["bytes"] = args.output.stat().st_size
-    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    summary["peak_rss_mb"] = peak_rss_mb()
     if not args.quiet:
         print(json.dumps(summary))
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started (VmHWM; `ru_maxrss` would include the RSS of
+    the process it was forked from, which Linux carries across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _info(args: argparse.Namespace) -> int:
