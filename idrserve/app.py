@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -33,6 +34,8 @@ log = logging.getLogger("idrserve")
 READY = web.AppKey("ready", dict)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CATALOG = web.AppKey("catalog", Catalog)
+# Longest wait at start-up for a catalog read in-process (see `lifecycle`).
+INLINE_WAIT_S = 10.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -135,6 +138,11 @@ def create_app(settings: Settings) -> web.Application:
         # Retry-After until it is ready; nothing is read per request.
         catalog = Catalog(settings.source, wait_for_load=False)
         catalog.start()
+        if catalog.loads_inline():
+            # An index file opens in about a second even at IDR's scale, a small CSV sooner:
+            # worth waiting for before listening, so the first requests find it loaded.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(catalog.wait_loaded()), INLINE_WAIT_S)
         app[REGISTRY].register(CatalogCollector(catalog))
         source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
         for collector in getattr(source, "collectors", list)():

@@ -2,9 +2,24 @@
 
 Each error carries a machine-readable `code` and a human `detail` that names the parameter
 and what was expected, so that every 4xx/5xx body can say how to fix the request.
+
+`detail` is public: it is sent to whoever asked, so it never holds a filesystem path, a store
+URL or exception text. What an operator needs to find the fault (the path, the exception)
+goes in `internal`, which the error middleware writes to the server log with the request id
+and never sends.
 """
 
 from __future__ import annotations
+
+import re
+
+# user:password@ in a URL (catalog entries and store URLs may carry credentials).
+_URL_PASSWORD = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@` URL replaced by `***`."""
+    return _URL_PASSWORD.sub(r"\g<keep>***@", text)
 
 
 class IdrServeError(Exception):
@@ -13,10 +28,18 @@ class IdrServeError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, detail: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, detail: str, *, param: str | None = None, internal: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.param = param
+        # Log-only, never part of a response; no URL password reaches the log either.
+        self.internal = None if internal is None else redact_credentials(internal)
+
+    def __str__(self) -> str:
+        # Tracebacks and `log.exception` show what an operator needs; `body()` stays public.
+        return self.detail if self.internal is None else f"{self.detail} [{self.internal}]"
 
     def body(self) -> dict[str, object]:
         out: dict[str, object] = {"error": self.code, "detail": self.detail}

@@ -50,6 +50,10 @@ class ServerSettings(_Group):
     # https://tiles.example.org/idr), for the IIIF `id`; when unset it is taken from
     # X-Forwarded-Proto/-Host/-Prefix or the request itself (http/urls.py).
     public_base_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    # /readyz shows data-root, catalog and cache paths, store URLs, the OMERO host and the
+    # exception behind a failed check only when this is true: anyone who can reach the port
+    # can read /readyz. Off, it shows statuses and generic details (the log has the rest).
+    expose_internals: bool = False
 
     def inline_pixels(self) -> int:
         """`inline_render_pixels`, or its default for this many CPU threads."""

@@ -39,7 +39,13 @@ from idrserve.ngffdocs import dumps, group_docs, level0_shape, level_scale, v3_a
 from idrserve.service import Deps, in_pool, render_slot
 from idrserve.sources import ngff
 from idrserve.sources.base import resolve_source
-from idrserve.sources.zarr import ZarrSource, arrays_store, local_file, stored_bytes
+from idrserve.sources.zarr import (
+    ZarrSource,
+    arrays_store,
+    local_file,
+    read_failure,
+    stored_bytes,
+)
 
 # Bump when generated documents or chunk encoding change, so cached chunks are never reused.
 VIEW_SCHEMA = 1
@@ -139,7 +145,7 @@ async def read_chunk(view: ZarrView, ref: ChunkRef, deps: Deps) -> Blob | None:
         path = local_file(view.store, stored)
         if path is not None:
             return await _local_chunk(view, path, stored, deps)
-        body = await stored_bytes(view.store, stored)
+        body = await stored_bytes(view.store, stored, view.meta.image_id)
         if body is None:
             return None
         return Blob(body, CHUNK_TYPE, digest_tag(body))
@@ -166,7 +172,11 @@ async def _local_chunk(view: ZarrView, path: Path, stored: str, deps: Deps) -> B
         entry = memory.get(key)
         if entry is not None:
             return Blob(entry.body, CHUNK_TYPE, tag, "memory")
-    body = await asyncio.get_running_loop().run_in_executor(deps.cpu_pool, _read_file, path)
+    try:
+        body = await asyncio.get_running_loop().run_in_executor(deps.cpu_pool, _read_file, path)
+    except OSError as exc:  # permissions, I/O errors: the client learns the kind only
+        fault = "a stored chunk could not be read"
+        raise read_failure(exc, meta.image_id, fault, f"reading {path}") from exc
     if body is None:
         return None
     if memory is not None:
@@ -268,7 +278,9 @@ async def _passthrough_view(
     if located is None:
         return None
     store, paths = located
-    raws = await asyncio.gather(*(stored_bytes(store, f"{p}/.zarray") for p in paths))
+    raws = await asyncio.gather(
+        *(stored_bytes(store, f"{p}/.zarray", meta.image_id) for p in paths)
+    )
     levels = []
     dtype: np.dtype[Any] | None = None
     for i, (path, raw) in enumerate(zip(paths, raws, strict=True)):

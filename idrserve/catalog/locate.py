@@ -254,6 +254,16 @@ class Catalog:
             self._force = True
             self._wake.set()
 
+    def loads_inline(self) -> bool:
+        """True when the catalog is read in this process (an index file, or a small CSV/JSON):
+        quick enough for a server to wait for it before it starts listening."""
+        if self._file is None:
+            return False
+        try:
+            return is_index_file(self._file) or self._file.stat().st_size <= INLINE_BUILD_BYTES
+        except OSError:
+            return True  # the load fails at once
+
     async def wait_loaded(self) -> None:
         self.start()
         if self._loaded is not None:
@@ -504,7 +514,7 @@ class Catalog:
             if self.error:
                 out["error"] = self.error
             if expose:
-                out["file"] = str(self._file)
+                out["path"] = str(self._file)
         return out
 
 

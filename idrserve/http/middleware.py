@@ -2,6 +2,11 @@
 
 Every response, errors included, carries CORS and `X-Request-ID`: they are set in
 `on_response_prepare`, which aiohttp runs for every response it sends.
+
+Every JSON error body is built by `error_body`, and says only what the client may know: the
+internal side of an error (`IdrServeError.internal`: a file path, a store URL, the exception)
+is logged here once, with the request id the client got, so a user's report can be matched
+to the log line.
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from idrserve.errors import IdrServeError, Overloaded, SourceUnavailable, UpstreamTimeout
+from idrserve.errors import (
+    CatalogLoading,
+    IdrServeError,
+    Overloaded,
+    SourceUnavailable,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("idrserve.http")
 
@@ -53,14 +64,45 @@ def request_id(request: web.Request) -> str:
     return rid
 
 
-def error_response(
-    request: web.Request, status: int, code: str, detail: str, param: str | None = None
-) -> web.Response:
+def error_body(code: str, detail: str, rid: str, param: str | None = None) -> dict[str, object]:
+    """The JSON body of every error response (middleware, handlers, http/server.py)."""
     body: dict[str, object] = {"error": code, "detail": detail}
     if param is not None:
         body["param"] = param
-    body["request_id"] = request_id(request)
+    body["request_id"] = rid
+    return body
+
+
+def error_response(
+    request: web.Request, status: int, code: str, detail: str, param: str | None = None
+) -> web.Response:
+    body = error_body(code, detail, request_id(request), param)
     return web.json_response(body, status=status)
+
+
+def log_error(request: web.Request, exc: IdrServeError) -> None:
+    """One log line for an error worth an operator's attention: every 5xx (WARNING), and
+    4xx answers that hide something (INFO: e.g. a catalogued image whose data is missing).
+    The line carries the request id and the internal detail the response left out."""
+    if exc.status < 500 and exc.internal is None:
+        return
+    # A loading catalog answers every image request 503 until it is ready: expected, already
+    # reported by /readyz and the start-up log, and not worth a warning per request.
+    expected = isinstance(exc, CatalogLoading)
+    level = logging.WARNING if exc.status >= 500 and not expected else logging.INFO
+    rid = request_id(request)
+    log.log(
+        level,
+        "request %s: %s %s -> %d %s: %s%s",
+        rid,
+        request.method,
+        request.raw_path,  # as sent: no decoded control characters in the log
+        exc.status,
+        exc.code,
+        exc.detail,
+        "" if exc.internal is None else f" [{exc.internal}]",
+        extra={"request_id": rid},
+    )
 
 
 def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Middleware:
@@ -82,8 +124,7 @@ def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Midd
             response = error_response(request, exc.status, exc.code, exc.detail, exc.param)
             if isinstance(exc, SourceUnavailable | Overloaded):
                 response.headers["Retry-After"] = str(exc.retry_after_s)
-            if exc.status >= 500:
-                log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.detail)
+            log_error(request, exc)
             return response
         except TimeoutError:
             exc2 = UpstreamTimeout(f"the request took longer than the {timeout_s:g} s deadline")
@@ -101,7 +142,14 @@ def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Midd
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("unhandled error for %s %s", request.method, request.path_qs)
+            rid = request_id(request)
+            log.exception(
+                "request %s: unhandled error for %s %s",
+                rid,
+                request.method,
+                request.raw_path,
+                extra={"request_id": rid},
+            )
             return error_response(
                 request, 500, "internal_error", "the server failed to answer this request"
             )

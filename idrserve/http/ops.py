@@ -13,6 +13,10 @@
 Sources may report their own health (OMERO sessions, remote stores) by providing an optional
 ``async def health(self) -> dict[str, object]`` returning at least ``{"status": "ok" |
 "degraded" | "down"}``; `/readyz` calls it with a short timeout.
+
+Anyone who can reach the port can read `/readyz`, so where things are (`path`, `url`, `host`)
+and why a check failed in the system's own words (`internal`) are left out unless
+`server.expose_internals` is set (`INTERNAL_KEYS`); statuses and generic details always show.
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ from prometheus_client.registry import Collector
 from idrserve import __version__
 from idrserve.admission import Admission
 from idrserve.catalog import Catalog
+from idrserve.errors import redact_credentials
 from idrserve.http.middleware import REQUEST_ID, error_response, request_id
 from idrserve.settings import Settings, SourceSettings
+
+log = logging.getLogger("idrserve.http")
 
 ACCESS_LOGGER = "idrserve.access"
 ADMISSION = web.AppKey("admission", Admission)
@@ -53,6 +60,9 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 WEBGATEWAY_PREFIX = "/webgateway/"
 # How long /readyz waits for any one dependency.
 CHECK_TIMEOUT_S = 1.0
+# Keys of /readyz entries (at any depth) shown only with `server.expose_internals`: locations
+# of data, catalog and caches, store URLs, hosts, and failures in the system's own words.
+INTERNAL_KEYS = frozenset({"path", "url", "host", "internal"})
 
 
 # --- admission ------------------------------------------------------------------------------
@@ -305,14 +315,21 @@ def data_root_health(source: SourceSettings) -> dict[str, Any]:
     if root:
         local = root.removeprefix("file://")
         if "://" in local:
-            roots.append({"status": "ok", "url": root, "detail": "remote, not probed"})
+            roots.append(
+                {
+                    "kind": "zarr_root",
+                    "status": "ok",
+                    "url": redact_credentials(root),
+                    "detail": "remote, not probed",
+                }
+            )
         else:
-            roots.append(_dir_state(Path(local), write=False))
+            roots.append({"kind": "zarr_root"} | _dir_state(Path(local), write=False))
     if source.catalog is not None:
         cat = source.catalog
         ok = cat.is_file() and os.access(cat, os.R_OK)
         roots.append(
-            {"status": "ok" if ok else "down", "catalog": str(cat)}
+            {"kind": "catalog", "status": "ok" if ok else "down", "path": str(cat)}
             | ({} if ok else {"detail": "missing or unreadable"})
         )
     if not roots:
@@ -329,7 +346,19 @@ async def _bounded(check: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     except TimeoutError:
         return {"status": "down", "detail": f"no answer within {CHECK_TIMEOUT_S:g} s"}
     except Exception as exc:
-        return {"status": "down", "detail": f"{type(exc).__name__}: {exc}"}
+        # A check that raises is a bug, not a state: logged, and reported without its text.
+        log.warning("readiness check failed: %r", exc)
+        internal = redact_credentials(f"{type(exc).__name__}: {exc}")[:300]
+        return {"status": "down", "detail": "the check failed", "internal": internal}
+
+
+def public_state(state: Any) -> Any:
+    """`state` without the `INTERNAL_KEYS`, at any depth (what /readyz shows by default)."""
+    if isinstance(state, dict):
+        return {k: public_state(v) for k, v in state.items() if k not in INTERNAL_KEYS}
+    if isinstance(state, list):
+        return [public_state(v) for v in state]
+    return state
 
 
 async def _in_thread(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -406,10 +435,12 @@ async def readyz(request: web.Request) -> web.Response:
             "max_bytes": cache.memory.max_bytes,
         }
     if catalog is not None and settings.source.catalog is not None:
-        summary = catalog.summary()
+        summary = catalog.summary(expose=True)  # `path` goes unless expose_internals
         summary["status"] = "down" if catalog.state == "failed" else "ok"
         deps_state["catalog"] = summary
-    body["dependencies"] = deps_state
+    body["dependencies"] = (
+        deps_state if settings.server.expose_internals else public_state(deps_state)
+    )
     body["admission"] = app[ADMISSION].snapshot()
     serving_checks = ("data_roots", "source", "catalog")
     sources = [deps_state[n]["status"] for n in serving_checks if n in deps_state]

@@ -322,9 +322,10 @@ def parse_tile(
 ) -> tuple[int, Box]:
     """`tile=level,col,row[,w,h]` → (level, unclipped Box in that level's pixels), §4.1.2.
 
-    3 or 4 fields use `default_tile` (a 4th field is ignored); from 5 fields on, w/h ≤ 0
-    mean `default_tile` and w/h > `max_tile_length` are clamped (fields after the 5th are
-    ignored, as on web). Level 0 is full resolution; the level must be < `level_count`.
+    3 or 4 fields use `default_tile` (a 4th field is ignored); from 5 fields on, w/h ≤ 0 are
+    a 400, as for `region=` (web quietly uses the default tile size), and w/h >
+    `max_tile_length` are clamped (fields after the 5th are ignored, as on web). Level 0 is
+    full resolution; the level must be < `level_count`.
     """
     fields = value.split(",", 5)
     if len(fields) < 3:
@@ -336,8 +337,9 @@ def parse_tile(
     level, col, row = nums[0], nums[1], nums[2]
     w, h = default_tile
     if len(nums) == 5:
-        w = default_tile[0] if nums[3] <= 0 else min(nums[3], max_tile_length)
-        h = default_tile[1] if nums[4] <= 0 else min(nums[4], max_tile_length)
+        if nums[3] <= 0 or nums[4] <= 0:
+            raise BadRequest(f"tile: w and h must be > 0, tile={_echo(value)}", param="tile")
+        w, h = min(nums[3], max_tile_length), min(nums[4], max_tile_length)
     if level < 0:
         raise BadRequest(f"tile: Invalid resolution level {level} < 0", param="tile")
     if level >= level_count:

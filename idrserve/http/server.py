@@ -35,6 +35,7 @@ from aiohttp.web_request import BaseRequest
 
 from idrserve.http.middleware import (
     HTTP_ERROR_CODES,
+    error_body,
     new_request_id,
     request_id,
     set_common_headers,
@@ -81,9 +82,7 @@ class JsonErrorRequestHandler(RequestHandler):
         rid, peer = new_request_id(), self.transport.get_extra_info("peername")
         detail = f"request line and headers not complete within {self.header_timeout_s:g} s"
         log.info("%s: 408 for %s: %s", rid, peer, detail)
-        body = json.dumps(
-            {"error": HTTP_ERROR_CODES[408], "detail": detail, "request_id": rid}
-        ).encode()
+        body = json.dumps(error_body(HTTP_ERROR_CODES[408], detail, rid)).encode()
         # Written by hand: there is no request object to build an aiohttp response for.
         head = (
             "HTTP/1.1 408 Request Timeout\r\n"
@@ -119,9 +118,7 @@ class JsonErrorRequestHandler(RequestHandler):
             detail = f"malformed HTTP request: {reason}"
         # The app's request factory builds a web.Request even for an unparsable request.
         rid = request_id(request) if isinstance(request, web.Request) else ""
-        resp = web.json_response(
-            {"error": code, "detail": detail, "request_id": rid}, status=plain.status
-        )
+        resp = web.json_response(error_body(code, detail, rid), status=plain.status)
         set_common_headers(resp, self.cors_origin, rid)
         resp.force_close()
         return resp

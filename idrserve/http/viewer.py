@@ -112,10 +112,11 @@ def _require_assets(app: web.Application, *names: str) -> None:
     gone = vendor.missing(_root(app) / "vendor", names)
     if gone:
         raise AssetsMissing(
-            f"the browser assets {', '.join(gone)} are not installed in "
-            f"{_root(app) / 'vendor'}; they are fetched from the npm registry when the package "
-            "is built: run `pip install .` (or `pip install -e .`), or `python -m idrserve.vendor` "
-            "in a source checkout (IDRSERVE_NPM_REGISTRY selects a mirror)"
+            f"the browser assets {', '.join(gone)} are not installed; they are fetched from "
+            "the npm registry when the package is built: run `pip install .` (or `pip install "
+            "-e .`), or `python -m idrserve.vendor` in a source checkout "
+            "(IDRSERVE_NPM_REGISTRY selects a mirror)",
+            internal=f"looked in {_root(app) / 'vendor'}",
         )
 
 

@@ -20,6 +20,7 @@ from idrserve.errors import BadRequest, IdrServeError, NotFound
 from idrserve.http import params
 from idrserve.http.fastpath import MEMO_INFO
 from idrserve.http.imgdata import image_data, select_key
+from idrserve.http.middleware import log_error
 from idrserve.http.responses import image_response, json_or_jsonp, not_modified
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, RenderOverrides
 from idrserve.render.lut import luts_json
@@ -245,9 +246,10 @@ async def render_thumbnail(request: web.Request) -> web.StreamResponse:
     try:
         req, meta = await _thumbnail(ctx, iid, w, h, z, t)
         return await _respond(request, req, meta)
-    except NotFound:
+    except NotFound as exc:
         if not placeholder:
             raise
+        log_error(request, exc)  # answered with a picture: the log is the only trace
     # webclient's thumbnail views answer failures with a placeholder image (a PNG that
     # OMERO.web labels image/jpeg; browsers sniff it), never an error.
     side = w or ctx.deps.limits.default_thumbnail_size
@@ -277,7 +279,8 @@ async def get_thumbnails(request: web.Request) -> web.StreamResponse:
     async def one(iid: int) -> str | None:
         try:
             rendered = await _thumbnail_rendered(ctx, iid, w, None)
-        except IdrServeError:
+        except IdrServeError as exc:
+            log_error(request, exc)  # the batch answers null: the log is the only trace
             return None
         return "data:image/jpeg;base64," + base64.b64encode(rendered.body).decode()
 

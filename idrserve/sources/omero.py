@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -227,8 +228,9 @@ def default_worker_python(settings: OmeroSettings) -> Path:
         if python.exists():
             return python
     raise errors.SourceError(
-        "OMERO is configured but no interpreter with omero-py was found: run "
-        "scripts/setup_omero.sh or set omero.worker_python / omero.worker_url"
+        "the OMERO reader worker cannot start",
+        internal="OMERO is configured but no interpreter with omero-py was found: run "
+        "scripts/setup_omero.sh or set omero.worker_python / omero.worker_url",
     )
 
 
@@ -357,9 +359,10 @@ class OmeroSource:
         self._tile_bytes = 0
         # Counters for /metrics (see `collectors`), tests and the benchmark.
         self.call_stats = OmeroStats()
-        # Monotonic times of the last answered call and of the last outage seen, for /readyz.
+        # Monotonic times of the last answered call and of the last outage seen (with its
+        # public and internal details), for /readyz.
         self._last_ok = 0.0
-        self._last_outage: tuple[float, str] | None = None
+        self._last_outage: tuple[float, str, str] | None = None
 
     @property
     def stats(self) -> dict[str, int]:
@@ -391,6 +394,8 @@ class OmeroSource:
 
         Never calls OMERO itself (a readiness probe must not add load to it): "down" when the
         worker does not answer, "degraded" when the most recent call ended in an outage.
+        `host` and `internal` (the exception or the worker's own words) are shown by /readyz
+        only with `server.expose_internals`.
         """
         out: dict[str, Any] = {"kind": "omero", "host": self._settings.host}
         try:
@@ -398,11 +403,15 @@ class OmeroSource:
             async with asyncio.timeout(2.0), session.get(base + "/stats") as resp:
                 out["worker"] = await resp.json() if resp.status == 200 else resp.status
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, errors.IdrServeError) as e:
-            exc = e
-            return out | {"status": "down", "detail": f"OMERO reader worker: {exc!r}"[:300]}
+            internal = str(e) if isinstance(e, errors.IdrServeError) else repr(e)
+            return out | {
+                "status": "down",
+                "detail": "the OMERO reader worker does not answer",
+                "internal": errors.redact_credentials(internal)[:300],
+            }
         outage = self._last_outage
         if outage is not None and outage[0] > self._last_ok:
-            return out | {"status": "degraded", "detail": outage[1][:300]}
+            return out | {"status": "degraded", "detail": outage[1], "internal": outage[2][:300]}
         return out | {"status": "ok"}
 
     # ---- contract --------------------------------------------------------------------------
@@ -462,12 +471,15 @@ class OmeroSource:
     # ---- metadata --------------------------------------------------------------------------
 
     async def _load_meta(self, image_id: int) -> ImageMeta:
-        body = await self._get("meta", f"/image/{image_id}")
+        body = await self._get("meta", image_id, f"/image/{image_id}")
         try:
             facts = json.loads(body)
             meta = facts_to_meta(facts, image_id)
         except (ValueError, KeyError, TypeError) as exc:
-            raise errors.SourceError(f"image {image_id}: bad facts from OMERO: {exc}") from exc
+            raise errors.SourceError(
+                f"image {image_id}: bad metadata from OMERO",
+                internal=f"{type(exc).__name__}: {exc}"[:500],
+            ) from exc
         self._meta[image_id] = _MetaEntry(meta, time.monotonic(), ngff_location(facts))
         self._meta.move_to_end(image_id)
         while len(self._meta) > self._settings.meta_cache_entries:
@@ -523,7 +535,7 @@ class OmeroSource:
         x, y = col * lm.tile_x, row * lm.tile_y
         w, h = min(lm.tile_x, lm.size_x - x), min(lm.tile_y, lm.size_y - y)
         body = await self._get(
-            "tile", f"/tile/{image_id}/{z}/{c}/{t}?level={level}&x={x}&y={y}&w={w}&h={h}"
+            "tile", image_id, f"/tile/{image_id}/{z}/{c}/{t}?level={level}&x={x}&y={y}&w={w}&h={h}"
         )
         big = np.dtype(meta.dtype).newbyteorder(">")
         expected = w * h * big.itemsize
@@ -562,10 +574,13 @@ class OmeroSource:
         base = "http://worker" if url.startswith("unix:") else url.rstrip("/")
         return self._session, base
 
-    async def _get(self, call: str, path: str) -> bytes:
+    async def _get(self, call: str, image_id: int, path: str) -> bytes:
         """GET from the worker under the global cap and the call deadline. `call` ("meta" or
         "tile") labels the metrics; every call records one result, and its duration once it
-        had a slot (a cancelled call counts as "error")."""
+        had a slot (a cancelled call counts as "error").
+
+        Errors name the image and the kind of fault; the worker's own words (which may quote
+        OMERO's exceptions, hosts and ports) are only `internal`, for the log."""
         stats, timeout = self.call_stats, self._settings.call_timeout_s
         result, started = "error", None
         try:
@@ -589,8 +604,11 @@ class OmeroSource:
                 raise
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 result = "unavailable"
-                detail = f"OMERO reader unreachable ({type(exc).__name__})"
-                raise self._unavailable(detail) from exc
+                raise self._unavailable(
+                    image_id,
+                    "the OMERO reader worker is unreachable",
+                    f"{type(exc).__name__}: {exc}",
+                ) from exc
             finally:
                 stats.in_flight -= 1
                 self._sem.release()
@@ -601,21 +619,46 @@ class OmeroSource:
             detail = _detail(body)
             if status == 404:
                 result = "not_found"
-                raise errors.NotFound(detail, param="image_id")
+                raise errors.NotFound(
+                    f"image {image_id} not found", param="image_id", internal=f"OMERO: {detail}"
+                )
             if status == 503:
                 result = "unavailable"
-                raise self._unavailable(f"OMERO unavailable: {detail}", _retry_after(body))
-            raise errors.SourceError(f"OMERO read failed ({status}): {detail}")
+                raise self._unavailable(
+                    image_id,
+                    _outage_kind(detail),
+                    f"OMERO reader worker: {detail}",
+                    _retry_after(body),
+                )
+            raise errors.SourceError(
+                f"image {image_id}: the OMERO read failed",
+                internal=f"OMERO reader worker answered {status}: {detail}",
+            )
         finally:
             stats.record(call, result, None if started is None else time.perf_counter() - started)
 
     def _unavailable(
-        self, detail: str, retry_after: float | None = None
+        self, image_id: int, kind: str, internal: str, retry_after: float | None = None
     ) -> errors.SourceUnavailable:
-        self._last_outage = (time.monotonic(), detail)
-        exc = errors.SourceUnavailable(detail)
+        """A 503 for `image_id` saying `kind` (public), remembered for /readyz."""
+        exc = errors.SourceUnavailable(f"image {image_id}: {kind}", internal=internal)
+        assert exc.internal is not None
+        self._last_outage = (time.monotonic(), kind, exc.internal)
         exc.retry_after_s = max(self._settings.retry_after_s, int(retry_after or 0))
         return exc
+
+
+# The worker's 503 details read "<kind>: <cause>" ("OMERO refused the login: <reason>",
+# "OMERO unreachable: <Ice exception>"); the kind alone is safe to show.
+_PLAIN_KIND = re.compile(r"[A-Za-z][A-Za-z ,'-]{0,79}")
+
+
+def _outage_kind(detail: str) -> str:
+    """The public part of a worker's outage detail: its kind, never the cause."""
+    kind = detail.split(":", 1)[0].strip()
+    if _PLAIN_KIND.fullmatch(kind) is None or "OMERO" not in kind:
+        return "OMERO unavailable"
+    return kind
 
 
 def _detail(body: bytes) -> str:

@@ -199,15 +199,25 @@ class ZarrSource:
         location = await self._catalog.locate(image_id)
         if location is None:
             raise errors.NotFound(f"image {image_id} not found", param="image_id")
-        store = _open_store(location, self._settings)
         try:
-            fmt, ms, docs = await self._fetch_docs(image_id, store)
+            store = _open_store(location, self._settings)
+            fmt, ms, docs = await self._fetch_docs(image_id, location, store)
             mtimes = await _local_mtimes(location, list(docs))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            # Catalogued, but the data is not there (moved, deleted, a stale catalog): the
+            # client learns only that the image does not exist; the log gets the location.
+            raise errors.NotFound(
+                f"image {image_id} not found",
+                param="image_id",
+                internal=f"no data at {_where(location)}: {_describe(exc)}",
+            ) from exc
         except Exception as exc:
-            failure = _failure(exc, f"image {image_id}: reading metadata")
+            failure = read_failure(
+                exc, image_id, "its metadata could not be read", f"reading {_where(location)}"
+            )
             if previous is not None and isinstance(failure, errors.SourceUnavailable):
                 # Serve the last good metadata through a storage blip (reads will tell).
-                log.warning("image %d: keeping cached metadata: %s", image_id, failure.detail)
+                log.warning("image %d: keeping cached metadata: %s", image_id, failure)
                 previous.checked_at = time.monotonic()
                 return previous
             if failure is exc:
@@ -233,7 +243,10 @@ class ZarrSource:
                 for path, doc, info in zip(ms.paths, level_docs, infos, strict=True)
             )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise errors.SourceError(f"image {image_id}: bad OME-NGFF metadata: {exc}") from exc
+            raise errors.SourceError(
+                f"image {image_id}: bad OME-NGFF metadata",
+                internal=f"{_where(location)}: {_describe(exc)}",
+            ) from exc
         direct: tuple[DirectV2Array | None, ...] = ()
         if isinstance(location, Path) and fmt == 2 and self._settings.direct_reads:
             direct = tuple(
@@ -248,7 +261,7 @@ class ZarrSource:
         return _Record(meta, image, arrays, digest, time.monotonic(), direct, record_cost(len(raw)))
 
     async def _fetch_docs(
-        self, image_id: int, store: Any
+        self, image_id: int, location: Location, store: Any
     ) -> tuple[int, ngff.Multiscale, dict[str, bytes]]:
         """Zarr format, parsed multiscale, and every metadata document (group first) by key."""
         v3, v2 = await asyncio.gather(_get(store, "zarr.json"), _get(store, ".zattrs"))
@@ -257,17 +270,28 @@ class ZarrSource:
         elif v2 is not None:
             group_key, group_raw, fmt = ".zattrs", v2, 2
         else:
-            raise errors.NotFound(f"image {image_id}: no OME-Zarr metadata", param="image_id")
+            raise errors.NotFound(
+                f"image {image_id} not found",
+                param="image_id",
+                internal=f"no OME-Zarr metadata (zarr.json, .zattrs) at {_where(location)}",
+            )
         try:
             ms = ngff.parse_multiscale(ngff.ngff_attrs(json.loads(group_raw), fmt))
         except (ValueError, TypeError, AttributeError) as exc:
-            raise errors.SourceError(f"image {image_id}: bad OME-NGFF metadata: {exc}") from exc
+            raise errors.SourceError(
+                f"image {image_id}: bad OME-NGFF metadata",
+                internal=f"{_where(location)}/{group_key}: {_describe(exc)}",
+            ) from exc
         keys = [_array_key(p, fmt) for p in ms.paths]
         found = await asyncio.gather(*(_get(store, key) for key in keys))
         docs = {group_key: group_raw}
         for key, raw in zip(keys, found, strict=True):
             if raw is None:
-                raise errors.SourceError(f"image {image_id}: missing {key}")
+                raise errors.SourceError(
+                    f"image {image_id}: bad OME-NGFF metadata (a level's array metadata is "
+                    "missing)",
+                    internal=f"{_where(location)}/{key} is missing",
+                )
             docs[key] = raw
         return fmt, ms, docs
 
@@ -288,7 +312,7 @@ class ZarrSource:
         try:
             planes = await self._read(rec, sel)
         except errors.SourceError as exc:
-            log.warning("image %d: no auto windows (%s)", draft.image_id, exc.detail)
+            log.warning("image %d: no auto windows (%s)", draft.image_id, exc)
             return {}
         loop = asyncio.get_running_loop()
         computed = await loop.run_in_executor(
@@ -306,7 +330,11 @@ class ZarrSource:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(self._read_run(arr, direct, image.axes, sel, c0, c1, z_levels))
+                    tg.create_task(
+                        self._read_run(
+                            rec.meta.image_id, arr, direct, image.axes, sel, c0, c1, z_levels
+                        )
+                    )
                     for c0, c1 in runs
                 ]
         except* errors.IdrServeError as group:
@@ -320,6 +348,7 @@ class ZarrSource:
 
     async def _read_run(
         self,
+        image_id: int,
         arr: AsyncArray[Any],
         direct: DirectV2Array | None,
         axes: tuple[str, ...],
@@ -338,7 +367,8 @@ class ZarrSource:
                 else:
                     data = np.asarray(await arr.getitem(selector))
         except Exception as exc:
-            raise _failure(exc, f"reading {arr.store_path}") from exc
+            where = f"reading {_where(str(arr.store_path))} {_describe_selector(selector)}"
+            raise read_failure(exc, image_id, _chunk_fault(exc), where) from exc
         return _to_czyx(data, axes)
 
     def sync_reader(self, image_id: int, sel: Selection) -> Callable[[], np.ndarray] | None:
@@ -366,7 +396,8 @@ class ZarrSource:
                     for c0, c1 in runs
                 ]
             except Exception as exc:
-                raise _failure(exc, f"reading image {image_id}") from exc
+                where = f"reading {direct.root} level {sel.level}"
+                raise read_failure(exc, image_id, _chunk_fault(exc), where) from exc
             return _assemble(parts, z_levels, sel.z_start)
 
         return read
@@ -486,14 +517,41 @@ def _open_array(
         return AsyncArray(metadata=metadata, store_path=StorePath(store, path))
 
 
-def _failure(exc: Exception, what: str) -> errors.IdrServeError:
-    """Map a store/codec exception to SourceUnavailable (network) or SourceError (data)."""
+def read_failure(exc: Exception, image_id: int, fault: str, where: str) -> errors.IdrServeError:
+    """Map a store/codec exception to SourceUnavailable (network) or SourceError (data).
+
+    The public detail names the image and the kind of fault (`fault` for data errors); where
+    it happened (a path or URL) and the exception itself go to the log only (`internal`).
+    """
     if isinstance(exc, errors.IdrServeError):
         return exc
-    text = f"{type(exc).__name__}: {exc}"
+    text = _describe(exc)
+    internal = f"{where}: {text}"
     if isinstance(exc, TimeoutError | ConnectionError) or _UNREACHABLE.search(text):
-        return errors.SourceUnavailable(f"{what}: store unreachable ({text[:200]})")
-    return errors.SourceError(f"{what}: {text[:300]}")
+        return errors.SourceUnavailable(f"image {image_id}: storage unreachable", internal=internal)
+    return errors.SourceError(f"image {image_id}: {fault}", internal=internal)
+
+
+def _chunk_fault(exc: Exception) -> str:
+    """The public kind of a failed pixel read: the storage refused it, or the bytes are bad."""
+    if isinstance(exc, OSError):
+        return "a stored chunk could not be read"
+    return "a stored chunk could not be decoded"
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for the log: class and message, bounded."""
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _describe_selector(selector: tuple[int | slice, ...]) -> str:
+    parts = [str(s) if isinstance(s, int) else f"{s.start}:{s.stop}" for s in selector]
+    return f"[{', '.join(parts)}]"
+
+
+def _where(location: Location | str) -> str:
+    """A location for the log, without any password in a URL."""
+    return errors.redact_credentials(str(location))
 
 
 # ---- stored objects, for layers that pass them through unchanged (zarrview.py) ---------------
@@ -516,7 +574,16 @@ def local_file(store: Any, key: str) -> Path | None:
     return None
 
 
-async def stored_bytes(store: Any, key: str) -> bytes | None:
-    """One stored object (a chunk or a metadata document) as bytes; None when absent."""
-    buf = await store.get(key, prototype=default_buffer_prototype())
+async def stored_bytes(store: Any, key: str, image_id: int) -> bytes | None:
+    """One stored object (a chunk or a metadata document) of an image as bytes; None when
+    absent. A store that fails is SourceUnavailable or SourceError, as for reads."""
+    try:
+        buf = await store.get(key, prototype=default_buffer_prototype())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except Exception as exc:
+        fault = "a stored object could not be read"
+        raise read_failure(
+            exc, image_id, fault, f"reading {key!r} from {_where(str(store))}"
+        ) from exc
     return None if buf is None else bytes(buf.to_bytes())

@@ -159,6 +159,10 @@ async def test_loading_catalog_over_http(
     doc = await (await client.get("/readyz")).json()
     assert doc["dependencies"]["catalog"]["images"] == 150_000
     assert doc["dependencies"]["catalog"]["state"] == "ready"
+    # catalogued, but no data there: a 404 naming the image, not the path
+    missing = await client.get("/webgateway/imgData/1000001/")
+    assert missing.status == 404
+    assert (await missing.json())["detail"] == "image 1000001 not found"
     listing = await (await client.get("/?offset=149990")).json()
     assert listing["total"] == 150_000 and len(listing["images"]) == 10
     await client.get("/webgateway/imgData/5/")  # unknown

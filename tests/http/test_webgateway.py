@@ -104,7 +104,6 @@ async def test_iviewer_016_and_018_forms_identical(client: TestClient) -> None:
         ("2,3,1,512,512", (512, 512)),
         ("2,4,3,512,512", (452, 464)),  # clipped at the level edge, never padded
         ("0,1,1", (256, 256)),  # 3 fields: the image's tile size
-        ("0,0,0,0,0", (256, 256)),  # 0 → tile size
         ("0,0,0,4096,4096", (2048, 2048)),  # clamped to max_tile_length (2048, as the ms)
         ("0,2,0,300,300,9", (300, 300)),
         ("0,0,0,100", (256, 256)),  # 4 fields: the 4th is ignored, as on web
@@ -138,6 +137,15 @@ async def test_tile_geometry_respects_configured_cap(make_client) -> None:  # ty
 )
 async def test_tile_status(client: TestClient, image: int, tile: str, status: int) -> None:
     await get(client, f"{RI}/{image}/0/0/?tile={tile}", status)
+
+
+@pytest.mark.parametrize("tile", ["0,0,0,-1,-1", "0,0,0,0,0", "0,0,0,256,0", "0,1,1,-5,300"])
+async def test_tile_w_or_h_not_positive_is_400(client: TestClient, tile: str) -> None:
+    """As `region=` (web answers these with a default-size tile; README "deliberately
+    differs")."""
+    body = json.loads(await get(client, f"{RI}/{P}/0/0/?tile={tile}", 400))
+    assert body["error"] == "bad_request" and body["param"] == "tile"
+    assert body["detail"] == f"tile: w and h must be > 0, tile={tile}"
 
 
 async def test_tile_or_region_required(client: TestClient) -> None:

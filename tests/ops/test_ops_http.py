@@ -192,6 +192,90 @@ async def test_source_health_hook_is_reported(make: Callable[..., Any]) -> None:
         del source.health  # type: ignore[attr-defined]
 
 
+async def test_readyz_shows_no_paths_by_default(
+    make: Callable[..., Any], demo_data: Path, tmp_path: Path
+) -> None:
+    """Anyone can read /readyz: statuses and generic details, no paths, URLs or hosts."""
+    from idrserve.http.webgateway import DEPS
+
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("id,path\n")
+    cache_dir = tmp_path / "disk-cache"
+    client, _ = await make(source__catalog=str(catalog), cache__dir=str(cache_dir))
+    source = client.app[DEPS].source
+
+    async def health() -> dict[str, object]:
+        return {"status": "down", "detail": "OMERO unreachable", "host": "omero.internal",
+                "internal": "ConnectionRefusedException: omero.internal:4064"}  # fmt: skip
+
+    source.health = health  # type: ignore[attr-defined]
+    try:
+        resp = await client.get("/readyz")
+        body = await resp.json()
+    finally:
+        del source.health  # type: ignore[attr-defined]
+    assert resp.status == 200 and body["status"] == "degraded", body
+    text = json.dumps(body)
+    for secret in (str(demo_data), str(catalog), str(cache_dir), "omero.internal", "Exception"):
+        assert secret not in text, (secret, body)
+    deps = body["dependencies"]
+    assert deps["data_roots"] == {
+        "status": "ok",
+        "roots": [{"kind": "zarr_root", "status": "ok"}, {"kind": "catalog", "status": "ok"}],
+    }
+    assert deps["disk_cache"]["status"] == "ok" and "path" not in deps["disk_cache"]
+    assert deps["source"] == {"status": "down", "detail": "OMERO unreachable"}
+
+
+async def test_readyz_shows_paths_with_expose_internals(
+    make: Callable[..., Any], demo_data: Path, tmp_path: Path
+) -> None:
+    from idrserve.http.webgateway import DEPS
+
+    catalog = tmp_path / "catalog.csv"
+    cache_dir = tmp_path / "disk-cache"
+    client, _ = await make(
+        source__catalog=str(catalog), cache__dir=str(cache_dir), server__expose_internals=True
+    )
+    source = client.app[DEPS].source
+
+    async def health() -> dict[str, object]:
+        raise RuntimeError(f"cannot stat {tmp_path}")
+
+    source.health = health  # type: ignore[attr-defined]
+    try:
+        body = await (await client.get("/readyz")).json()
+    finally:
+        del source.health  # type: ignore[attr-defined]
+    deps = body["dependencies"]
+    assert deps["data_roots"]["roots"] == [
+        {"kind": "zarr_root", "status": "ok", "path": str(demo_data)},
+        {
+            "kind": "catalog",
+            "status": "down",
+            "path": str(catalog),
+            "detail": "missing or unreadable",
+        },
+    ]
+    assert deps["data_roots"]["status"] == "degraded"
+    assert deps["disk_cache"]["path"] == str(cache_dir)
+    assert deps["source"] == {
+        "status": "down",
+        "detail": "the check failed",
+        "internal": f"RuntimeError: cannot stat {tmp_path}",
+    }
+
+
+async def test_readyz_never_shows_a_url_password(make: Callable[..., Any]) -> None:
+    url = "https://idr:hunter2@s3.example.org/zarr"
+    client, _ = await make(source__zarr_root=url, server__expose_internals=True)
+    (root,) = (await (await client.get("/readyz")).json())["dependencies"]["data_roots"]["roots"]
+    assert root["url"] == "https://idr:***@s3.example.org/zarr"
+    client, _ = await make(source__zarr_root=url)
+    (root,) = (await (await client.get("/readyz")).json())["dependencies"]["data_roots"]["roots"]
+    assert root == {"kind": "zarr_root", "status": "ok", "detail": "remote, not probed"}
+
+
 # --- access log and request ids ---------------------------------------------------------------
 
 

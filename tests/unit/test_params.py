@@ -472,10 +472,20 @@ def test_case6_tile_size_clamped(limit: int, side: int) -> None:
 def test_case7_default_tile_size() -> None:
     assert parse_tile("0,1,1", 5, (256, 256), 2048) == (0, Box(256, 256, 256, 256))
     assert parse_tile("0,1,1,junk", 5, (256, 128), 2048) == (0, Box(256, 128, 256, 128))
-    assert parse_tile("0,0,0,0,0", 5, (256, 256), 2048) == (0, Box(0, 0, 256, 256))
-    assert parse_tile("0,1,1,-5,300", 5, (256, 256), 2048) == (0, Box(256, 300, 256, 300))
     # web: the default tile size is never clamped
     assert parse_tile("0,1,0", 1, (4096, 4096), 2048) == (0, Box(4096, 0, 4096, 4096))
+
+
+@pytest.mark.parametrize(
+    "tile", ["0,0,0,0,0", "0,0,0,-1,-1", "0,1,1,-5,300", "0,1,1,300,0", "0,0,0,256,-256,9"]
+)
+def test_tile_w_or_h_not_positive_is_400(tile: str) -> None:
+    """Deliberately unlike web, which quietly renders the default tile size: as `region=`."""
+    with pytest.raises(BadRequest, match=r"^tile: w and h must be > 0, tile=") as exc:
+        parse_tile(tile, 5, (256, 256), 2048)
+    assert exc.value.param == "tile"
+    with pytest.raises(BadRequest, match=r"^tile: w and h must be > 0"):
+        parse_tile_or_region({"tile": tile, "region": "0,0,10,10"}, 5, (256, 256), 2048)
 
 
 def test_tile_position_is_col_times_w() -> None:
