@@ -118,6 +118,11 @@ class LimitSettings(_Group):
     max_concurrent_requests: int = Field(1024, ge=1)
     max_concurrent_renders: int = Field(32, ge=1)
     retry_after_s: int = Field(1, ge=0)
+    # Response bodies over 1 MiB held in memory per process, from when they are produced (an
+    # /api/v1 region: from before its read) until written to the client (http/bodies.py);
+    # beyond it, 503 + Retry-After. Without it, clients that never read kept every body they
+    # asked for: 12 of them took RSS from 189 MB to 2.59 GB.
+    max_inflight_body_bytes: int = Field(512 * 1024 * 1024, ge=1)
 
 
 class CacheSettings(_Group):
