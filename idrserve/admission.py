@@ -118,6 +118,7 @@ class Admission:
         self.refused_bytes = 0
         self.timeouts = 0
         self.cancelled = 0
+        self.send_timeouts = 0
 
     def request_admitted(self) -> bool:
         """Count one more request in progress, or False (nothing counted) when full."""
@@ -164,6 +165,10 @@ class Admission:
         self.body_bytes += nbytes
         return BodyBytes(self, nbytes)
 
+    def note_send_timeout(self) -> None:
+        """A client stopped reading for `limits.send_timeout_s`; its connection was closed."""
+        self.send_timeouts += 1
+
     def snapshot(self) -> dict[str, int]:
         return {
             "requests_in_progress": self.requests,
@@ -177,4 +182,5 @@ class Admission:
             "refused_bytes": self.refused_bytes,
             "timeouts": self.timeouts,
             "cancelled": self.cancelled,
+            "send_timeouts": self.send_timeouts,
         }

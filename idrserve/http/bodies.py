@@ -15,14 +15,15 @@ Bodies over `LARGE_BODY_BYTES` are therefore written here, by the admission midd
 * it is written in `PIECE_BYTES` pieces, each drained before the next, so the transport never
   holds more than a piece of it;
 * the charge and the slot are released when the last piece is taken, or when the client is
-  gone.
+  gone: it closed the connection, or took no data for `limits.send_timeout_s` and was
+  disconnected (`http/server.py`).
 
 Smaller bodies (tiles, thumbnails, JSON: the viewer traffic) keep aiohttp's one-shot write.
 Why 1 MiB: it is above every tile and thumbnail a viewer asks for (a 1024² JPEG tile is
 100-500 KiB), so viewer traffic pays only the size check (≈ 0.2 µs, timeit); and what a
 stalled client leaves unread of a body that size goes to the kernel's socket buffers (a
 1.5 MiB PNG went out whole to a client that read nothing; `tcp_wmem` allows 4 MiB), not to
-the process.
+the process. The send timeout still applies to them.
 """
 
 from __future__ import annotations

@@ -475,6 +475,11 @@ class AdmissionCollector(Collector):
             value=a.max_body_bytes,
         )
         yield CounterMetricFamily(
+            "idrserve_send_timeouts",
+            "Connections closed because the client took no data for limits.send_timeout_s",
+            value=a.send_timeouts,
+        )
+        yield CounterMetricFamily(
             "idrserve_requests_timed_out", "Requests answered 504 (deadline)", value=a.timeouts
         )
         yield CounterMetricFamily(

@@ -3,7 +3,8 @@
 Clients that ask for a large body and never read it used to keep it in the server's memory
 for ever, after their admission slot had been released (12 of them took one worker from
 189 MB to 2.59 GB). Now a body over 1 MiB keeps its request's slot and its bytes charged until
-it is written, and is written in pieces (`idrserve/http/bodies.py`).
+it is written, is written in pieces, and a client that takes nothing for
+`limits.send_timeout_s` is disconnected (`idrserve/http/bodies.py`, `http/server.py`).
 The live tests open raw sockets with a small receive window that read only the response head.
 """
 
@@ -31,6 +32,10 @@ MIB = 1024 * 1024
 # One channel of demo image 1001 at full resolution: 4096 × 2048 uint16, 16 MiB.
 REGION = "/api/v1/images/1001/region?level=0&c=0&y=0:2048&format=npy"
 REGION_BYTES = 4096 * 2048 * 2
+# A rendered PNG of 6.2 MiB: small enough for the memory tier (≤ 8 MiB), so a fast-path hit,
+# and larger than the kernel's socket buffers can take for a client that does not read
+# (tcp_wmem's 4 MiB: a 1.5 MiB body went out whole).
+BIG_RENDER = "/webgateway/render_image_region/1001/0/0/?region=0,0,2048,2048&format=png"
 # An image whose stored chunks are 2 MiB (1024² uint16, noise: Blosc cannot shrink it).
 BIG_CHUNKS = 2001
 
@@ -99,6 +104,18 @@ class Stalled:
                 break
             self.body += more
         return self.body
+
+    def closed_by_server(self, timeout_s: float = 10) -> bool:
+        """Whether the server has closed the connection (read what is left to find out)."""
+        self.sock.settimeout(timeout_s)
+        try:
+            while self.sock.recv(1 << 20):
+                pass
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return True
 
     def close(self) -> None:
         self.sock.close()
@@ -275,3 +292,34 @@ def test_stalled_readers_are_bounded_by_the_budget(make_server: Any, data_root: 
     assert status == 200 and again == whole
     gone = [r for r in server.access_lines() if r["status"] == 499]
     assert len(gone) == len(admitted) and all(0 < r["bytes"] < len(whole) for r in gone)
+
+
+@pytest.mark.slow
+def test_a_reader_that_stalls_past_the_send_timeout_is_disconnected(
+    make_server: Any, data_root: Path
+) -> None:
+    server: Server = make_server(data_root, IDRSERVE_LIMITS__SEND_TIMEOUT_S="2")
+    status, _, png = get(server.base + BIG_RENDER)
+    assert status == 200 and 4 * MIB < len(png) <= 8 * MIB
+    # Memory hits over 1 MiB leave the fast path: budgeted and written in pieces too.
+    clients = [Stalled(server.port, BIG_RENDER) for _ in range(2)]
+    clients += [Stalled(server.port, REGION)]
+    started = time.monotonic()
+    try:
+        assert [c.status for c in clients] == [200, 200, 200]
+        assert clients[0].headers["x-cache"] == "memory"
+        admission = _admission(server)
+        assert admission["requests_in_progress"] == 3, admission
+        assert admission["inflight_body_bytes"] == 2 * len(png) + REGION_BYTES + 128
+        # Nobody reads: after the send timeout the server lets go of all three.
+        admission = _wait_idle(server)
+        waited = time.monotonic() - started
+        assert admission["requests_in_progress"] == 0 and admission["inflight_body_bytes"] == 0
+        assert admission["send_timeouts"] == 3, admission
+        assert waited > 1.5, waited  # not before the timeout
+        assert all(c.closed_by_server() for c in clients)
+    finally:
+        for client in clients:
+            client.close()
+    assert _metric(server, "idrserve_send_timeouts_total") == 3
+    assert get(server.base + BIG_RENDER)[2] == png  # and the server answers normally
