@@ -9,6 +9,14 @@ image's imgData, pans and zooms through random tiles with random rendering setti
 renders never stop), and fetches thumbnails. Every `--sample-s` seconds the server's RSS
 (/proc/<pid>/status VmRSS) and the window's request count and p99 latency are recorded.
 
+`--stalled N` adds N clients that never read a whole answer: each asks for a 16 MiB
+`/api/v1` region on a socket with a 64 KiB receive window, reads the head and a little of the
+body, then reads nothing for longer than the server's send timeout (`--send-timeout-s`, 5 s
+here), and starts over on a new connection. The server runs with a byte budget of
+`--body-budget-mib` (64 MiB) for them to fill; each sample also records `/readyz`'s
+in-flight body bytes and the response memory tier's fill, and the summary says whether that
+tier (16 MiB here) reached its cap.
+
 The verdict compares RSS after the warm-up (the first `--warmup` fraction of the run) with
 the end: growth ≤ `--max-growth` (10 %) passes. `tests/ops/test_soak.py` runs a 40-second
 version of this in CI; the 10-minute run is not part of the test suite.
@@ -21,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +46,9 @@ import aiohttp
 # Demo images and their full-resolution size (see idrserve/demo.py).
 IMAGES = {1001: (4096, 4096, 6), 1002: (512, 512, 3), 1004: (1024, 768, 2), 1005: (2048, 2048, 3)}
 COLOURS = ("FF0000", "00FF00", "0000FF", "FFFFFF", "FF00FF")
+# What a stalled reader asks for: one channel of 1001, 4096 × 2048 uint16 (16 MiB).
+STALLED_REGION = "/api/v1/images/1001/region?level=0&c={c}&y=0:2048&format=npy"
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -46,6 +58,9 @@ class Sample:
     requests: int
     errors: int
     p99_ms: float
+    # From /readyz: bodies charged to limits.max_inflight_body_bytes, and the memory tier.
+    inflight_body_mib: float = 0.0
+    memory_cache_mib: float = 0.0
 
 
 @dataclass
@@ -58,15 +73,36 @@ class SoakResult:
     final_rss_mib: float = 0.0
     max_rss_mib: float = 0.0
     growth: float = 0.0
+    stalled: int = 0
+    # Outcomes of the stalled readers' requests: "200 disconnected" (the server let go after
+    # its send timeout), "200 complete", "503", or a client error's name.
+    stalled_outcomes: dict[str, int] = field(default_factory=dict)
+    body_budget_mib: float = 0.0
+    memory_cache_max_mib: float = 0.0
+    memory_cache_peak_mib: float = 0.0
+    admission_end: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         p99s = [s.p99_ms for s in self.samples if s.requests]
-        return (
+        text = (
             f"{self.duration_s:.0f} s, {self.users} users, {sum(self.statuses.values())} "
             f"requests {self.statuses}; RSS after warm-up {self.warmup_rss_mib:.1f} MiB, "
             f"end {self.final_rss_mib:.1f} MiB, max {self.max_rss_mib:.1f} MiB, growth "
             f"{self.growth * 100:+.1f} %; p99 per window {min(p99s):.1f}-{max(p99s):.1f} ms"
         )
+        if self.memory_cache_max_mib:
+            reached = self.memory_cache_peak_mib >= 0.95 * self.memory_cache_max_mib
+            text += (
+                f"; memory tier peak {self.memory_cache_peak_mib:.1f} of "
+                f"{self.memory_cache_max_mib:.1f} MiB ({'cap reached' if reached else 'NOT full'})"
+            )
+        if self.stalled:
+            peak = max(s.inflight_body_mib for s in self.samples)
+            text += (
+                f"; {self.stalled} stalled readers {self.stalled_outcomes}, in-flight body bytes "
+                f"peak {peak:.1f} of {self.body_budget_mib:.0f} MiB"
+            )
+        return text
 
 
 def _free_port() -> int:
@@ -121,6 +157,63 @@ async def _user(
             statuses[key] = statuses.get(key, 0) + 1
 
 
+async def _stalled_reader(
+    host: str, port: int, seed: int, stop: float, stall_s: float, outcomes: dict[str, int]
+) -> None:
+    """Ask for a large body, read its head and a little, stall past the send timeout, and
+    start over on a new connection; count what became of each request."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < stop:
+        sock = socket.socket()
+        # A small receive window: the kernel must not absorb the body for the client.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.setblocking(False)
+        writer = None
+        try:
+            await loop.sock_connect(sock, (host, port))
+            # A small stream buffer too: reading pauses after 2 × 16 KiB.
+            reader, writer = await asyncio.open_connection(sock=sock, limit=16 * 1024)
+            path = STALLED_REGION.format(c=rng.randrange(3))
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            status = head.split(b" ", 2)[1].decode()
+            length = int(re.findall(rb"(?i)\r\ncontent-length: *(\d+)", head)[0])
+            if status != "200":
+                await asyncio.wait_for(reader.readexactly(length), 10)
+                key = status
+                await asyncio.sleep(0.5)  # as a client honouring Retry-After would, roughly
+            else:
+                got = len(await reader.read(4096))  # a little of the body
+                await asyncio.sleep(stall_s)  # then nothing, past the server's send timeout
+                try:
+                    while got < length:
+                        more = await asyncio.wait_for(reader.read(1 << 20), 30)
+                        if not more:
+                            break  # EOF before the end: the server closed the connection
+                        got += len(more)
+                except ConnectionResetError:
+                    pass
+                key = "200 complete" if got >= length else "200 disconnected"
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            key = type(exc).__name__
+        finally:
+            if writer is not None:
+                writer.close()
+            else:
+                sock.close()
+        outcomes[key] = outcomes.get(key, 0) + 1
+
+
+def _readyz(base: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+    except (OSError, ValueError):
+        return {}
+
+
 def _p99(values: list[float]) -> float:
     if not values:
         return 0.0
@@ -129,7 +222,13 @@ def _p99(values: list[float]) -> float:
 
 
 async def _drive(
-    base: str, pid: int, duration_s: float, sample_s: float, users: int, result: SoakResult
+    base: str,
+    pid: int,
+    duration_s: float,
+    sample_s: float,
+    users: int,
+    result: SoakResult,
+    stall_s: float = 0.0,
 ) -> None:
     stop = time.monotonic() + duration_s
     latencies: list[float] = []
@@ -137,12 +236,22 @@ async def _drive(
     tasks = [
         asyncio.create_task(_user(base, seed, stop, latencies, statuses)) for seed in range(users)
     ]
+    host, port = base.removeprefix("http://").split(":")
+    tasks += [
+        asyncio.create_task(
+            _stalled_reader(host, int(port), seed, stop, stall_s, result.stalled_outcomes)
+        )
+        for seed in range(result.stalled)
+    ]
     start = time.monotonic()
     errors_before = 0
     while time.monotonic() < stop:
         await asyncio.sleep(min(sample_s, max(0.0, stop - time.monotonic())))
         window, latencies[:] = list(latencies), []
         errors = sum(n for k, n in statuses.items() if not k.startswith(("2", "3", "4")))
+        ready = await asyncio.to_thread(_readyz, base)
+        memory = ready.get("dependencies", {}).get("memory_cache", {})
+        result.memory_cache_max_mib = memory.get("max_bytes", 0) / MIB
         result.samples.append(
             Sample(
                 round(time.monotonic() - start, 1),
@@ -150,10 +259,13 @@ async def _drive(
                 len(window),
                 errors - errors_before,
                 round(_p99(window), 1),
+                round(ready.get("admission", {}).get("inflight_body_bytes", 0) / MIB, 1),
+                round(memory.get("bytes", 0) / MIB, 1),
             )
         )
         errors_before = errors
     await asyncio.gather(*tasks)
+    result.admission_end = (await asyncio.to_thread(_readyz, base)).get("admission", {})
 
 
 def run_soak(
@@ -163,6 +275,9 @@ def run_soak(
     zarr_root: Path | None = None,
     warmup: float = 0.3,
     env: dict[str, str] | None = None,
+    stalled: int = 0,
+    send_timeout_s: float = 5.0,
+    body_budget_mib: float = 64.0,
 ) -> SoakResult:
     """Start a server, load it for `duration_s`, stop it; RSS growth after `warmup`."""
     tmp = None
@@ -184,6 +299,14 @@ def run_soak(
         "IDRSERVE_CACHE__MEMORY_MAX_BYTES": str(16 * 1024 * 1024),
         "IDRSERVE_CACHE__URL_INDEX_MAX_BYTES": str(2 * 1024 * 1024),
         "IDRSERVE_SOURCE__META_CACHE_MAX_BYTES": str(64 * 1024),
+        **(
+            {
+                "IDRSERVE_LIMITS__SEND_TIMEOUT_S": str(send_timeout_s),
+                "IDRSERVE_LIMITS__MAX_INFLIGHT_BODY_BYTES": str(int(body_budget_mib * MIB)),
+            }
+            if stalled
+            else {}
+        ),
         **(env or {}),
     }
     proc = subprocess.Popen(
@@ -203,8 +326,11 @@ def run_soak(
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.2)
-        result = SoakResult(duration_s, users)
-        asyncio.run(_drive(base, proc.pid, duration_s, sample_s, users, result))
+        result = SoakResult(duration_s, users, stalled=stalled)
+        if stalled:
+            result.body_budget_mib = body_budget_mib
+        stall_s = send_timeout_s + 2
+        asyncio.run(_drive(base, proc.pid, duration_s, sample_s, users, result, stall_s))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -219,6 +345,7 @@ def run_soak(
     result.final_rss_mib = after[-1].rss_mib
     result.max_rss_mib = max(s.rss_mib for s in after)
     result.growth = (result.max_rss_mib - result.warmup_rss_mib) / result.warmup_rss_mib
+    result.memory_cache_peak_mib = max(s.memory_cache_mib for s in result.samples)
     return result
 
 
@@ -230,13 +357,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.3, help="fraction of the run")
     parser.add_argument("--max-growth", type=float, default=0.10)
     parser.add_argument("--zarr-root", type=Path)
+    parser.add_argument("--stalled", type=int, default=0, help="stalled large-body readers")
+    parser.add_argument("--send-timeout-s", type=float, default=5.0)
+    parser.add_argument("--body-budget-mib", type=float, default=64.0)
     parser.add_argument("--out", type=Path, help="write the samples and summary as JSON")
     args = parser.parse_args(argv)
-    result = run_soak(args.minutes * 60, args.sample_s, args.users, args.zarr_root, args.warmup)
+    result = run_soak(
+        args.minutes * 60,
+        args.sample_s,
+        args.users,
+        args.zarr_root,
+        args.warmup,
+        stalled=args.stalled,
+        send_timeout_s=args.send_timeout_s,
+        body_budget_mib=args.body_budget_mib,
+    )
     for s in result.samples:
         print(
             f"t={s.t_s:7.1f}s rss={s.rss_mib:7.1f}MiB requests={s.requests:6d} "
-            f"errors={s.errors} p99={s.p99_ms:.1f}ms"
+            f"errors={s.errors} p99={s.p99_ms:.1f}ms inflight_body={s.inflight_body_mib}MiB "
+            f"memory_tier={s.memory_cache_mib}MiB"
         )
     print(result.summary())
     if args.out:

@@ -5,14 +5,19 @@ everyone, and its memory grows with the queue. Here work beyond a bound is refus
 with `errors.Overloaded` (503 + `Retry-After`), so the admitted requests keep their latency
 and a load balancer or client can retry elsewhere or later.
 
-Two bounds, because their costs differ by three orders of magnitude:
+Three bounds, because what they protect differs:
 
 * *requests* (`limits.max_concurrent_requests`): every request in progress, cache hits
-  included; counted by the outermost middleware (`http/ops.py`).
+  included; counted by the outermost middleware (`http/ops.py`). A request with a large body
+  keeps its slot until the body is written or the client is gone (`http/bodies.py`).
 * *renders* (`limits.max_concurrent_renders`): read + render + encode in progress; taken by
   `service.render_region`. A slot stays taken until the worker-thread job it started has
   really finished, even when the request was cancelled or timed out: a thread cannot be
   interrupted, and releasing early would let zombie jobs pile up in the pool's queue.
+* *body bytes* (`limits.max_inflight_body_bytes`): large response bodies held in memory,
+  from when they are produced (or reserved before a read) until written. CPU is what renders
+  cost, memory is what a slow reader costs: a finished render no longer holds a render slot,
+  but its body holds bytes of this budget for as long as the client takes to read it.
 
 Plain counters, no locks: everything runs on the event loop thread (releases from worker
 threads are marshalled back with `call_soon_threadsafe`).
@@ -72,19 +77,48 @@ CURRENT_SLOT: contextvars.ContextVar[RenderSlot | None] = contextvars.ContextVar
 )
 
 
-class Admission:
-    """The two per-process bounds and their counters (shown by `/readyz` and `/metrics`)."""
+class BodyBytes:
+    """Bytes of one response body charged to the budget; `release` gives them back."""
 
-    def __init__(self, max_requests: int, max_renders: int, retry_after_s: int = 1) -> None:
+    __slots__ = ("_admission", "nbytes")
+
+    def __init__(self, admission: Admission, nbytes: int) -> None:
+        self._admission = admission
+        self.nbytes = nbytes
+
+    def resize(self, nbytes: int) -> None:
+        """Charge the body's real size instead of the estimate it was admitted with."""
+        self._admission.body_bytes += nbytes - self.nbytes
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        self._admission.body_bytes -= self.nbytes
+        self.nbytes = 0
+
+
+class Admission:
+    """The per-process bounds and their counters (shown by `/readyz` and `/metrics`)."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        max_renders: int,
+        retry_after_s: int = 1,
+        max_body_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
         self.max_requests = max_requests
         self.max_renders = max_renders
+        self.max_body_bytes = max_body_bytes
         self.retry_after_s = retry_after_s
         self.requests = 0
         self.renders = 0
+        self.body_bytes = 0
         self.refused_requests = 0
         self.refused_renders = 0
+        self.refused_bytes = 0
         self.timeouts = 0
         self.cancelled = 0
+        self.send_timeouts = 0
 
     def request_admitted(self) -> bool:
         """Count one more request in progress, or False (nothing counted) when full."""
@@ -116,14 +150,37 @@ class Admission:
             CURRENT_SLOT.reset(token)
             slot.leave()
 
+    def reserve_body(self, nbytes: int) -> BodyBytes:
+        """Charge `nbytes` of response body to the budget, or `Overloaded` at once when it
+        would go over. A body larger than the whole budget is let in only while no other body
+        is held, so that it can be served at all: the peak stays max(budget, that body)."""
+        if self.body_bytes + nbytes > self.max_body_bytes and self.body_bytes > 0:
+            self.refused_bytes += 1
+            raise Overloaded(
+                f"{self.body_bytes} bytes of response bodies are waiting to be sent, and "
+                f"{nbytes} more would exceed this process's limit of {self.max_body_bytes} "
+                f"(limits.max_inflight_body_bytes); retry in {self.retry_after_s} s",
+                retry_after_s=self.retry_after_s,
+            )
+        self.body_bytes += nbytes
+        return BodyBytes(self, nbytes)
+
+    def note_send_timeout(self) -> None:
+        """A client stopped reading for `limits.send_timeout_s`; its connection was closed."""
+        self.send_timeouts += 1
+
     def snapshot(self) -> dict[str, int]:
         return {
             "requests_in_progress": self.requests,
             "max_concurrent_requests": self.max_requests,
             "renders_in_progress": self.renders,
             "max_concurrent_renders": self.max_renders,
+            "inflight_body_bytes": self.body_bytes,
+            "max_inflight_body_bytes": self.max_body_bytes,
             "refused_requests": self.refused_requests,
             "refused_renders": self.refused_renders,
+            "refused_bytes": self.refused_bytes,
             "timeouts": self.timeouts,
             "cancelled": self.cancelled,
+            "send_timeouts": self.send_timeouts,
         }

@@ -96,7 +96,10 @@ def create_app(settings: Settings) -> web.Application:
     limits = settings.limits
     url_index = UrlIndex(settings.cache.url_index_entries, settings.cache.url_index_max_bytes)
     admission = Admission(
-        limits.max_concurrent_requests, limits.max_concurrent_renders, limits.retry_after_s
+        limits.max_concurrent_requests,
+        limits.max_concurrent_renders,
+        limits.retry_after_s,
+        limits.max_inflight_body_bytes,
     )
     app = web.Application(
         middlewares=[

@@ -163,7 +163,7 @@ def _tune_malloc() -> None:
 
 def _run_one(settings: Settings, reuse_port: bool) -> None:
     from idrserve.app import create_app, reload_catalog_on_sighup
-    from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
+    from idrserve.http.ops import ADMISSION, AccessLog, configure_access_log, mark_draining
     from idrserve.http.server import serve
 
     _tune_malloc()
@@ -179,6 +179,8 @@ def _run_one(settings: Settings, reuse_port: bool) -> None:
         reuse_port=reuse_port or None,
         cors_origin=settings.server.cors_origin,
         header_timeout_s=settings.limits.header_timeout_s,
+        send_timeout_s=settings.limits.send_timeout_s,
+        on_send_timeout=app[ADMISSION].note_send_timeout,
         keepalive_timeout=settings.limits.keepalive_timeout_s,
         drain_grace_s=settings.server.drain_grace_s,
         on_drain=lambda: mark_draining(app),

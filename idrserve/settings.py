@@ -129,6 +129,15 @@ class LimitSettings(_Group):
     max_concurrent_requests: int = Field(1024, ge=1)
     max_concurrent_renders: int = Field(32, ge=1)
     retry_after_s: int = Field(1, ge=0)
+    # Response bodies over 1 MiB held in memory per process, from when they are produced (an
+    # /api/v1 region: from before its read) until written to the client (http/bodies.py);
+    # beyond it, 503 + Retry-After. Without it, clients that never read kept every body they
+    # asked for: 12 of them took RSS from 189 MB to 2.59 GB.
+    max_inflight_body_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    # Whenever a connection's write buffer fills (over 64 KiB: every 256 KiB piece of a large
+    # body), the client must take it within this long, else it is disconnected and its request
+    # slot and body bytes released (http/server.py). nginx's send_timeout (60 s) is this rule.
+    send_timeout_s: float = Field(60.0, gt=0)
 
 
 class CacheSettings(_Group):

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from idrserve.http import params
+from idrserve.http.bodies import LARGE_BODY_BYTES, reserve_body
 from idrserve.http.responses import not_modified
 from idrserve.http.webgateway import DEPS, SETTINGS
 from idrserve.http.zarrstore import VIEWS
@@ -108,6 +109,11 @@ async def region(request: web.Request) -> web.StreamResponse:
     early = not_modified(request, key, cache_control)
     if early is not None:
         return early
+    if req.nbytes > LARGE_BODY_BYTES:
+        # Charged before any pixel is read, so an over-budget request costs nothing: twice
+        # the size while the decoded array and the encoded body coexist, then the body's own
+        # size until it is written (http/bodies.py).
+        reserve_body(request, deps.admission, 2 * req.nbytes)
     out = await cached_region(req, deps, key)
     headers = {
         "ETag": f'"{key}"',

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from idrserve.admission import Admission
+from idrserve.http.bodies import LARGE_BODY_BYTES
 
 MEMO_INFO = web.RequestKey("memo_info", tuple)
 
@@ -93,7 +94,7 @@ def make_fastpath_middleware(
     """The outermost middleware. A memory hit is answered without awaiting anything, so it
     never holds a request slot; a lower-tier hit counts against `admission`'s request bound
     like any request (and a full bound sends it on to the admission middleware, which
-    refuses it)."""
+    refuses it). Hits over `LARGE_BODY_BYTES` are left to the admitted path."""
 
     @web.middleware
     async def fastpath(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -122,7 +123,10 @@ def make_fastpath_middleware(
                     finally:
                         if admission is not None:
                             admission.request_done()
-                if entry is not None:
+                # A large body must be budgeted and written in pieces while holding a
+                # request slot (http/bodies.py): it takes the admitted path, which finds it
+                # in the memory tier again.
+                if entry is not None and len(entry.body) <= LARGE_BODY_BYTES:
                     tag = f'"{memo.key}"'
                     headers = {"ETag": tag, "Cache-Control": cache_control}
                     inm = request.headers.get("If-None-Match")

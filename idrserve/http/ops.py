@@ -43,7 +43,8 @@ from prometheus_client.registry import Collector
 from idrserve import __version__
 from idrserve.admission import Admission
 from idrserve.catalog import Catalog
-from idrserve.errors import redact_credentials
+from idrserve.errors import Overloaded, redact_credentials
+from idrserve.http.bodies import BODY_BYTES, BODY_SENT, large_body, send_large
 from idrserve.http.middleware import REQUEST_ID, error_response, request_id
 from idrserve.settings import Settings, SourceSettings
 
@@ -82,20 +83,28 @@ def make_admission_middleware(
 
             return await ms_options(request)
         if not admission.request_admitted():
-            refused = error_response(
+            return _overloaded(
                 request,
-                503,
-                "overloaded",
-                f"{admission.requests} requests are in progress, the limit of this process; "
-                f"retry in {admission.retry_after_s} s",
+                Overloaded(
+                    f"{admission.requests} requests are in progress, the limit of this "
+                    f"process; retry in {admission.retry_after_s} s",
+                    retry_after_s=admission.retry_after_s,
+                ),
             )
-            refused.headers["Retry-After"] = str(admission.retry_after_s)
-            return refused
         start = time.perf_counter()
         try:
             response = await handler(request)
+            body = large_body(request, response)
+            if body is not None:
+                # Written here, so the request keeps its slot and its body's bytes are
+                # charged until the client has taken them (http/bodies.py).
+                try:
+                    response = await send_large(request, response, body, admission)
+                except Overloaded as exc:
+                    response = _overloaded(request, exc)
         except asyncio.CancelledError:
-            # The client went away (aiohttp's handler_cancellation): aiohttp logs nothing.
+            # The client went away (aiohttp's handler_cancellation), also while a large body
+            # was being written to it: aiohttp logs nothing.
             admission.cancelled += 1
             if access.isEnabledFor(logging.INFO):
                 record = {
@@ -104,7 +113,7 @@ def make_admission_middleware(
                     "method": request.method,
                     "route": route_template(request),
                     "status": 499,  # nginx's code for "client closed the request"
-                    "bytes": 0,
+                    "bytes": request.get(BODY_SENT, 0),
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                     "cache": "-",
                     "client": request.remote,
@@ -112,12 +121,22 @@ def make_admission_middleware(
                 access.info(format_line(record, log_format))
             raise
         finally:
+            # Looked up only while some body is charged: a missing request key costs 0.45 µs.
+            if admission.body_bytes and (held := request.get(BODY_BYTES)) is not None:
+                held.release()
             admission.request_done()
         if response.status == 504:
             admission.timeouts += 1
         return response
 
     return admit
+
+
+def _overloaded(request: web.Request, exc: Overloaded) -> web.Response:
+    """The 503 of a refusal made outside the error middleware, in the same JSON shape."""
+    refused = error_response(request, exc.status, exc.code, exc.detail)
+    refused.headers["Retry-After"] = str(exc.retry_after_s)
+    return refused
 
 
 # --- access log -------------------------------------------------------------------------------
@@ -493,7 +512,23 @@ class AdmissionCollector(Collector):
         )
         refused.add_metric(["requests"], a.refused_requests)
         refused.add_metric(["renders"], a.refused_renders)
+        refused.add_metric(["bytes"], a.refused_bytes)
         yield refused
+        yield GaugeMetricFamily(
+            "idrserve_inflight_body_bytes",
+            "Bytes of large response bodies held until written (limits.max_inflight_body_bytes)",
+            value=a.body_bytes,
+        )
+        yield GaugeMetricFamily(
+            "idrserve_max_inflight_body_bytes",
+            "The byte budget of large response bodies (limits.max_inflight_body_bytes)",
+            value=a.max_body_bytes,
+        )
+        yield CounterMetricFamily(
+            "idrserve_send_timeouts",
+            "Connections closed because the client took no data for limits.send_timeout_s",
+            value=a.send_timeouts,
+        )
         yield CounterMetricFamily(
             "idrserve_requests_timed_out", "Requests answered 504 (deadline)", value=a.timeouts
         )

@@ -16,6 +16,15 @@ must be complete within `limits.header_timeout_s` of their first byte, else the 
 JSON 408 and the connection is closed (nginx's `client_header_timeout` does the same in front).
 This reads two pieces of aiohttp's RequestHandler state, `_messages` and `_request_in_progress`
 (hence aiohttp >= 3.10.11 in pyproject.toml); tests/http/test_server.py fails if they change.
+
+And it bounds how long a client may stop reading: when a response's data stops draining (the
+transport's buffer stays above its high-water mark, so every writer waits) for
+`limits.send_timeout_s`, the connection is aborted, which drops the buffer and cancels the
+handler, so the request's admission slot and body bytes are released (`http/bodies.py`).
+aiohttp has no such limit: a client that never read held its connection, and whatever was
+buffered for it, for ever. nginx's `send_timeout` is the same rule. The timer uses only
+asyncio's flow-control callbacks (`pause_writing`/`resume_writing`), so a response that never
+fills the buffer, nearly all of them, never creates one.
 """
 
 from __future__ import annotations
@@ -47,7 +56,14 @@ log = logging.getLogger("idrserve.http")
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its own error responses in idrserve's JSON shape."""
 
-    __slots__ = ("_head_timer", "cors_origin", "header_timeout_s")
+    __slots__ = (
+        "_head_timer",
+        "_send_timer",
+        "cors_origin",
+        "header_timeout_s",
+        "on_send_timeout",
+        "send_timeout_s",
+    )
 
     def __init__(
         self,
@@ -55,12 +71,41 @@ class JsonErrorRequestHandler(RequestHandler):
         *,
         cors_origin: str,
         header_timeout_s: float | None = None,
+        send_timeout_s: float | None = None,
+        on_send_timeout: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self.cors_origin = cors_origin
         self.header_timeout_s = header_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.on_send_timeout = on_send_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        # The transport holds more than its high-water mark: the client must take some of it
+        # within send_timeout_s (resume_writing, at the low-water mark), else it is dropped.
+        super().pause_writing()
+        if self.send_timeout_s is not None and self._send_timer is None:
+            self._send_timer = self._loop.call_later(self.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self.transport is None:
+            return
+        peer = self.transport.get_extra_info("peername")
+        log.info("%s took no data for %g s: connection closed", peer, self.send_timeout_s)
+        if self.on_send_timeout is not None:
+            self.on_send_timeout()
+        # abort, not close: close would keep the buffer until it is sent, i.e. for ever.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         # A timer per request head that does not arrive whole: started when bytes leave the
@@ -99,6 +144,9 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         super().connection_lost(exc)
 
     def handle_error(
@@ -127,6 +175,8 @@ class JsonErrorRequestHandler(RequestHandler):
 class _JsonErrorServer(web.Server):
     cors_origin = "*"
     header_timeout_s: float | None = None
+    send_timeout_s: float | None = None
+    on_send_timeout: Callable[[], None] | None = None
 
     def __call__(self) -> RequestHandler:
         return JsonErrorRequestHandler(
@@ -134,6 +184,8 @@ class _JsonErrorServer(web.Server):
             loop=self._loop,
             cors_origin=self.cors_origin,
             header_timeout_s=self.header_timeout_s,
+            send_timeout_s=self.send_timeout_s,
+            on_send_timeout=self.on_send_timeout,
             **self._kwargs,
         )
 
@@ -147,11 +199,15 @@ class JsonErrorAppRunner(web.AppRunner):
         *,
         cors_origin: str = "*",
         header_timeout_s: float | None = None,
+        send_timeout_s: float | None = None,
+        on_send_timeout: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._cors_origin = cors_origin
         self._header_timeout_s = header_timeout_s
+        self._send_timeout_s = send_timeout_s
+        self._on_send_timeout = on_send_timeout
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -161,6 +217,8 @@ class JsonErrorAppRunner(web.AppRunner):
         assert isinstance(server, _JsonErrorServer)
         server.cors_origin = self._cors_origin
         server.header_timeout_s = self._header_timeout_s
+        server.send_timeout_s = self._send_timeout_s
+        server.on_send_timeout = self._on_send_timeout
         return server
 
 
@@ -210,6 +268,8 @@ def serve(
     reuse_port: bool | None = None,
     cors_origin: str = "*",
     header_timeout_s: float | None = None,
+    send_timeout_s: float | None = None,
+    on_send_timeout: Callable[[], None] | None = None,
     drain_grace_s: float = 0.0,
     on_drain: Callable[[], None] | None = None,
     **runner_kwargs: Any,
@@ -226,6 +286,8 @@ def serve(
         app,
         cors_origin=cors_origin,
         header_timeout_s=header_timeout_s,
+        send_timeout_s=send_timeout_s,
+        on_send_timeout=on_send_timeout,
         handle_signals=False,  # _serve_forever installs its own SIGINT/SIGTERM handlers
         **runner_kwargs,
     )
