@@ -19,10 +19,10 @@ from idrserve.catalog import Catalog
 from idrserve.catalog.metrics import CatalogCollector
 from idrserve.http import api, deepzoom, iiif, ops, urls, viewer, webgateway, zarrstore
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
+from idrserve.http.keys import ADMISSION, CATALOG, DEPS, REGISTRY, SETTINGS, STATE
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
 from idrserve.http.params import parse_page
 from idrserve.http.viewer import page_links
-from idrserve.http.webgateway import DEPS, SETTINGS
 from idrserve.render import kernels
 from idrserve.render.lut import LutTable
 from idrserve.service import Deps
@@ -31,16 +31,13 @@ from idrserve.sources.routing import build_source
 
 log = logging.getLogger("idrserve")
 
-READY = web.AppKey("ready", dict)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
-CATALOG = web.AppKey("catalog", Catalog)
 # Longest wait at start-up for a catalog read in-process (see `lifecycle`).
 INLINE_WAIT_S = 10.0
 
 
 async def healthz(request: web.Request) -> web.Response:
     """200 once startup has finished (sources opened, pools created); no dependency calls."""
-    if not request.app[READY].get("ready"):
+    if not request.app[STATE].get("ready"):
         return web.json_response({"status": "starting"}, status=503)
     return web.json_response({"status": "ok", "version": __version__})
 
@@ -127,9 +124,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # One registry per app, so several apps (tests, workers) never share counters.
     app[REGISTRY] = CollectorRegistry()
-    app[READY] = {"ready": False}
-    app[ops.STATE] = app[READY]  # /readyz reads it too, plus "draining" at shutdown
-    app[ops.ADMISSION] = admission
+    app[STATE] = {"ready": False}  # /readyz reads it too, plus "draining" at shutdown
+    app[ADMISSION] = admission
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -163,11 +159,11 @@ def create_app(settings: Settings) -> web.Application:
             admission=admission,
             inline_pixels=settings.server.inline_pixels(),
         )
-        app[READY]["ready"] = True
+        app[STATE]["ready"] = True
         try:
             yield
         finally:
-            app[READY]["ready"] = False
+            app[STATE]["ready"] = False
             await cache.aclose()  # drains pending cache writes
             await source.aclose()
             await catalog.aclose()

@@ -163,7 +163,8 @@ def _tune_malloc() -> None:
 
 def _run_one(settings: Settings, reuse_port: bool) -> None:
     from idrserve.app import create_app, reload_catalog_on_sighup
-    from idrserve.http.ops import ADMISSION, AccessLog, configure_access_log, mark_draining
+    from idrserve.http.keys import ADMISSION
+    from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
     from idrserve.http.server import serve
 
     _tune_malloc()

@@ -14,8 +14,9 @@ from aiohttp import web
 
 from idrserve.http import params
 from idrserve.http.bodies import LARGE_BODY_BYTES, reserve_body
+from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.responses import not_modified
-from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.http.urls import public_base
 from idrserve.http.zarrstore import VIEWS
 from idrserve.model import ImageMeta
 from idrserve.ngffdocs import omero_block
@@ -31,7 +32,7 @@ async def image_info(request: web.Request) -> web.Response:
     iid = params.parse_path_int(request.match_info["iid"], "image_id")
     meta = await deps.source.meta(iid)
     view = await request.app[VIEWS].get(deps, iid, 2)
-    base = f"{request.scheme}://{request.host}"
+    base = public_base(request)
     return web.json_response(
         describe(meta, view, base, deps.limits.max_api_bytes),
         headers={"Cache-Control": "no-cache"},

@@ -30,17 +30,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from idrserve.admission import Admission, BodyBytes
+from idrserve.admission import Admission
+from idrserve.http.keys import BODY_BYTES, BODY_SENT
 
 # Bodies above this are budgeted and written in pieces.
 LARGE_BODY_BYTES = 1024 * 1024
 # The piece written between two drains: big enough that a piece costs one transport write and
 # one wake-up, small enough that a stalled client's buffer holds at most this.
 PIECE_BYTES = 256 * 1024
-
-BODY_BYTES = web.RequestKey("body_bytes", BodyBytes)
-# Body bytes handed to the transport so far (the access log's `bytes` when a client leaves).
-BODY_SENT = web.RequestKey("body_sent", int)
 
 
 def reserve_body(request: web.Request, admission: Admission | None, nbytes: int) -> None:

@@ -21,7 +21,7 @@ from idrserve.errors import BadRequest, NotFound
 from idrserve.http import params
 from idrserve.http.iiif import build_request, preflight, respond_image, tile_size
 from idrserve.http.iiif_params import Identifier
-from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.model import Box, Format, ImageMeta
 from idrserve.service import Deps, check_plane
 

@@ -22,8 +22,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from idrserve.admission import Admission
 from idrserve.http.bodies import LARGE_BODY_BYTES
-
-MEMO_INFO = web.RequestKey("memo_info", tuple)
+from idrserve.http.keys import MEMO_INFO
 
 
 @dataclass(frozen=True, slots=True)

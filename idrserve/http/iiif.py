@@ -31,7 +31,6 @@ from aiohttp import web
 
 from idrserve.errors import BadRequest
 from idrserve.http import params
-from idrserve.http.fastpath import MEMO_INFO
 from idrserve.http.iiif_params import (
     FORMATS,
     Identifier,
@@ -46,9 +45,9 @@ from idrserve.http.iiif_params import (
     resolve_region,
     resolve_size,
 )
+from idrserve.http.keys import DEPS, MEMO_INFO, SETTINGS
 from idrserve.http.responses import image_response, not_modified
 from idrserve.http.urls import forwarded_headers_used, public_base
-from idrserve.http.webgateway import DEPS, SETTINGS
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, Tone
 from idrserve.pyramid import plan_region, raw_bytes
 from idrserve.render.settings import resolve_render

@@ -27,10 +27,10 @@ from idrserve.errors import (
     SourceUnavailable,
     UpstreamTimeout,
 )
+from idrserve.http.keys import REQUEST_ID
 
 log = logging.getLogger("idrserve.http")
 
-REQUEST_ID = web.RequestKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # aiohttp's own HTTP errors (unknown route, wrong method, a request its parser refuses:

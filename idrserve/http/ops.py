@@ -42,18 +42,27 @@ from prometheus_client.registry import Collector
 
 from idrserve import __version__
 from idrserve.admission import Admission
-from idrserve.catalog import Catalog
 from idrserve.errors import Overloaded, redact_credentials
-from idrserve.http.bodies import BODY_BYTES, BODY_SENT, large_body, send_large
-from idrserve.http.middleware import REQUEST_ID, error_response, request_id
+from idrserve.http.bodies import large_body, send_large
+from idrserve.http.keys import (
+    ADMISSION,
+    BODY_BYTES,
+    BODY_SENT,
+    CATALOG,
+    DEPS,
+    REGISTRY,
+    REQUEST_ID,
+    SETTINGS,
+    STATE,
+)
+from idrserve.http.middleware import error_response, request_id
+from idrserve.http.openapi import build_spec
+from idrserve.http.webgateway import ms_options
 from idrserve.settings import Settings, SourceSettings
 
 log = logging.getLogger("idrserve.http")
 
 ACCESS_LOGGER = "idrserve.access"
-ADMISSION = web.AppKey("admission", Admission)
-# Shared with app.py: {"ready": bool, "draining": bool}.
-STATE = web.AppKey("ops_state", dict)
 
 # Probes and metrics answer even when the request bound is reached.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -79,8 +88,6 @@ def make_admission_middleware(
         if request.path in EXEMPT_PATHS:
             return await handler(request)
         if request.method == "OPTIONS" and request.path.startswith(WEBGATEWAY_PREFIX):
-            from idrserve.http.webgateway import ms_options
-
             return await ms_options(request)
         if not admission.request_admitted():
             return _overloaded(
@@ -412,8 +419,6 @@ async def _disk_health(cache: Any) -> dict[str, Any]:
 
 async def readyz(request: web.Request) -> web.Response:
     """Each dependency's state; 503 only when this process cannot serve at all."""
-    from idrserve.http.webgateway import DEPS, SETTINGS
-
     app = request.app
     state = app[STATE]
     body: dict[str, Any] = {"version": __version__, "pid": os.getpid()}
@@ -425,7 +430,7 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response(body, status=503)
     deps = app[DEPS]
     settings = app[SETTINGS]
-    catalog = _catalog(app)
+    catalog = app.get(CATALOG)
     if catalog is not None and catalog.state == "loading":
         # Alive (/healthz is 200) but unable to locate any image yet.
         body["status"] = "loading"
@@ -472,16 +477,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _catalog(app: web.Application) -> Catalog | None:
-    from idrserve.app import CATALOG
-
-    return app.get(CATALOG)
-
-
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3 description of every route (built once per app)."""
-    from idrserve.http.openapi import build_spec
-
     memo = request.app[_OPENAPI]
     if "doc" not in memo:
         memo["doc"] = json.dumps(build_spec(request.app), indent=1).encode()
@@ -546,8 +543,6 @@ def mark_draining(app: web.Application) -> None:
 def add_routes(app: web.Application) -> None:
     """`/readyz` and `/openapi.json`, the shutdown hook that makes /readyz say draining, and
     the admission counters on /metrics."""
-    from idrserve.app import REGISTRY
-
     if REGISTRY in app and ADMISSION in app:
         app[REGISTRY].register(AdmissionCollector(app[ADMISSION]))
 

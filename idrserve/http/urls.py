@@ -18,7 +18,7 @@ import re
 
 from aiohttp import web
 
-from idrserve.http.webgateway import SETTINGS
+from idrserve.http.keys import SETTINGS
 
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")

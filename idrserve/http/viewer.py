@@ -27,8 +27,8 @@ from aiohttp import web
 from idrserve import __version__, vendor
 from idrserve.catalog import CatalogPage
 from idrserve.errors import IdrServeError, NotFound
+from idrserve.http.keys import DEPS
 from idrserve.http.params import parse_page
-from idrserve.http.webgateway import DEPS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_ROOT = web.AppKey("static_root", Path)

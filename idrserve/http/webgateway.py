@@ -16,10 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from idrserve import __version__
+from idrserve.encode import encode
 from idrserve.errors import BadRequest, IdrServeError, NotFound
 from idrserve.http import params
-from idrserve.http.fastpath import MEMO_INFO
 from idrserve.http.imgdata import image_data, select_key
+from idrserve.http.keys import DEPS, MEMO_INFO, SETTINGS
 from idrserve.http.middleware import log_error
 from idrserve.http.responses import image_response, json_or_jsonp, not_modified
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, RenderOverrides
@@ -38,9 +39,6 @@ from idrserve.service import (
     thumbnail_size,
 )
 from idrserve.settings import LimitSettings, Settings
-
-DEPS = web.AppKey("deps", Deps)
-SETTINGS = web.AppKey("settings", Settings)
 
 ID = r"{iid:\d{1,19}}"
 Z = r"{z:\d{1,9}}"
@@ -262,8 +260,6 @@ async def render_thumbnail(request: web.Request) -> web.StreamResponse:
 
 def placeholder_png(width: int, height: int) -> bytes:
     import numpy as np
-
-    from idrserve.encode import encode
 
     rgb = np.full((max(1, height), max(1, width), 3), 200, dtype=np.uint8)
     return encode(rgb, Format.PNG, 1.0)

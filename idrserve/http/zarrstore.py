@@ -17,8 +17,9 @@ from aiohttp import web
 
 from idrserve.errors import BadRequest
 from idrserve.http import params
+from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.middleware import error_response
-from idrserve.http.webgateway import DEPS, SETTINGS
+from idrserve.http.urls import public_base
 from idrserve.zarrview import (
     JSON_TYPE,
     Blob,
@@ -78,7 +79,7 @@ async def zarr_key(request: web.Request) -> web.StreamResponse:
 
 def _index(request: web.Request, iid: int, zarr_format: int, n_levels: int) -> web.Response:
     """The store root: not a key, so a short JSON pointer to what a client should open."""
-    base = f"{request.scheme}://{request.host}{request.path}"
+    base = f"{public_base(request)}{request.path}"
     keys = [".zgroup", ".zattrs"] if zarr_format == 2 else ["zarr.json"]
     meta_key = ".zarray" if zarr_format == 2 else "zarr.json"
     return web.json_response(

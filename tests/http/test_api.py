@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from idrserve.app import create_app
 from idrserve.errors import BadRequest, TooLarge
-from idrserve.http.webgateway import DEPS
+from idrserve.http.keys import DEPS
 from idrserve.model import ImageMeta, LevelMeta, Selection
 from idrserve.raw import AXES, parse_region_query, resolve_region
 from idrserve.settings import load_settings

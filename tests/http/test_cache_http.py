@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient
 
-from idrserve.http.webgateway import DEPS
+from idrserve.http.keys import DEPS
 from tests.cache.conftest import RedisServer, redis_server  # noqa: F401  (fixture)
 from tests.http.conftest import P, S
 

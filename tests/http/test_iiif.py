@@ -560,7 +560,7 @@ async def test_unstored_level_is_area_average_of_raw(client: TestClient, iiif_ro
 
 
 async def _default_settings(client: TestClient) -> RenderSettings:
-    from idrserve.http.webgateway import DEPS
+    from idrserve.http.keys import DEPS
 
     deps = client.server.app[DEPS]
     meta = await deps.source.meta(ODD)
@@ -683,7 +683,7 @@ async def test_inline_renders_equal_pool_renders_and_skip_the_pool(
     ]
     expected = [await get_png(pooled, p) for p in paths]
     # From here on, the inline server's pool may only run what is over the bound.
-    from idrserve.http.webgateway import DEPS
+    from idrserve.http.keys import DEPS
 
     pool = inline.server.app[DEPS].cpu_pool
     submitted: list[object] = []

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from idrserve.app import create_app
-from idrserve.http.webgateway import DEPS
+from idrserve.http.keys import DEPS
 from idrserve.http.zarrstore import UNSATISFIABLE, parse_range
 from idrserve.model import ImageMeta, LevelMeta
 from idrserve.settings import load_settings

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from idrserve.app import create_app
 from idrserve.catalog import Catalog
-from idrserve.http.webgateway import DEPS
+from idrserve.http.keys import DEPS
 from idrserve.model import Box, ColorModel, Family, LevelMeta, Selection
 from idrserve.settings import OmeroSettings, SourceSettings, load_settings
 from idrserve.sources.base import resolve_source

@@ -173,7 +173,7 @@ async def test_readyz_503_while_draining(make: Callable[..., Any]) -> None:
 
 
 async def test_source_health_hook_is_reported(make: Callable[..., Any]) -> None:
-    from idrserve.http.webgateway import DEPS
+    from idrserve.http.keys import DEPS
 
     client, _ = await make()
     source = client.app[DEPS].source
@@ -196,7 +196,7 @@ async def test_readyz_shows_no_paths_by_default(
     make: Callable[..., Any], demo_data: Path, tmp_path: Path
 ) -> None:
     """Anyone can read /readyz: statuses and generic details, no paths, URLs or hosts."""
-    from idrserve.http.webgateway import DEPS
+    from idrserve.http.keys import DEPS
 
     catalog = tmp_path / "catalog.csv"
     catalog.write_text("id,path\n")
@@ -230,7 +230,7 @@ async def test_readyz_shows_no_paths_by_default(
 async def test_readyz_shows_paths_with_expose_internals(
     make: Callable[..., Any], demo_data: Path, tmp_path: Path
 ) -> None:
-    from idrserve.http.webgateway import DEPS
+    from idrserve.http.keys import DEPS
 
     catalog = tmp_path / "catalog.csv"
     cache_dir = tmp_path / "disk-cache"
@@ -316,8 +316,7 @@ async def test_access_log_text_format(make: Callable[..., Any]) -> None:
 async def test_abandoned_request_is_logged_and_cancelled(
     make: Callable[..., Any],
 ) -> None:
-    from idrserve.http.ops import ADMISSION
-    from idrserve.http.webgateway import DEPS
+    from idrserve.http.keys import ADMISSION, DEPS
 
     client, lines = await make()
     # Storage that takes a second, so the client hangs up in the middle of the request on any
