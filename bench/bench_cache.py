@@ -5,7 +5,7 @@ four idrserve servers — memory tier only (with and without the URL index of
 `http/fastpath.py`), disk tier only, Redis tier only. Each server is warmed
 with every URL once, then wrk on core 1 cycles through 1 024 distinct tile URLs (256 tiles × 4
 JPEG qualities) in interleaved rounds. Reported as tiles/s and as ratios to nginx static, per
-round (performance.md §6). Targets from issue 3: memory ≥ 15 000/s, disk ≥ 10 000/s,
+round (docs/benchmarks.md#protocol). Targets from issue 3: memory ≥ 15 000/s, disk ≥ 10 000/s,
 Redis ≥ 5 000/s.
 
     python bench/bench_cache.py [--duration 8] [--rounds 3]

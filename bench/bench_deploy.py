@@ -1,6 +1,6 @@
 """Deployment side-by-side: idrserve alone, behind the deploy/ nginx, nginx static, IIPImage.
 
-Whole-machine mode (performance.md §6, mode B): no server is pinned; wrk runs as
+Whole-machine mode (docs/benchmarks.md#protocol, mode B): no server is pinned; wrk runs as
 `bench_http.run_wrk` does (`-t1`, on core 1), so it shares a core with the servers. Everyone
 serves the same pixels (`write_image(..., 256, 1)`: 3-channel uint16 4096² pyramid, 256² chunks)
 and the same 1 024 tiles (256 level-0 tiles × 4 JPEG qualities). Contenders, interleaved per round:
@@ -90,7 +90,8 @@ http {{
 }}
 """
 
-# performance.md §1.2: plain fastcgi_pass, no upstream keepalive (one connection per iipsrv).
+# docs/benchmarks.md#iipimage-as-a-peer: plain fastcgi_pass, no upstream keepalive (one
+# connection per iipsrv).
 IIP_CONF = """
 user {user};
 worker_processes 2;
@@ -139,7 +140,7 @@ def cold_urls(round_no: int, n_urls: int) -> list[str]:
 
 
 def write_iip_tiff(path: Path, base: str) -> None:
-    """idrserve's 256 level-0 tiles at q=0.9 as a pyramidal JPEG TIFF (performance.md §1.2)."""
+    """idrserve's 256 level-0 tiles at q=0.9 as a pyramidal JPEG TIFF (iipsrv's layout)."""
     import numpy as np
     import tifffile
     from PIL import Image
@@ -191,7 +192,7 @@ def start_static(stack: Stack, tmp: Path, bodies: list[bytes]) -> tuple[str, lis
 
 
 def start_iip(stack: Stack, tmp: Path, mem: str) -> tuple[str, list[str]]:
-    """Two iipsrv FastCGI processes behind their own nginx (performance.md §1.2)."""
+    """Two iipsrv FastCGI processes behind their own nginx (docs/benchmarks.md)."""
     if not IIPSRV.exists():
         raise RuntimeError(f"{IIPSRV} missing (apt-get install iipimage-server)")
     data = tmp / "iip"
@@ -390,9 +391,10 @@ def main() -> int:
         "",
         f"Command: `{cmdline}`",
         "",
-        "Whole-machine mode (performance.md §6 B): no server pinned; nginx with 2 workers "
-        "(static, IIPImage) or `worker_processes auto` (deploy/nginx/nginx.conf as shipped, access "
-        "log on); idrserve with 1 CPU thread per worker; wrk `-t1` on core 1 (bench_http.run_wrk), "
+        "Whole-machine mode (docs/benchmarks.md#protocol, mode B): no server pinned; nginx with "
+        "2 workers (static, IIPImage) or `worker_processes auto` (deploy/nginx/nginx.conf as "
+        "shipped, access log on); idrserve with 1 CPU thread per worker; wrk `-t1` on core 1 "
+        "(bench_http.run_wrk), "
         f"sharing that core with the servers; `-c{args.conns}` for cache hits and static, "
         f"`-c{args.cold_conns}` for rendering contenders. Same pixels for everyone (3-channel "
         "uint16 4096² OME-Zarr, 256² chunks); 1 024 URLs = 256 level-0 256² tiles × "

@@ -1,4 +1,6 @@
-"""Cold-tile HTTP throughput of idrserve on one core, with wrk on the other (performance.md §6).
+"""Cold-tile HTTP throughput of idrserve on one core, with wrk on the other.
+
+Mode A of docs/benchmarks.md#protocol.
 
 Writes a seeded 3-channel uint16 OME-Zarr pyramid twice (256² and 512² chunks), starts
 `idrserve serve` pinned to core 0, and replays every level-0 tile of each image with wrk pinned

@@ -1,9 +1,9 @@
 """IIIF tiles on one core: idrserve (cold and warm) against IIPImage, side by side in one run.
 
-Mode A of performance.md §6: each server stack pinned to core 0 (`taskset`), wrk `-t1` pinned
-to core 1 (bench_http.run_wrk). Same tile list for everyone: the 256 level-0 256² tiles of
-bench_http's seeded 3-channel uint16 4096² OME-Zarr pyramid (256² chunks, blosc-lz4, image
-2001), JPEG q90, as IIIF Image API URLs (`x,y,256,256/256,256/0/default.jpg` on idrserve's
+Mode A of docs/benchmarks.md#protocol: each server stack pinned to core 0 (`taskset`), wrk `-t1`
+pinned to core 1 (bench_http.run_wrk). Same tile list for everyone: the 256 level-0 256² tiles of
+bench_http's seeded 3-channel uint16 4096² OME-Zarr pyramid (256² chunks, blosc-lz4, image 2001),
+JPEG q90, as IIIF Image API URLs (`x,y,256,256/256,256/0/default.jpg` on idrserve's
 `/iiif/3/2001;q=0.9`, `…/256,/0/default.jpg` on iipsrv's IIIF 2 handler).
 
 Contenders, interleaved per round after a warm-up:
@@ -12,13 +12,12 @@ Contenders, interleaved per round after a warm-up:
    pixels), response caches off: every request reads three chunks, decodes, renders and
    encodes;
 2. idrserve warm: the same, memory tier filled by one pass (cache hits, URL fast path);
-3. IIPImage on the same pixels: one iipsrv FastCGI process (no tile cache) behind one nginx
-   worker (performance.md §1.2), reading the same uint16 pyramid as a 3-sample 16-bit tiled
-   TIFF, uncompressed (iipsrv's fastest on these pixels: 570 tiles/s against 370 for zstd and
-   300 for deflate in a trial run), channels in R, G, B order of the image's colours and the
-   window (100–1500) in SMin/SMaxSampleValue, so iipsrv's own 16→8-bit scaling renders what
-   idrserve renders (PSNR between the two tiles is reported); the target is measured
-   against this one;
+3. IIPImage on the same pixels: one iipsrv FastCGI process (no tile cache) behind one nginx worker
+   (docs/benchmarks.md#iipimage-as-a-peer), reading the same uint16 pyramid as a 3-sample 16-bit
+   tiled TIFF, uncompressed (iipsrv's fastest on these pixels: 570 tiles/s against 370 for zstd and
+   300 for deflate in a trial run), channels in R, G, B order of the image's colours and the window
+   (100–1500) in SMin/SMaxSampleValue, so iipsrv's own 16→8-bit scaling renders what idrserve
+   renders (PSNR between the two tiles is reported); the target is measured against this one;
 4. IIPImage on a pre-rendered JPEG TIFF: idrserve's q=0.9 rendering stored as a JPEG-q90
    pyramid (bench_deploy.write_iip_tiff), so iipsrv only decodes and re-encodes 8-bit RGB.
    Not the same pixels (rendered, 8-bit, lossy) and no rendering work: iipsrv's best case,
@@ -119,8 +118,11 @@ def write_same_pixels_tiff(path: Path, image: Path) -> None:
 
 
 def start_iip_one_core(stack: Stack, tmp: Path, image: Path, rendered_from: str) -> str:
-    """One iipsrv on core 0 behind one nginx worker on core 0 (performance.md §1.2), serving
-    both TIFFs (iipsrv keeps no tile cache here, so one never warms the other)."""
+    """One iipsrv on core 0 behind one nginx worker on core 0, serving both TIFFs.
+
+    Set up as docs/benchmarks.md#iipimage-as-a-peer says; iipsrv keeps no tile cache here, so
+    one TIFF never warms the other.
+    """
     if not IIPSRV.exists():
         raise RuntimeError(f"{IIPSRV} missing (apt-get install iipimage-server)")
     data = tmp / "iip"
@@ -249,7 +251,7 @@ def main() -> int:
         f"Command: `python bench/bench_iiif.py --duration {args.duration:g} --rounds {args.rounds}"
         f" --conns {args.conns}`",
         "",
-        "Mode A (performance.md §6): each server stack pinned to core 0, wrk -t1 "
+        "Mode A (docs/benchmarks.md#protocol): each server stack pinned to core 0, wrk -t1 "
         f"-c{args.conns} on core 1, {args.rounds} interleaved rounds of {args.duration:g} s after "
         f"a {args.warmup:g} s warm-up each. 256 level-0 256² tiles, JPEG q90, IIIF URLs. "
         "idrserve reads a 3-channel uint16 4096² OME-Zarr (256² chunks, blosc-lz4) and renders "
@@ -266,7 +268,7 @@ def main() -> int:
             [
                 f"**Machine busy** (1-min loadavg {busy:.2f} before the run, other processes "
                 "on both cores): these figures are not a fair comparison; re-run on a quiet "
-                "machine (performance.md §6.1).",
+                "machine (docs/benchmarks.md#protocol).",
                 "",
             ]
             if busy > 1.0

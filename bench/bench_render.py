@@ -1,12 +1,12 @@
 """Micro-benchmark of idrserve's render and encode stages; writes a Markdown report.
 
 Measures, on seeded microscopy-like uint16 data (Gaussian spots on a dim background with
-shot-like noise, as in spec performance.md §7):
+shot-like noise, as in docs/benchmarks.md#protocol):
 
 * `render_rgb` for 3 channels at 256² and 512²: blue/green/red (each colour component fed by
   one channel, the common case), cyan/magenta/yellow (two channels per component) and three
   white channels (three per component, the worst case); plus greyscale and float32 data;
-* the straightforward float reference renderer (performance.md §3.4's "vectorised numpy"),
+* the straightforward float reference renderer (docs/benchmarks.md#rendering),
   and its ratio to `render_rgb`;
 * building a uint16 quantization table cold (cache cleared) and cached, and `quantize` alone;
 * each encoder (JPEG q0.9 4:2:0, PNG, TIFF) on the rendered tile.
@@ -86,7 +86,7 @@ def numpy_loops() -> Iterator[None]:
 
 
 def naive_render(planes: np.ndarray, settings: RenderSettings) -> np.ndarray:
-    """performance.md §3.4's straightforward float renderer (≈ ±1 grey level of OMERO)."""
+    """The straightforward float renderer of docs/benchmarks.md#rendering (≈ ±1 grey level)."""
     acc = np.zeros((*planes.shape[1:], 3), dtype=np.float32)
     for plane, c in zip(planes, settings.active_indices(), strict=True):
         ch = settings.channels[c]

@@ -19,7 +19,7 @@ RGBA = tuple[int, int, int, int]
 
 
 class Family(StrEnum):
-    """OMERO quantization families (spec webgateway §6.3)."""
+    """OMERO quantization families (docs/rendering.md#families)."""
 
     LINEAR = "linear"
     POLYNOMIAL = "polynomial"

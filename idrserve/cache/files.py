@@ -154,9 +154,9 @@ class DiskStore:
     def read_if_cached(self, key: str) -> tuple[CacheEntry | None, bool] | None:
         """Like `read`, but only from the page cache, on the caller's thread; None = go async.
 
-        `preadv2(RWF_NOWAIT)` returns the bytes only when no disk I/O is needed, so a hot entry
-        is served without an executor hop (performance.md §3.8: 16 600 vs 12 000 hits/s) and a
-        cold one never blocks the event loop on the device. Only the open() of a file whose
+        `preadv2(RWF_NOWAIT)` returns the bytes only when no disk I/O is needed, so a hot entry is
+        served without an executor hop (docs/benchmarks.md#cache-hits: 16 600 vs 12 000 hits/s) and
+        a cold one never blocks the event loop on the device. Only the open() of a file whose
         directory entry is not cached can still wait on the disk.
 
         The most recently read files stay open, checksum verified once (as nginx's

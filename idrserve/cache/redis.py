@@ -171,8 +171,9 @@ class RedisTier:
         event-loop iteration go out as one MGET.
 
         redis-py spends most of a cache hit's client CPU on the command, not the bytes (pool
-        checkout, timeout scope, reply parsing setup: performance.md §3.6); under load one
-        iteration holds the lookups of many requests, so batching makes that cost per batch.
+        checkout, timeout scope, reply parsing setup: docs/benchmarks.md#serving-bytes); under
+        load one iteration holds the lookups of many requests, so batching makes that cost per
+        batch.
         """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bytes | str | None] = loop.create_future()

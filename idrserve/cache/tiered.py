@@ -1,14 +1,14 @@
 """The response cache: in-process memory, then local disk, then shared Redis.
 
-Tier order comes from measurement, not habit (`performance.md` §3.8, aiohttp + uvloop, 30 KB
-tile, one core): a hit from process memory serves about 27 k responses/s, a page-cached disk
-file read through an executor about 12 k/s, and Redis on the same 2-core box about 6.5 k/s:
-redis-py spends ~50 µs of client CPU per GET (§3.6) and the Redis server competes for the same
-cores. So a local disk hit is ~2× cheaper than a Redis hit and is tried first; Redis is the
-tier *shared* between processes and hosts, so it is still worth one round trip before a
-render. A hit in a lower tier fills the tiers above it (disk → memory; Redis → memory and
-disk). Each tier is enabled by settings: memory when `memory_max_bytes` > 0, disk when `dir`
-is set (and `dir_max_bytes` > 0), Redis when `redis_url` is set.
+Tier order comes from measurement, not habit (docs/benchmarks.md#cache-hits, aiohttp + uvloop, 30 KB
+tile, one core): a hit from process memory serves about 27 k responses/s, a page-cached disk file
+read through an executor about 12 k/s, and Redis on the same 2-core box about 6.5 k/s: redis-py
+spends ~50 µs of client CPU per GET (docs/benchmarks.md#serving-bytes) and the Redis server competes
+for the same cores. So a local disk hit is ~2× cheaper than a Redis hit and is tried first; Redis is
+the tier *shared* between processes and hosts, so it is still worth one round trip before a render.
+A hit in a lower tier fills the tiers above it (disk → memory; Redis → memory and disk). Each tier
+is enabled by settings: memory when `memory_max_bytes` > 0, disk when `dir` is set (and
+`dir_max_bytes` > 0), Redis when `redis_url` is set.
 
 Failure is never an error for the caller: Redis runs behind a circuit breaker with short
 timeouts, disk writes back off on a full or read-only disk, a corrupt entry is a miss.

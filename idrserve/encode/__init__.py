@@ -1,4 +1,4 @@
-"""RGB uint8 arrays → encoded image bytes, one encoder per `Format` (STYLE §4).
+"""RGB uint8 arrays → encoded image bytes, one encoder per `Format`.
 
 Every encoder has the signature `encode_x(rgb, quality) -> bytes` and accepts any (H, W, 3)
 uint8 array, including 1×1 and non-contiguous views. `MEDIA_TYPES` in `model.py` gives the

@@ -1,10 +1,10 @@
-"""JPEG encoding with libjpeg-turbo through simplejpeg (spec webgateway §6.8).
+"""JPEG encoding with libjpeg-turbo through simplejpeg (docs/rendering.md#jpeg-encoding).
 
 OMERO writes with Java ImageIO at quality q (0..1). libjpeg's IJG quality scaling at
 `round(q·100)` with 4:2:0 chroma subsampling and standard Huffman tables gives the same
 quantisation tables; bytes still differ (DCT and colour-conversion rounding), so compare
-decoded pixels, not files. simplejpeg measured fastest here (performance.md §3.1: 0.16 ms
-for a 256² tile at q90).
+decoded pixels, not files. simplejpeg measured fastest here (docs/benchmarks.md#encoding:
+0.16 ms for a 256² tile at q90).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PNG encoding with imagecodecs (libpng + zlib-ng).
 
-Uses the settings performance.md §3.2 measured 5.6× faster than Pillow's default with no
-size penalty on microscopy tiles: zlib level 1, RLE strategy, SUB filter (1.6 ms at 256²).
+Uses the settings docs/benchmarks.md#encoding measured 5.6× faster than Pillow's default with
+no size penalty on microscopy tiles: zlib level 1, RLE strategy, SUB filter (1.6 ms at 256²).
 PNG is lossless, so `quality` is accepted for a uniform signature and ignored.
 """
 

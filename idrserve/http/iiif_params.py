@@ -322,8 +322,9 @@ def canonical_image_path(
     quality: str,
     fmt: str,
 ) -> str:
-    """`{region}/{size}/{rotation}/{quality}.{format}` in the spec's canonical form (§ "Canonical
-    URI Syntax" of 3.0 and 2.1): the cache-friendly spelling of an equivalent request."""
+    """`{region}/{size}/{rotation}/{quality}.{format}` in the IIIF canonical form (section
+    "Canonical URI Syntax" of Image API 3.0 and 2.1): the cache-friendly spelling of an
+    equivalent request."""
     whole = (region.x, region.y, region.w, region.h) == (0, 0, *image_size)
     r = "full" if whole else f"{region.x},{region.y},{region.w},{region.h}"
     rotation = f"{'!' if mirror else ''}{degrees}"
@@ -337,7 +338,7 @@ def parse_rotation(text: str) -> tuple[bool, int]:
     """`[!]degrees` → (mirror, degrees); only multiples of 90 are implemented (else 501)."""
     mirror = text.startswith("!")
     body = text[1:] if mirror else text
-    # Integers without leading zeros, or decimals without trailing zeros (spec grammar).
+    # Integers without leading zeros, or decimals without trailing zeros (IIIF's grammar).
     if not re.fullmatch(r"(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{0,9}[1-9])?", body):
         raise BadRequest(
             f"rotation {_echo(text)!r}: expected [!]degrees between 0 and 360", param="rotation"

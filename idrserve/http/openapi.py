@@ -4,7 +4,7 @@ Each `_Op` below documents one family of routes (a regular expression over the r
 template, e.g. every `render_image_region` alias): summary, query parameters, responses.
 Path parameters are documented once by name in `PATH_PARAMS`. `build_spec` walks the app's
 router and emits one operation per registered (method, path); a route that no family matches
-is left out, and `tests/ops/test_openapi.py` fails on it, so a new route cannot ship
+is left out, and `tests/ops/test_ops_http.py` fails on it, so a new route cannot ship
 undocumented. The document is also what schemathesis fuzzes (`tests/ops/test_schemathesis.py`).
 """
 

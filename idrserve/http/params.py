@@ -1,6 +1,6 @@
 """Parse webgateway (OMERO.web) query strings and path segments into typed values.
 
-Pure functions with no aiohttp import; spec: /work/shared/spec/webgateway.md §3, §4.
+Pure functions with no aiohttp import; the grammar and its rules: docs/webgateway.md.
 
 Query objects are any ``Mapping[str, str]``. If the object also has ``getall`` (aiohttp's
 ``MultiDictProxy``), the *last* value of a repeated key wins, as with Django's ``QueryDict`` on
@@ -320,7 +320,7 @@ def _int_fields(values: list[str], param: str, form: str, raw: str) -> list[int]
 def parse_tile(
     value: str, level_count: int, default_tile: tuple[int, int], max_tile_length: int
 ) -> tuple[int, Box]:
-    """`tile=level,col,row[,w,h]` → (level, unclipped Box in that level's pixels), §4.1.2.
+    """`tile=level,col,row[,w,h]` → (level, unclipped Box in that level's pixels).
 
     3 or 4 fields use `default_tile` (a 4th field is ignored); from 5 fields on, w/h ≤ 0 are
     a 400, as for `region=` (web quietly uses the default tile size), and w/h >
@@ -357,7 +357,7 @@ def parse_tile(
 
 
 def parse_region(value: str) -> Box:
-    """`region=x,y,w,h` (full-resolution pixels, extra fields ignored) → unclipped Box, §4.1.3.
+    """`region=x,y,w,h` (full-resolution pixels, extra fields ignored) → unclipped Box.
 
     Negative x/y and w/h ≤ 0 are 400 (web renders nothing and answers 404 or 500).
     """
@@ -381,7 +381,10 @@ def parse_tile_or_region(
     default_tile: tuple[int, int],
     max_tile_length: int,
 ) -> tuple[int, Box]:
-    """§4.1.1: a non-empty `tile` wins, else a non-empty `region` (level 0), else 400."""
+    """A non-empty `tile` wins, else a non-empty `region` (level 0), else 400.
+
+    The order and both grammars: docs/webgateway.md#tiles-and-regions.
+    """
     tile = _get(query, "tile")
     if tile:
         return parse_tile(tile, level_count, default_tile, max_tile_length)

@@ -348,7 +348,10 @@ async def ms_options(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every webgateway URL shape and its webclient aliases (spec §4.7)."""
+    """Register every webgateway URL shape and its webclient aliases.
+
+    The list: docs/webgateway.md#routes and #webclient-aliases.
+    """
     add = app.router.add_get
     plane_tails = (("", "0"), (f"{Z}/", "1"), (f"{Z}/{T}/", "2"))
     h = r"{h:\d{1,9}}"

@@ -11,7 +11,7 @@ API (modelled on omero-ms-pixel-buffer's raw tile endpoint; every error is JSON
 - ``GET /tile/<id>/<z>/<c>/<t>?level=&x=&y=&w=&h=`` -> the bytes of `RawPixelsStore.getTile`,
   unchanged (big-endian), with ``X-Pixels-Type``, ``X-Width`` and ``X-Height`` headers.
   ``level`` counts like idrserve and NGFF (0 = full resolution); OMERO's `setResolutionLevel`
-  counts the other way (0 = smallest, spec webgateway §4.1.2 and §6.9), converted here once.
+  counts the other way (0 = smallest, docs/rendering.md#resolution-levels), converted here once.
 - ``GET /stats`` -> call counters, for tests and benchmarks.
 
 Protecting OMERO (issue: every call bounded, pooled and cached):
@@ -485,7 +485,8 @@ def _load_image(
         service = omero.api.IPixelsPrx.uncheckedCast(
             sess.sf.getPixelsService().ice_invocationTimeout(timeout_ms)
         )
-        # The owner's settings are the curated defaults every public viewer sees (spec §6.1).
+        # The owner's settings are the curated defaults every public viewer sees
+        # (docs/webgateway.md#rendering-parameters).
         rdef = service.retrieveRndSettingsFor(pixels_id, owner_id, ALL_GROUPS)
         if rdef is not None and not rdef.isWaveRenderingLoaded():
             # Fully linked (channel bindings, families, codomain maps) in one more call.

@@ -1,8 +1,9 @@
 """Raw channel planes → RGB, reproducing the OMERO rendering engine pixel for pixel.
 
-Pure, synchronous functions on numpy arrays (STYLE §4): no I/O beyond loading LUT files, no
-settings. `render_rgb` is the entry point; `quantize`, `colour`, `project` and `resample`
-hold the stages, `lut` the lookup tables.
+Pure, synchronous functions on numpy arrays (CONTRIBUTING.md#how-the-code-is-layered): no I/O
+beyond loading LUT files, no settings. `render_rgb` is the entry point; `quantize`, `colour`,
+`project` and `resample` hold the stages, `lut` the lookup tables. The rules they implement,
+in order: docs/rendering.md.
 """
 
 from __future__ import annotations

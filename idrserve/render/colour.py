@@ -1,6 +1,7 @@
 """Compositing quantized channels into RGB: OMERO's colour and greyscale models.
 
-Spec webgateway §6.5 (`RenderHSBRegionTask.renderPackedInt`) and §6.6 (`GreyScaleStrategy`).
+OMERO's `RenderHSBRegionTask.renderPackedInt` and `GreyScaleStrategy`; the rules:
+docs/rendering.md#colour-model-additive-compositing and docs/rendering.md#greyscale-model.
 
 Per active channel and output component, OMERO adds a term `t(q)` that depends only on the
 quantized value q: `lut[q]` for a LUT channel, otherwise `(int)(R/255.0 · q)` and, when the
@@ -9,9 +10,9 @@ here). The RE multiplies by alpha only when some active channel has A ≠ 255, b
 a factor of exactly 1.0f, so applying each channel's own alpha is the same thing. Sums are
 clamped at 255 after each addition, which equals `min(255, Σ)` because every term is ≥ 0.
 
-Speed (performance.md §3.4): for 8/16-bit data each channel's term tables are composed with
-its quantization table into one raw→term table per output component (65536 entries for
-uint16, cached), so a channel costs one `np.take` per component it contributes to, and
+Speed (docs/benchmarks.md#rendering): for 8/16-bit data each channel's term tables are
+composed with its quantization table into one raw→term table per output component (65536
+entries for uint16, cached), so a channel costs one `np.take` per component it contributes to, and
 components a channel cannot light (e.g. G and B of a pure red channel) cost nothing. For
 32-bit and float data the channel is quantized first and the 256-entry term tables are indexed
 by q. Several contributions to one component are added with a saturating uint8 add
@@ -38,7 +39,7 @@ ComponentTables = tuple[Component, Component, Component]
 
 
 def colour_terms(color: RGBA) -> U8:
-    """(256, 3) uint8: the amount a colour channel adds to R, G, B for each q (§6.5)."""
+    """(256, 3) uint8: the amount a colour channel adds to R, G, B for each q."""
     r, g, b, a = (max(0, min(255, int(v))) for v in color)
     q = np.arange(256, dtype=np.float64)
     ratios = np.array([v / 255.0 if v > 0 else 0.0 for v in (r, g, b)], dtype=np.float64)
@@ -134,8 +135,8 @@ def composite(parts: Sequence[Contribution], out: npt.NDArray[np.uint8], compone
 
 
 def render_greyscale(table: U8, index: npt.NDArray[np.unsignedinteger[Any]]) -> U8:
-    """(H, W, 3) with R = G = B = table[index] (§6.6): the channel's quantization table (or
-    the bin table of a wide type) applied once and written to all three components."""
+    """(H, W, 3) with R = G = B = table[index] (greyscale model): the channel's quantization
+    table (or the bin table of a wide type) applied once and written to all three components."""
     out = np.empty((*index.shape, 3), dtype=np.uint8)
     kernels.lut_grey(out, table, index)
     return out

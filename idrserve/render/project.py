@@ -1,4 +1,4 @@
-"""Z projections with OMERO's quirks (spec webgateway §6.7; omero-server `ProjectionBean`).
+"""Z projections with OMERO's quirks (omero-server `ProjectionBean`; docs/rendering.md#projections).
 
 The stack holds planes start..end inclusive. What OMERO does, and so what this does:
 

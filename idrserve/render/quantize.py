@@ -1,4 +1,6 @@
-"""OMERO quantization: raw channel values → integers 0..255 (spec webgateway §6.3, §6.4).
+"""OMERO quantization: raw channel values → integers 0..255.
+
+The rules, from docs/rendering.md#windows to docs/rendering.md#32-bit-and-floating-point-data.
 
 The arithmetic mirrors the OMERO rendering engine (omero-renderer `omeis.providers.re.quantum`)
 operation by operation in IEEE doubles, because the exact order of operations decides which

@@ -1,10 +1,10 @@
 """Resolve parsed request overrides against an image's saved rendering settings.
 
-Spec: /work/shared/spec/webgateway.md §3.1 rules 1–6 and §3.2. Overrides are keyed by
-channel number, as omero-ms-image-region does; for the ascending `c=` lists every client
-sends this equals OMERO.web, which walks channels in index order instead (rule 5).
-Windows are passed through untouched: clamping them to the pixel type (§6.3) is the
-renderer's job.
+Rules: docs/webgateway.md#c-channels (rules 1–6) and
+docs/webgateway.md#maps-inversion-and-quantization. Overrides are keyed by channel number, as
+omero-ms-image-region does; for the ascending `c=` lists every client sends this equals OMERO.web,
+which walks channels in index order instead (rule 5). Windows are passed through untouched: clamping
+them to the pixel type (docs/rendering.md#windows) is the renderer's job.
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ def resolve_render(meta: ImageMeta, ov: RenderOverrides) -> RenderSettings:
 
 
 def resolve_thumbnail(meta: ImageMeta) -> RenderSettings:
-    """Thumbnails always use the saved settings; `c`, `m` and `p` are not honoured (§4.3)."""
+    """Thumbnails use the saved settings; `c`, `m` and `p` are not honoured.
+
+    As on OMERO.web: docs/webgateway.md#thumbnails.
+    """
     base = meta.default_render()
     channels = tuple(_resolve_channel(ch, None, None) for ch in base.channels)
     return RenderSettings(channels, base.model)

@@ -2,7 +2,7 @@
 
 Pure functions over already-fetched JSON documents; no I/O here (`sources/zarr.py` fetches).
 The `omero` block is parsed leniently: any field may be missing or of the wrong type, and then
-the documented default applies (spec ngff_iiif A.4, D.3–D.4; webgateway §6.1):
+the documented default applies (docs/rendering.md#default-settings-without-an-omero-block):
 
 - label: the channel index as a string (what imgData shows for an unnamed channel);
 - colour: the vizarr palette for the channel count (1: white; 2: magenta, green; 3: red, green,
@@ -31,7 +31,7 @@ from idrserve.model import RGBA, ChannelMeta, ColorModel, Family, ImageMeta, Lev
 AXES_5D = ("t", "c", "z", "y", "x")
 ROLES = frozenset(AXES_5D)
 
-# vizarr's defaults (spec ngff_iiif D.3).
+# vizarr's default colours, by channel count.
 WHITE: RGBA = (255, 255, 255, 255)
 _PALETTE_2: tuple[RGBA, ...] = ((255, 0, 255, 255), (0, 255, 0, 255))
 _PALETTE_3: tuple[RGBA, ...] = ((255, 0, 0, 255), (0, 255, 0, 255), (0, 0, 255, 255))
@@ -508,7 +508,7 @@ def _omero_channel(image: NgffImage, c: int) -> OmeroChannel:
 
 
 def _window(ch: OmeroChannel) -> tuple[float, float] | None:
-    """The saved rendering window (start, end) if usable (spec D.4: finite, start < end)."""
+    """The saved rendering window (start, end) if usable: finite, start < end."""
     if ch.start is not None and ch.end is not None and ch.start < ch.end:
         return ch.start, ch.end
     return None
@@ -532,7 +532,7 @@ def channels_needing_stats(image: NgffImage) -> tuple[int, ...]:
 
 
 def compute_window(plane: np.ndarray) -> ChannelStats:
-    """Auto-contrast window of one channel (spec D.4): p0.1/p99.9 of finite non-zero values.
+    """Auto-contrast window of one channel: p0.1/p99.9 of finite non-zero values.
 
     Falls back to min/max of the finite values, and to [v, v+1] for a constant channel.
     """
@@ -574,7 +574,7 @@ def to_image_meta(
             start, end = window
         elif st is not None:
             start, end = st.start, st.end
-        else:  # uint8/int8 (full range, spec D.4), or stats not computed
+        else:  # 8-bit (full range, without reading pixels), or stats not computed
             start, end = span if span is not None else (0.0, 1.0)
         data_range = _data_range(ch)
         if data_range is not None:

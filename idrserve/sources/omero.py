@@ -7,8 +7,9 @@ HTTP to it over loopback (or a Unix socket) and keeps the server's contract:
 
 - `meta` turns the worker's OMERO facts into the same `ImageMeta` the Zarr source builds: the
   owner's saved rendering settings become the default rendering, missing ones fall back to the
-  rendering engine's own defaults (spec webgateway §6.1), levels are listed full resolution
-  first. Cached for `omero.metadata_ttl_s`, loaded once for concurrent first requests.
+  rendering engine's own defaults (docs/rendering.md#default-settings-without-an-omero-block),
+  levels are listed full resolution first. Cached for `omero.metadata_ttl_s`, loaded once for
+  concurrent first requests.
 - `read` assembles a selection from OMERO tiles aligned to the image's tile grid, so a viewer's
   tile is exactly one `getTile` per channel and plane. The big-endian bytes become the native
   dtype here. Identical tile reads in flight share one call (single flight), and recently read
@@ -69,8 +70,8 @@ OMERO_DTYPES: dict[str, str] = {
     "float": "float32",
     "double": "float64",
 }
-# Window bounds the rendering engine uses when a channel has no statistics (spec §5.1
-# pixel_range for float/double).
+# Window bounds the rendering engine uses when a channel has no statistics (float/double's
+# pixel_range in docs/webgateway.md#imgdata).
 _FLOAT_RANGE = (-2147483648.0, 2147483647.0)
 _FAMILIES = {f.value: f for f in Family}
 
@@ -79,7 +80,10 @@ _FAMILIES = {f.value: f for f in Family}
 
 
 def _label(ch: dict[str, Any], index: int) -> str:
-    """Channel name, else emission wavelength (int if integral), else the index (spec §5.1)."""
+    """Channel name, else emission wavelength (int if integral), else the index.
+
+    OMERO.web's rule for imgData's channel `label` (docs/webgateway.md#imgdata).
+    """
     name = ch.get("name")
     if name:
         return str(name)
@@ -448,7 +452,7 @@ class OmeroSource:
         return None  # every read goes through the worker, asynchronously
 
     async def ngff_location(self, image_id: int) -> str | None:
-        """The OME-Zarr location OMERO records for an NGFF-backed image (spec §6.9), or None."""
+        """The OME-Zarr location OMERO records for an NGFF-backed image (docs/omero.md), or None."""
         await self.meta(image_id)
         entry = self._meta.get(image_id)
         return entry.ngff if entry is not None else None

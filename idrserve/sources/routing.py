@@ -5,7 +5,7 @@ other image is read from OMERO when OMERO is configured. Without OMERO, everythi
 Zarr source exactly as before (unknown images stay 404).
 
 With `omero.ngff_direct` (default), an OMERO image that OMERO itself links to an OME-Zarr
-(ExternalInfo of omero-zarr-pixel-buffer, spec webgateway §6.9) is read from that Zarr directly,
+(ExternalInfo of omero-zarr-pixel-buffer, docs/omero.md) is read from that Zarr directly,
 after one metadata call to OMERO; its rendering defaults then come from the Zarr's `omero` block.
 
 The decision is remembered per image for `source.rescan_interval_s`, the catalog's own trust

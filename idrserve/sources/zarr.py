@@ -298,7 +298,10 @@ class ZarrSource:
     async def _stats(
         self, image: ngff.NgffImage, arrays: Sequence[AsyncArray[Any]], draft: ImageMeta
     ) -> dict[int, ngff.ChannelStats]:
-        """Auto windows from the coarsest level at the default plane (spec ngff_iiif D.4)."""
+        """Auto windows from the coarsest level at the default plane.
+
+        The rule and its fallbacks: docs/rendering.md#default-settings-without-an-omero-block.
+        """
         channels = ngff.channels_needing_stats(image)
         if not channels:
             return {}

@@ -82,7 +82,7 @@ def test_quality_changes_size_and_quantisation() -> None:
 
 
 def test_quality_matches_libjpeg_tables() -> None:
-    """Same quantisation tables as Pillow/libjpeg at quality round(q·100) (spec §6.8)."""
+    """Same quantisation tables as Pillow/libjpeg at quality round(q·100)."""
     rgb = smooth(32, 32)
     ours = encode_jpeg(rgb, 0.85)
     ref = io.BytesIO()

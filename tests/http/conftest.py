@@ -1,6 +1,6 @@
-"""Fixture images of spec webgateway §9, written as real OME-Zarr 0.4 with zarr-python.
+"""Fixture images of docs/webgateway.md#conformance-cases, as real OME-Zarr 0.4 (zarr-python).
 
-P keeps the spec's geometry (10000×8000, 5 levels) without writing 480 MB: only a few chunks
+P keeps the documented geometry (10000×8000, 5 levels) without writing 480 MB: only a few chunks
 hold data, the rest read as the fill value, exactly as a sparse Zarr array would.
 """
 

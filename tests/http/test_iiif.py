@@ -505,7 +505,7 @@ def osd_tiles(
     """The IIIF 3 tile URLs (region/size) OpenSeadragon's IIIFTileSource requests, all levels.
 
     Level sizes are ceil(W·2^-k); regions x = col·tile·s, w = min(tile·s, W − x); sizes
-    ceil(w / s) (spec §C.5); a level that fits one tile asks for `full`.
+    ceil(w / s), as OpenSeadragon computes them; a level that fits one tile asks for `full`.
     """
     out = []
     for s in factors:

@@ -1,4 +1,4 @@
-"""Conformance cases 1–24 of spec webgateway §9, over HTTP, on real OME-Zarr."""
+"""docs/webgateway.md#conformance-cases 1–24, over HTTP, on real OME-Zarr."""
 
 from __future__ import annotations
 

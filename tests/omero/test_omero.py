@@ -119,7 +119,10 @@ def _effective(levels: tuple[LevelMeta, ...]) -> list[tuple[int, int, int, int]]
 
 
 async def test_metadata_defaults_without_saved_settings(omero_source: OmeroSource) -> None:
-    """No rendering settings for the owner: the rendering engine's defaults (spec §6.1)."""
+    """No rendering settings for the owner: the rendering engine's defaults.
+
+    Which ones: docs/rendering.md#default-settings-without-an-omero-block.
+    """
     meta = await omero_source.meta(NO_RDEF_ID)
     assert (meta.dtype, meta.size_x, meta.size_y, meta.size_z, meta.size_c) == (
         "uint8", 70, 50, 5, 4

@@ -1,4 +1,4 @@
-"""Z projections with OMERO's quirks (spec webgateway §6.7, §9 case 19)."""
+"""Z projections with OMERO's quirks (docs/rendering.md#projections; conformance case 19)."""
 
 from __future__ import annotations
 

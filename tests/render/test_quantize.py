@@ -1,4 +1,4 @@
-"""Quantization against values worked out by hand from spec webgateway §6.3/§6.4.
+"""Quantization against values worked out by hand from docs/rendering.md#windows onwards.
 
 Every expected number below is derived in the comment next to it from the OMERO formulas
 (`lin = a·x − a·s`, a = 255/(e − s); family map; Java `Math.round`, ties up; `(byte) & 0xFF`),

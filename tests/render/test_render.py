@@ -1,4 +1,8 @@
-"""Compositing (spec webgateway §6.5, §6.6) through `render_rgb`, against hand-computed pixels."""
+"""Compositing through `render_rgb`, against hand-computed pixels.
+
+The rules: docs/rendering.md#colour-model-additive-compositing and
+docs/rendering.md#greyscale-model.
+"""
 
 from __future__ import annotations
 
@@ -229,7 +233,7 @@ def test_output_is_c_contiguous_uint8(luts: LutTable) -> None:
 
 
 def test_matches_naive_reference_on_random_data(luts: LutTable) -> None:
-    """The table path against a direct per-pixel transcription of §6.5 (colour, alpha, clamp)."""
+    """The table path against a per-pixel transcription of the colour model (alpha, clamp)."""
     rng = np.random.default_rng(7)
     raw = rng.integers(0, 4096, size=(3, 8, 8), dtype=np.uint16)
     colours = [(255, 128, 0, 255), (0, 200, 255, 200), (90, 255, 90, 255)]

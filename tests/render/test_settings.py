@@ -1,4 +1,4 @@
-"""Resolution of request overrides against saved settings (spec §3.1 rules 1–6, §3.2)."""
+"""Request overrides against saved settings (docs/webgateway.md#c-channels rules 1–6, `maps`)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def test_channels_beyond_size_c_are_ignored() -> None:
     assert len(got.channels) == 3
 
 
-# §3.2 maps: inversion
+# maps: inversion
 
 
 def test_empty_map_object_removes_saved_inversion_of_active_channel() -> None:
@@ -193,7 +193,7 @@ def test_iviewer_forms_resolve_equal() -> None:
     assert v016.channels[2] == saved(2)  # inactive ch3 keeps its saved inversion and LUT
 
 
-# §3.2 maps: quantization
+# maps: quantization
 
 
 def test_quantization_applies_to_listed_channels_active_or_not() -> None:

@@ -1,4 +1,6 @@
-"""The conformance suite every pixel source passes (STYLE §3): shapes, dtypes, levels, edges.
+"""The conformance suite every pixel source passes: shapes, dtypes, levels, edges.
+
+How a new source joins it: CONTRIBUTING.md#adding-a-pixel-source.
 
 Subclass `SourceConformance` in a `test_*.py` module and provide an async `case` fixture that
 writes an image and returns a `Case` holding the source and the arrays exactly as written. Each

@@ -1,4 +1,4 @@
-"""Webgateway grammar: every parser rule, spec §9 cases 5–17 at parse/resolve level."""
+"""Webgateway grammar: every parser rule; docs/webgateway.md#conformance-cases 5–17 here."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ RED = (255, 0, 0, 255)
 
 
 def image_p(*, inverted: tuple[bool, bool, bool] = (False, False, False)) -> ImageMeta:
-    """Spec §9 fixture P: 10000×8000 uint16, 3 ch, 5 levels, ch1 blue / ch2 green active."""
+    """Conformance fixture P: 10000×8000 uint16, 3 ch, 5 levels, ch1 blue / ch2 green active."""
     levels = tuple(LevelMeta(10000 >> i, 8000 >> i, 256, 256) for i in range(5))
     channels = (
         ChannelMeta("c1", BLUE, 0, 65535, 110, 1800, True, inverted=inverted[0]),
@@ -57,7 +57,7 @@ def image_p(*, inverted: tuple[bool, bool, bool] = (False, False, False)) -> Ima
 
 
 def image_s() -> ImageMeta:
-    """Spec §9 fixture S: single-level 600×400 uint8, one channel."""
+    """Conformance fixture S: single-level 600×400 uint8, one channel."""
     ch = ChannelMeta("s", (255, 255, 255, 255), 0, 255, 0, 255, True)
     return ImageMeta(2, "S", "uint8", 600, 400, 1, 1, 1, (LevelMeta(600, 400, 600, 400),), (ch,))
 
@@ -297,7 +297,7 @@ def test_maps_follow_their_entry_through_drops_and_duplicates() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# strict (_rdef routes, §4.1.6)
+# strict (docs/webgateway.md#_rdef-routes)
 
 
 def test_strict_accepts_complete_settings() -> None:
@@ -337,7 +337,7 @@ def test_strict_rejects(query: dict[str, str], param: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Resolution of §9 cases 2 and 10–17 (pixels are the renderer's; here: the settings)
+# Resolution of conformance cases 2 and 10–17 (pixels are the renderer's; here: the settings)
 
 
 IVIEWER_016 = (
@@ -449,7 +449,7 @@ def test_case17_out_of_range_windows_pass_through_to_the_renderer() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# tile (§4.1.2, cases 5–8)
+# tile (docs/webgateway.md#tiles-and-regions, cases 5–8)
 
 
 def test_case5_levels() -> None:
@@ -546,7 +546,7 @@ def test_tile_or_region_selection() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# region (§4.1.3, case 9)
+# region (case 9)
 
 
 def test_case9_region() -> None:
