@@ -67,6 +67,11 @@ class ServerSettings(_Group):
     # can read /readyz. Off, it shows statuses and generic details (the log has the rest).
     expose_internals: bool = False
 
+    def local_url(self) -> str:
+        """The URL of this server from this machine (a wildcard address means localhost)."""
+        host = "localhost" if self.host in ("", "0.0.0.0", "127.0.0.1", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
     def inline_pixels(self) -> int:
         """`inline_render_pixels`, or its default for this many CPU threads."""
         if self.inline_render_pixels is not None:
