@@ -275,27 +275,32 @@ def _cannot_start(settings: Settings) -> str | None:
 
 
 def _demo_banner(base: str, images: list[DemoImage]) -> list[str]:
-    """The URLs `demo` prints."""
+    """The URLs `demo` prints, each alone after its label, to copy or click."""
     lines = ["images:"]
     for image in images:
+        iid = image.image_id
         lines += [
-            f"  {image.image_id}  {image.name}: {image.description}",
-            f"        {base}/webgateway/imgData/{image.image_id}/",
-            f"        {base}/webgateway/render_thumbnail/{image.image_id}/",
-            f"        {base}/viewer/{image.image_id}",
+            f"  {iid}  {image.name}: {image.description}",
+            f"    viewer:     {base}/viewer/{iid}",
+            f"    thumbnail:  {base}/webgateway/render_thumbnail/{iid}/",
+            f"    imgData:    {base}/webgateway/imgData/{iid}/",
+            f"    raw pixels: {base}/api/v1/images/{iid}",
+            f"    OME-Zarr:   {base}/zarr/{iid}.zarr/",
         ]
     first = images[0].image_id
     lines += [
         "try:",
-        f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=2,0,0,256,256",
-        f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
+        f"  tile:       {base}/webgateway/render_image_region/{first}/0/0/?tile=2,0,0,256,256",
+        f"  channels:   {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
         "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c",
-        f"  {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003",
-        f"  {base}/iiif/3/{first}/info.json",
-        f"  {base}/iiif/3/{first}/full/!512,512/0/default.jpg",
-        f"  {base}/iiif/3/{first}/manifest.json",
-        f"  {base}/deepzoom/{first}.dzi",
-        f"viewer: {base}/viewer/  (API docs: {base}/docs)",
+        f"  thumbnails: {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003",
+        f"  IIIF:       {base}/iiif/3/{first}/info.json",
+        f"  IIIF image: {base}/iiif/3/{first}/full/!512,512/0/default.jpg",
+        f"  manifest:   {base}/iiif/3/{first}/manifest.json",
+        f"  DeepZoom:   {base}/deepzoom/{first}.dzi",
+        f"viewer:   {base}/viewer/",
+        f"API docs: {base}/docs",
+        "notebooks: docs/jupyter.md (numpy regions, zarr, dask)",
     ]
     return lines
 
