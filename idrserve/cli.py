@@ -1,21 +1,25 @@
-"""`idrserve demo | serve | config show`: build settings from flags and run the server."""
+"""`idrserve demo | serve | config show | cache | catalog`: settings from flags, then run."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from idrserve import __version__
-from idrserve.settings import Settings, load_settings
+from idrserve.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from idrserve.demo import DemoImage
 
 log = logging.getLogger("idrserve")
 
@@ -25,15 +29,52 @@ def default_demo_dir() -> Path:
     return Path(base) / "idrserve" / "demo"
 
 
-def _add_server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
-    p.add_argument("--config", type=Path, help="TOML settings file (also IDRSERVE_CONFIG)")
-    p.add_argument("--lut-dir", type=Path, help="directory of ImageJ .lut files")
-    p.add_argument("--redis-url", help="shared Redis cache tier (also IDRSERVE_REDIS_URL)")
-    p.add_argument("--cache-dir", type=Path, help="disk cache tier (also IDRSERVE_CACHE_DIR)")
-    p.add_argument("--cache-dir-max-bytes", type=int, help="byte budget of the disk cache tier")
+class SettingFlag(NamedTuple):
+    """A command-line flag that sets one setting (it wins over IDRSERVE_* and the file)."""
+
+    flag: str
+    group: str
+    key: str
+    help: str
+    type: Callable[[str], Any] = str
+
+
+# `serve`, `config show` and the `cache` commands take every one; `demo` all but the image
+# sources (it serves the demo set).
+SETTINGS_FLAGS = (
+    SettingFlag("--host", "server", "host", "address to listen on (default 127.0.0.1; 0.0.0.0: "
+                "every interface, to be reached from other machines)"),
+    SettingFlag("--port", "server", "port", "port to listen on (default 8080)", int),
+    SettingFlag("--workers", "server", "workers", "processes sharing the port (SO_REUSEPORT)", int),
+    SettingFlag("--zarr-root", "source", "zarr_root", "directory or URL scanned for <id>.zarr"),
+    SettingFlag("--catalog", "source", "catalog",
+                "CSV or JSON file, or a built index: image id -> path or URL", Path),
+    SettingFlag("--lut-dir", "source", "lut_dir", "directory of ImageJ .lut files", Path),
+    SettingFlag("--redis-url", "cache", "redis_url",
+                "shared Redis cache tier (also IDRSERVE_REDIS_URL)"),
+    SettingFlag("--cache-dir", "cache", "dir", "disk cache tier (also IDRSERVE_CACHE_DIR)", Path),
+    SettingFlag("--cache-dir-max-bytes", "cache", "dir_max_bytes",
+                "byte budget of the disk cache tier", int),
+    SettingFlag("--omero-host", "omero", "host",
+                "read images not found as OME-Zarr from this OMERO"),
+    SettingFlag("--omero-port", "omero", "port", "OMERO port (default 4064)", int),
+    SettingFlag("--omero-user", "omero", "user", "OMERO user (default: public)"),
+    SettingFlag("--omero-password", "omero", "password",
+                "OMERO password (IDRSERVE_OMERO__PASSWORD hides it from ps)"),
+)  # fmt: skip
+SOURCE_FLAGS = frozenset(
+    f.flag for f in SETTINGS_FLAGS if f.group == "omero" or f.key in ("zarr_root", "catalog")
+)
+# The flag behind each setting, to name it in a settings error.
+OVERRIDE_NAMES: dict[tuple[str, ...], str] = {(f.group, f.key): f.flag for f in SETTINGS_FLAGS}
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, *, sources: bool = True) -> None:
+    group = p.add_argument_group("settings (override IDRSERVE_* variables and the --config file)")
+    group.add_argument("--config", type=Path, help="TOML settings file (also IDRSERVE_CONFIG)")
+    for f in SETTINGS_FLAGS:
+        if sources or f.flag not in SOURCE_FLAGS:
+            group.add_argument(f.flag, type=f.type, help=f.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,30 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="write the demo data set (once) and serve it")
-    _add_server_flags(demo)
+    _add_settings_flags(demo, sources=False)
     demo.add_argument("--data-dir", type=Path, help=f"where to write it ({default_demo_dir()})")
     demo.add_argument("--write-only", action="store_true", help="write the data and exit")
 
     serve = sub.add_parser("serve", help="serve OME-Zarr images")
-    _add_server_flags(serve)
-    serve.add_argument("--zarr-root", help="directory or URL scanned for <image id>.zarr")
-    serve.add_argument("--catalog", type=Path, help="CSV or JSON file: image id -> path or URL")
-    serve.add_argument("--omero-host", help="read images not found as OME-Zarr from this OMERO")
-    serve.add_argument("--omero-port", type=int, help="OMERO port (default 4064)")
-    serve.add_argument("--omero-user", help="OMERO user (default: public)")
-    serve.add_argument(
-        "--omero-password", help="OMERO password (IDRSERVE_OMERO__PASSWORD hides it from ps)"
-    )
+    _add_settings_flags(serve)
 
     cache = sub.add_parser("cache", help="inspect, purge or warm the response caches")
     cache_sub = cache.add_subparsers(dest="action", required=True)
     stats = cache_sub.add_parser("stats", help="per-tier entries and bytes (disk, Redis)")
-    stats.add_argument("--config", type=Path)
+    _add_settings_flags(stats)
     purge = cache_sub.add_parser("purge", help="invalidate every cached response of images")
     purge.add_argument("--image", type=int, action="append", required=True, metavar="ID")
-    purge.add_argument("--config", type=Path)
+    _add_settings_flags(purge)
     warm = cache_sub.add_parser("warm", help="pre-render through a running server")
-    warm.add_argument("--server", default="http://127.0.0.1:8080", help="base URL of idrserve")
+    warm.add_argument(
+        "--server", help="base URL of idrserve (default: from the settings' host and port)"
+    )
     warm.add_argument(
         "--image",
         type=int,
@@ -82,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="warm every tile of levels at most this many pixels wide",
     )
     warm.add_argument("--concurrency", type=int, default=8)
+    _add_settings_flags(warm)
 
     catalog = sub.add_parser("catalog", help="build or inspect a catalog index")
     catalog_sub = catalog.add_subparsers(dest="action", required=True)
@@ -98,31 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("action", choices=["show"])
-    config.add_argument("--config", type=Path)
+    _add_settings_flags(config)
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, dict[str, Any]] = {"server": {}, "source": {}, "cache": {}, "omero": {}}
-    for flag, group, key in (
-        ("host", "server", "host"),
-        ("port", "server", "port"),
-        ("workers", "server", "workers"),
-        ("lut_dir", "source", "lut_dir"),
-        ("zarr_root", "source", "zarr_root"),
-        ("catalog", "source", "catalog"),
-        ("omero_host", "omero", "host"),
-        ("omero_port", "omero", "port"),
-        ("omero_user", "omero", "user"),
-        ("omero_password", "omero", "password"),
-        ("redis_url", "cache", "redis_url"),
-        ("cache_dir", "cache", "dir"),
-        ("cache_dir_max_bytes", "cache", "dir_max_bytes"),
-    ):
-        value = getattr(args, flag, None)
+    """The settings the command line gives, as nested groups for `load_settings`."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in SETTINGS_FLAGS:
+        value = getattr(args, f.flag.removeprefix("--").replace("-", "_"), None)
         if value is not None:
-            out[group][key] = value
-    return {k: v for k, v in out.items() if v}
+            out.setdefault(f.group, {})[f.key] = value
+    return out
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The effective settings: flags (and `extra` overrides), then environment, file, defaults."""
+    overrides = _overrides(args)
+    for group, values in extra.items():
+        overrides.setdefault(group, {}).update(values)
+    return load_settings(overrides, args.config, OVERRIDE_NAMES)
 
 
 def _install_uvloop() -> None:
@@ -217,132 +248,89 @@ def run(settings: Settings) -> None:
         p.join()
 
 
-async def _cache_command(args: argparse.Namespace) -> int:
-    if args.action == "warm":
-        from idrserve.warm import urls_for_images, urls_from_access_log, warm
+def _cannot_start(settings: Settings) -> str | None:
+    """Why `serve`/`demo` cannot start (a port taken, a missing LUT directory), else None.
 
-        base = args.server.rstrip("/")
-        urls: list[str] = []
-        if args.access_log:
-            urls += urls_from_access_log(args.access_log)
-        if args.image:
-            import aiohttp
-
-            async with aiohttp.ClientSession() as session:
-                urls += await urls_for_images(session, base, args.image, args.max_side)
-        if not urls:
-            print(
-                "idrserve cache warm: nothing to warm (give --image or --access-log)",
-                file=sys.stderr,
-            )
-            return 2
-        report = await warm(base, urls, concurrency=args.concurrency)
-        print(
-            json.dumps(
-                {
-                    "urls": len(urls),
-                    "failed": report.failed,
-                    "seconds": round(report.seconds, 2),
-                    "statuses": report.statuses,
-                }
-            )
-        )
-        return 1 if report.failed else 0
-
-    from idrserve.cache import CachePurgeError, TieredCache
-
-    settings = load_settings(config_file=args.config)
-    cache = TieredCache(settings.cache)
+    Checked before the data is written or workers spawn, so the operator gets one line instead
+    of a traceback from every worker process; the server still binds for real afterwards.
+    """
+    lut_dir = settings.source.lut_dir
+    if lut_dir is not None and not lut_dir.is_dir():
+        return f"source.lut_dir {lut_dir}: no such directory (--lut-dir, IDRSERVE_SOURCE__LUT_DIR)"
+    host, port = settings.server.host, settings.server.port
     try:
-        if args.action == "purge":
-            if settings.cache.dir is None and not settings.cache.redis_url:
-                print(
-                    "idrserve cache purge: no shared tier configured (IDRSERVE_CACHE_DIR or "
-                    "IDRSERVE_REDIS_URL); a process-local memory cache cannot be purged from "
-                    "outside",
-                    file=sys.stderr,
-                )
-                return 2
-            status = 0
-            for image_id in args.image:
-                try:
-                    generation = await cache.purge_image(image_id)
-                except CachePurgeError as exc:
-                    print(
-                        f"image {image_id}: {exc} (generation {exc.generation})",
-                        file=sys.stderr,
-                    )
-                    status = 1
-                    continue
-                print(f"image {image_id}: cache generation now {generation}")
-            return status
-        summary = {
-            "tiers": list(cache.tiers),
-            "disk": await cache.disk_stats(),
-            "redis": await cache.redis_stats(count_keys=True),
-        }
-        print(json.dumps(summary, indent=2, default=str))
-        return 0
-    finally:
-        await cache.aclose()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "catalog":
-        from idrserve.catalog.cli import catalog_command
-
-        logging.basicConfig(level="WARNING", format="%(message)s")
-        return catalog_command(args)
-    if args.command == "config":
-        from idrserve.cache.tiered import redact_url
-
-        settings = load_settings(config_file=args.config)
-        shown = settings.model_dump(mode="json")
-        if shown["cache"]["redis_url"]:
-            shown["cache"]["redis_url"] = redact_url(shown["cache"]["redis_url"])
-        print(json.dumps(shown, indent=2))
-        return 0
-    if args.command == "cache":
-        return asyncio.run(_cache_command(args))
-    overrides = _overrides(args)
-    if args.command == "demo":
-        from idrserve.demo import write_demo
-
-        data_dir: Path = args.data_dir or default_demo_dir()
-        overrides.setdefault("source", {})["zarr_root"] = str(data_dir)
-        settings = load_settings(overrides, args.config)
-        logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
-        print(f"idrserve {__version__}: demo data in {data_dir}", flush=True)
-        images = write_demo(data_dir)
-        if args.write_only:
-            return 0
-        host = settings.server.host
-        base = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}"
-        base += f":{settings.server.port}"
-        print("images:", flush=True)
-        for image in images:
-            print(f"  {image.image_id}  {image.name}: {image.description}")
-            print(f"        {base}/webgateway/imgData/{image.image_id}/")
-            print(f"        {base}/webgateway/render_thumbnail/{image.image_id}/")
-            print(f"        {base}/viewer/{image.image_id}")
-        first = images[0].image_id
-        print("try:")
-        print(f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=2,0,0,256,256")
-        print(
-            f"  {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
-            "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c"
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        print(f"  {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003")
-        print(f"  {base}/iiif/3/{first}/info.json")
-        print(f"  {base}/iiif/3/{first}/full/!512,512/0/default.jpg")
-        print(f"  {base}/iiif/3/{first}/manifest.json")
-        print(f"  {base}/deepzoom/{first}.dzi", flush=True)
-        print(f"viewer: {base}/viewer/  (API docs: {base}/docs)", flush=True)
-        print(f"serving on {base}/ (Ctrl-C to stop)", flush=True)
-        run(settings)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}: {exc.strerror} (--host: an address or host name)"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return (
+                    f"cannot listen on {host}:{port}: {exc.strerror} (another server running?"
+                    " --port picks another port)"
+                )
+    return None
+
+
+def _demo_banner(base: str, images: list[DemoImage]) -> list[str]:
+    """The URLs `demo` prints, each alone after its label, to copy or click."""
+    lines = ["images:"]
+    for image in images:
+        iid = image.image_id
+        lines += [
+            f"  {iid}  {image.name}: {image.description}",
+            f"    viewer:     {base}/viewer/{iid}",
+            f"    thumbnail:  {base}/webgateway/render_thumbnail/{iid}/",
+            f"    imgData:    {base}/webgateway/imgData/{iid}/",
+            f"    raw pixels: {base}/api/v1/images/{iid}",
+            f"    OME-Zarr:   {base}/zarr/{iid}.zarr/",
+        ]
+    first = images[0].image_id
+    lines += [
+        "try:",
+        f"  tile:       {base}/webgateway/render_image_region/{first}/0/0/?tile=2,0,0,256,256",
+        f"  channels:   {base}/webgateway/render_image_region/{first}/0/0/?tile=0,3,3"
+        "&c=1|0:8000$0000FF,2|0:8000$00FF00,-3&m=c",
+        f"  thumbnails: {base}/webgateway/get_thumbnails/?id=1001&id=1002&id=1003",
+        f"  IIIF:       {base}/iiif/3/{first}/info.json",
+        f"  IIIF image: {base}/iiif/3/{first}/full/!512,512/0/default.jpg",
+        f"  manifest:   {base}/iiif/3/{first}/manifest.json",
+        f"  DeepZoom:   {base}/deepzoom/{first}.dzi",
+        f"viewer:   {base}/viewer/",
+        f"API docs: {base}/docs",
+        "notebooks: docs/jupyter.md (numpy regions, zarr, dask)",
+    ]
+    return lines
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from idrserve.demo import write_demo
+
+    data_dir: Path = args.data_dir or default_demo_dir()
+    settings = _settings(args, source={"zarr_root": str(data_dir)})
+    logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
+    problem = None if args.write_only else _cannot_start(settings)
+    if problem:
+        print(f"idrserve demo: {problem}", file=sys.stderr)
+        return 2
+    print(f"idrserve {__version__}: demo data in {data_dir}", flush=True)
+    images = write_demo(data_dir)
+    if args.write_only:
         return 0
-    settings = load_settings(overrides, args.config)
+    base = settings.server.local_url()
+    print("\n".join(_demo_banner(base, images)), flush=True)
+    print(f"serving on {base}/ (Ctrl-C to stop)", flush=True)
+    run(settings)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
     if not settings.source.zarr_root and not settings.source.catalog and not settings.omero.enabled:
         print(
@@ -353,16 +341,51 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from idrserve.catalog.startup import describe_sources
 
+    problem = _cannot_start(settings)
+    if problem:
+        print(f"idrserve serve: {problem}", file=sys.stderr)
+        return 2
     lines, status = describe_sources(settings)
     if status:
         for line in lines:
             print(line, file=sys.stderr)
         return status
-    host = settings.server.host
-    base = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1', '::') else host}"
-    base += f":{settings.server.port}"
+    base = settings.server.local_url()
     print(f"idrserve {__version__} serving on {base}/", flush=True)
     for line in lines:
         print(line.replace("{base}", base), flush=True)
     run(settings)
     return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from idrserve.cache.tiered import redact_url
+
+    shown = _settings(args).model_dump(mode="json")
+    if shown["cache"]["redis_url"]:
+        shown["cache"]["redis_url"] = redact_url(shown["cache"]["redis_url"])
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "catalog":
+        from idrserve.catalog.cli import catalog_command
+
+        logging.basicConfig(level="WARNING", format="%(message)s")
+        return catalog_command(args)
+    try:
+        if args.command == "config":
+            return _config_show(args)
+        if args.command == "cache":
+            from idrserve.cache.cli import cache_command
+
+            return cache_command(args, _settings(args))
+        if args.command == "demo":
+            return _demo(args)
+        return _serve(args)
+    except SettingsError as exc:  # one line naming the setting: no traceback for a typo
+        command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+        print(f"idrserve {command}: {exc}", file=sys.stderr)
+        return 2

@@ -9,16 +9,28 @@ several apps side by side.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from idrserve.settings_errors import (
+    Origins,
+    SettingsError,
+    check_environment,
+    describe_error,
+    read_toml,
+)
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
 
 
 class _Group(BaseModel):
@@ -54,6 +66,11 @@ class ServerSettings(_Group):
     # exception behind a failed check only when this is true: anyone who can reach the port
     # can read /readyz. Off, it shows statuses and generic details (the log has the rest).
     expose_internals: bool = False
+
+    def local_url(self) -> str:
+        """The URL of this server from this machine (a wildcard address means localhost)."""
+        host = "localhost" if self.host in ("", "0.0.0.0", "127.0.0.1", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def inline_pixels(self) -> int:
         """`inline_render_pixels`, or its default for this many CPU threads."""
@@ -289,29 +306,57 @@ _FLAT_ENV = {
 
 
 def load_settings(
-    overrides: dict[str, Any] | None = None, config_file: Path | None = None
+    overrides: dict[str, Any] | None = None,
+    config_file: Path | None = None,
+    override_names: Mapping[tuple[str, ...], str] | None = None,
 ) -> Settings:
     """Build settings; `overrides` (nested dicts, from CLI flags) win over env and file.
 
     Init arguments would replace a whole nested group, so the groups named by CLI flags are
-    merged onto what env and file give before the final model is built.
+    merged onto what env and file give before the final model is built. A bad value, an unknown
+    key or `IDRSERVE_*` variable, or an unreadable config file raises `SettingsError`, one line
+    naming it (`override_names`: the flag behind each override, for that line).
     """
+    groups = {name: field.annotation for name, field in Settings.model_fields.items()}
+    origins = Origins(
+        groups={
+            name: model
+            for name, model in groups.items()
+            if isinstance(model, type) and issubclass(model, BaseModel)
+        },
+        flat_env={env: ("cache", key) for env, key in _FLAT_ENV.items()},
+        environ=dict(os.environ),
+        cli={},
+        cli_names=override_names or {},
+        toml=None,
+    )
+    check_environment(origins)
     if config_file is None and os.environ.get("IDRSERVE_CONFIG"):
         config_file = Path(os.environ["IDRSERVE_CONFIG"])
+        origins = replace(origins, toml=(config_file, read_toml(config_file, "IDRSERVE_CONFIG")))
+    elif config_file is not None:
+        origins = replace(origins, toml=(config_file, read_toml(config_file, "--config")))
     # The flat names operators know (and the issues name) map onto the nested groups.
     flat = {}
     for env, key in _FLAT_ENV.items():
         if os.environ.get(env):
             flat[key] = os.environ[env]
+    cli = overrides or {}
     if flat:
-        overrides = _deep_merge({"cache": flat}, overrides or {})
+        overrides = _deep_merge({"cache": flat}, cli)
     Settings.toml_file = config_file
     try:
-        base = Settings()
+        try:
+            base = Settings()
+        except ValidationError as exc:
+            raise describe_error(exc, origins) from None
         if not overrides:
             return base
         merged = _deep_merge(base.model_dump(), overrides)
         Settings.toml_file = None
-        return Settings(**merged)
+        try:
+            return Settings(**merged)
+        except ValidationError as exc:
+            raise describe_error(exc, replace(origins, cli=cli)) from None
     finally:
         Settings.toml_file = None

@@ -114,9 +114,17 @@ def test_every_url_the_demo_prints_answers(demo_server: tuple[str, str]) -> None
     """A newcomer copies URLs from the banner: each must work as printed (port swapped)."""
     base, _ = demo_server
     port = base.rsplit(":", 1)[1]
-    urls = [m.group(0) for line in DEMO_BANNER for m in re.finditer(r"http://[^\s)]+", line)]
+    urls = [m.group(0) for line in DEMO_BANNER for m in re.finditer(r"http://\S+", line)]
     assert any("/iiif/3/" in u for u in urls) and any(u.endswith(".dzi") for u in urls)
+    assert any(u.endswith("/api/v1/images/1001") for u in urls)
+    assert any(u.endswith("/zarr/1001.zarr/") for u in urls)
     assert len(urls) >= 20, DEMO_BANNER
+    # Each URL stands alone or after a label, so a double-click or a terminal link takes it
+    # whole: never inside parentheses, never followed by more text.
+    for line in DEMO_BANNER:
+        for m in re.finditer(r"http://\S+", line):
+            assert line[m.end() :].strip() in ("", "(Ctrl-C to stop)"), line
+            assert not line[: m.start()].rstrip().endswith("("), line
     for url in urls:
         assert url.startswith(f"http://localhost:{port}/"), url
         local = url.replace("http://localhost:", "http://127.0.0.1:", 1)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
-from idrserve.settings import Settings, load_settings
+from idrserve.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -123,7 +123,7 @@ def test_env_example_active_lines_alone_load(clean_env: pytest.MonkeyPatch) -> N
 def test_a_misspelt_variable_is_an_error(clean_env: pytest.MonkeyPatch) -> None:
     """The check above only means something if typos are rejected."""
     clean_env.setenv("IDRSERVE_SERVER__PORTT", "8080")
-    with pytest.raises(ValidationError):
+    with pytest.raises(SettingsError, match=r"did you mean IDRSERVE_SERVER__PORT\?"):
         load_settings()
 
 

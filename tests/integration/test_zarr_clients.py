@@ -216,6 +216,7 @@ def test_jupyter_docs_snippets_run(served: tuple[str, Path], tmp_path: Path) -> 
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "paged plane equals the whole plane: True" in done.stdout
+    assert "answered 400: " in done.stdout and "is out of range" in done.stdout  # fetch's error
 
 
 def test_remote_store_is_passed_through_too(served: tuple[str, Path], tmp_path: Path) -> None:

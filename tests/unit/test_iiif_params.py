@@ -240,14 +240,12 @@ def test_forwarded_prefix_normalisation() -> None:
 
 
 def test_public_base_url_must_be_an_http_url() -> None:
-    from pydantic import ValidationError
-
-    from idrserve.settings import load_settings
+    from idrserve.settings import SettingsError, load_settings
 
     ok = load_settings({"server": {"public_base_url": "https://tiles.example.org/idr"}})
     assert ok.server.public_base_url == "https://tiles.example.org/idr"
     for bad in ("tiles.example.org", "ftp://x", "https://x/?q=1", "https://"):
-        with pytest.raises(ValidationError):
+        with pytest.raises(SettingsError, match=r"\(server\.public_base_url\): string should"):
             load_settings({"server": {"public_base_url": bad}})
 
 

@@ -1,0 +1,94 @@
+"""`idrserve cache stats | purge | warm`: inspect, invalidate or fill the response caches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+import aiohttp
+
+from idrserve.cache.tiered import CachePurgeError, TieredCache
+from idrserve.settings import Settings
+
+
+def cache_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run `idrserve cache <action>` with the settings the flags, environment and file give."""
+    return asyncio.run(_cache(args, settings))
+
+
+async def _warm(args: argparse.Namespace, settings: Settings) -> int:
+    from idrserve.warm import urls_for_images, urls_from_access_log, warm
+
+    base = (args.server or settings.server.local_url()).rstrip("/")
+    urls: list[str] = []
+    try:
+        if args.access_log:
+            urls += urls_from_access_log(args.access_log)
+        if args.image:
+            async with aiohttp.ClientSession() as session:
+                urls += await urls_for_images(session, base, args.image, args.max_side)
+    except aiohttp.ClientConnectionError as exc:  # before OSError: it is one
+        print(
+            f"idrserve cache warm: cannot reach {base} ({exc}): is idrserve running there?"
+            " (--server URL, or --host and --port, name it)",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"idrserve cache warm: --access-log {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not urls:
+        print(
+            "idrserve cache warm: nothing to warm (give --image or --access-log)", file=sys.stderr
+        )
+        return 2
+    report = await warm(base, urls, concurrency=args.concurrency)
+    summary = {
+        "urls": len(urls),
+        "failed": report.failed,
+        "seconds": round(report.seconds, 2),
+        "statuses": report.statuses,
+    }
+    print(json.dumps(summary))
+    return 1 if report.failed else 0
+
+
+async def _cache(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "warm":
+        return await _warm(args, settings)
+
+    cache = TieredCache(settings.cache)
+    try:
+        if args.action == "purge":
+            if settings.cache.dir is None and not settings.cache.redis_url:
+                print(
+                    "idrserve cache purge: no shared tier configured (--cache-dir or "
+                    "IDRSERVE_CACHE_DIR, --redis-url or IDRSERVE_REDIS_URL); a process-local "
+                    "memory cache cannot be purged from outside",
+                    file=sys.stderr,
+                )
+                return 2
+            status = 0
+            for image_id in args.image:
+                try:
+                    generation = await cache.purge_image(image_id)
+                except CachePurgeError as exc:
+                    print(
+                        f"image {image_id}: {exc} (generation {exc.generation})",
+                        file=sys.stderr,
+                    )
+                    status = 1
+                    continue
+                print(f"image {image_id}: cache generation now {generation}")
+            return status
+        summary = {
+            "tiers": list(cache.tiers),
+            "disk": await cache.disk_stats(),
+            "redis": await cache.redis_stats(count_keys=True),
+        }
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    finally:
+        await cache.aclose()
