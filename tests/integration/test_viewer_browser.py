@@ -150,7 +150,7 @@ def test_demo_prints_the_viewer_urls(server: Server) -> None:
     out = server.log.read_text(errors="replace")
     for image_id in DEMO_IMAGES:
         assert f"http://localhost:{server.port}/viewer/{image_id}\n" in out, image_id
-    assert f"viewer: http://localhost:{server.port}/viewer/" in out
+    assert re.search(rf"viewer:\s+http://localhost:{server.port}/viewer/\n", out), out
 
 
 @pytest.fixture(scope="module")
