@@ -14,8 +14,9 @@ from aiohttp import web
 
 from idrserve.http import params
 from idrserve.http.bodies import LARGE_BODY_BYTES, reserve_body
-from idrserve.http.keys import DEPS, SETTINGS
+from idrserve.http.keys import DEPS, SETTINGS, TRACE
 from idrserve.http.responses import not_modified
+from idrserve.http.trace import Trace
 from idrserve.http.urls import public_base
 from idrserve.http.zarrstore import VIEWS
 from idrserve.model import ImageMeta
@@ -116,6 +117,7 @@ async def region(request: web.Request) -> web.StreamResponse:
         # size until it is written (http/bodies.py).
         reserve_body(request, deps.admission, 2 * req.nbytes)
     out = await cached_region(req, deps, key)
+    request[TRACE] = Trace(out.tier)
     headers = {
         "ETag": f'"{key}"',
         "Cache-Control": cache_control,

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from idrserve.errors import BadRequest, NotFound
 from idrserve.http import params
-from idrserve.http.iiif import build_request, preflight, respond_image, tile_size
+from idrserve.http.iiif import build_request, preflight, tile_size
 from idrserve.http.iiif_params import Identifier
 from idrserve.http.keys import DEPS, SETTINGS
+from idrserve.http.responses import respond_rendered
 from idrserve.model import Box, Format, ImageMeta
 from idrserve.service import Deps, check_plane
 
@@ -137,7 +138,7 @@ async def tile(request: web.Request) -> web.StreamResponse:
         )
     region, size = found
     req = build_request(meta, ident, z, t, region, size, deps, fmt=fmt)
-    return await respond_image(request, req, meta)
+    return await respond_rendered(request, req, meta)
 
 
 def add_routes(app: web.Application) -> None:

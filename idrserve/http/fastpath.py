@@ -22,7 +22,9 @@ from aiohttp.typedefs import Handler, Middleware
 
 from idrserve.admission import Admission
 from idrserve.http.bodies import LARGE_BODY_BYTES
-from idrserve.http.keys import MEMO_INFO
+from idrserve.http.keys import MEMO_INFO, TRACE
+from idrserve.http.responses import image_response, not_modified, overloaded
+from idrserve.http.trace import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +115,8 @@ def make_fastpath_middleware(
                 entry = cache.memory.get(memo.key) if cache.memory is not None else None
                 if entry is None:
                     # Lower tiers still skip parsing and resolving; a hit fills memory.
-                    if admission is not None:
-                        if admission.requests >= admission.max_requests:
-                            return await handler(request)
-                        admission.requests += 1
+                    if admission is not None and not admission.request_admitted():
+                        return overloaded(request, admission)
                     try:
                         entry, tier = await cache.get(memo.key)
                     finally:
@@ -126,16 +126,12 @@ def make_fastpath_middleware(
                 # request slot (http/bodies.py): it takes the admitted path, which finds it
                 # in the memory tier again.
                 if entry is not None and len(entry.body) <= LARGE_BODY_BYTES:
-                    tag = f'"{memo.key}"'
-                    headers = {"ETag": tag, "Cache-Control": cache_control}
-                    inm = request.headers.get("If-None-Match")
-                    if inm and tag in {p.strip().removeprefix("W/") for p in inm.split(",")}:
-                        return web.Response(status=304, headers=headers)
-                    headers["X-Cache"] = tier
-                    if memo.headers:
-                        headers.update(memo.headers)
-                    return web.Response(
-                        body=entry.body, content_type=entry.media_type, headers=headers
+                    trace = request[TRACE] = Trace(tier)
+                    early = not_modified(request, memo.key, cache_control)
+                    if early is not None:
+                        return early
+                    return image_response(
+                        entry.body, entry.media_type, memo.key, cache_control, trace, memo.headers
                     )
         response = await handler(request)
         info = request.get(MEMO_INFO)

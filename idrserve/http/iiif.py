@@ -45,13 +45,13 @@ from idrserve.http.iiif_params import (
     resolve_region,
     resolve_size,
 )
-from idrserve.http.keys import DEPS, MEMO_INFO, SETTINGS
-from idrserve.http.responses import image_response, not_modified
+from idrserve.http.keys import DEPS, SETTINGS
+from idrserve.http.responses import respond_rendered
 from idrserve.http.urls import forwarded_headers_used, public_base
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, Tone
 from idrserve.pyramid import plan_region, raw_bytes
 from idrserve.render.settings import resolve_render
-from idrserve.service import Deps, cache_key, cached_render, check_plane
+from idrserve.service import Deps, check_plane
 from idrserve.settings import LimitSettings
 
 CONTEXT = {
@@ -283,27 +283,6 @@ def build_request(
     )
 
 
-async def respond_image(
-    request: web.Request,
-    req: RegionRequest,
-    meta: ImageMeta,
-    headers: dict[str, str] | None = None,
-) -> web.StreamResponse:
-    """Cache key, 304, cached render, response: the webgateway path, for IIIF and DeepZoom.
-    `headers` go on the 200, and on the fast path's later answers to the same URL."""
-    deps, settings = request.app[DEPS], request.app[SETTINGS]
-    cache_control = settings.server.cache_control
-    key, generation = await cache_key(req, deps)
-    # The fast path (http/fastpath.py) answers this exact URL from memory next time.
-    memo_headers = tuple(headers.items()) if headers else ()
-    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation, memo_headers)
-    early = not_modified(request, key, cache_control)
-    if early is not None:
-        return early
-    rendered = await cached_render(req, meta, deps, key)
-    return image_response(rendered, cache_control, extra_headers=headers)
-
-
 def link_headers(version: Version, canonical: str) -> dict[str, str]:
     """`Link` with the compliance profile and the canonical URI (features profileLinkHeader and
     canonicalLinkHeader). The canonical URI is a relative reference (RFC 8288 §3.1: resolved
@@ -356,7 +335,7 @@ async def _image(request: web.Request, version: Version, segments: list[str]) ->
         quality=quality,
         fmt=ext,
     )
-    return await respond_image(request, req, meta, link_headers(version, canonical))
+    return await respond_rendered(request, req, meta, link_headers(version, canonical))
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from idrserve.admission import Admission, BodyBytes
 from idrserve.catalog import Catalog
+from idrserve.http.trace import Trace, UrlMemo
 from idrserve.service import Deps
 from idrserve.settings import Settings
 
@@ -28,9 +29,10 @@ STATE = web.AppKey("state", dict)
 
 # --- one request ------------------------------------------------------------------------------
 REQUEST_ID = web.RequestKey("request_id", str)
-# (key, image id, data version, generation, extra headers) of a rendered answer, for the
-# URL index of the fast path (http/fastpath.py).
-MEMO_INFO = web.RequestKey("memo_info", tuple)
+# What the request learnt (cache tier, stage timings): headers and access log are made from it.
+TRACE = web.RequestKey("trace", Trace)
+# A rendered answer's resolved key, for the fast path's URL index (http/fastpath.py).
+MEMO_INFO = web.RequestKey("memo_info", UrlMemo)
 # The body bytes charged to the byte budget, and those handed to the transport so far
 # (http/bodies.py).
 BODY_BYTES = web.RequestKey("body_bytes", BodyBytes)

@@ -54,9 +54,11 @@ from idrserve.http.keys import (
     REQUEST_ID,
     SETTINGS,
     STATE,
+    TRACE,
 )
-from idrserve.http.middleware import error_response, request_id
+from idrserve.http.middleware import request_id
 from idrserve.http.openapi import build_spec
+from idrserve.http.responses import overloaded, refusal
 from idrserve.http.webgateway import ms_options
 from idrserve.settings import Settings, SourceSettings
 
@@ -90,14 +92,7 @@ def make_admission_middleware(
         if request.method == "OPTIONS" and request.path.startswith(WEBGATEWAY_PREFIX):
             return await ms_options(request)
         if not admission.request_admitted():
-            return _overloaded(
-                request,
-                Overloaded(
-                    f"{admission.requests} requests are in progress, the limit of this "
-                    f"process; retry in {admission.retry_after_s} s",
-                    retry_after_s=admission.retry_after_s,
-                ),
-            )
+            return overloaded(request, admission)
         start = time.perf_counter()
         try:
             response = await handler(request)
@@ -108,7 +103,7 @@ def make_admission_middleware(
                 try:
                     response = await send_large(request, response, body, admission)
                 except Overloaded as exc:
-                    response = _overloaded(request, exc)
+                    response = refusal(request, exc)
         except asyncio.CancelledError:
             # The client went away (aiohttp's handler_cancellation), also while a large body
             # was being written to it: aiohttp logs nothing.
@@ -139,13 +134,6 @@ def make_admission_middleware(
     return admit
 
 
-def _overloaded(request: web.Request, exc: Overloaded) -> web.Response:
-    """The 503 of a refusal made outside the error middleware, in the same JSON shape."""
-    refused = error_response(request, exc.status, exc.code, exc.detail)
-    refused.headers["Retry-After"] = str(exc.retry_after_s)
-    return refused
-
-
 # --- access log -------------------------------------------------------------------------------
 
 
@@ -160,7 +148,7 @@ def route_template(request: BaseRequest) -> str:
 
 # JSON literal of each route's template, by resource (weak: apps come and go in tests).
 _ROUTE_JSON: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
-# X-Cache values the cache sets: known-safe JSON literals.
+# Cache tiers a trace names: known-safe JSON literals.
 _CACHE_JSON = {v: f'"{v}"' for v in ("memory", "disk", "redis", "coalesced", "miss", "off", "-")}
 
 
@@ -173,21 +161,6 @@ def _route_json(request: BaseRequest) -> str:
     if literal is None:
         literal = _ROUTE_JSON[resource] = _s(route_template(request))
     return literal
-
-
-def _timings(header: str | None) -> dict[str, float]:
-    """`source;dur=1.20, render;dur=0.31` → {"source_ms": 1.2, "render_ms": 0.31}."""
-    out: dict[str, float] = {}
-    if not header:
-        return out
-    for part in header.split(","):
-        name, _, rest = part.strip().partition(";dur=")
-        if rest:
-            try:
-                out[f"{name}_ms"] = float(rest)
-            except ValueError:
-                continue
-    return out
 
 
 def format_line(record: dict[str, Any], log_format: str) -> str:
@@ -222,11 +195,12 @@ class AccessLog(AbstractAccessLogger):
 
     Run by aiohttp after the response is sent. Built for the memory-hit path (18 k
     responses/s on one core, so every µs is ~2 %): the line is formatted by hand (request ids
-    are validated, routes are ours; anything needing escapes goes through json.dumps),
-    `Server-Timing` is parsed only when present, and lines are handed to the logger in
-    batches (one `LogRecord` and one write per ≤ 100 ms or 256 lines, each line still its
-    own `\n`-terminated JSON object): creating a LogRecord and flushing a stream per
-    request cost more than the rest of a memory hit's Python code. aiohttp makes one
+    are validated, routes are ours; anything needing escapes goes through json.dumps), the
+    cache tier and stage timings come from the request's trace (never parsed back from its
+    headers), and lines are handed to the logger in batches (one `LogRecord` and one write
+    per ≤ 100 ms or 256 lines, each line still its own `\n`-terminated JSON object):
+    creating a LogRecord and flushing a stream per request cost more than the rest of a
+    memory hit's Python code. aiohttp makes one
     instance per connection, so lines of different connections may reach the log up to
     100 ms out of order (`ts` orders them). `flush_all` (run at app cleanup) writes what is
     left at shutdown.
@@ -242,13 +216,12 @@ class AccessLog(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time_s: float) -> None:
         try:
-            headers = response.headers
             length = response.content_length
             # body bytes (nginx's $body_bytes_sent); for streamed responses whose length was
             # not known up front, what went on the wire
             size = length if length is not None else response.body_length
-            timing = headers.get("Server-Timing")
-            tier = headers.get("X-Cache", "-")
+            trace = request.get(TRACE)
+            tier = "-" if trace is None else trace.tier
             if self.log_format == "text":
                 record: dict[str, Any] = {
                     "ts": round(time.time(), 3),
@@ -261,13 +234,13 @@ class AccessLog(AbstractAccessLogger):
                     "cache": tier,
                     "client": request.remote,
                 }
-                if timing:
-                    record.update(_timings(timing))
+                if trace is not None and trace.timings:
+                    record.update(trace.log_fields())
                 line = format_line(record, "text")
             else:
                 extra = ""
-                if timing:
-                    extra = "".join(f',"{k}":{v}' for k, v in _timings(timing).items())
+                if trace is not None and trace.timings:
+                    extra = "".join(f',"{k}":{v}' for k, v in trace.log_fields().items())
                 line = (
                     # request ids are validated to [A-Za-z0-9-] (middleware.request_id) and
                     # aiohttp only accepts token characters in a method: no escaping needed

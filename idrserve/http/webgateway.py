@@ -20,9 +20,9 @@ from idrserve.encode import encode
 from idrserve.errors import BadRequest, IdrServeError, NotFound
 from idrserve.http import params
 from idrserve.http.imgdata import image_data, select_key
-from idrserve.http.keys import DEPS, MEMO_INFO, SETTINGS
+from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.middleware import log_error
-from idrserve.http.responses import image_response, json_or_jsonp, not_modified
+from idrserve.http.responses import json_or_jsonp, respond_rendered
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, RenderOverrides
 from idrserve.render.lut import luts_json
 from idrserve.render.settings import resolve_render, resolve_thumbnail
@@ -93,18 +93,6 @@ def _output(request: web.Request, limits: LimitSettings) -> _Output:
     )
 
 
-async def _respond(request: web.Request, req: RegionRequest, meta: ImageMeta) -> web.StreamResponse:
-    ctx = _ctx(request)
-    key, generation = await cache_key(req, ctx.deps)
-    # Lets the fast path answer this exact URL from memory next time (http/fastpath.py).
-    request[MEMO_INFO] = (key, req.image_id, meta.data_version, generation, ())
-    early = not_modified(request, key, ctx.cache_control)
-    if early is not None:
-        return early
-    rendered = await cached_render(req, meta, ctx.deps, key)
-    return image_response(rendered, ctx.cache_control)
-
-
 # --- render_image_region --------------------------------------------------------------------
 
 
@@ -139,7 +127,7 @@ async def render_image_region(request: web.Request) -> web.StreamResponse:
         quality=quality,
         data_version=meta.data_version,
     )
-    return await _respond(request, req, meta)
+    return await respond_rendered(request, req, meta)
 
 
 # --- render_image -----------------------------------------------------------------------------
@@ -179,7 +167,7 @@ async def render_image(request: web.Request) -> web.StreamResponse:
         quality=quality,
         data_version=meta.data_version,
     )
-    response = await _respond(request, req, meta)
+    response = await respond_rendered(request, req, meta)
     if download and response.status == 200:
         ext = {Format.JPEG: "jpg", Format.PNG: "png", Format.TIFF: "tif"}[fmt]
         response.headers["Content-Disposition"] = f'attachment; filename="{iid}.{ext}"'
@@ -243,7 +231,7 @@ async def render_thumbnail(request: web.Request) -> web.StreamResponse:
     placeholder = (request.match_info.route.name or "").startswith("webclient_thumb")
     try:
         req, meta = await _thumbnail(ctx, iid, w, h, z, t)
-        return await _respond(request, req, meta)
+        return await respond_rendered(request, req, meta)
     except NotFound as exc:
         if not placeholder:
             raise

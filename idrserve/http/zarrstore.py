@@ -17,8 +17,10 @@ from aiohttp import web
 
 from idrserve.errors import BadRequest
 from idrserve.http import params
-from idrserve.http.keys import DEPS, SETTINGS
+from idrserve.http.keys import DEPS, SETTINGS, TRACE
 from idrserve.http.middleware import error_response
+from idrserve.http.responses import etag_matches
+from idrserve.http.trace import Trace
 from idrserve.http.urls import public_base
 from idrserve.zarrview import (
     JSON_TYPE,
@@ -101,10 +103,8 @@ def bytes_response(request: web.Request, blob: Blob, cache_control: str) -> web.
         "Accept-Ranges": "bytes",
         "X-Cache": blob.tier,
     }
-    inm = request.headers.get("If-None-Match")
-    if inm and (
-        blob.etag in {p.strip().removeprefix("W/") for p in inm.split(",")} or inm.strip() == "*"
-    ):
+    request[TRACE] = Trace(blob.tier)
+    if etag_matches(request.headers.get("If-None-Match"), blob.etag):
         return web.Response(status=304, headers=headers)
     size = len(blob.body)
     wanted = request.headers.get("Range")

@@ -16,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from idrserve.http.keys import TRACE
 from idrserve.http.middleware import request_id
 from idrserve.http.ops import AccessLog
+from idrserve.http.trace import Trace
 
 SAFE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
@@ -45,10 +47,15 @@ def test_request_ids_are_always_safe(header: str) -> None:
 @given(
     header=st.text(max_size=100),
     tier=st.text(max_size=30),
-    timing=st.text(max_size=60),
+    timings=st.dictionaries(
+        st.sampled_from(["source", "render", "encode", "cache"]),
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    ),
     fmt=st.sampled_from(["json", "text"]),
 )
-def test_access_log_line_is_one_valid_record(header: str, tier: str, timing: str, fmt: str) -> None:
+def test_access_log_line_is_one_valid_record(
+    header: str, tier: str, timings: dict[str, float], fmt: str
+) -> None:
     logger = logging.getLogger("test.idrserve.access.fuzz")
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -57,7 +64,8 @@ def test_access_log_line_is_one_valid_record(header: str, tier: str, timing: str
     try:
         req = make_mocked_request("GET", "/x", headers=CIMultiDict({"X-Request-ID": header}))
         request_id(req)
-        resp = web.Response(body=b"abc", headers={"X-Cache": tier, "Server-Timing": timing})
+        req[TRACE] = Trace(tier, timings)
+        resp = web.Response(body=b"abc")
         access = AccessLog(logger, fmt)
         access.log(req, resp, 0.001)
         access.flush()
@@ -68,6 +76,8 @@ def test_access_log_line_is_one_valid_record(header: str, tier: str, timing: str
     if fmt == "json":
         record = json.loads(line)
         assert record["cache"] == tier and record["status"] == 200 and record["bytes"] == 3
+        for name, sec in timings.items():
+            assert record[f"{name}_ms"] == round(sec * 1000, 3)
         assert SAFE_ID.fullmatch(record["request_id"])
     else:
         assert "\n" not in line
