@@ -75,6 +75,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another revision (e.g. `git worktree add /tmp/base REV`): each "
+        "tier's server also runs from it, interleaved, and is reported as a ratio",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -126,6 +132,11 @@ def main() -> int:
             "IDRSERVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         },
     }
+    if args.baseline:
+        path = str(args.baseline.resolve())
+        tiers |= {
+            f"{tier} (baseline)": extra | {"PYTHONPATH": path} for tier, extra in tiers.items()
+        }
     bases: dict[str, str] = {}
     for tier, extra in tiers.items():
         port = free_port()
@@ -151,7 +162,7 @@ def main() -> int:
                     body = resp.read()
             with urllib.request.urlopen(base + urls[0]) as resp:
                 answered = resp.headers.get("X-Cache")
-            if answered != tier.split(",")[0]:
+            if answered != tier.split(",")[0].removesuffix(" (baseline)"):
                 raise RuntimeError(f"{tier} server answered from {answered!r}")
             if tier == "memory":  # static copies for nginx, byte for byte what we serve
                 static = tmp / "static"
@@ -188,7 +199,8 @@ def main() -> int:
         f"# idrserve cache-hit benchmark ({stamp}, {host})",
         "",
         f"Command: `python bench/bench_cache.py --duration {args.duration:g} --rounds "
-        f"{args.rounds} --conns {args.conns}`",
+        f"{args.rounds} --conns {args.conns}"
+        f"{f' --baseline {args.baseline}' if args.baseline else ''}`",
         "",
         "Everything server-side pinned to core 0 (idrserve, redis-server, nginx with 1 worker); "
         f"wrk -t1 -c{args.conns} on core 1; 1 024 distinct 256² JPEG tiles (256 tiles × 4 "
@@ -212,6 +224,16 @@ def main() -> int:
             f"{target or 0:.0f} | {med / target if target else 1:.2f} | {ratio:.3f} | "
             f"{sum(r['non2xx'] + r['socket_errors'] for r in rounds):.0f} |"
         )
+    if args.baseline:
+        lines += ["", f"This tree vs the baseline ({args.baseline}), median of per-round ratios:"]
+        lines.append("")
+        for name in tiers:
+            if name.endswith(" (baseline)"):
+                continue
+            new = [r["rps"] for r in results[name]]
+            old = [r["rps"] for r in results[f"{name} (baseline)"]]
+            ratio = statistics.median(a / b for a, b in zip(new, old, strict=True))
+            lines.append(f"- {name}: {ratio:.3f}×")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"cache-{host}-{stamp}.md"

@@ -163,6 +163,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conns", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another revision (e.g. `git worktree add /tmp/base REV`): its "
+        "server replaces the zarr-python variant and runs interleaved, reported as a ratio",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -173,7 +179,9 @@ def main() -> int:
     write_image(data / "2002.zarr", 512, 2)
     # Two builds of the same server, interleaved: the default (direct chunk reads for local
     # Zarr v2) and reads through zarr-python + zarrs, so the fast path is measured as a ratio.
-    variants = {"idrserve": "true", "idrserve, zarr-python reads": "false"}
+    # With --baseline, the other variant is the same default server from another checkout.
+    other = "baseline" if args.baseline else "idrserve, zarr-python reads"
+    variants = {"idrserve": "true", other: "true" if args.baseline else "false"}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     for label, direct in variants.items():
         port = free_port()
@@ -185,6 +193,8 @@ def main() -> int:
             # Cold means cold: no response cache, every request renders.
             IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
         )
+        if label == "baseline":
+            env["PYTHONPATH"] = str(args.baseline.resolve())
         cmd = ["taskset", "-c", "0", sys.executable, "-m", "idrserve", "serve"]
         cmd += ["--zarr-root", str(data), "--port", str(port)]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -230,7 +240,8 @@ def main() -> int:
         f"# idrserve cold-tile HTTP benchmark ({stamp}, {host})",
         "",
         f"Command: `python bench/bench_http.py --duration {args.duration:g} --rounds "
-        f"{args.rounds} --conns {args.conns}`",
+        f"{args.rounds} --conns {args.conns}"
+        f"{f' --baseline {args.baseline}' if args.baseline else ''}`",
         "",
         f"Server: `idrserve serve` pinned to core 0 (`taskset -c 0`, 1 cpu thread); wrk -t1 "
         f"-c{args.conns} pinned to core 1; {args.rounds} interleaved rounds of "
@@ -253,10 +264,15 @@ def main() -> int:
             f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {target:.0f} | "
             f"{med / target:.2f} | {sum(r['non2xx'] for r in rounds):.0f} |"
         )
-    lines += ["", "Direct chunk reads vs zarr-python reads, median of per-round ratios:", ""]
+    title = (
+        f"This tree vs the baseline ({args.baseline})"
+        if args.baseline
+        else "Direct chunk reads vs zarr-python reads"
+    )
+    lines += ["", f"{title}, median of per-round ratios:", ""]
     for name in cases:
         fast = results[f"{name} (idrserve)"]
-        slow = results[f"{name} (idrserve, zarr-python reads)"]
+        slow = results[f"{name} ({other})"]
         ratios = [a["rps"] / b["rps"] for a, b in zip(fast, slow, strict=True)]
         lines.append(f"- {name}: {statistics.median(ratios):.2f}×")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]

@@ -91,3 +91,36 @@ def plan_region(meta: ImageMeta, region: Box, out_w: int, out_h: int) -> Plan:
 def raw_bytes(meta: ImageMeta, plan: Plan, channels: int, planes: int = 1) -> int:
     """Bytes of raw pixels the plan reads for `channels` channels and `planes` z-planes."""
     return plan.raw_pixels() * channels * planes * np.dtype(meta.dtype).itemsize
+
+
+# --- DeepZoom's pyramid: level L is the full size divided by 2^(N−L), rounded up ---------
+
+
+def dz_max_level(width: int, height: int) -> int:
+    """DeepZoom: N = ⌈log2(max(W, H))⌉, the full-resolution level (0 for a 1×1 image)."""
+    longest = max(width, height)
+    return (longest - 1).bit_length() if longest > 1 else 0
+
+
+def dz_level_size(width: int, height: int, level: int) -> tuple[int, int]:
+    """Size of DeepZoom level `level`: the full size divided by 2^(N−L), rounded up."""
+    scale = 1 << (dz_max_level(width, height) - level)
+    return -(-width // scale), -(-height // scale)
+
+
+def dz_tile_region(
+    width: int, height: int, level: int, col: int, row: int, tile: int
+) -> tuple[Box, tuple[int, int]] | None:
+    """(region in full-resolution pixels, output size) of one tile, or None off the level."""
+    n = dz_max_level(width, height)
+    if level > n:
+        return None
+    lw, lh = dz_level_size(width, height, level)
+    x0, y0 = col * tile, row * tile
+    if x0 >= lw or y0 >= lh:
+        return None
+    w, h = min(tile, lw - x0), min(tile, lh - y0)
+    scale = 1 << (n - level)
+    rx, ry = x0 * scale, y0 * scale
+    region = Box(rx, ry, min(w * scale, width - rx), min(h * scale, height - ry))
+    return region, (w, h)

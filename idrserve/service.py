@@ -20,10 +20,9 @@ import numpy as np
 from idrserve.admission import CURRENT_SLOT, Admission
 from idrserve.cache import CacheEntry, TieredCache, response_key
 from idrserve.encode import encode
-from idrserve.errors import NotFound, TooLarge
+from idrserve.errors import TooLarge
 from idrserve.model import (
     MEDIA_TYPES,
-    Box,
     ImageMeta,
     Projection,
     RegionRequest,
@@ -123,60 +122,6 @@ async def in_pool(pool: Executor, fn: Callable[[], T]) -> T:
         if slot is not None and not job.done():
             slot.hold_until(job)
         raise
-
-
-def check_plane(meta: ImageMeta, z: int, t: int) -> None:
-    """Out-of-range planes are 404 on OMERO.web (the RE cannot find the plane)."""
-    if not 0 <= z < meta.size_z:
-        raise NotFound(f"z={z} is out of range: the image has {meta.size_z} z-planes", param="z")
-    if not 0 <= t < meta.size_t:
-        raise NotFound(f"t={t} is out of range: the image has {meta.size_t} timepoints", param="t")
-
-
-def clip_box(meta: ImageMeta, level: int, box: Box, param: str) -> Box:
-    """Clip to the level as the RE does; a box starting outside the level is a 404 on web."""
-    lv = meta.levels[level]
-    if box.x >= lv.size_x or box.y >= lv.size_y:
-        raise NotFound(
-            f"{param}: origin ({box.x},{box.y}) is outside the level {level} plane of "
-            f"{lv.size_x}x{lv.size_y} pixels",
-            param=param,
-        )
-    return box.clip(lv.size_x, lv.size_y)
-
-
-def check_pixels(box: Box, limits: LimitSettings, param: str) -> None:
-    if box.w * box.h > limits.max_region_pixels:
-        raise TooLarge(
-            f"{param}: {box.w}x{box.h} = {box.w * box.h} pixels exceeds the limit of "
-            f"{limits.max_region_pixels} pixels per request; request tiles instead "
-            f"(render_image_region with tile=level,col,row)",
-            param=param,
-        )
-
-
-def mirror_box(meta: ImageMeta, level: int, box: Box, flip_h: bool, flip_v: bool) -> Box:
-    """With `flip`, the microservice mirrors the region origin inside the level plane."""
-    lv = meta.levels[level]
-    x = lv.size_x - box.x - box.w if flip_h else box.x
-    y = lv.size_y - box.y - box.h if flip_v else box.y
-    return Box(x, y, box.w, box.h)
-
-
-def thumbnail_size(meta: ImageMeta, longest: int) -> tuple[int, int]:
-    """OMERO's ThumbnailCtx: keep the aspect ratio, truncate the short side."""
-    sx, sy = meta.size_x, meta.size_y
-    if sx > sy:
-        return longest, max(1, int(sy * longest / sx))
-    return max(1, int(sx * longest / sy)), longest
-
-
-def thumbnail_level(meta: ImageMeta, width: int, height: int) -> int:
-    """First level from full resolution down whose width or height fits the target."""
-    for i, lv in enumerate(meta.levels):
-        if lv.size_x <= width or lv.size_y <= height:
-            return i
-    return len(meta.levels) - 1
 
 
 def read_bytes(meta: ImageMeta, sel: Selection) -> int:

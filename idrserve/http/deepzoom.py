@@ -17,14 +17,15 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from idrserve.errors import BadRequest, NotFound
+from idrserve.errors import BadRequest
 from idrserve.http import params
-from idrserve.http.iiif import build_request, preflight, tile_size
+from idrserve.http.iiif import preflight
 from idrserve.http.iiif_params import Identifier
 from idrserve.http.keys import DEPS, SETTINGS
+from idrserve.http.plan import DeepZoomAsk, identifier_plane, plan_deepzoom_tile, tile_size
 from idrserve.http.responses import respond_rendered
-from idrserve.model import Box, Format, ImageMeta
-from idrserve.service import Deps, check_plane
+from idrserve.model import Format
+from idrserve.service import Deps
 
 NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
 _EXTENSIONS = {
@@ -35,36 +36,6 @@ _EXTENSIONS = {
     "webp": Format.WEBP,
 }
 _DZI_FORMAT = {Format.JPEG: "jpeg", Format.PNG: "png", Format.TIFF: "tif", Format.WEBP: "webp"}
-
-
-def max_level(width: int, height: int) -> int:
-    """N = ⌈log2(max(W, H))⌉, the full-resolution level (0 for a 1×1 image)."""
-    longest = max(width, height)
-    return (longest - 1).bit_length() if longest > 1 else 0
-
-
-def level_size(width: int, height: int, level: int) -> tuple[int, int]:
-    """Size of DeepZoom level `level`: the full size divided by 2^(N−L), rounded up."""
-    scale = 1 << (max_level(width, height) - level)
-    return -(-width // scale), -(-height // scale)
-
-
-def tile_region(
-    width: int, height: int, level: int, col: int, row: int, tile: int
-) -> tuple[Box, tuple[int, int]] | None:
-    """(region in full-resolution pixels, output size) of one tile, or None off the level."""
-    n = max_level(width, height)
-    if level > n:
-        return None
-    lw, lh = level_size(width, height, level)
-    x0, y0 = col * tile, row * tile
-    if x0 >= lw or y0 >= lh:
-        return None
-    w, h = min(tile, lw - x0), min(tile, lh - y0)
-    scale = 1 << (n - level)
-    rx, ry = x0 * scale, y0 * scale
-    region = Box(rx, ry, min(w * scale, width - rx), min(h * scale, height - ry))
-    return region, (w, h)
 
 
 def _identifier(iid: int, query: Mapping[str, str], deps: Deps) -> Identifier:
@@ -86,7 +57,8 @@ async def descriptor(request: web.Request) -> web.Response:
     iid = _image_id(request.match_info["iid"])
     fmt = params.parse_format(request.query)
     ident = _identifier(iid, request.query, deps)
-    meta = await _meta(deps, ident)
+    meta = await deps.source.meta(iid)
+    identifier_plane(ident, meta)  # 404 for a plane the query names but the image lacks
     tile = tile_size(meta, deps.limits)[0]
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -98,14 +70,6 @@ async def descriptor(request: web.Request) -> web.Response:
         content_type="application/xml",
         headers={"Cache-Control": request.app[SETTINGS].server.cache_control},
     )
-
-
-async def _meta(deps: Deps, ident: Identifier) -> ImageMeta:
-    meta = await deps.source.meta(ident.image_id)
-    z = meta.default_z if ident.z is None else ident.z
-    t = meta.default_t if ident.t is None else ident.t
-    check_plane(meta, z, t)
-    return meta
 
 
 async def tile(request: web.Request) -> web.StreamResponse:
@@ -123,21 +87,8 @@ async def tile(request: web.Request) -> web.StreamResponse:
             param="format",
         )
     ident = _identifier(iid, request.query, deps)
-    meta = await _meta(deps, ident)
-    z = meta.default_z if ident.z is None else ident.z
-    t = meta.default_t if ident.t is None else ident.t
-    side = tile_size(meta, deps.limits)[0]
-    found = tile_region(meta.size_x, meta.size_y, level, col, row, side)
-    if found is None:
-        n = max_level(meta.size_x, meta.size_y)
-        raise NotFound(
-            f"no tile {col}_{row} at level {level}: levels are 0..{n}, level {min(level, n)} "
-            f"is {'x'.join(map(str, level_size(meta.size_x, meta.size_y, min(level, n))))} px "
-            f"in tiles of {side}",
-            param="tile",
-        )
-    region, size = found
-    req = build_request(meta, ident, z, t, region, size, deps, fmt=fmt)
+    meta = await deps.source.meta(iid)
+    req = plan_deepzoom_tile(DeepZoomAsk(ident, level, col, row, fmt), meta, deps.limits)
     return await respond_rendered(request, req, meta)
 
 

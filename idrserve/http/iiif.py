@@ -23,35 +23,28 @@ unknown image or plane, 501 valid but not implemented.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from idrserve.errors import BadRequest
-from idrserve.http import params
 from idrserve.http.iiif_params import (
     FORMATS,
     Identifier,
-    Limits,
     Version,
-    canonical_image_path,
     parse_identifier,
     parse_quality_format,
     parse_region,
     parse_rotation,
     parse_size,
-    resolve_region,
     resolve_size,
 )
 from idrserve.http.keys import DEPS, SETTINGS
+from idrserve.http.plan import IiifAsk, identifier_plane, iiif_limits, plan_iiif, tile_size
 from idrserve.http.responses import respond_rendered
 from idrserve.http.urls import forwarded_headers_used, public_base
-from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, Tone
-from idrserve.pyramid import plan_region, raw_bytes
-from idrserve.render.settings import resolve_render
-from idrserve.service import Deps, check_plane
+from idrserve.model import Box, ImageMeta
+from idrserve.service import Deps
 from idrserve.settings import LimitSettings
 
 CONTEXT = {
@@ -88,24 +81,6 @@ V2_SUPPORTS = [
     "sizeByWh",
 ]
 ALLOW = "GET, HEAD, OPTIONS"
-_PROJECTION_NAMES = {p.value for p in Projection} - {Projection.NORMAL.value}
-
-
-def iiif_limits(limits: LimitSettings) -> Limits:
-    """maxWidth/maxHeight/maxArea: the same plane bound webgateway regions have."""
-    side = math.isqrt(limits.max_region_pixels)
-    return Limits(side, side, limits.max_region_pixels)
-
-
-def tile_size(meta: ImageMeta, limits: LimitSettings) -> tuple[int, int]:
-    """The stored chunk size when it makes a sensible tile (64–1024 px), else 512."""
-    lv = meta.levels[0]
-    top = min(1024, limits.max_tile_length)
-
-    def pick(chunk: int) -> int:
-        return chunk if 64 <= chunk <= top else min(512, top)
-
-    return pick(lv.tile_x), pick(lv.tile_y)
 
 
 def scale_factors(width: int, height: int, tile_w: int, tile_h: int) -> list[int]:
@@ -180,18 +155,17 @@ def _prefix(version: Version) -> str:
     return f"/iiif/{version.value}/"
 
 
-async def _meta_for(deps: Deps, ident: Identifier) -> tuple[ImageMeta, int, int]:
+async def _meta_for(deps: Deps, ident: Identifier) -> ImageMeta:
+    """The image's metadata; 404 when the identifier names a plane that does not exist."""
     meta = await deps.source.meta(ident.image_id)
-    z = meta.default_z if ident.z is None else ident.z
-    t = meta.default_t if ident.t is None else ident.t
-    check_plane(meta, z, t)  # 404: the identifier names a plane that does not exist
-    return meta, z, t
+    identifier_plane(ident, meta)
+    return meta
 
 
 async def _info(request: web.Request, version: Version, raw_id: str) -> web.Response:
     deps, settings = request.app[DEPS], request.app[SETTINGS]
     ident = parse_identifier(raw_id, deps.limits.max_active_channels)
-    meta, _z, _t = await _meta_for(deps, ident)
+    meta = await _meta_for(deps, ident)
     base_id = f"{public_base(request)}{_prefix(version)}{public_identifier(raw_id)}"
     body = json.dumps(info_document(meta, version, base_id, deps.limits), separators=(",", ":"))
     accept = request.headers.get("Accept", "")
@@ -222,67 +196,6 @@ def _redirect(request: web.Request, version: Version, raw_id: str) -> web.Respon
     return web.Response(status=303, headers={"Location": location})
 
 
-def build_request(
-    meta: ImageMeta,
-    ident: Identifier,
-    z: int,
-    t: int,
-    region: Box,
-    size: tuple[int, int],
-    deps: Deps,
-    *,
-    mirror: bool = False,
-    rotate: int = 0,
-    tone: Tone = Tone.DEFAULT,
-    fmt: Format = Format.JPEG,
-) -> RegionRequest:
-    """The pipeline request for `region` (full-resolution pixels) rendered at `size`.
-
-    Shared by DeepZoom. Raw reads over `limits.max_read_bytes` are refused here with a 400
-    (IIIF: over a server limit), before any pixel is read.
-    """
-    limits = deps.limits
-    render = resolve_render(meta, ident.overrides)
-    projection, p_start, p_end = Projection.NORMAL, 0, 0
-    if ident.projection is not None:
-        if ident.projection.partition("|")[0] not in _PROJECTION_NAMES:
-            raise BadRequest(
-                f"identifier p={ident.projection[:64]!r}: expected intmax, intmean or intsum"
-                "[|start:end]",
-                param="p",
-            )
-        projection, p_start, p_end = params.parse_projection({"p": ident.projection}, meta.size_z)
-    plan = plan_region(meta, region, size[0], size[1])
-    planes = 1 if projection is Projection.NORMAL else p_end - p_start + 1
-    nbytes = raw_bytes(meta, plan, len(render.active_indices()), planes)
-    if nbytes > limits.max_read_bytes:
-        raise BadRequest(
-            f"this region at this size needs {nbytes} bytes of raw pixels, over the limit of "
-            f"{limits.max_read_bytes}; request a smaller region or size",
-            param="size",
-        )
-    return RegionRequest(
-        image_id=meta.image_id,
-        z=z,
-        t=t,
-        level=plan.level,
-        box=plan.box,
-        render=render,
-        projection=projection,
-        proj_start=p_start,
-        proj_end=p_end,
-        flip_h=mirror,
-        fmt=fmt,
-        quality=ident.quality if ident.quality is not None else limits.default_jpeg_quality,
-        out_size=plan.out_size,
-        data_version=meta.data_version,
-        downsample=plan.downsample,
-        pad=plan.pad,
-        rotate=rotate,
-        tone=tone,
-    )
-
-
 def link_headers(version: Version, canonical: str) -> dict[str, str]:
     """`Link` with the compliance profile and the canonical URI (features profileLinkHeader and
     canonicalLinkHeader). The canonical URI is a relative reference (RFC 8288 §3.1: resolved
@@ -308,33 +221,17 @@ def _decode(segment: str) -> str:
 
 async def _image(request: web.Request, version: Version, segments: list[str]) -> web.StreamResponse:
     deps = request.app[DEPS]
-    raw_id = segments[0]
     # Clients may percent-encode `^`, `!`, `,` or `:` (yarl and some browsers encode `^`).
     region_text, size_text, rotation_text, last = (_decode(s) for s in segments[1:])
     # Syntax first (400 for any malformed segment), then the image (404), then semantics.
-    ident = parse_identifier(raw_id, deps.limits.max_active_channels)
-    region_spec = parse_region(region_text)
-    size_spec = parse_size(size_text, version)
+    ident = parse_identifier(segments[0], deps.limits.max_active_channels)
+    region, size = parse_region(region_text), parse_size(size_text, version)
     mirror, degrees = parse_rotation(rotation_text)
     tone, fmt = parse_quality_format(last)
-    meta, z, t = await _meta_for(deps, ident)
-    region = resolve_region(region_spec, meta.size_x, meta.size_y)
-    size = resolve_size(size_spec, region, version, iiif_limits(deps.limits))
-    req = build_request(
-        meta, ident, z, t, region, size, deps, mirror=mirror, rotate=degrees, tone=tone, fmt=fmt
-    )
     quality, _, ext = last.rpartition(".")
-    canonical = canonical_image_path(
-        version,
-        region,
-        size,
-        (meta.size_x, meta.size_y),
-        iiif_limits(deps.limits),
-        mirror=mirror,
-        degrees=degrees,
-        quality=quality,
-        fmt=ext,
-    )
+    ask = IiifAsk(version, ident, region, size, mirror, degrees, tone, fmt, quality, ext)
+    meta = await deps.source.meta(ident.image_id)
+    req, canonical = plan_iiif(ask, meta, deps.limits)
     return await respond_rendered(request, req, meta, link_headers(version, canonical))
 
 
@@ -434,7 +331,7 @@ async def _manifest(request: web.Request, raw: str) -> web.Response:
     """`/iiif/3/{identifier}/manifest.json`: a Presentation 3 manifest for Mirador and friends."""
     deps = request.app[DEPS]
     ident = parse_identifier(raw, deps.limits.max_active_channels)
-    meta, _z, _t = await _meta_for(deps, ident)
+    meta = await _meta_for(deps, ident)
     text = public_identifier(raw)
     doc = manifest_document(meta, text, ident, public_base(request), deps.limits)
     cache_control = (

@@ -17,27 +17,25 @@ from aiohttp import web
 
 from idrserve import __version__
 from idrserve.encode import encode
-from idrserve.errors import BadRequest, IdrServeError, NotFound
+from idrserve.errors import IdrServeError, NotFound
 from idrserve.http import params
 from idrserve.http.imgdata import image_data, select_key
 from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.middleware import log_error
-from idrserve.http.responses import json_or_jsonp, respond_rendered
-from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, RenderOverrides
-from idrserve.render.lut import luts_json
-from idrserve.render.settings import resolve_render, resolve_thumbnail
-from idrserve.service import (
-    Deps,
-    Rendered,
-    cache_key,
-    cached_render,
-    check_pixels,
-    check_plane,
-    clip_box,
-    mirror_box,
-    thumbnail_level,
-    thumbnail_size,
+from idrserve.http.plan import (
+    Output,
+    PlaneAsk,
+    RegionAsk,
+    ThumbnailAsk,
+    check_thumbnail_size,
+    plan_thumbnail,
+    plan_webgateway_plane,
+    plan_webgateway_region,
 )
+from idrserve.http.responses import json_or_jsonp, respond_rendered
+from idrserve.model import Format, ImageMeta, RegionRequest
+from idrserve.render.lut import luts_json
+from idrserve.service import Deps, Rendered, cache_key, cached_render
 from idrserve.settings import LimitSettings, Settings
 
 ID = r"{iid:\d{1,19}}"
@@ -70,24 +68,16 @@ def _opt_path_int(request: web.Request, name: str) -> int | None:
     return None if value is None else params.parse_path_int(value, name)
 
 
-@dataclass(frozen=True, slots=True)
-class _Output:
-    """The rendering and output parameters both render routes share."""
-
-    overrides: RenderOverrides
-    flip: tuple[bool, bool]
-    fmt: Format
-    quality: float
-
-
-def _output(request: web.Request, limits: LimitSettings) -> _Output:
+def _output(request: web.Request, limits: LimitSettings) -> Output:
     query = request.query
     strict = (request.match_info.route.name or "").endswith("_rdef")  # _rdef: validated settings
-    return _Output(
+    flip_h, flip_v = params.parse_flip(query)
+    return Output(
         params.parse_render_overrides(
             query, max_active_channels=limits.max_active_channels, strict=strict
         ),
-        params.parse_flip(query),
+        flip_h,
+        flip_v,
         params.parse_format(query),
         params.parse_quality(query, limits.default_jpeg_quality),
     )
@@ -99,34 +89,12 @@ def _output(request: web.Request, limits: LimitSettings) -> _Output:
 async def render_image_region(request: web.Request) -> web.StreamResponse:
     """Tiles (`tile=`) and regions (`region=`) of one plane; projection is ignored, as on web."""
     ctx = _ctx(request)
-    limits = ctx.deps.limits
     iid, z, t = _path_int(request, "iid"), _path_int(request, "z"), _path_int(request, "t")
-    query = request.query
-    out = _output(request, limits)
-    overrides, (flip_h, flip_v), fmt, quality = out.overrides, out.flip, out.fmt, out.quality
+    output = _output(request, ctx.deps.limits)
     meta = await ctx.deps.source.meta(iid)
-    check_plane(meta, z, t)
-    full = meta.levels[0]
-    level, box = params.parse_tile_or_region(
-        query, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
-    )
-    param = "tile" if query.get("tile") else "region"
-    box = clip_box(meta, level, box, param)
-    check_pixels(box, limits, param)
-    box = mirror_box(meta, level, box, flip_h, flip_v)
-    req = RegionRequest(
-        image_id=iid,
-        z=z,
-        t=t,
-        level=level,
-        box=box,
-        render=resolve_render(meta, overrides),
-        flip_h=flip_h,
-        flip_v=flip_v,
-        fmt=fmt,
-        quality=quality,
-        data_version=meta.data_version,
-    )
+    query = request.query
+    ask = RegionAsk(iid, z, t, query.get("tile"), query.get("region"), output)
+    req = plan_webgateway_region(ask, meta, ctx.deps.limits)
     return await respond_rendered(request, req, meta)
 
 
@@ -136,40 +104,21 @@ async def render_image_region(request: web.Request) -> web.StreamResponse:
 async def render_image(request: web.Request) -> web.StreamResponse:
     """A whole plane at full resolution, with `p=` projections honoured as on web."""
     ctx = _ctx(request)
-    limits = ctx.deps.limits
     iid = _path_int(request, "iid")
-    query = request.query
     download = (request.match_info.route.name or "").startswith("webclient_render_image_download")
-    out = _output(request, limits)
-    overrides, (flip_h, flip_v), fmt, quality = out.overrides, out.flip, out.fmt, out.quality
+    output = _output(request, ctx.deps.limits)
     meta = await ctx.deps.source.meta(iid)
-    z = _opt_path_int(request, "z")
-    t = _opt_path_int(request, "t")
-    z = meta.default_z if z is None else z
-    t = meta.default_t if t is None else t
-    check_plane(meta, z, t)
-    projection, p_start, p_end = params.parse_projection(query, meta.size_z)
-    box = Box(0, 0, meta.size_x, meta.size_y)
-    check_pixels(box, limits, "render_image")
-    req = RegionRequest(
-        image_id=iid,
-        z=z,
-        t=t,
-        level=0,
-        box=box,
-        render=resolve_render(meta, overrides),
-        projection=projection,
-        proj_start=p_start if projection is not Projection.NORMAL else 0,
-        proj_end=p_end if projection is not Projection.NORMAL else 0,
-        flip_h=flip_h,
-        flip_v=flip_v,
-        fmt=fmt,
-        quality=quality,
-        data_version=meta.data_version,
+    ask = PlaneAsk(
+        iid,
+        _opt_path_int(request, "z"),
+        _opt_path_int(request, "t"),
+        request.query.get("p"),
+        output,
     )
+    req = plan_webgateway_plane(ask, meta, ctx.deps.limits)
     response = await respond_rendered(request, req, meta)
     if download and response.status == 200:
-        ext = {Format.JPEG: "jpg", Format.PNG: "png", Format.TIFF: "tif"}[fmt]
+        ext = {Format.JPEG: "jpg", Format.PNG: "png", Format.TIFF: "tif"}[output.fmt]
         response.headers["Content-Disposition"] = f'attachment; filename="{iid}.{ext}"'
     return response
 
@@ -177,44 +126,14 @@ async def render_image(request: web.Request) -> web.StreamResponse:
 # --- thumbnails -------------------------------------------------------------------------------
 
 
-async def _thumbnail(
-    ctx: _Ctx, iid: int, w: int | None, h: int | None, z: int | None, t: int | None
-) -> tuple[RegionRequest, ImageMeta]:
-    limits = ctx.deps.limits
-    for name, value in (("w", w), ("h", h)):
-        if value is not None and not 1 <= value <= limits.max_thumbnail_size:
-            raise BadRequest(
-                f"thumbnail size {name}={value} must be between 1 and {limits.max_thumbnail_size}",
-                param=name,
-            )
-    meta = await ctx.deps.source.meta(iid)
-    longest = w if w is not None else limits.default_thumbnail_size
-    size = (w, h) if w is not None and h is not None else thumbnail_size(meta, longest)
-    z = meta.default_z if z is None else z
-    t = meta.default_t if t is None else t
-    check_plane(meta, z, t)
-    level = thumbnail_level(meta, size[0], size[1])
-    lv = meta.levels[level]
-    box = Box(0, 0, lv.size_x, lv.size_y)
-    check_pixels(box, limits, "thumbnail")
-    req = RegionRequest(
-        image_id=iid,
-        z=z,
-        t=t,
-        level=level,
-        box=box,
-        render=resolve_thumbnail(meta),
-        quality=0.85,
-        out_size=(int(size[0]), int(size[1])),
-        data_version=meta.data_version,
-    )
-    return req, meta
+async def _thumbnail(ctx: _Ctx, ask: ThumbnailAsk) -> tuple[RegionRequest, ImageMeta]:
+    check_thumbnail_size(ask, ctx.deps.limits)  # a bad size is a 400 before a 404
+    meta = await ctx.deps.source.meta(ask.image_id)
+    return plan_thumbnail(ask, meta, ctx.deps.limits), meta
 
 
-async def _thumbnail_rendered(
-    ctx: _Ctx, iid: int, w: int | None, h: int | None, z: int | None = None, t: int | None = None
-) -> Rendered:
-    req, meta = await _thumbnail(ctx, iid, w, h, z, t)
+async def _thumbnail_rendered(ctx: _Ctx, ask: ThumbnailAsk) -> Rendered:
+    req, meta = await _thumbnail(ctx, ask)
     key, _generation = await cache_key(req, ctx.deps)
     return await cached_render(req, meta, ctx.deps, key)
 
@@ -230,7 +149,7 @@ async def render_thumbnail(request: web.Request) -> web.StreamResponse:
     z, t = params.parse_thumbnail_query(request.query)
     placeholder = (request.match_info.route.name or "").startswith("webclient_thumb")
     try:
-        req, meta = await _thumbnail(ctx, iid, w, h, z, t)
+        req, meta = await _thumbnail(ctx, ThumbnailAsk(iid, w, h, z, t))
         return await respond_rendered(request, req, meta)
     except NotFound as exc:
         if not placeholder:
@@ -262,7 +181,7 @@ async def get_thumbnails(request: web.Request) -> web.StreamResponse:
 
     async def one(iid: int) -> str | None:
         try:
-            rendered = await _thumbnail_rendered(ctx, iid, w, None)
+            rendered = await _thumbnail_rendered(ctx, ThumbnailAsk(iid, w))
         except IdrServeError as exc:
             log_error(request, exc)  # the batch answers null: the log is the only trace
             return None
@@ -278,9 +197,8 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     callback = params.parse_callback(request.query.get("callback"))
     iid = _path_int(request, "iid")
-    rendered = await _thumbnail_rendered(
-        ctx, iid, _opt_path_int(request, "w"), _opt_path_int(request, "h")
-    )
+    ask = ThumbnailAsk(iid, _opt_path_int(request, "w"), _opt_path_int(request, "h"))
+    rendered = await _thumbnail_rendered(ctx, ask)
     uri = "data:image/jpeg;base64," + base64.b64encode(rendered.body).decode()
     return json_or_jsonp(uri, callback)
 

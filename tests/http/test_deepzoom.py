@@ -13,8 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from idrserve.http.deepzoom import level_size, max_level, tile_region
 from idrserve.model import Box
+from idrserve.pyramid import dz_level_size, dz_max_level, dz_tile_region
 from tests.http.conftest import decode
 from tests.http.iiif_fixtures import ODD, ODD_H, ODD_W, SQUARES
 
@@ -28,29 +28,29 @@ async def client(make_iiif_client: Callable[..., Any]) -> TestClient:
 
 
 def test_level_arithmetic() -> None:
-    assert max_level(1, 1) == 0
-    assert max_level(2, 1) == 1
-    assert max_level(256, 100) == 8
-    assert max_level(257, 100) == 9
-    n = max_level(ODD_W, ODD_H)
+    assert dz_max_level(1, 1) == 0
+    assert dz_max_level(2, 1) == 1
+    assert dz_max_level(256, 100) == 8
+    assert dz_max_level(257, 100) == 9
+    n = dz_max_level(ODD_W, ODD_H)
     assert n == math.ceil(math.log2(ODD_W)) == 13
     for level in range(n + 1):
         scale = 2 ** (n - level)
-        assert level_size(ODD_W, ODD_H, level) == (
+        assert dz_level_size(ODD_W, ODD_H, level) == (
             math.ceil(ODD_W / scale),
             math.ceil(ODD_H / scale),
         )
-    assert level_size(ODD_W, ODD_H, 0) == (1, 1)
-    assert level_size(ODD_W, ODD_H, 12) == (2049, 1501)
+    assert dz_level_size(ODD_W, ODD_H, 0) == (1, 1)
+    assert dz_level_size(ODD_W, ODD_H, 12) == (2049, 1501)
 
 
 def test_tile_regions() -> None:
     # Full resolution: the last column is one pixel wide, the last row 185 rows tall.
-    assert tile_region(ODD_W, ODD_H, 13, 16, 11, 256) == (Box(4096, 2816, 1, 185), (1, 185))
-    assert tile_region(ODD_W, ODD_H, 13, 17, 0, 256) is None
-    assert tile_region(ODD_W, ODD_H, 14, 0, 0, 256) is None
+    assert dz_tile_region(ODD_W, ODD_H, 13, 16, 11, 256) == (Box(4096, 2816, 1, 185), (1, 185))
+    assert dz_tile_region(ODD_W, ODD_H, 13, 17, 0, 256) is None
+    assert dz_tile_region(ODD_W, ODD_H, 14, 0, 0, 256) is None
     # Level 12 (2049 × 1501): the edge column covers full-res x 4096 and is 1 px.
-    region, size = tile_region(ODD_W, ODD_H, 12, 8, 5, 256) or ((), ())
+    region, size = dz_tile_region(ODD_W, ODD_H, 12, 8, 5, 256) or ((), ())
     assert size == (1, 1501 - 1280)
     assert region == Box(4096, 2560, 1, 441)
 
@@ -70,10 +70,10 @@ async def test_descriptor(client: TestClient) -> None:
 
 
 async def test_every_edge_tile_of_every_level(client: TestClient) -> None:
-    n = max_level(ODD_W, ODD_H)
+    n = dz_max_level(ODD_W, ODD_H)
     checked = 0
     for level in range(n + 1):
-        lw, lh = level_size(ODD_W, ODD_H, level)
+        lw, lh = dz_level_size(ODD_W, ODD_H, level)
         cols, rows = math.ceil(lw / 256), math.ceil(lh / 256)
         for col, row in {(cols - 1, rows - 1), (cols - 1, 0), (0, rows - 1), (0, 0)}:
             resp = await client.get(f"/deepzoom/{ODD}_files/{level}/{col}_{row}.jpeg")
