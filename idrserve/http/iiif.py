@@ -47,7 +47,7 @@ from idrserve.http.iiif_params import (
 )
 from idrserve.http.keys import DEPS, MEMO_INFO, SETTINGS
 from idrserve.http.responses import image_response, not_modified
-from idrserve.http.urls import forwarded_headers_used, public_base
+from idrserve.http.urls import forwarded_headers_used, link_cache_control, public_base
 from idrserve.model import Box, Format, ImageMeta, Projection, RegionRequest, Tone
 from idrserve.pyramid import plan_region, raw_bytes
 from idrserve.render.settings import resolve_render
@@ -219,7 +219,10 @@ async def _info(request: web.Request, version: Version, raw_id: str) -> web.Resp
 
 def _redirect(request: web.Request, version: Version, raw_id: str) -> web.Response:
     location = f"{public_base(request)}{_prefix(version)}{public_identifier(raw_id)}/info.json"
-    return web.Response(status=303, headers={"Location": location})
+    headers = {"Location": location}
+    if forwarded_headers_used(request):
+        headers["Cache-Control"] = link_cache_control(request)
+    return web.Response(status=303, headers=headers)
 
 
 def build_request(

@@ -19,7 +19,7 @@ from idrserve.errors import BadRequest
 from idrserve.http import params
 from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.middleware import error_response
-from idrserve.http.urls import public_base
+from idrserve.http.urls import link_cache_control, public_base
 from idrserve.zarrview import (
     JSON_TYPE,
     Blob,
@@ -89,7 +89,8 @@ def _index(request: web.Request, iid: int, zarr_format: int, n_levels: int) -> w
             "zarr_format": zarr_format,
             "url": base,
             "keys": keys + [f"{i}/{meta_key}" for i in range(n_levels)],
-        }
+        },
+        headers={"Cache-Control": link_cache_control(request, "no-cache")},
     )
 
 
