@@ -100,6 +100,18 @@ def test_scripts_build_every_url_from_the_base() -> None:
             assert url.startswith("{{"), (name, url)
 
 
+async def test_docs_and_openapi_servers(client: TestClient) -> None:
+    _, body = await text(client, "/docs", FORWARDED)
+    assert 'data-spec-url="/idr/openapi.json"' in body
+    resp = await client.get("/openapi.json", headers=FORWARDED)
+    doc = await resp.json()
+    assert doc["servers"] == [{"url": "https://tiles.example.org/idr"}]
+    assert resp.headers["Cache-Control"] == "private, no-cache"
+    direct = await (await client.get("/openapi.json")).json()
+    assert direct["servers"] == [{"url": f"http://127.0.0.1:{client.port}"}]
+    assert direct["paths"] == doc["paths"]
+
+
 @pytest.mark.parametrize(
     ("path", "location"),
     [
@@ -141,6 +153,22 @@ async def test_json_documents_name_the_public_base(client: TestClient) -> None:
     resp = await client.get(f"/iiif/3/{S}", headers=FORWARDED, allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == f"{base}/iiif/3/{S}/info.json"
     assert resp.headers["Cache-Control"] == "private"
+
+
+async def test_configured_base_is_shared_cacheable(make_client: Callable[..., Any]) -> None:
+    """With server.public_base_url the links no longer depend on the request: not private,
+    and forwarded headers are ignored."""
+    client: TestClient = await make_client(server__public_base_url="https://idr.example/tiles/")
+    resp, body = await text(client, f"/viewer/{S}", FORWARDED)
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert 'data-base="/tiles"' in body
+    assert all(u.startswith("/tiles") for u in page_urls(body))
+    resp = await client.get(f"/webgateway/imgData/{S}", headers=FORWARDED, allow_redirects=False)
+    assert resp.headers["Location"] == f"/tiles/webgateway/imgData/{S}/"
+    assert "Cache-Control" not in resp.headers
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["servers"] == [{"url": "https://idr.example/tiles"}]
+    assert (await client.get("/")).headers["Cache-Control"] == "no-cache"
 
 
 @pytest.mark.parametrize("prefix", ['/x"y', "/a b", "/<script>", "/x\\y", "/a?b", "/a#b"])
