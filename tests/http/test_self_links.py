@@ -3,7 +3,7 @@
 Behind a proxy that serves idrserve under `/idr/` and says so with `X-Forwarded-Prefix`, the
 pages, the scripts' URLs, the JSON documents and the missing-slash 301 must all stay under
 `/idr/`; a response built from forwarded headers must be `private` (nginx keys its cache on
-the path only).
+the path only). The same through the shipped nginx: tests/integration/test_nginx_prefix.py.
 """
 
 from __future__ import annotations
