@@ -73,7 +73,10 @@ async def index(request: web.Request) -> web.Response:
             for rel, start in page_links(page).items()
         },
     }
-    return web.json_response(doc, headers={"Vary": "Accept"})
+    return web.json_response(
+        doc,
+        headers={"Vary": "Accept", "Cache-Control": urls.link_cache_control(request, "no-cache")},
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -112,9 +115,8 @@ def create_app(settings: Settings) -> web.Application:
                 admission, logging.getLogger(ops.ACCESS_LOGGER), settings.log.access_log_format
             ),
             make_error_middleware(limits.request_timeout_s, limits.max_url_length),
-            web.normalize_path_middleware(
-                append_slash=True, merge_slashes=False, redirect_class=web.HTTPMovedPermanently
-            ),
+            # The missing-slash 301, its Location under the public prefix.
+            urls.make_redirect_middleware(),
         ],
         client_max_size=64 * 1024,  # read-only server: no request needs a body
         # aiohttp answers an over-long request line itself, in plain text; let lines up to 4×

@@ -17,7 +17,7 @@ from idrserve.http.bodies import LARGE_BODY_BYTES, reserve_body
 from idrserve.http.keys import DEPS, SETTINGS, TRACE
 from idrserve.http.responses import not_modified
 from idrserve.http.trace import Trace
-from idrserve.http.urls import public_base
+from idrserve.http.urls import link_cache_control, public_base
 from idrserve.http.zarrstore import VIEWS
 from idrserve.model import ImageMeta
 from idrserve.ngffdocs import omero_block
@@ -36,7 +36,7 @@ async def image_info(request: web.Request) -> web.Response:
     base = public_base(request)
     return web.json_response(
         describe(meta, view, base, deps.limits.max_api_bytes),
-        headers={"Cache-Control": "no-cache"},
+        headers={"Cache-Control": link_cache_control(request, "no-cache")},
     )
 
 

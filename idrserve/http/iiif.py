@@ -42,7 +42,7 @@ from idrserve.http.iiif_params import (
 from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.plan import IiifAsk, identifier_plane, iiif_limits, plan_iiif, tile_size
 from idrserve.http.responses import respond_rendered
-from idrserve.http.urls import forwarded_headers_used, public_base
+from idrserve.http.urls import forwarded_headers_used, link_cache_control, public_base
 from idrserve.model import Box, ImageMeta
 from idrserve.service import Deps
 from idrserve.settings import LimitSettings
@@ -193,7 +193,10 @@ async def _info(request: web.Request, version: Version, raw_id: str) -> web.Resp
 
 def _redirect(request: web.Request, version: Version, raw_id: str) -> web.Response:
     location = f"{public_base(request)}{_prefix(version)}{public_identifier(raw_id)}/info.json"
-    return web.Response(status=303, headers={"Location": location})
+    headers = {"Location": location}
+    if forwarded_headers_used(request):
+        headers["Cache-Control"] = link_cache_control(request)
+    return web.Response(status=303, headers=headers)
 
 
 def link_headers(version: Version, canonical: str) -> dict[str, str]:

@@ -385,8 +385,10 @@ def routes(app: web.Application) -> list[tuple[str, str, str]]:
 MIDDLEWARE_OPERATIONS = [("OPTIONS", "/webgateway/{tail}", "webgateway_options")]
 
 
-def build_spec(app: web.Application) -> dict[str, Any]:
-    """The OpenAPI document for the routes registered in `app` that have documentation."""
+def build_spec(app: web.Application, server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document for the routes registered in `app` that have documentation;
+    `servers` names `server_url` when given (the public base, so Swagger UI's "Try it out"
+    keeps a proxy's path prefix)."""
     paths: dict[str, dict[str, Any]] = {}
     for method, path, name in routes(app) + MIDDLEWARE_OPERATIONS:
         op = _find(method, path)
@@ -428,6 +430,7 @@ def build_spec(app: web.Application) -> dict[str, Any]:
             "repositories: OMERO.web webgateway URLs over OME-Zarr. Every error is JSON "
             '(`{"error", "detail", "param", "request_id"}`).',
         },
+        **({"servers": [{"url": server_url}]} if server_url is not None else {}),
         "paths": paths,
         "components": {
             "schemas": {

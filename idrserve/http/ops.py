@@ -59,6 +59,7 @@ from idrserve.http.keys import (
 from idrserve.http.middleware import request_id
 from idrserve.http.openapi import build_spec
 from idrserve.http.responses import overloaded, refusal
+from idrserve.http.urls import link_cache_control, public_base
 from idrserve.http.webgateway import ms_options
 from idrserve.settings import Settings, SourceSettings
 
@@ -451,14 +452,26 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    """The OpenAPI 3 description of every route (built once per app)."""
+    """The OpenAPI 3 description of every route, its `servers` entry this server's public base.
+
+    The document is encoded once per app around a marker, and each request splices its base
+    in: encoding it takes about 14 ms, a splice microseconds.
+    """
     memo = request.app[_OPENAPI]
-    if "doc" not in memo:
-        memo["doc"] = json.dumps(build_spec(request.app), indent=1).encode()
-    return web.Response(body=memo["doc"], content_type="application/json")
+    if "parts" not in memo:
+        text = json.dumps(build_spec(request.app, _BASE_MARK), indent=1)
+        memo["parts"] = [part.encode() for part in text.split(json.dumps(_BASE_MARK), 1)]
+    head, tail = memo["parts"]
+    return web.Response(
+        body=b"".join((head, json.dumps(public_base(request)).encode(), tail)),
+        content_type="application/json",
+        headers={"Cache-Control": link_cache_control(request, "no-cache")},
+    )
 
 
 _OPENAPI = web.AppKey("openapi_doc", dict)
+# Stands for the public base in the memoised document; no URL can contain a NUL.
+_BASE_MARK = "\x00public base\x00"
 
 
 class AdmissionCollector(Collector):

@@ -10,6 +10,10 @@ was never built) the pages answer a JSON 503 that says how to build them.
 Static files are addressed as `/viewer/static/<path>?v=<content hash>`; a request carrying
 the current hash may be cached for a year, anything else is revalidated, so a new release never
 meets a stale script.
+
+Every link a page holds, and every URL its scripts build, starts with the public path prefix
+(`urls.public_prefix`, in `{{base}}` and `<body data-base>`), so the pages work under a proxy
+that serves idrserve below a path such as `/idr/`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from idrserve.catalog import CatalogPage
 from idrserve.errors import IdrServeError, NotFound
 from idrserve.http.keys import DEPS
 from idrserve.http.params import parse_page
+from idrserve.http.urls import link_cache_control, public_prefix
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_ROOT = web.AppKey("static_root", Path)
@@ -95,7 +100,8 @@ def _root(app: web.Application) -> Path:
 
 
 def asset_url(app: web.Application, rel: str) -> str:
-    """`/viewer/static/<rel>?v=<first 12 hex of its SHA-256>`, hashed once per app."""
+    """`/viewer/static/<rel>?v=<first 12 hex of its SHA-256>`, hashed once per app (pages put
+    the public prefix in front)."""
     hashes: dict[str, str] = app[_HASHES]
     digest = hashes.get(rel)
     if digest is None:
@@ -133,21 +139,29 @@ def _render(app: web.Application, template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(fill, text)
 
 
-def _page(body: str) -> web.Response:
+def _page(request: web.Request, body: str) -> web.Response:
+    # Private when the links came from forwarded headers: a shared copy would send another
+    # proxy's users to the wrong prefix.
+    cache_control = link_cache_control(request, PAGE_CACHE)
     return web.Response(
         text=body,
         content_type="text/html",
         charset="utf-8",
-        headers={"Cache-Control": PAGE_CACHE, "Content-Security-Policy": CSP},
+        headers={"Cache-Control": cache_control, "Content-Security-Policy": CSP},
     )
 
 
-def _common(app: web.Application) -> dict[str, str]:
+def _common(request: web.Request) -> dict[str, str]:
+    """The values every page has: the public prefix (`base`), the version and the styles."""
+    base = public_prefix(request)
+    app = request.app
+    osd_js = asset_url(app, "vendor/openseadragon/build/openseadragon/openseadragon.min.js")
     return {
+        "base": base,
         "version": __version__,
-        "css": asset_url(app, "viewer.css"),
-        "osd_js": asset_url(app, "vendor/openseadragon/build/openseadragon/openseadragon.min.js"),
-        "osd_images": f"{STATIC_PREFIX}{OSD_IMAGES}",
+        "css": base + asset_url(app, "viewer.css"),
+        "osd_js": base + osd_js,
+        "osd_images": f"{base}{STATIC_PREFIX}{OSD_IMAGES}",
     }
 
 
@@ -161,30 +175,31 @@ def page_links(page: CatalogPage) -> dict[str, int]:
     return links
 
 
-def index_html(app: web.Application, page: CatalogPage, path: str = "/viewer/") -> str:
+def index_html(request: web.Request, page: CatalogPage) -> str:
     """One page of the image index: a card per image with its thumbnail, linking to its
-    viewer, and links to the neighbouring pages."""
+    viewer, and links to the neighbouring pages (of the path asked for, `/` or `/viewer/`)."""
+    values = _common(request)
+    base = html.escape(values["base"], quote=True)
     cards = "\n".join(
-        f'    <li><a href="/viewer/{i}"><img src="/webgateway/render_thumbnail/{i}/" '
+        f'    <li><a href="{base}/viewer/{i}"><img src="{base}/webgateway/render_thumbnail/{i}/" '
         f'alt="image {i}" loading="lazy" width="96" height="96"><span>{i}</span></a></li>'
         for i in page.ids
     )
     first = page.offset + 1 if page.ids else page.offset
     shown = f"{first}–{page.offset + len(page.ids)} of {page.total}"
-    values = _common(app) | {"count": str(page.total), "shown": shown}
-    text = _render(app, "index.html", values)
+    text = _render(request.app, "index.html", values | {"count": str(page.total), "shown": shown})
     nav = []
     for rel, label in (("prev", "← previous"), ("next", "next →")):
         offset = page_links(page).get(rel)
         if offset is not None:
-            href = html.escape(f"{path}?offset={offset}&limit={page.limit}", quote=True)
-            nav.append(f'<a rel="{rel}" href="{href}">{label}</a>')
+            path = f"{values['base']}{request.path}?offset={offset}&limit={page.limit}"
+            nav.append(f'<a rel="{rel}" href="{html.escape(path, quote=True)}">{label}</a>')
     return text.replace("<!--images-->", cards, 1).replace("<!--pager-->", " ".join(nav), 1)
 
 
 async def index_page(request: web.Request, page: CatalogPage) -> web.Response:
     """`/` for browsers and `/viewer/`: one page of the served images with thumbnails."""
-    response = _page(index_html(request.app, page, request.path))
+    response = _page(request, index_html(request, page))
     response.headers["Vary"] = "Accept"
     return response
 
@@ -201,23 +216,26 @@ async def viewer_page(request: web.Request) -> web.Response:
     iid = int(request.match_info["iid"])
     await request.app[DEPS].source.meta(iid)  # NotFound (JSON 404) for an unknown id
     _require_assets(request.app, "openseadragon")
-    values = _common(request.app) | {
+    values = _common(request)
+    values |= {
         "image_id": str(iid),
-        "viewer_js": asset_url(request.app, "viewer.js"),
+        "viewer_js": values["base"] + asset_url(request.app, "viewer.js"),
     }
-    return _page(_render(request.app, "viewer.html", values))
+    return _page(request, _render(request.app, "viewer.html", values))
 
 
 async def docs_page(request: web.Request) -> web.Response:
     """`/docs`: Swagger UI (vendored) over this server's `/openapi.json`."""
     _require_assets(request.app, "swagger-ui-dist")
+    app, base = request.app, public_prefix(request)
     values = {
         "version": __version__,
-        "swagger_css": asset_url(request.app, "vendor/swagger-ui-dist/swagger-ui.css"),
-        "swagger_js": asset_url(request.app, "vendor/swagger-ui-dist/swagger-ui-bundle.js"),
-        "docs_js": asset_url(request.app, "docs.js"),
+        "spec_url": f"{base}/openapi.json",
+        "swagger_css": base + asset_url(app, "vendor/swagger-ui-dist/swagger-ui.css"),
+        "swagger_js": base + asset_url(app, "vendor/swagger-ui-dist/swagger-ui-bundle.js"),
+        "docs_js": base + asset_url(app, "docs.js"),
     }
-    return _page(_render(request.app, "docs.html", values))
+    return _page(request, _render(app, "docs.html", values))
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:

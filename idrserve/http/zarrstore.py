@@ -21,7 +21,7 @@ from idrserve.http.keys import DEPS, SETTINGS, TRACE
 from idrserve.http.middleware import error_response
 from idrserve.http.responses import etag_matches
 from idrserve.http.trace import Trace
-from idrserve.http.urls import public_base
+from idrserve.http.urls import link_cache_control, public_base
 from idrserve.zarrview import (
     JSON_TYPE,
     Blob,
@@ -91,7 +91,8 @@ def _index(request: web.Request, iid: int, zarr_format: int, n_levels: int) -> w
             "zarr_format": zarr_format,
             "url": base,
             "keys": keys + [f"{i}/{meta_key}" for i in range(n_levels)],
-        }
+        },
+        headers={"Cache-Control": link_cache_control(request, "no-cache")},
     )
 
 

@@ -6,6 +6,9 @@
 // other way). Each control change builds a new tile source with new URLs; the old image
 // stays on screen until the new one has finished loading, then it is removed.
 //
+// Every URL starts with <body data-base>, the path prefix the server is reached under ("" at
+// the root, "/idr" behind a proxy serving it under /idr/), so the page works under any prefix.
+//
 // For tests and scripting, window.idrViewer exposes the viewer and the state, and
 // <body data-state> is "loading", "loaded" (every visible tile drawn) or "error".
 (function () {
@@ -13,6 +16,7 @@
 
   const body = document.body;
   const imageId = body.dataset.imageId;
+  const base = body.dataset.base || "";
   const statusEl = document.getElementById("status");
   const QUALITY = "0.9";
   const FALLBACK_TILE = 512;
@@ -81,7 +85,7 @@
     const levels = usableLevels(data);
     const minLevel = Math.max(0, maxLevel - (levels - 1));
     const query = renderQuery(state);
-    const base = "/webgateway/render_image_region/" + imageId + "/" + state.z + "/" + state.t + "/";
+    const tilePath = base + "/webgateway/render_image_region/" + imageId + "/" + state.z + "/" + state.t + "/";
     const source = new OSD.TileSource({
       width: width,
       height: height,
@@ -98,7 +102,7 @@
       return new OSD.Point(Math.ceil(size.x / tw), Math.ceil(size.y / th));
     };
     source.getTileUrl = function (level, col, row) {
-      return base + "?tile=" + (maxLevel - level) + "," + col + "," + row + "," + tw + "," + th + "&" + query;
+      return tilePath + "?tile=" + (maxLevel - level) + "," + col + "," + row + "," + tw + "," + th + "&" + query;
     };
     return { source: source, query: query };
   }
@@ -306,7 +310,7 @@
   document.getElementById("controls").addEventListener("submit", function (e) {
     e.preventDefault();
   });
-  fetch("/webgateway/imgData/" + imageId + "/", { headers: { Accept: "application/json" } })
+  fetch(base + "/webgateway/imgData/" + imageId + "/", { headers: { Accept: "application/json" } })
     .then(function (r) {
       if (!r.ok) {
         throw new Error("imgData answered " + r.status);

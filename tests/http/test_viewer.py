@@ -46,7 +46,8 @@ async def test_viewer_page(client: TestClient) -> None:
     resp = await client.get(f"/viewer/{P}")
     assert resp.status == 200
     assert resp.content_type == "text/html"
-    assert resp.headers["Cache-Control"] == "no-cache"
+    # private: its links follow the forwarded headers (no server.public_base_url here)
+    assert resp.headers["Cache-Control"] == "private, no-cache"
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     body = await resp.text()
     assert f'data-image-id="{P}"' in body

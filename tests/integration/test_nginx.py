@@ -35,6 +35,10 @@ MAX_AGE_S = 4
 IMAGES = (1002, 1003)
 TILE = "/webgateway/render_image_region/1002/0/0/?tile=0,0,0&q=0.8"
 STALE_URL = "/webgateway/render_image_region/1002/0/0/?tile=0,0,0&q=0.61"
+# The commented-out block of idrserve.conf that serves idrserve under /idrserve/ as well.
+PATH_PREFIX_BLOCK = re.compile(
+    r"^    # >>> path prefix\n(.*?)^    # <<< path prefix\n", re.M | re.S
+)
 
 STAND_IN = r"""
 import sys
@@ -108,10 +112,17 @@ def render_config(
     omeroweb: int,
     cache: Path,
     rate_limit: bool = False,
+    path_prefix: bool = False,
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """Copy deploy/nginx/ into out_dir with the site values replaced; returns the nginx.conf."""
+    """Copy deploy/nginx/ into out_dir with the site values replaced; returns the nginx.conf.
+
+    `path_prefix` uncomments the block between the `>>> path prefix` and `<<< path prefix`
+    markers, as its comment tells an operator to.
+    """
     conf = (DEPLOY / "idrserve.conf").read_text()
+    if path_prefix:
+        conf = uncomment_path_prefix(conf)
     replacements = {
         "listen 80;": f"listen 127.0.0.1:{listen};",
         "127.0.0.1:8080": f"127.0.0.1:{idrserve}",
@@ -131,6 +142,16 @@ def render_config(
     (out_dir / "idrserve.conf").write_text(conf)
     shutil.copy(DEPLOY / "nginx.conf", out_dir / "nginx.conf")
     return out_dir / "nginx.conf"
+
+
+def uncomment_path_prefix(conf: str) -> str:
+    """idrserve.conf with its path-prefix block switched on (each line's `# ` removed)."""
+    block = PATH_PREFIX_BLOCK.search(conf)
+    assert block is not None, "deploy/nginx/idrserve.conf lost its `>>> path prefix` block"
+    lines = block.group(1).splitlines(keepends=True)
+    assert lines and all(line.startswith("    # ") for line in lines), lines
+    on = "".join("    " + line.removeprefix("    # ") for line in lines)
+    return conf[: block.start(1)] + on + conf[block.end(1) :]
 
 
 def nginx_args(prefix: Path, *extra: str) -> list[str]:
@@ -265,8 +286,8 @@ def cache_requests(port: int) -> float:
 
 
 def test_nginx_t_accepts_shipped_config(tmp_path: Path) -> None:
-    for rate_limit in (False, True):
-        prefix = tmp_path / f"rl{int(rate_limit)}"
+    for rate_limit, path_prefix in ((False, False), (True, False), (False, True), (True, True)):
+        prefix = tmp_path / f"rl{int(rate_limit)}-pp{int(path_prefix)}"
         render_config(
             prefix,
             listen=free_port(),
@@ -274,6 +295,7 @@ def test_nginx_t_accepts_shipped_config(tmp_path: Path) -> None:
             omeroweb=free_port(),
             cache=tmp_path / "cache",
             rate_limit=rate_limit,
+            path_prefix=path_prefix,
         )
         done = subprocess.run(
             [*nginx_args(prefix), "-t"], capture_output=True, text=True, timeout=30

@@ -4,7 +4,8 @@ Debian's `chromium` and `chromium-driver` (installed by scripts/test.sh) are dri
 Selenium with the system chromedriver; no browser is downloaded. Missing either is a failure,
 not a skip. What is checked, per the issue: the page loads with no console errors, tiles are
 requested (the server's access log shows them) and drawn (the OpenSeadragon canvas matches the
-composite the server renders for the same settings), and each control changes the image.
+composite the server renders for the same settings), and each control changes the image. The
+last tests open the same pages under a path prefix, through the shipped nginx configuration.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pytest
 from PIL import Image
 
 from .test_cli import free_port, wait_ready
+from .test_nginx import nginx_args, render_config, stop, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -519,4 +521,92 @@ def test_docs_page_renders_swagger_ui(server: Server, browser: Any) -> None:
     )
     assert len(ops) >= 3
     assert ("/openapi.json", 200) in server.requests()
+    assert console_problems(driver) == []
+
+
+# ---- under a path prefix, behind the shipped nginx ---------------------------------------------
+PREFIX = "/idrserve"
+
+
+@pytest.fixture(scope="module")
+def prefixed(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """deploy/nginx with its path-prefix block on, in front of the demo server: the public
+    base URL of idrserve under the prefix."""
+    root = tmp_path_factory.mktemp("viewer_nginx")
+    port = free_port()
+    conf = root / "nginx"
+    render_config(
+        conf,
+        listen=port,
+        idrserve=server.port,
+        omeroweb=free_port(),
+        cache=root / "cache",
+        path_prefix=True,
+    )
+    with (root / "nginx.log").open("wb") as log:
+        proc = subprocess.Popen(
+            nginx_args(conf, "daemon off;"), stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(port, f"{PREFIX}/healthz", proc, "nginx")
+            yield f"http://127.0.0.1:{port}{PREFIX}"
+        finally:
+            stop(proc)
+
+
+def resources(driver: Any) -> list[tuple[str, int]]:
+    """(URL, status) of every resource the page fetched, from Resource Timing."""
+    entries = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => [e.name, e.responseStatus]);"
+    )
+    return [(str(u), int(s)) for u, s in entries]
+
+
+def test_viewer_under_a_path_prefix(server: Server, prefixed: str, browser: Any) -> None:
+    driver = browser
+    console_problems(driver)
+    driver.get(f"{prefixed}/viewer/1002")
+    wait_loaded(driver)
+    z, t = (int(v) for v in driver.execute_script("return document.body.dataset.plane;").split(","))
+    tiles = tile_urls(driver, 1002, z, t)
+    assert tiles and {s for _, s in tiles} == {200}, tiles[:3]
+    assert all(u.startswith(f"{prefixed}/webgateway/") for u, _ in tiles), tiles[:3]
+    # Everything the page loaded (scripts, styles, imgData, tiles, OpenSeadragon's button
+    # images) came from under the prefix and answered.
+    fetched = resources(driver)
+    assert fetched and all(u.startswith(prefixed + "/") and s == 200 for u, s in fetched), [
+        (u, s) for u, s in fetched if not u.startswith(prefixed + "/") or s != 200
+    ][:3]
+    assert any("/webgateway/imgData/1002/" in u for u, _ in fetched)
+    check_drawn(driver, expected_composite(server, 1002, z, t, ""))
+    assert console_problems(driver) == []
+
+
+def test_index_and_docs_under_a_path_prefix(prefixed: str, browser: Any) -> None:
+    driver = browser
+    console_problems(driver)
+    driver.get(prefixed + "/")
+    links = driver.find_elements("css selector", "ul.images a")
+    assert {a.get_attribute("href") for a in links} == {f"{prefixed}/viewer/{i}" for i in IMAGES}
+    wait_for(
+        lambda: driver.execute_script(
+            "return [...document.images].every(i => i.complete && i.naturalWidth > 0);"
+        ),
+        "every thumbnail to load under the prefix",
+    )
+    links[-1].click()
+    wait_loaded(driver)
+    assert driver.current_url.startswith(f"{prefixed}/viewer/")
+    driver.find_element("css selector", "header h1 a").click()  # back to the index
+    wait_for(lambda: driver.current_url == f"{prefixed}/viewer/", "the index link")
+    driver.get(f"{prefixed}/docs")
+    ops = wait_for(
+        lambda: driver.find_elements("css selector", ".swagger-ui .opblock"),
+        "Swagger UI's operations under the prefix",
+    )
+    assert len(ops) >= 3
+    assert (f"{prefixed}/openapi.json", 200) in resources(driver)
+    # "Try it out" sends requests to the document's server: the public base, prefix included.
+    servers = driver.find_elements("css selector", ".swagger-ui .servers select option")
+    assert [o.get_attribute("value") for o in servers] == [prefixed]
     assert console_problems(driver) == []
