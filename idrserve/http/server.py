@@ -4,9 +4,11 @@ aiohttp's HTTP parser answers a request it cannot parse (a header over `max_fiel
 control character in a header, a malformed request line or Content-Length) itself, in
 text/plain and before any middleware or `on_response_prepare` hook runs, so such a response
 had neither the JSON error body every other refusal has nor CORS. `JsonErrorRequestHandler`
-keeps aiohttp's logging, status and connection close and only replaces the body and headers;
-`serve` is `web.run_app` with that handler (same startup, signal handling and graceful
-shutdown sequence), because run_app offers no way to choose the protocol class.
+keeps aiohttp's logging, status and connection close and only replaces the body and headers.
+`start_server` runs the app with `web.AppRunner` and listens with `loop.create_server`, whose
+protocol factory builds that handler on the runner's own `web.Server` (as its `__call__`
+would build aiohttp's), because neither `web.run_app` nor a site lets one choose the protocol
+class; `serve` adds run_app's signal handling and graceful shutdown sequence.
 
 The handler also bounds how long a request head may take to arrive. aiohttp only closes a
 connection that has waited `keepalive_timeout` for its next request (an hour by default;
@@ -33,7 +35,7 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
@@ -69,13 +71,14 @@ class JsonErrorRequestHandler(RequestHandler):
         self,
         manager: web.Server,
         *,
+        loop: asyncio.AbstractEventLoop,
         cors_origin: str,
         header_timeout_s: float | None = None,
         send_timeout_s: float | None = None,
         on_send_timeout: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(manager, **kwargs)
+        super().__init__(manager, loop=loop, **kwargs)
         self.cors_origin = cors_origin
         self.header_timeout_s = header_timeout_s
         self.send_timeout_s = send_timeout_s
@@ -172,61 +175,78 @@ class JsonErrorRequestHandler(RequestHandler):
         return resp
 
 
-class _JsonErrorServer(web.Server):
-    cors_origin = "*"
-    header_timeout_s: float | None = None
-    send_timeout_s: float | None = None
-    on_send_timeout: Callable[[], None] | None = None
+class HttpServer:
+    """A server `start_server` started: the app's runner and the listening sockets."""
 
-    def __call__(self) -> RequestHandler:
+    def __init__(self, runner: web.AppRunner, listener: asyncio.Server) -> None:
+        self._runner = runner
+        self._listener = listener
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the system chose when asked for port 0)."""
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening, then aiohttp's graceful shutdown (as a site's stop + runner cleanup):
+        idle connections close, in-flight requests finish, then on_shutdown and on_cleanup."""
+        self._listener.close()
+        await self._runner.cleanup()
+
+
+async def start_server(
+    app: web.Application,
+    host: str | None,
+    port: int,
+    *,
+    reuse_port: bool | None = None,
+    cors_origin: str = "*",
+    header_timeout_s: float | None = None,
+    send_timeout_s: float | None = None,
+    on_send_timeout: Callable[[], None] | None = None,
+    shutdown_timeout: float = 60.0,
+    handler_cancellation: bool = False,
+    **handler_kwargs: Any,
+) -> HttpServer:
+    """Start `app` (its on_startup included) and listen on host:port.
+
+    `handler_kwargs` are aiohttp's per-connection options (`keepalive_timeout`, `access_log`,
+    `access_log_class`, `access_log_format`, `max_field_size`, …), as `web.run_app` takes them.
+    """
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        handler_cancellation=handler_cancellation,
+    )
+    await runner.setup()
+    manager = runner.server  # the app's web.Server: request factory, handler, connections
+    assert manager is not None
+    loop = asyncio.get_running_loop()
+
+    def connection() -> RequestHandler:
+        # What web.Server.__call__ does, with our subclass; the handler registers with
+        # `manager`, so the runner's graceful shutdown covers its connections.
         return JsonErrorRequestHandler(
-            self,
-            loop=self._loop,
-            cors_origin=self.cors_origin,
-            header_timeout_s=self.header_timeout_s,
-            send_timeout_s=self.send_timeout_s,
-            on_send_timeout=self.on_send_timeout,
-            **self._kwargs,
+            manager,
+            loop=loop,
+            cors_origin=cors_origin,
+            header_timeout_s=header_timeout_s,
+            send_timeout_s=send_timeout_s,
+            on_send_timeout=on_send_timeout,
+            **handler_kwargs,
         )
 
-
-class JsonErrorAppRunner(web.AppRunner):
-    """An AppRunner whose connections use `JsonErrorRequestHandler`."""
-
-    def __init__(
-        self,
-        app: web.Application,
-        *,
-        cors_origin: str = "*",
-        header_timeout_s: float | None = None,
-        send_timeout_s: float | None = None,
-        on_send_timeout: Callable[[], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(app, **kwargs)
-        self._cors_origin = cors_origin
-        self._header_timeout_s = header_timeout_s
-        self._send_timeout_s = send_timeout_s
-        self._on_send_timeout = on_send_timeout
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # Same object and state, one method more: the protocol factory aiohttp calls per
-        # connection now builds the JSON-error handler.
-        server.__class__ = _JsonErrorServer
-        assert isinstance(server, _JsonErrorServer)
-        server.cors_origin = self._cors_origin
-        server.header_timeout_s = self._header_timeout_s
-        server.send_timeout_s = self._send_timeout_s
-        server.on_send_timeout = self._on_send_timeout
-        return server
+    try:
+        listener = await loop.create_server(connection, host, port, reuse_port=reuse_port)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return HttpServer(runner, listener)
 
 
 async def _serve_forever(
-    runner: JsonErrorAppRunner,
-    host: str,
-    port: int,
-    reuse_port: bool | None,
+    start: Callable[[], Awaitable[HttpServer]],
     drain_grace_s: float,
     on_drain: Callable[[], None] | None,
 ) -> None:
@@ -244,20 +264,20 @@ async def _serve_forever(
             on_drain()  # /readyz now answers 503 "draining"; requests are still served
         grace = loop.call_later(drain_grace_s, stop.set)
 
-    await runner.setup()
     signals = (signal.SIGINT, signal.SIGTERM)
+    server: HttpServer | None = None
     try:
         for signum in signals:
             loop.add_signal_handler(signum, on_signal, signum)
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
-        await site.start()
+        server = await start()
         await stop.wait()
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
         if grace is not None:
             grace.cancel()
-        await runner.cleanup()  # stop listening, finish in-flight requests, on_cleanup
+        if server is not None:
+            await server.close()  # stop listening, finish in-flight requests, on_cleanup
 
 
 def serve(
@@ -272,7 +292,7 @@ def serve(
     on_send_timeout: Callable[[], None] | None = None,
     drain_grace_s: float = 0.0,
     on_drain: Callable[[], None] | None = None,
-    **runner_kwargs: Any,
+    **server_kwargs: Any,
 ) -> None:
     """Serve `app` until SIGTERM or SIGINT, then shut down gracefully (as `web.run_app`).
 
@@ -280,20 +300,25 @@ def serve(
     and serving for that long before it closes the listener: a load balancer that learns about
     a stopping backend only from its readiness checks (Kubernetes endpoints, HAProxy, cloud
     target groups) has stopped sending by then, so no request meets a closed port. A second
-    signal ends the grace at once.
+    signal ends the grace at once. `server_kwargs` go to `start_server`.
     """
-    runner = JsonErrorAppRunner(
-        app,
-        cors_origin=cors_origin,
-        header_timeout_s=header_timeout_s,
-        send_timeout_s=send_timeout_s,
-        on_send_timeout=on_send_timeout,
-        handle_signals=False,  # _serve_forever installs its own SIGINT/SIGTERM handlers
-        **runner_kwargs,
-    )
+
+    def start() -> Awaitable[HttpServer]:
+        return start_server(
+            app,
+            host,
+            port,
+            reuse_port=reuse_port,
+            cors_origin=cors_origin,
+            header_timeout_s=header_timeout_s,
+            send_timeout_s=send_timeout_s,
+            on_send_timeout=on_send_timeout,
+            **server_kwargs,
+        )
+
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve_forever(runner, host, port, reuse_port, drain_grace_s, on_drain))
+    main = loop.create_task(_serve_forever(start, drain_grace_s, on_drain))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -1,7 +1,7 @@
 """http/server.py: requests aiohttp's parser refuses get idrserve's JSON error body and CORS.
 
-The app runs on a real socket through `JsonErrorAppRunner` (aiohttp's test client would use
-the stock connection handler), and the requests are raw bytes, since no HTTP client sends
+The app runs on a real socket through `start_server` (aiohttp's test client would use the
+stock connection handler), and the requests are raw bytes, since no HTTP client sends
 them malformed on purpose. `serve()` itself (signals, graceful stop) runs in
 tests/integration/test_cli.py, which starts `idrserve serve`.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,24 +19,13 @@ import pytest
 from aiohttp import web
 
 from idrserve.app import create_app
-from idrserve.http.server import JsonErrorAppRunner
+from idrserve.http.server import HttpServer, start_server
 from idrserve.settings import load_settings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _start(
-    app: web.Application, cors_origin: str, **kwargs: Any
-) -> tuple[JsonErrorAppRunner, int]:
-    runner = JsonErrorAppRunner(app, cors_origin=cors_origin, handle_signals=False, **kwargs)
-    await runner.setup()
-    port = _free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+async def _start(app: web.Application, cors_origin: str, **kwargs: Any) -> tuple[HttpServer, int]:
+    server = await start_server(app, "127.0.0.1", 0, cors_origin=cors_origin, **kwargs)
+    return server, server.port
 
 
 @pytest.fixture
@@ -45,11 +33,11 @@ async def idrserve_port(tmp_path: Path) -> AsyncIterator[int]:
     settings = load_settings(
         {"source": {"zarr_root": str(tmp_path)}, "server": {"cors_origin": "https://a.example"}}
     )
-    runner, port = await _start(create_app(settings), "https://a.example")
+    server, port = await _start(create_app(settings), "https://a.example")
     try:
         yield port
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def _exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -111,13 +99,13 @@ async def test_an_unhandled_exception_is_a_json_500_without_the_traceback() -> N
 
     app = web.Application()
     app.router.add_get("/boom", boom)
-    runner, port = await _start(app, "*")
+    server, port = await _start(app, "*")
     try:
         status, headers, body = await _exchange(
             port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
     finally:
-        await runner.cleanup()
+        await server.close()
     assert status == 500
     assert headers["access-control-allow-origin"] == "*"
     doc = json.loads(body)
@@ -140,11 +128,11 @@ async def _slow_app() -> web.Application:
 
 @pytest.fixture
 async def timed_port() -> AsyncIterator[int]:
-    runner, port = await _start(await _slow_app(), "*", header_timeout_s=0.4, keepalive_timeout=1.5)
+    server, port = await _start(await _slow_app(), "*", header_timeout_s=0.4, keepalive_timeout=1.5)
     try:
         yield port
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -215,5 +203,24 @@ async def test_idle_keep_alive_connections_close_after_keepalive_timeout(timed_p
         idle = time.monotonic()
         assert await asyncio.wait_for(reader.read(1), 10) == b""  # closed by the server
         assert 1.0 < time.monotonic() - idle < 5
+    finally:
+        writer.close()
+
+
+async def test_close_stops_listening_and_lets_in_flight_requests_finish() -> None:
+    """The connections are the runner's own: its graceful shutdown covers them."""
+    server, port = await _start(await _slow_app(), "*")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /slow?s=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the request is in its handler
+        closing = asyncio.ensure_future(server.close())
+        await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        assert (await _response(reader))[0] == 200
+        assert await asyncio.wait_for(reader.read(1), 5) == b""  # then the connection closes
+        await asyncio.wait_for(closing, 5)
     finally:
         writer.close()
