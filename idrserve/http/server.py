@@ -19,14 +19,13 @@ JSON 408 and the connection is closed (nginx's `client_header_timeout` does the 
 This reads two pieces of aiohttp's RequestHandler state, `_messages` and `_request_in_progress`
 (hence aiohttp >= 3.10.11 in pyproject.toml); tests/http/test_server.py fails if they change.
 
-And it bounds how long a client may stop reading: when a response's data stops draining (the
-transport's buffer stays above its high-water mark, so every writer waits) for
-`limits.send_timeout_s`, the connection is aborted, which drops the buffer and cancels the
-handler, so the request's admission slot and body bytes are released (`http/bodies.py`).
-aiohttp has no such limit: a client that never read held its connection, and whatever was
-buffered for it, for ever. nginx's `send_timeout` is the same rule. The timer uses only
-asyncio's flow-control callbacks (`pause_writing`/`resume_writing`), so a response that never
-fills the buffer, nearly all of them, never creates one.
+And it bounds how long a client may stop reading: a connection whose client takes no data for
+`limits.send_timeout_s` is reset, which drops what was buffered for it and cancels the handler,
+so the request's admission slot and body bytes are released (`http/bodies.py`). aiohttp has no
+such limit: a client that never read held its connection, and whatever was buffered for it,
+for ever. nginx's `send_timeout` is the same rule. The kernel enforces it (TCP_USER_TIMEOUT on
+the listening sockets, see `_limit_untaken_data`), for small responses left in the socket
+buffers as for large ones; the handler only counts the connections it reports as timed out.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
@@ -60,7 +60,6 @@ class JsonErrorRequestHandler(RequestHandler):
 
     __slots__ = (
         "_head_timer",
-        "_send_timer",
         "cors_origin",
         "header_timeout_s",
         "on_send_timeout",
@@ -84,31 +83,6 @@ class JsonErrorRequestHandler(RequestHandler):
         self.send_timeout_s = send_timeout_s
         self.on_send_timeout = on_send_timeout
         self._head_timer: asyncio.TimerHandle | None = None
-        self._send_timer: asyncio.TimerHandle | None = None
-
-    def pause_writing(self) -> None:
-        # The transport holds more than its high-water mark: the client must take some of it
-        # within send_timeout_s (resume_writing, at the low-water mark), else it is dropped.
-        super().pause_writing()
-        if self.send_timeout_s is not None and self._send_timer is None:
-            self._send_timer = self._loop.call_later(self.send_timeout_s, self._send_timed_out)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _send_timed_out(self) -> None:
-        self._send_timer = None
-        if self.transport is None:
-            return
-        peer = self.transport.get_extra_info("peername")
-        log.info("%s took no data for %g s: connection closed", peer, self.send_timeout_s)
-        if self.on_send_timeout is not None:
-            self.on_send_timeout()
-        # abort, not close: close would keep the buffer until it is sent, i.e. for ever.
-        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         # A timer per request head that does not arrive whole: started when bytes leave the
@@ -121,7 +95,9 @@ class JsonErrorRequestHandler(RequestHandler):
                 self._head_timer.cancel()
                 self._head_timer = None
         elif self._head_timer is None and self.header_timeout_s is not None and data:
-            self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_timed_out)
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self.header_timeout_s, self._head_timed_out
+            )
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -147,9 +123,14 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        if isinstance(exc, TimeoutError) and self.send_timeout_s is not None:
+            # ETIMEDOUT: the kernel gave up on data the client left unacknowledged, or a zero
+            # window it kept shut, for send_timeout_s (TCP_USER_TIMEOUT, set in start_server).
+            # aiohttp then cancels the handler, which releases the slot and the body bytes.
+            peer = None if self.transport is None else self.transport.get_extra_info("peername")
+            log.info("%s took no data for %g s: connection closed", peer, self.send_timeout_s)
+            if self.on_send_timeout is not None:
+                self.on_send_timeout()
         super().connection_lost(exc)
 
     def handle_error(
@@ -238,11 +219,34 @@ async def start_server(
         )
 
     try:
-        listener = await loop.create_server(connection, host, port, reuse_port=reuse_port)
+        listener = await loop.create_server(
+            connection, host, port, reuse_port=reuse_port, start_serving=False
+        )
+        if send_timeout_s is not None:
+            _limit_untaken_data(listener, send_timeout_s)
+        await listener.start_serving()
     except BaseException:
         await runner.cleanup()
         raise
     return HttpServer(runner, listener)
+
+
+def _limit_untaken_data(listener: asyncio.Server, seconds: float) -> None:
+    """Have the kernel drop a connection whose client takes no data for `seconds`.
+
+    TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged, or queued data unsent
+    behind a zero receive window (a client that stops reading), before the kernel resets the
+    connection and reports ETIMEDOUT. Set on a listening socket it is inherited by every
+    connection accepted from it (tcp(7); HAProxy's `tcp-ut` relies on the same), so no
+    per-connection work is needed. Linux only; elsewhere the limit is not enforced.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        log.warning("limits.send_timeout_s is not enforced: no TCP_USER_TIMEOUT on this system")
+        return
+    for sock in listener.sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
 async def _serve_forever(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -224,3 +225,86 @@ async def test_close_stops_listening_and_lets_in_flight_requests_finish() -> Non
         await asyncio.wait_for(closing, 5)
     finally:
         writer.close()
+
+
+# ---- clients that stop reading: TCP_USER_TIMEOUT ---------------------------------------------
+
+
+@pytest.fixture
+async def send_timeout_port() -> AsyncIterator[tuple[int, list[float]]]:
+    """A server with a 0.5 s send timeout; the list gets the time of each send timeout."""
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * int(request.query["n"]))
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    timeouts: list[float] = []
+    server, port = await _start(
+        app, "*", send_timeout_s=0.5, on_send_timeout=lambda: timeouts.append(time.monotonic())
+    )
+    try:
+        yield port, timeouts
+    finally:
+        await server.close()
+
+
+async def _ask(port: int, n: int) -> socket.socket:
+    """A raw connection with a small receive window that sent GET /big?n= and read 4 KiB."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, f"GET /big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert (await loop.sock_recv(sock, 4096)).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+async def _reset_by_server(sock: socket.socket) -> bool:
+    """Read what is left: True if the server reset the connection."""
+    loop = asyncio.get_running_loop()
+    try:
+        while await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5):
+            pass
+    except ConnectionResetError:
+        return True
+    return False
+
+
+# 16 MiB stays mostly in the server's write buffer; 1 MiB (a one-shot write) fits in the
+# kernel's socket buffers, so the process never sees it wait: the kernel cuts both.
+@pytest.mark.parametrize("n", [16 << 20, 1 << 20], ids=["16 MiB", "1 MiB"])
+async def test_a_client_that_stops_reading_is_reset_after_the_send_timeout(
+    send_timeout_port: tuple[int, list[float]], n: int
+) -> None:
+    port, timeouts = send_timeout_port
+    sock = await _ask(port, n)
+    stopped = time.monotonic()
+    try:
+        for _ in range(60):
+            if timeouts:
+                break
+            await asyncio.sleep(0.1)
+        assert len(timeouts) == 1
+        assert 0.4 < timeouts[0] - stopped < 4, timeouts[0] - stopped
+        assert await _reset_by_server(sock)
+    finally:
+        sock.close()
+
+
+async def test_a_slow_steady_reader_is_not_cut_off(
+    send_timeout_port: tuple[int, list[float]],
+) -> None:
+    """The limit is on taking no data at all, as nginx's send_timeout, not on a rate."""
+    port, timeouts = send_timeout_port
+    loop = asyncio.get_running_loop()
+    sock = await _ask(port, 16 << 20)
+    try:
+        got, started = 0, time.monotonic()
+        while time.monotonic() - started < 2:  # four times the limit
+            got += len(await asyncio.wait_for(loop.sock_recv(sock, 64 * 1024), 5))
+            await asyncio.sleep(0.15)
+        assert 0 < got < 16 << 20 and timeouts == []
+    finally:
+        sock.close()
