@@ -1,14 +1,18 @@
-"""http/server.py: requests aiohttp's parser refuses get idrserve's JSON error body and CORS.
+"""http/server.py: JSON for requests aiohttp's parser refuses, the head and send time limits.
 
-The app runs on a real socket through `start_server` (aiohttp's test client would use the
-stock connection handler), and the requests are raw bytes, since no HTTP client sends
-them malformed on purpose. `serve()` itself (signals, graceful stop) runs in
-tests/integration/test_cli.py, which starts `idrserve serve`.
+`test_aiohttp_private_api_relied_on` names the aiohttp internals the module relies on and
+fails first when an aiohttp release changes them; the behaviour tests below it show what
+would be lost. The app runs on a real socket through
+`start_server` (aiohttp's test client would use the stock connection handler), and the
+requests are raw bytes, since no HTTP client sends them malformed on purpose. `serve()`
+itself (signals, graceful stop) runs in tests/integration/test_cli.py, which starts
+`idrserve serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import time
@@ -16,12 +20,60 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from idrserve.app import create_app
-from idrserve.http.server import HttpServer, start_server
+from idrserve.http.server import HttpServer, JsonErrorRequestHandler, start_server
 from idrserve.settings import load_settings
+
+
+async def test_aiohttp_private_api_relied_on() -> None:
+    """Exactly what http/server.py takes from aiohttp beyond its documented API.
+
+    When this fails after an aiohttp upgrade, adapt JsonErrorRequestHandler, then this test.
+    """
+    version = f"aiohttp {aiohttp.__version__}"
+    # 1. The handler is built as web.Server.__call__ builds aiohttp's own: the Server as the
+    #    positional manager, the loop and the per-connection options as keywords.
+    params = inspect.signature(RequestHandler.__init__).parameters
+    assert list(params)[:2] == ["self", "manager"], version
+    for name in (
+        "loop",
+        "keepalive_timeout",
+        "access_log_class",
+        "access_log",
+        "access_log_format",
+    ):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (name, version)
+    # 2. aiohttp answers a request its parser refused (and an exception that escaped the app)
+    #    with the response handle_error returns; the override replaces its body and headers.
+    assert list(inspect.signature(RequestHandler.handle_error).parameters) == [
+        "self",
+        "request",
+        "status",
+        "exc",
+        "message",
+    ], version
+    # 3. The head timer reads, after data_received: `_messages`, the requests parsed and not
+    #    yet handled (empty while a head is incomplete), and `_request_in_progress`.
+    assert {"_messages", "_request_in_progress"} <= set(RequestHandler.__slots__), version
+    assert callable(RequestHandler.force_close), version
+
+    async def ok(request: web.BaseRequest) -> web.Response:
+        return web.Response()
+
+    loop = asyncio.get_running_loop()
+    handler = JsonErrorRequestHandler(
+        web.Server(ok), loop=loop, cors_origin="*", header_timeout_s=60
+    )
+    assert handler.transport is None and handler._request_in_progress is False
+    handler.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert not handler._messages and handler._head_timer is not None  # a partial head: timed
+    handler.data_received(b"\r\n")
+    assert len(handler._messages) == 1 and handler._head_timer is None  # complete: not timed
 
 
 async def _start(app: web.Application, cors_origin: str, **kwargs: Any) -> tuple[HttpServer, int]:
