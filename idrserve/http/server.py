@@ -1,31 +1,35 @@
-"""The process's HTTP server: aiohttp's, except that requests refused before routing get JSON.
+"""The process's HTTP server: aiohttp's, with three behaviours stock aiohttp lacks.
 
-aiohttp's HTTP parser answers a request it cannot parse (a header over `max_field_size`, a
-control character in a header, a malformed request line or Content-Length) itself, in
-text/plain and before any middleware or `on_response_prepare` hook runs, so such a response
-had neither the JSON error body every other refusal has nor CORS. `JsonErrorRequestHandler`
-keeps aiohttp's logging, status and connection close and only replaces the body and headers.
-`start_server` runs the app with `web.AppRunner` and listens with `loop.create_server`, whose
-protocol factory builds that handler on the runner's own `web.Server` (as its `__call__`
-would build aiohttp's), because neither `web.run_app` nor a site lets one choose the protocol
-class; `serve` adds run_app's signal handling and graceful shutdown sequence.
+1. Requests aiohttp's parser refuses (a header over `max_field_size`, a control character in a
+   header, a malformed request line or Content-Length) get idrserve's JSON error body, CORS and
+   `X-Request-ID`. aiohttp answers them itself, in text/plain, before any middleware or
+   `on_response_prepare` hook runs; `JsonErrorRequestHandler.handle_error` keeps its logging,
+   status and connection close and replaces only the body and headers.
+2. A request head must arrive within `limits.header_timeout_s` of its first byte, else a JSON
+   408 and the connection closes (nginx's `client_header_timeout`). aiohttp only closes a
+   connection that has waited `keepalive_timeout` for its next request, so a client trickling
+   a header a byte at a time held a connection, a descriptor and a parser buffer for that long,
+   and `keepalive_timeout` cannot be lowered that far without closing idle keep-alive
+   connections as early (`JsonErrorRequestHandler.data_received`).
+3. A client that takes no response data for `limits.send_timeout_s` is disconnected (nginx's
+   `send_timeout`), which drops what was buffered for it and cancels the handler, so its
+   admission slot and body bytes are released (`http/bodies.py`). aiohttp has no such limit.
 
-The handler also bounds how long a request head may take to arrive. aiohttp only closes a
-connection that has waited `keepalive_timeout` for its next request (an hour by default;
-`limits.keepalive_timeout_s` here), so a client trickling a header a byte at a time held a
-connection, a descriptor and a parser buffer for that long. Now a request line and headers
-must be complete within `limits.header_timeout_s` of their first byte, else the client gets a
-JSON 408 and the connection is closed (nginx's `client_header_timeout` does the same in front).
-This reads two pieces of aiohttp's RequestHandler state, `_messages` and `_request_in_progress`
-(hence aiohttp >= 3.10.11 in pyproject.toml); tests/http/test_server.py fails if they change.
+Public API only, for 3: the kernel enforces it (TCP_USER_TIMEOUT on the listening sockets,
+`_limit_untaken_data`), for small responses left in the socket buffers as for large ones; the
+handler only counts what asyncio reports as `connection_lost(TimeoutError)`. Public too: the app
+runs in a plain `web.AppRunner`, and `start_server` listens with `loop.create_server`, whose
+protocol factory builds the handler on the runner's own `web.Server` (`runner.server`), so the
+runner's graceful shutdown covers its connections; `serve` adds run_app's signal handling.
 
-And it bounds how long a client may stop reading: a connection whose client takes no data for
-`limits.send_timeout_s` is reset, which drops what was buffered for it and cancels the handler,
-so the request's admission slot and body bytes are released (`http/bodies.py`). aiohttp has no
-such limit: a client that never read held its connection, and whatever was buffered for it,
-for ever. nginx's `send_timeout` is the same rule. The kernel enforces it (TCP_USER_TIMEOUT on
-the listening sockets, see `_limit_untaken_data`), for small responses left in the socket
-buffers as for large ones; the handler only counts the connections it reports as timed out.
+Private, and confined to `JsonErrorRequestHandler` (aiohttp 3.x has no hook for 1 or 2): the
+handler's constructor (`manager`, then `loop` and the options as keywords, as
+`web.Server.__call__` calls it), `handle_error(request, status, exc, message)`, and two pieces
+of its state read after `data_received`: `_messages` (requests parsed, not yet handled) and
+`_request_in_progress` (hence aiohttp >= 3.10.11 in pyproject.toml).
+`tests/http/test_server.py::test_aiohttp_private_api_relied_on` fails when any of them changes.
+What would remove them (aiohttp 4's middleware dispatch of parser errors for 1, a proposed
+`header_timeout` option for 2): docs/operations.md#the-aiohttp-seam.
 """
 
 from __future__ import annotations
