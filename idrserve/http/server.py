@@ -222,6 +222,7 @@ async def start_server(
             **handler_kwargs,
         )
 
+    listener: asyncio.Server | None = None
     try:
         listener = await loop.create_server(
             connection, host, port, reuse_port=reuse_port, start_serving=False
@@ -230,6 +231,8 @@ async def start_server(
             _limit_untaken_data(listener, send_timeout_s)
         await listener.start_serving()
     except BaseException:
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         raise
     return HttpServer(runner, listener)
@@ -241,8 +244,9 @@ def _limit_untaken_data(listener: asyncio.Server, seconds: float) -> None:
     TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged, or queued data unsent
     behind a zero receive window (a client that stops reading), before the kernel resets the
     connection and reports ETIMEDOUT. Set on a listening socket it is inherited by every
-    connection accepted from it (tcp(7); HAProxy's `tcp-ut` relies on the same), so no
-    per-connection work is needed. Linux only; elsewhere the limit is not enforced.
+    connection accepted from it (so says the Linux change that added it, and HAProxy's `tcp-ut`
+    relies on it; tests/http/test_server.py checks it), so no per-connection work is needed.
+    Linux only; elsewhere the limit is not enforced.
     """
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if option is None:

@@ -361,3 +361,20 @@ async def test_a_slow_steady_reader_is_not_cut_off(
         assert 0 < got < 16 << 20 and timeouts == []
     finally:
         sock.close()
+
+
+async def test_a_port_taken_cleans_the_app_up_and_raises() -> None:
+    first, port = await _start(await _slow_app(), "*")
+    cleaned: list[web.Application] = []
+    app = await _slow_app()
+    app.on_cleanup.append(lambda a: _note(cleaned, a))
+    try:
+        with pytest.raises(OSError, match="address already in use"):
+            await start_server(app, "127.0.0.1", port, send_timeout_s=1)
+        assert cleaned == [app]
+    finally:
+        await first.close()
+
+
+async def _note(seen: list[web.Application], app: web.Application) -> None:
+    seen.append(app)
