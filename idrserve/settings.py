@@ -151,9 +151,9 @@ class LimitSettings(_Group):
     # beyond it, 503 + Retry-After. Without it, clients that never read kept every body they
     # asked for: 12 of them took RSS from 189 MB to 2.59 GB.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, ge=1)
-    # Whenever a connection's write buffer fills (over 64 KiB: every 256 KiB piece of a large
-    # body), the client must take it within this long, else it is disconnected and its request
-    # slot and body bytes released (http/server.py). nginx's send_timeout (60 s) is this rule.
+    # A client that takes no response data for this long (data unacknowledged, or its receive
+    # window shut) is disconnected by the kernel (TCP_USER_TIMEOUT, Linux) and its request slot
+    # and body bytes released (http/server.py). nginx's send_timeout (60 s) is this rule.
     send_timeout_s: float = Field(60.0, gt=0)
 
 

@@ -1,30 +1,35 @@
-"""The process's HTTP server: aiohttp's, except that requests refused before routing get JSON.
+"""The process's HTTP server: aiohttp's, with three behaviours stock aiohttp lacks.
 
-aiohttp's HTTP parser answers a request it cannot parse (a header over `max_field_size`, a
-control character in a header, a malformed request line or Content-Length) itself, in
-text/plain and before any middleware or `on_response_prepare` hook runs, so such a response
-had neither the JSON error body every other refusal has nor CORS. `JsonErrorRequestHandler`
-keeps aiohttp's logging, status and connection close and only replaces the body and headers;
-`serve` is `web.run_app` with that handler (same startup, signal handling and graceful
-shutdown sequence), because run_app offers no way to choose the protocol class.
+1. Requests aiohttp's parser refuses (a header over `max_field_size`, a control character in a
+   header, a malformed request line or Content-Length) get idrserve's JSON error body, CORS and
+   `X-Request-ID`. aiohttp answers them itself, in text/plain, before any middleware or
+   `on_response_prepare` hook runs; `JsonErrorRequestHandler.handle_error` keeps its logging,
+   status and connection close and replaces only the body and headers.
+2. A request head must arrive within `limits.header_timeout_s` of its first byte, else a JSON
+   408 and the connection closes (nginx's `client_header_timeout`). aiohttp only closes a
+   connection that has waited `keepalive_timeout` for its next request, so a client trickling
+   a header a byte at a time held a connection, a descriptor and a parser buffer for that long,
+   and `keepalive_timeout` cannot be lowered that far without closing idle keep-alive
+   connections as early (`JsonErrorRequestHandler.data_received`).
+3. A client that takes no response data for `limits.send_timeout_s` is disconnected (nginx's
+   `send_timeout`), which drops what was buffered for it and cancels the handler, so its
+   admission slot and body bytes are released (`http/bodies.py`). aiohttp has no such limit.
 
-The handler also bounds how long a request head may take to arrive. aiohttp only closes a
-connection that has waited `keepalive_timeout` for its next request (an hour by default;
-`limits.keepalive_timeout_s` here), so a client trickling a header a byte at a time held a
-connection, a descriptor and a parser buffer for that long. Now a request line and headers
-must be complete within `limits.header_timeout_s` of their first byte, else the client gets a
-JSON 408 and the connection is closed (nginx's `client_header_timeout` does the same in front).
-This reads two pieces of aiohttp's RequestHandler state, `_messages` and `_request_in_progress`
-(hence aiohttp >= 3.10.11 in pyproject.toml); tests/http/test_server.py fails if they change.
+Public API only, for 3: the kernel enforces it (TCP_USER_TIMEOUT on the listening sockets,
+`_limit_untaken_data`), for small responses left in the socket buffers as for large ones; the
+handler only counts what asyncio reports as `connection_lost(TimeoutError)`. Public too: the app
+runs in a plain `web.AppRunner`, and `start_server` listens with `loop.create_server`, whose
+protocol factory builds the handler on the runner's own `web.Server` (`runner.server`), so the
+runner's graceful shutdown covers its connections; `serve` adds run_app's signal handling.
 
-And it bounds how long a client may stop reading: when a response's data stops draining (the
-transport's buffer stays above its high-water mark, so every writer waits) for
-`limits.send_timeout_s`, the connection is aborted, which drops the buffer and cancels the
-handler, so the request's admission slot and body bytes are released (`http/bodies.py`).
-aiohttp has no such limit: a client that never read held its connection, and whatever was
-buffered for it, for ever. nginx's `send_timeout` is the same rule. The timer uses only
-asyncio's flow-control callbacks (`pause_writing`/`resume_writing`), so a response that never
-fills the buffer, nearly all of them, never creates one.
+Private, and confined to `JsonErrorRequestHandler` (aiohttp 3.x has no hook for 1 or 2): the
+handler's constructor (`manager`, then `loop` and the options as keywords, as
+`web.Server.__call__` calls it), `handle_error(request, status, exc, message)`, and two pieces
+of its state read after `data_received`: `_messages` (requests parsed, not yet handled) and
+`_request_in_progress` (hence aiohttp >= 3.10.11 in pyproject.toml).
+`tests/http/test_server.py::test_aiohttp_private_api_relied_on` fails when any of them changes.
+What would remove them (aiohttp 4's middleware dispatch of parser errors for 1, a proposed
+`header_timeout` option for 2): docs/operations.md#the-aiohttp-seam.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
@@ -58,7 +64,6 @@ class JsonErrorRequestHandler(RequestHandler):
 
     __slots__ = (
         "_head_timer",
-        "_send_timer",
         "cors_origin",
         "header_timeout_s",
         "on_send_timeout",
@@ -69,43 +74,19 @@ class JsonErrorRequestHandler(RequestHandler):
         self,
         manager: web.Server,
         *,
+        loop: asyncio.AbstractEventLoop,
         cors_origin: str,
         header_timeout_s: float | None = None,
         send_timeout_s: float | None = None,
         on_send_timeout: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(manager, **kwargs)
+        super().__init__(manager, loop=loop, **kwargs)
         self.cors_origin = cors_origin
         self.header_timeout_s = header_timeout_s
         self.send_timeout_s = send_timeout_s
         self.on_send_timeout = on_send_timeout
         self._head_timer: asyncio.TimerHandle | None = None
-        self._send_timer: asyncio.TimerHandle | None = None
-
-    def pause_writing(self) -> None:
-        # The transport holds more than its high-water mark: the client must take some of it
-        # within send_timeout_s (resume_writing, at the low-water mark), else it is dropped.
-        super().pause_writing()
-        if self.send_timeout_s is not None and self._send_timer is None:
-            self._send_timer = self._loop.call_later(self.send_timeout_s, self._send_timed_out)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _send_timed_out(self) -> None:
-        self._send_timer = None
-        if self.transport is None:
-            return
-        peer = self.transport.get_extra_info("peername")
-        log.info("%s took no data for %g s: connection closed", peer, self.send_timeout_s)
-        if self.on_send_timeout is not None:
-            self.on_send_timeout()
-        # abort, not close: close would keep the buffer until it is sent, i.e. for ever.
-        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         # A timer per request head that does not arrive whole: started when bytes leave the
@@ -118,7 +99,9 @@ class JsonErrorRequestHandler(RequestHandler):
                 self._head_timer.cancel()
                 self._head_timer = None
         elif self._head_timer is None and self.header_timeout_s is not None and data:
-            self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_timed_out)
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self.header_timeout_s, self._head_timed_out
+            )
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -144,9 +127,14 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        if isinstance(exc, TimeoutError) and self.send_timeout_s is not None:
+            # ETIMEDOUT: the kernel gave up on data the client left unacknowledged, or a zero
+            # window it kept shut, for send_timeout_s (TCP_USER_TIMEOUT, set in start_server).
+            # aiohttp then cancels the handler, which releases the slot and the body bytes.
+            peer = None if self.transport is None else self.transport.get_extra_info("peername")
+            log.info("%s took no data for %g s: connection closed", peer, self.send_timeout_s)
+            if self.on_send_timeout is not None:
+                self.on_send_timeout()
         super().connection_lost(exc)
 
     def handle_error(
@@ -172,61 +160,105 @@ class JsonErrorRequestHandler(RequestHandler):
         return resp
 
 
-class _JsonErrorServer(web.Server):
-    cors_origin = "*"
-    header_timeout_s: float | None = None
-    send_timeout_s: float | None = None
-    on_send_timeout: Callable[[], None] | None = None
+class HttpServer:
+    """A server `start_server` started: the app's runner and the listening sockets."""
 
-    def __call__(self) -> RequestHandler:
+    def __init__(self, runner: web.AppRunner, listener: asyncio.Server) -> None:
+        self._runner = runner
+        self._listener = listener
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the system chose when asked for port 0)."""
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening, then aiohttp's graceful shutdown (as a site's stop + runner cleanup):
+        idle connections close, in-flight requests finish, then on_shutdown and on_cleanup."""
+        self._listener.close()
+        await self._runner.cleanup()
+
+
+async def start_server(
+    app: web.Application,
+    host: str | None,
+    port: int,
+    *,
+    reuse_port: bool | None = None,
+    cors_origin: str = "*",
+    header_timeout_s: float | None = None,
+    send_timeout_s: float | None = None,
+    on_send_timeout: Callable[[], None] | None = None,
+    shutdown_timeout: float = 60.0,
+    handler_cancellation: bool = False,
+    **handler_kwargs: Any,
+) -> HttpServer:
+    """Start `app` (its on_startup included) and listen on host:port.
+
+    `handler_kwargs` are aiohttp's per-connection options (`keepalive_timeout`, `access_log`,
+    `access_log_class`, `access_log_format`, `max_field_size`, …), as `web.run_app` takes them.
+    """
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        handler_cancellation=handler_cancellation,
+    )
+    await runner.setup()
+    manager = runner.server  # the app's web.Server: request factory, handler, connections
+    assert manager is not None
+    loop = asyncio.get_running_loop()
+
+    def connection() -> RequestHandler:
+        # What web.Server.__call__ does, with our subclass; the handler registers with
+        # `manager`, so the runner's graceful shutdown covers its connections.
         return JsonErrorRequestHandler(
-            self,
-            loop=self._loop,
-            cors_origin=self.cors_origin,
-            header_timeout_s=self.header_timeout_s,
-            send_timeout_s=self.send_timeout_s,
-            on_send_timeout=self.on_send_timeout,
-            **self._kwargs,
+            manager,
+            loop=loop,
+            cors_origin=cors_origin,
+            header_timeout_s=header_timeout_s,
+            send_timeout_s=send_timeout_s,
+            on_send_timeout=on_send_timeout,
+            **handler_kwargs,
         )
 
+    listener: asyncio.Server | None = None
+    try:
+        listener = await loop.create_server(
+            connection, host, port, reuse_port=reuse_port, start_serving=False
+        )
+        if send_timeout_s is not None:
+            _limit_untaken_data(listener, send_timeout_s)
+        await listener.start_serving()
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        await runner.cleanup()
+        raise
+    return HttpServer(runner, listener)
 
-class JsonErrorAppRunner(web.AppRunner):
-    """An AppRunner whose connections use `JsonErrorRequestHandler`."""
 
-    def __init__(
-        self,
-        app: web.Application,
-        *,
-        cors_origin: str = "*",
-        header_timeout_s: float | None = None,
-        send_timeout_s: float | None = None,
-        on_send_timeout: Callable[[], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(app, **kwargs)
-        self._cors_origin = cors_origin
-        self._header_timeout_s = header_timeout_s
-        self._send_timeout_s = send_timeout_s
-        self._on_send_timeout = on_send_timeout
+def _limit_untaken_data(listener: asyncio.Server, seconds: float) -> None:
+    """Have the kernel drop a connection whose client takes no data for `seconds`.
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # Same object and state, one method more: the protocol factory aiohttp calls per
-        # connection now builds the JSON-error handler.
-        server.__class__ = _JsonErrorServer
-        assert isinstance(server, _JsonErrorServer)
-        server.cors_origin = self._cors_origin
-        server.header_timeout_s = self._header_timeout_s
-        server.send_timeout_s = self._send_timeout_s
-        server.on_send_timeout = self._on_send_timeout
-        return server
+    TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged, or queued data unsent
+    behind a zero receive window (a client that stops reading), before the kernel resets the
+    connection and reports ETIMEDOUT. Set on a listening socket it is inherited by every
+    connection accepted from it (so says the Linux change that added it, and HAProxy's `tcp-ut`
+    relies on it; tests/http/test_server.py checks it), so no per-connection work is needed.
+    Linux only; elsewhere the limit is not enforced.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        log.warning("limits.send_timeout_s is not enforced: no TCP_USER_TIMEOUT on this system")
+        return
+    for sock in listener.sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
 async def _serve_forever(
-    runner: JsonErrorAppRunner,
-    host: str,
-    port: int,
-    reuse_port: bool | None,
+    start: Callable[[], Awaitable[HttpServer]],
     drain_grace_s: float,
     on_drain: Callable[[], None] | None,
 ) -> None:
@@ -244,20 +276,20 @@ async def _serve_forever(
             on_drain()  # /readyz now answers 503 "draining"; requests are still served
         grace = loop.call_later(drain_grace_s, stop.set)
 
-    await runner.setup()
     signals = (signal.SIGINT, signal.SIGTERM)
+    server: HttpServer | None = None
     try:
         for signum in signals:
             loop.add_signal_handler(signum, on_signal, signum)
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
-        await site.start()
+        server = await start()
         await stop.wait()
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
         if grace is not None:
             grace.cancel()
-        await runner.cleanup()  # stop listening, finish in-flight requests, on_cleanup
+        if server is not None:
+            await server.close()  # stop listening, finish in-flight requests, on_cleanup
 
 
 def serve(
@@ -272,7 +304,7 @@ def serve(
     on_send_timeout: Callable[[], None] | None = None,
     drain_grace_s: float = 0.0,
     on_drain: Callable[[], None] | None = None,
-    **runner_kwargs: Any,
+    **server_kwargs: Any,
 ) -> None:
     """Serve `app` until SIGTERM or SIGINT, then shut down gracefully (as `web.run_app`).
 
@@ -280,20 +312,25 @@ def serve(
     and serving for that long before it closes the listener: a load balancer that learns about
     a stopping backend only from its readiness checks (Kubernetes endpoints, HAProxy, cloud
     target groups) has stopped sending by then, so no request meets a closed port. A second
-    signal ends the grace at once.
+    signal ends the grace at once. `server_kwargs` go to `start_server`.
     """
-    runner = JsonErrorAppRunner(
-        app,
-        cors_origin=cors_origin,
-        header_timeout_s=header_timeout_s,
-        send_timeout_s=send_timeout_s,
-        on_send_timeout=on_send_timeout,
-        handle_signals=False,  # _serve_forever installs its own SIGINT/SIGTERM handlers
-        **runner_kwargs,
-    )
+
+    def start() -> Awaitable[HttpServer]:
+        return start_server(
+            app,
+            host,
+            port,
+            reuse_port=reuse_port,
+            cors_origin=cors_origin,
+            header_timeout_s=header_timeout_s,
+            send_timeout_s=send_timeout_s,
+            on_send_timeout=on_send_timeout,
+            **server_kwargs,
+        )
+
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve_forever(runner, host, port, reuse_port, drain_grace_s, on_drain))
+    main = loop.create_task(_serve_forever(start, drain_grace_s, on_drain))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

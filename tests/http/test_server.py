@@ -1,14 +1,18 @@
-"""http/server.py: requests aiohttp's parser refuses get idrserve's JSON error body and CORS.
+"""http/server.py: JSON for requests aiohttp's parser refuses, the head and send time limits.
 
-The app runs on a real socket through `JsonErrorAppRunner` (aiohttp's test client would use
-the stock connection handler), and the requests are raw bytes, since no HTTP client sends
-them malformed on purpose. `serve()` itself (signals, graceful stop) runs in
-tests/integration/test_cli.py, which starts `idrserve serve`.
+`test_aiohttp_private_api_relied_on` names the aiohttp internals the module relies on and
+fails first when an aiohttp release changes them; the behaviour tests below it show what
+would be lost (docs/operations.md#the-aiohttp-seam). The app runs on a real socket through
+`start_server` (aiohttp's test client would use the stock connection handler), and the
+requests are raw bytes, since no HTTP client sends them malformed on purpose. `serve()`
+itself (signals, graceful stop) runs in tests/integration/test_cli.py, which starts
+`idrserve serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import time
@@ -16,28 +20,66 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from idrserve.app import create_app
-from idrserve.http.server import JsonErrorAppRunner
+from idrserve.http.server import HttpServer, JsonErrorRequestHandler, start_server
 from idrserve.settings import load_settings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def test_aiohttp_private_api_relied_on() -> None:
+    """Exactly what http/server.py takes from aiohttp beyond its documented API.
+
+    When this fails after an aiohttp upgrade, adapt JsonErrorRequestHandler (or, once aiohttp
+    has the hooks in docs/operations.md#the-aiohttp-seam, shrink it), then this test.
+    """
+    version = f"aiohttp {aiohttp.__version__}"
+    # 1. The handler is built as web.Server.__call__ builds aiohttp's own: the Server as the
+    #    positional manager, the loop and the per-connection options as keywords.
+    params = inspect.signature(RequestHandler.__init__).parameters
+    assert list(params)[:2] == ["self", "manager"], version
+    for name in (
+        "loop",
+        "keepalive_timeout",
+        "access_log_class",
+        "access_log",
+        "access_log_format",
+    ):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (name, version)
+    # 2. aiohttp answers a request its parser refused (and an exception that escaped the app)
+    #    with the response handle_error returns; the override replaces its body and headers.
+    assert list(inspect.signature(RequestHandler.handle_error).parameters) == [
+        "self",
+        "request",
+        "status",
+        "exc",
+        "message",
+    ], version
+    # 3. The head timer reads, after data_received: `_messages`, the requests parsed and not
+    #    yet handled (empty while a head is incomplete), and `_request_in_progress`.
+    assert {"_messages", "_request_in_progress"} <= set(RequestHandler.__slots__), version
+    assert callable(RequestHandler.force_close), version
+
+    async def ok(request: web.BaseRequest) -> web.Response:
+        return web.Response()
+
+    loop = asyncio.get_running_loop()
+    handler = JsonErrorRequestHandler(
+        web.Server(ok), loop=loop, cors_origin="*", header_timeout_s=60
+    )
+    assert handler.transport is None and handler._request_in_progress is False
+    handler.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert not handler._messages and handler._head_timer is not None  # a partial head: timed
+    handler.data_received(b"\r\n")
+    assert len(handler._messages) == 1 and handler._head_timer is None  # complete: not timed
 
 
-async def _start(
-    app: web.Application, cors_origin: str, **kwargs: Any
-) -> tuple[JsonErrorAppRunner, int]:
-    runner = JsonErrorAppRunner(app, cors_origin=cors_origin, handle_signals=False, **kwargs)
-    await runner.setup()
-    port = _free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+async def _start(app: web.Application, cors_origin: str, **kwargs: Any) -> tuple[HttpServer, int]:
+    server = await start_server(app, "127.0.0.1", 0, cors_origin=cors_origin, **kwargs)
+    return server, server.port
 
 
 @pytest.fixture
@@ -45,11 +87,11 @@ async def idrserve_port(tmp_path: Path) -> AsyncIterator[int]:
     settings = load_settings(
         {"source": {"zarr_root": str(tmp_path)}, "server": {"cors_origin": "https://a.example"}}
     )
-    runner, port = await _start(create_app(settings), "https://a.example")
+    server, port = await _start(create_app(settings), "https://a.example")
     try:
         yield port
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def _exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -111,13 +153,13 @@ async def test_an_unhandled_exception_is_a_json_500_without_the_traceback() -> N
 
     app = web.Application()
     app.router.add_get("/boom", boom)
-    runner, port = await _start(app, "*")
+    server, port = await _start(app, "*")
     try:
         status, headers, body = await _exchange(
             port, b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
     finally:
-        await runner.cleanup()
+        await server.close()
     assert status == 500
     assert headers["access-control-allow-origin"] == "*"
     doc = json.loads(body)
@@ -140,11 +182,11 @@ async def _slow_app() -> web.Application:
 
 @pytest.fixture
 async def timed_port() -> AsyncIterator[int]:
-    runner, port = await _start(await _slow_app(), "*", header_timeout_s=0.4, keepalive_timeout=1.5)
+    server, port = await _start(await _slow_app(), "*", header_timeout_s=0.4, keepalive_timeout=1.5)
     try:
         yield port
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -217,3 +259,122 @@ async def test_idle_keep_alive_connections_close_after_keepalive_timeout(timed_p
         assert 1.0 < time.monotonic() - idle < 5
     finally:
         writer.close()
+
+
+async def test_close_stops_listening_and_lets_in_flight_requests_finish() -> None:
+    """The connections are the runner's own: its graceful shutdown covers them."""
+    server, port = await _start(await _slow_app(), "*")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /slow?s=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the request is in its handler
+        closing = asyncio.ensure_future(server.close())
+        await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        assert (await _response(reader))[0] == 200
+        assert await asyncio.wait_for(reader.read(1), 5) == b""  # then the connection closes
+        await asyncio.wait_for(closing, 5)
+    finally:
+        writer.close()
+
+
+# ---- clients that stop reading: TCP_USER_TIMEOUT ---------------------------------------------
+
+
+@pytest.fixture
+async def send_timeout_port() -> AsyncIterator[tuple[int, list[float]]]:
+    """A server with a 0.5 s send timeout; the list gets the time of each send timeout."""
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * int(request.query["n"]))
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    timeouts: list[float] = []
+    server, port = await _start(
+        app, "*", send_timeout_s=0.5, on_send_timeout=lambda: timeouts.append(time.monotonic())
+    )
+    try:
+        yield port, timeouts
+    finally:
+        await server.close()
+
+
+async def _ask(port: int, n: int) -> socket.socket:
+    """A raw connection with a small receive window that sent GET /big?n= and read 4 KiB."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, f"GET /big?n={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert (await loop.sock_recv(sock, 4096)).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+async def _reset_by_server(sock: socket.socket) -> bool:
+    """Read what is left: True if the server reset the connection."""
+    loop = asyncio.get_running_loop()
+    try:
+        while await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5):
+            pass
+    except ConnectionResetError:
+        return True
+    return False
+
+
+# 16 MiB stays mostly in the server's write buffer; 1 MiB (a one-shot write) fits in the
+# kernel's socket buffers, so the process never sees it wait: the kernel cuts both.
+@pytest.mark.parametrize("n", [16 << 20, 1 << 20], ids=["16 MiB", "1 MiB"])
+async def test_a_client_that_stops_reading_is_reset_after_the_send_timeout(
+    send_timeout_port: tuple[int, list[float]], n: int
+) -> None:
+    port, timeouts = send_timeout_port
+    sock = await _ask(port, n)
+    stopped = time.monotonic()
+    try:
+        for _ in range(60):
+            if timeouts:
+                break
+            await asyncio.sleep(0.1)
+        assert len(timeouts) == 1
+        assert 0.4 < timeouts[0] - stopped < 4, timeouts[0] - stopped
+        assert await _reset_by_server(sock)
+    finally:
+        sock.close()
+
+
+async def test_a_slow_steady_reader_is_not_cut_off(
+    send_timeout_port: tuple[int, list[float]],
+) -> None:
+    """The limit is on taking no data at all, as nginx's send_timeout, not on a rate."""
+    port, timeouts = send_timeout_port
+    loop = asyncio.get_running_loop()
+    sock = await _ask(port, 16 << 20)
+    try:
+        got, started = 0, time.monotonic()
+        while time.monotonic() - started < 2:  # four times the limit
+            got += len(await asyncio.wait_for(loop.sock_recv(sock, 64 * 1024), 5))
+            await asyncio.sleep(0.15)
+        assert 0 < got < 16 << 20 and timeouts == []
+    finally:
+        sock.close()
+
+
+async def test_a_port_taken_cleans_the_app_up_and_raises() -> None:
+    first, port = await _start(await _slow_app(), "*")
+    cleaned: list[web.Application] = []
+    app = await _slow_app()
+    app.on_cleanup.append(lambda a: _note(cleaned, a))
+    try:
+        with pytest.raises(OSError, match="address already in use"):
+            await start_server(app, "127.0.0.1", port, send_timeout_s=1)
+        assert cleaned == [app]
+    finally:
+        await first.close()
+
+
+async def _note(seen: list[web.Application], app: web.Application) -> None:
+    seen.append(app)
