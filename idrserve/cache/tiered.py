@@ -30,13 +30,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from idrserve.cache.breaker import CircuitBreaker
-from idrserve.cache.coalesce import SingleFlight
 from idrserve.cache.disk import DiskTier
 from idrserve.cache.entry import CacheEntry
 from idrserve.cache.jobs import JobRunner
 from idrserve.cache.memory import MemoryTier
 from idrserve.cache.metrics import CacheCollector, CacheGauges, TierStats
 from idrserve.cache.redis import RedisTier, RedisUnavailable
+from idrserve.flight import SingleFlight
 from idrserve.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ class TieredCache:
             stats = self._stats["redis"] = TierStats()
             self.redis = RedisTier(settings, stats, self._breaker())
         self._jobs = JobRunner(settings.max_pending_writes)
-        self._flights: SingleFlight[tuple[CacheEntry, str]] = SingleFlight()
-        self._generation_flights: SingleFlight[int] = SingleFlight()
+        self._flights: SingleFlight[str, tuple[CacheEntry, str]] = SingleFlight("cache-render")
+        self._generation_flights: SingleFlight[int, int] = SingleFlight("cache-generation")
         self._generations: OrderedDict[int, tuple[int, float]] = OrderedDict()
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = False
@@ -149,8 +149,8 @@ class TieredCache:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
-        await self._flights.cancel_all()
-        await self._generation_flights.cancel_all()
+        await self._flights.aclose()
+        await self._generation_flights.aclose()
         left = await self._jobs.drain(timeout_s)
         if left:
             log.warning("cache closed with %d background writes unfinished", left)
@@ -324,7 +324,7 @@ class TieredCache:
             return 0 if cached is None else cached[0]
         try:
             value, _ = await self._generation_flights.run(
-                str(image_id), partial(self._load_generation, image_id)
+                image_id, partial(self._load_generation, image_id)
             )
         except Exception:
             log.exception("cache generation lookup failed")
