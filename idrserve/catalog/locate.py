@@ -158,6 +158,13 @@ class _RemoteRoot:
 _Root = _LocalRoot | _RemoteRoot
 
 
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def default_index_dir() -> Path:
     """Where indexes built from CSV/JSON catalogs go when `catalog_index_dir` is unset."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -245,11 +252,9 @@ class Catalog:
         self._load_task = asyncio.ensure_future(self._first_load())
 
     async def aclose(self) -> None:
-        for task in (self._load_task, self._watch_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop loading and watching (both tasks are this catalog's own)."""
+        await _stop(self._load_task)
+        await _stop(self._watch_task)  # read only now: the loader starts it as it ends
 
     def request_reload(self) -> None:
         """Re-read the catalog now (SIGHUP), whether or not the file looks changed."""

@@ -59,7 +59,7 @@ from zarr.experimental.cache_store import CacheStore
 from zarr.storage import LocalStore, ObjectStore, StorePath
 
 from idrserve import errors
-from idrserve.catalog import Location, Locator, open_object_store
+from idrserve.catalog import Catalog, Location, Locator, open_object_store
 from idrserve.flight import SingleFlight
 from idrserve.lru import BoundedLRU
 from idrserve.model import Box, ImageMeta, Selection
@@ -118,10 +118,18 @@ class ZarrSource:
     name: ClassVar[str] = "zarr"
 
     def __init__(
-        self, settings: SourceSettings, catalog: Locator, *, executor: Executor | None = None
+        self,
+        settings: SourceSettings,
+        catalog: Locator,
+        *,
+        executor: Executor | None = None,
+        owns_catalog: bool = False,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
+        # Closed by `aclose` when no one else holds it (`open_source`): a catalog file starts
+        # a loader and a watcher task on first use.
+        self._owns_catalog = owns_catalog
         self._executor = executor  # None: the loop's default executor
         # Bounded in entries and in bytes; the record just loaded always stays.
         self._records: BoundedLRU[int, _Record] = BoundedLRU(
@@ -175,6 +183,8 @@ class ZarrSource:
     async def aclose(self) -> None:
         await self._loading.aclose()
         self._records.clear()
+        if self._owns_catalog and isinstance(self._catalog, Catalog):
+            await self._catalog.aclose()
 
     # ---- metadata ------------------------------------------------------------------------
 
