@@ -8,7 +8,12 @@ JPEG qualities) in interleaved rounds. Reported as tiles/s and as ratios to ngin
 round (docs/benchmarks.md#protocol). Targets from issue 3: memory ≥ 15 000/s, disk ≥ 10 000/s,
 Redis ≥ 5 000/s.
 
-    python bench/bench_cache.py [--duration 8] [--rounds 3]
+With `--baseline TREE` (another checkout, e.g. `git worktree add /tmp/before <commit>`), every
+idrserve server is started a second time from that tree, and each round runs both side by side,
+so a change is measured against its parent in one interleaved run; the servers of this tree
+always import idrserve from this checkout (PYTHONPATH), whatever is installed.
+
+    python bench/bench_cache.py [--duration 8] [--rounds 3] [--baseline TREE]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from bench_http import SIZE, free_port, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
+BASELINE = " (baseline)"
 TARGETS = {
     "memory": 15000.0,
     "memory, no URL index": 15000.0,
@@ -76,12 +82,12 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument(
-        "--baseline",
-        type=Path,
-        help="a checkout of another revision (e.g. `git worktree add /tmp/base REV`): each "
-        "tier's server also runs from it, interleaved, and is reported as a ratio",
+        "--baseline", type=Path, help="another idrserve checkout to measure in the same rounds"
     )
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "idrserve" / "__init__.py").exists():
+        print(f"{args.baseline} is not an idrserve checkout", file=sys.stderr)
+        return 2
     for tool in ("wrk", "nginx", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             print(
@@ -132,39 +138,40 @@ def main() -> int:
             "IDRSERVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         },
     }
-    if args.baseline:
-        path = str(args.baseline.resolve())
-        tiers |= {
-            f"{tier} (baseline)": extra | {"PYTHONPATH": path} for tier, extra in tiers.items()
-        }
+    trees = {"": REPO}
+    if args.baseline is not None:
+        trees[BASELINE] = args.baseline.resolve()
     bases: dict[str, str] = {}
     for tier, extra in tiers.items():
-        port = free_port()
-        start(
-            [
-                sys.executable,
-                "-m",
-                "idrserve",
-                "serve",
-                "--zarr-root",
-                str(tmp / "data"),
-                "--port",
-                str(port),
-            ],
-            env={**base_env, **extra},
-        )
-        bases[tier] = f"http://127.0.0.1:{port}"
+        for suffix, tree in trees.items():
+            path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
+            port = free_port()
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "idrserve",
+                    "serve",
+                    "--zarr-root",
+                    str(tmp / "data"),
+                    "--port",
+                    str(port),
+                ],
+                env={**base_env, **extra, "PYTHONPATH": path},
+            )
+            bases[tier + suffix] = f"http://127.0.0.1:{port}"
     try:
-        for tier, base in bases.items():
+        for name, base in bases.items():
+            tier = name.removesuffix(BASELINE)
             wait_http(base + "/healthz")
             for url in urls:  # fill the tier (and check that it answers from it)
                 with urllib.request.urlopen(base + url) as resp:
                     body = resp.read()
             with urllib.request.urlopen(base + urls[0]) as resp:
                 answered = resp.headers.get("X-Cache")
-            if answered != tier.split(",")[0].removesuffix(" (baseline)"):
-                raise RuntimeError(f"{tier} server answered from {answered!r}")
-            if tier == "memory":  # static copies for nginx, byte for byte what we serve
+            if answered != tier.split(",")[0]:
+                raise RuntimeError(f"{name} server answered from {answered!r}")
+            if name == "memory":  # static copies for nginx, byte for byte what we serve
                 static = tmp / "static"
                 static.mkdir()
                 for i, url in enumerate(urls):
@@ -200,7 +207,7 @@ def main() -> int:
         "",
         f"Command: `python bench/bench_cache.py --duration {args.duration:g} --rounds "
         f"{args.rounds} --conns {args.conns}"
-        f"{f' --baseline {args.baseline}' if args.baseline else ''}`",
+        + (f" --baseline {args.baseline}`" if args.baseline else "`"),
         "",
         "Everything server-side pinned to core 0 (idrserve, redis-server, nginx with 1 worker); "
         f"wrk -t1 -c{args.conns} on core 1; 1 024 distinct 256² JPEG tiles (256 tiles × 4 "
@@ -216,7 +223,7 @@ def main() -> int:
         rps = [r["rps"] for r in rounds]
         med = statistics.median(rps)
         ratio = statistics.median(a / b for a, b in zip(rps, nginx_rounds, strict=True))
-        target = TARGETS.get(name)
+        target = TARGETS.get(name.removesuffix(BASELINE))
         lines.append(
             f"| {name} | {med:.0f} | {min(rps):.0f}–{max(rps):.0f} | "
             f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
@@ -224,16 +231,24 @@ def main() -> int:
             f"{target or 0:.0f} | {med / target if target else 1:.2f} | {ratio:.3f} | "
             f"{sum(r['non2xx'] + r['socket_errors'] for r in rounds):.0f} |"
         )
-    if args.baseline:
-        lines += ["", f"This tree vs the baseline ({args.baseline}), median of per-round ratios:"]
-        lines.append("")
+    if args.baseline is not None:
+        lines += [
+            "",
+            f"This tree against the baseline ({args.baseline}), ratio of tiles/s within each "
+            "round, median (min–max):",
+            "",
+            "| server | this / baseline | min–max |",
+            "|---|---:|---:|",
+        ]
         for name in tiers:
-            if name.endswith(" (baseline)"):
-                continue
-            new = [r["rps"] for r in results[name]]
-            old = [r["rps"] for r in results[f"{name} (baseline)"]]
-            ratio = statistics.median(a / b for a, b in zip(new, old, strict=True))
-            lines.append(f"- {name}: {ratio:.3f}×")
+            ratios = [
+                a["rps"] / b["rps"]
+                for a, b in zip(results[name], results[name + BASELINE], strict=True)
+            ]
+            lines.append(
+                f"| {name} | {statistics.median(ratios):.3f} | "
+                f"{min(ratios):.3f}–{max(ratios):.3f} |"
+            )
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"cache-{host}-{stamp}.md"

@@ -141,9 +141,10 @@ def create_app(settings: Settings) -> web.Application:
         catalog.start()
         if catalog.loads_inline():
             # An index file opens in about a second even at IDR's scale, a small CSV sooner:
-            # worth waiting for before listening, so the first requests find it loaded.
+            # worth waiting for before listening, so the first requests find it loaded. No
+            # shield: the timeout cancels only this wait, the load is the catalog's own task.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(catalog.wait_loaded()), INLINE_WAIT_S)
+                await asyncio.wait_for(catalog.wait_loaded(), INLINE_WAIT_S)
         app[REGISTRY].register(CatalogCollector(catalog))
         source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
         for collector in getattr(source, "collectors", list)():

@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import json
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +33,7 @@ from numcodecs.registry import codec_registry
 
 from idrserve.cache import CacheEntry, response_key
 from idrserve.errors import NotFound
+from idrserve.lru import BoundedLRU
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.ngffdocs import dumps, group_docs, level0_shape, level_scale, v3_array_doc
 from idrserve.service import Deps, in_pool, render_slot
@@ -243,20 +243,16 @@ class ZarrViews:
     """Views by (image, format), rebuilt when the image's data version changes."""
 
     def __init__(self, max_entries: int = 1024) -> None:
-        self._views: OrderedDict[tuple[int, int], ZarrView] = OrderedDict()
-        self._max = max_entries
+        self._views: BoundedLRU[tuple[int, int], ZarrView] = BoundedLRU(max_entries)
 
     async def get(self, deps: Deps, image_id: int, zarr_format: int) -> ZarrView:
         meta = await deps.source.meta(image_id)
         key = (image_id, zarr_format)
         view = self._views.get(key)
         if view is not None and view.meta.data_version == meta.data_version:
-            self._views.move_to_end(key)
             return view
         view = await build_view(deps, image_id, zarr_format, meta)
-        self._views[key] = view
-        if len(self._views) > self._max:
-            self._views.popitem(last=False)
+        self._views.put(key, view)
         return view
 
 

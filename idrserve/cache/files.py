@@ -21,11 +21,11 @@ import struct
 import threading
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from idrserve.cache.entry import CacheEntry
+from idrserve.lru import BoundedLRU
 
 MAGIC = b"IDRC"
 FORMAT_VERSION = 1
@@ -112,12 +112,14 @@ class DiskStore:
     def __init__(self, root: Path, open_files: int = 0) -> None:
         self.root = root
         self._root = str(root)
-        # Event-loop thread only (`read_if_cached`): path → an open, already verified file.
-        self._hot: OrderedDict[str, _HotFile] = OrderedDict()
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft_limit != resource.RLIM_INFINITY:
             open_files = min(open_files, soft_limit // 4)
-        self._hot_max = max(0, open_files)
+        # Event-loop thread only (`read_if_cached`): path → an open, already verified file,
+        # closed when it leaves.
+        self._hot: BoundedLRU[str, _HotFile] = BoundedLRU(
+            max(0, open_files), on_evict=lambda _path, hot: os.close(hot.fd)
+        )
 
     def path_for(self, key: str) -> str:
         name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
@@ -183,14 +185,7 @@ class DiskStore:
                 os.close(fd)
                 return None
             hot = _HotFile(fd, st.st_size, st.st_mtime, verified=False)
-            if self._hot_max > 0:
-                self._hot[path] = hot
-                while len(self._hot) > self._hot_max:
-                    os.close(self._hot.popitem(last=False)[1].fd)
-            else:
-                transient = True
-        else:
-            self._hot.move_to_end(path)
+            transient = not self._hot.put(path, hot)  # an LRU of size 0 keeps nothing
         try:
             return self._read_open(path, hot, key)
         finally:
@@ -228,14 +223,13 @@ class DiskStore:
         return entry, False
 
     def _forget(self, path: str) -> None:
-        hot = self._hot.pop(path, None)
+        hot = self._hot.pop(path)
         if hot is not None:
             os.close(hot.fd)
 
     def close(self) -> None:
         """Close the files `read_if_cached` keeps open (event-loop thread)."""
-        while self._hot:
-            os.close(self._hot.popitem()[1].fd)
+        self._hot.clear()
 
     def write(self, key: str, entry: CacheEntry) -> int:
         """Store `entry` atomically; returns the bytes added, 0 if the key is already stored."""

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -30,13 +29,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from idrserve.cache.breaker import CircuitBreaker
-from idrserve.cache.coalesce import SingleFlight
 from idrserve.cache.disk import DiskTier
 from idrserve.cache.entry import CacheEntry
 from idrserve.cache.jobs import JobRunner
 from idrserve.cache.memory import MemoryTier
 from idrserve.cache.metrics import CacheCollector, CacheGauges, TierStats
 from idrserve.cache.redis import RedisTier, RedisUnavailable
+from idrserve.flight import SingleFlight
+from idrserve.lru import BoundedLRU
 from idrserve.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,11 @@ class TieredCache:
             stats = self._stats["redis"] = TierStats()
             self.redis = RedisTier(settings, stats, self._breaker())
         self._jobs = JobRunner(settings.max_pending_writes)
-        self._flights: SingleFlight[tuple[CacheEntry, str]] = SingleFlight()
-        self._generation_flights: SingleFlight[int] = SingleFlight()
-        self._generations: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        self._flights: SingleFlight[str, tuple[CacheEntry, str]] = SingleFlight("cache-render")
+        self._generation_flights: SingleFlight[int, int] = SingleFlight("cache-generation")
+        # image id → (generation, trusted until): an expired one is still the floor that
+        # `_load_generation` never goes below, so expiry is checked here, not by the LRU.
+        self._generations: BoundedLRU[int, tuple[int, float]] = BoundedLRU(MAX_GENERATIONS)
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = False
         self.coalesced = 0
@@ -149,8 +151,8 @@ class TieredCache:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
-        await self._flights.cancel_all()
-        await self._generation_flights.cancel_all()
+        await self._flights.aclose()
+        await self._generation_flights.aclose()
         left = await self._jobs.drain(timeout_s)
         if left:
             log.warning("cache closed with %d background writes unfinished", left)
@@ -317,14 +319,14 @@ class TieredCache:
 
     async def generation(self, image_id: int) -> int:
         """The image's cache generation (part of every key); 0 when never purged."""
-        cached = self._generations.get(image_id)
+        cached = self._generations.peek(image_id)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         if self.disk is None and self.redis is None:
             return 0 if cached is None else cached[0]
         try:
             value, _ = await self._generation_flights.run(
-                str(image_id), partial(self._load_generation, image_id)
+                image_id, partial(self._load_generation, image_id)
             )
         except Exception:
             log.exception("cache generation lookup failed")
@@ -334,13 +336,13 @@ class TieredCache:
     def fresh_generation(self, image_id: int) -> int | None:
         """The generation `generation()` would return without any I/O, or None when this
         process's copy has expired (synchronous, O(1): for the URL fast path)."""
-        cached = self._generations.get(image_id)
+        cached = self._generations.peek(image_id)
         if cached is not None:
             return cached[0] if cached[1] > time.monotonic() else None
         return 0 if self.disk is None and self.redis is None else None
 
     async def _load_generation(self, image_id: int) -> int:
-        known = self._generations.get(image_id, (0, 0.0))[0]
+        known = self._known_generation(image_id)
         shared, local = await asyncio.gather(
             self.redis.get_generation(image_id) if self.redis is not None else _none(),
             self.disk.read_generation(image_id) if self.disk is not None else _none(),
@@ -364,10 +366,11 @@ class TieredCache:
     def _remember(self, image_id: int, generation: int) -> None:
         shared = self.disk is not None or self.redis is not None
         expires = time.monotonic() + self.settings.generation_ttl_s if shared else float("inf")
-        self._generations[image_id] = (generation, expires)
-        self._generations.move_to_end(image_id)
-        while len(self._generations) > MAX_GENERATIONS:
-            self._generations.popitem(last=False)
+        self._generations.put(image_id, (generation, expires))
+
+    def _known_generation(self, image_id: int) -> int:
+        cached = self._generations.peek(image_id)
+        return 0 if cached is None else cached[0]
 
     async def purge_image(self, image_id: int) -> int:
         """Invalidate every cached response of an image by bumping its generation everywhere.
@@ -375,7 +378,7 @@ class TieredCache:
         Returns the new generation. Other processes see it within `generation_ttl_s`. Raises
         `CachePurgeError` (after doing what it could) when Redis or the cache dir failed.
         """
-        known = self._generations.get(image_id, (0, 0.0))[0]
+        known = self._known_generation(image_id)
         local = await self.disk.read_generation(image_id) if self.disk is not None else 0
         new = max(known, local or 0) + 1
         failed: list[str] = []

@@ -31,7 +31,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +55,7 @@ from idrserve.catalog.stores import (
     parse_root,
     scan_root,
 )
+from idrserve.lru import BoundedLRU
 from idrserve.settings import SourceSettings
 
 log = logging.getLogger("idrserve.catalog")
@@ -126,15 +126,18 @@ class _RemoteRoot:
         self.url = url.rstrip("/")
         self._settings = settings
         self._store: ObjectStoreLike | None = None
-        self.probed: OrderedDict[int, tuple[bool, float]] = OrderedDict()
+        # id → (found, when probed); forgetting a found id changes the found set too.
+        self.probed: BoundedLRU[int, tuple[bool, float]] = BoundedLRU(
+            MAX_PROBES, on_evict=self._forgot
+        )
         self.version = 0  # bumped whenever the found set changes
 
     async def locate(self, image_id: int) -> Location | None:
         location = f"{self.url}/{image_id}.zarr"
-        seen = self.probed.get(image_id)
+        seen = self.probed.peek(image_id)
         now = time.monotonic()
         if seen is not None and (seen[0] or now - seen[1] < self._settings.rescan_interval_s):
-            self.probed.move_to_end(image_id)
+            self.probed.touch(image_id)
             return location if seen[0] else None
         if self._store is None:
             self._store = open_object_store(self.url, self._settings)
@@ -142,17 +145,24 @@ class _RemoteRoot:
             self._store, (f"{image_id}.zarr/zarr.json", f"{image_id}.zarr/.zattrs")
         )
         self.version += found != (seen is not None and seen[0])
-        self.probed[image_id] = (found, now)
-        self.probed.move_to_end(image_id)
-        while len(self.probed) > MAX_PROBES:
-            self.version += self.probed.popitem(last=False)[1][0]
+        self.probed.put(image_id, (found, now))
         return location if found else None
+
+    def _forgot(self, _image_id: int, probe: tuple[bool, float]) -> None:
+        self.version += probe[0]
 
     def found_ids(self) -> list[int]:
         return [i for i, (found, _) in self.probed.items() if found]
 
 
 _Root = _LocalRoot | _RemoteRoot
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def default_index_dir() -> Path:
@@ -242,11 +252,9 @@ class Catalog:
         self._load_task = asyncio.ensure_future(self._first_load())
 
     async def aclose(self) -> None:
-        for task in (self._load_task, self._watch_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop loading and watching (both tasks are this catalog's own)."""
+        await _stop(self._load_task)
+        await _stop(self._watch_task)  # read only now: the loader starts it as it ends
 
     def request_reload(self) -> None:
         """Re-read the catalog now (SIGHUP), whether or not the file looks changed."""

@@ -12,7 +12,6 @@ the URL for next time.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from idrserve.http.bodies import LARGE_BODY_BYTES
 from idrserve.http.keys import MEMO_INFO, TRACE
 from idrserve.http.responses import image_response, not_modified, overloaded
 from idrserve.http.trace import Trace
+from idrserve.lru import BoundedLRU
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +48,19 @@ class UrlIndex:
     in bytes (URLs of up to 4 KiB are remembered, so entries alone would not bound memory)."""
 
     def __init__(self, max_entries: int, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[str, _Memo] = OrderedDict()
+        self._entries: BoundedLRU[str, _Memo] = BoundedLRU(max_entries, max_bytes, cost=_cost)
+
+    @property
+    def max_entries(self) -> int:
+        return self._entries.max_entries
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
+
+    @property
+    def bytes(self) -> int:
+        return self._entries.bytes
 
     def remember(
         self,
@@ -64,18 +73,12 @@ class UrlIndex:
     ) -> None:
         if self.max_entries <= 0 or len(url) > 4096:
             return
-        old = self._entries.pop(url, None)
-        if old is not None:
-            self.bytes -= _cost(url, old)
-        memo = _Memo(key, image_id, data_version, generation, headers)
-        self._entries[url] = memo
-        self.bytes += _cost(url, memo)
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            evicted_url, evicted = self._entries.popitem(last=False)
-            self.bytes -= _cost(evicted_url, evicted)
+        self._entries.put(url, _Memo(key, image_id, data_version, generation, headers))
 
     def lookup(self, url: str) -> _Memo | None:
-        return self._entries.get(url)
+        # Not a recency refresh: a URL stays for `max_entries` newer ones, then one request
+        # on the normal path records it again.
+        return self._entries.peek(url)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -228,6 +228,8 @@ class Pool:
         self._executor = ThreadPoolExecutor(cfg.threads, thread_name_prefix="omero-ice")
         self._stats_lock = threading.Lock()
         self.stats = Stats()
+        # Its own LRU and single flight, not idrserve.lru / idrserve.flight: those are for one
+        # event loop, and this process is threaded and imports nothing from idrserve.
         self._meta: OrderedDict[int, tuple[float, dict[str, Any]]] = OrderedDict()
         self._meta_lock = threading.Lock()
         self._meta_loading: dict[int, threading.Lock] = {}

@@ -10,5 +10,5 @@ SOURCES: dict[str, type[ZarrSource]] = {"zarr": ZarrSource}
 
 
 def open_source(settings: SourceSettings) -> ZarrSource:
-    """A Zarr source over a catalog built from the same settings."""
-    return ZarrSource(settings, Catalog(settings))
+    """A Zarr source over a catalog built from the same settings (closed with it)."""
+    return ZarrSource(settings, Catalog(settings), owns_catalog=True)

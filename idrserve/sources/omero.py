@@ -31,9 +31,9 @@ import os
 import re
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,6 +41,8 @@ import aiohttp
 import numpy as np
 
 from idrserve import errors
+from idrserve.flight import SingleFlight
+from idrserve.lru import BoundedLRU
 from idrserve.model import (
     ChannelMeta,
     ColorModel,
@@ -339,11 +341,14 @@ class WorkerProcess:
 @dataclass(slots=True)
 class _MetaEntry:
     meta: ImageMeta
-    loaded_at: float
     ngff: str | None = None  # where OMERO says the image's OME-Zarr is (ExternalInfo)
 
 
 TileKey = tuple[int, str, int, int, int, int, int, int]  # id, version, level, z, c, t, col, row
+
+
+def _tile_cost(_key: TileKey, tile: np.ndarray) -> int:
+    return tile.nbytes
 
 
 class OmeroSource:
@@ -356,11 +361,19 @@ class OmeroSource:
         self._worker = None if settings.worker_url else WorkerProcess(settings)
         self._session: aiohttp.ClientSession | None = None
         self._sem = asyncio.Semaphore(settings.max_concurrent_calls)
-        self._meta: OrderedDict[int, _MetaEntry] = OrderedDict()
-        self._meta_loading: dict[int, asyncio.Task[ImageMeta]] = {}
-        self._tiles_loading: dict[TileKey, asyncio.Task[np.ndarray]] = {}
-        self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
-        self._tile_bytes = 0
+        self._meta: BoundedLRU[int, _MetaEntry] = BoundedLRU(
+            settings.meta_cache_entries, ttl_s=settings.metadata_ttl_s
+        )
+        self._tiles: BoundedLRU[TileKey, np.ndarray] = BoundedLRU(
+            max_bytes=settings.tile_cache_bytes, cost=_tile_cost
+        )
+        # Loads run on when their callers leave: what they fetch is kept.
+        self._meta_loading: SingleFlight[int, _MetaEntry] = SingleFlight(
+            "omero-meta", cancel_abandoned=False
+        )
+        self._tiles_loading: SingleFlight[TileKey, np.ndarray] = SingleFlight(
+            "omero-tile", cancel_abandoned=False
+        )
         # Counters for /metrics (see `collectors`), tests and the benchmark.
         self.call_stats = OmeroStats()
         # Monotonic times of the last answered call and of the last outage seen (with its
@@ -386,7 +399,7 @@ class OmeroSource:
         def gauges() -> OmeroGauges:
             return OmeroGauges(
                 max_concurrent_calls=self._settings.max_concurrent_calls,
-                tile_cache_bytes=self._tile_bytes,
+                tile_cache_bytes=self._tiles.bytes,
                 tile_cache_entries=len(self._tiles),
                 metadata_entries=len(self._meta),
             )
@@ -421,16 +434,7 @@ class OmeroSource:
     # ---- contract --------------------------------------------------------------------------
 
     async def meta(self, image_id: int) -> ImageMeta:
-        entry = self._meta.get(image_id)
-        if entry is not None and time.monotonic() - entry.loaded_at < self._settings.metadata_ttl_s:
-            self._meta.move_to_end(image_id)
-            return entry.meta
-        task = self._meta_loading.get(image_id)
-        if task is None:
-            task = asyncio.ensure_future(self._load_meta(image_id))
-            self._meta_loading[image_id] = task
-            task.add_done_callback(lambda _t: self._meta_loading.pop(image_id, None))
-        return await asyncio.shield(task)
+        return (await self._meta_entry(image_id)).meta
 
     async def read(self, image_id: int, sel: Selection) -> np.ndarray:
         meta = await self.meta(image_id)
@@ -453,19 +457,15 @@ class OmeroSource:
 
     async def ngff_location(self, image_id: int) -> str | None:
         """The OME-Zarr location OMERO records for an NGFF-backed image (docs/omero.md), or None."""
-        await self.meta(image_id)
-        entry = self._meta.get(image_id)
-        return entry.ngff if entry is not None else None
+        return (await self._meta_entry(image_id)).ngff
 
     def fresh_data_version(self, image_id: int) -> str | None:
-        entry = self._meta.get(image_id)
-        if entry is None or time.monotonic() - entry.loaded_at >= self._settings.metadata_ttl_s:
-            return None
-        return entry.meta.data_version
+        entry = self._meta.peek(image_id)
+        return None if entry is None else entry.meta.data_version
 
     async def aclose(self) -> None:
-        for task in [*self._meta_loading.values(), *self._tiles_loading.values()]:
-            task.cancel()
+        await self._meta_loading.aclose()
+        await self._tiles_loading.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -474,7 +474,14 @@ class OmeroSource:
 
     # ---- metadata --------------------------------------------------------------------------
 
-    async def _load_meta(self, image_id: int) -> ImageMeta:
+    async def _meta_entry(self, image_id: int) -> _MetaEntry:
+        """The image's cached metadata, or one load shared by concurrent callers."""
+        entry = self._meta.get(image_id)
+        if entry is None:
+            entry, _ = await self._meta_loading.run(image_id, partial(self._load_meta, image_id))
+        return entry
+
+    async def _load_meta(self, image_id: int) -> _MetaEntry:
         body = await self._get("meta", image_id, f"/image/{image_id}")
         try:
             facts = json.loads(body)
@@ -484,11 +491,9 @@ class OmeroSource:
                 f"image {image_id}: bad metadata from OMERO",
                 internal=f"{type(exc).__name__}: {exc}"[:500],
             ) from exc
-        self._meta[image_id] = _MetaEntry(meta, time.monotonic(), ngff_location(facts))
-        self._meta.move_to_end(image_id)
-        while len(self._meta) > self._settings.meta_cache_entries:
-            self._meta.popitem(last=False)
-        return meta
+        entry = _MetaEntry(meta, ngff_location(facts))
+        self._meta.put(image_id, entry)
+        return entry
 
     # ---- pixels ----------------------------------------------------------------------------
 
@@ -521,17 +526,11 @@ class OmeroSource:
         key: TileKey = (meta.image_id, meta.data_version, level, z, c, t, col, row)
         cached = self._tiles.get(key)
         if cached is not None:
-            self._tiles.move_to_end(key)
             self.call_stats.tile_hits += 1
             return cached
-        task = self._tiles_loading.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch_tile(meta, key))
-            self._tiles_loading[key] = task
-            task.add_done_callback(lambda _t: self._tiles_loading.pop(key, None))
-        else:
-            self.call_stats.coalesced += 1
-        return await asyncio.shield(task)
+        tile, joined = await self._tiles_loading.run(key, partial(self._fetch_tile, meta, key))
+        self.call_stats.coalesced += joined
+        return tile
 
     async def _fetch_tile(self, meta: ImageMeta, key: TileKey) -> np.ndarray:
         image_id, _, level, z, c, t, col, row = key
@@ -548,18 +547,8 @@ class OmeroSource:
                 f"image {image_id}: OMERO tile of {len(body)} bytes, expected {expected}"
             )
         tile = np.frombuffer(body, dtype=big).reshape(h, w).astype(meta.dtype)
-        self._remember(key, tile)
+        self._tiles.put(key, tile)  # refused when over the whole budget (or it is 0)
         return tile
-
-    def _remember(self, key: TileKey, tile: np.ndarray) -> None:
-        budget = self._settings.tile_cache_bytes
-        if tile.nbytes > budget:
-            return
-        self._tiles[key] = tile
-        self._tile_bytes += tile.nbytes
-        while self._tile_bytes > budget:
-            _, old = self._tiles.popitem(last=False)
-            self._tile_bytes -= old.nbytes
 
     # ---- worker calls ----------------------------------------------------------------------
 

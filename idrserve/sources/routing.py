@@ -16,8 +16,6 @@ say None ("take the normal path") for an image not routed yet.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from idrserve.catalog import Catalog, Location, Locator, is_url
+from idrserve.lru import BoundedLRU
 from idrserve.model import ImageMeta, Selection
 from idrserve.settings import Settings
 from idrserve.sources.base import PixelSource
@@ -43,16 +42,13 @@ class NgffCatalog:
     """
 
     def __init__(self) -> None:
-        self.known: OrderedDict[int, Location] = OrderedDict()
+        self.known: BoundedLRU[int, Location] = BoundedLRU(_MAX_ROUTES)
 
     def learn(self, image_id: int, location: Location) -> None:
-        self.known[image_id] = location
-        self.known.move_to_end(image_id)
-        while len(self.known) > _MAX_ROUTES:
-            self.known.popitem(last=False)
+        self.known.put(image_id, location)
 
     async def locate(self, image_id: int) -> Location | None:
-        return self.known.get(image_id)
+        return self.known.peek(image_id)
 
 
 class RoutingSource:
@@ -72,8 +68,8 @@ class RoutingSource:
         self._catalog = catalog
         self.zarr = zarr
         self.omero = omero
-        self._trust_s = trust_s
-        self._routes: OrderedDict[int, tuple[PixelSource, float]] = OrderedDict()
+        # Each decision is trusted for `trust_s` after it was made, then made again.
+        self._routes: BoundedLRU[int, PixelSource] = BoundedLRU(_MAX_ROUTES, ttl_s=trust_s)
         # Optional: a Zarr source over the OME-Zarr that OMERO links NGFF-backed images to.
         self._ngff = ngff
 
@@ -94,18 +90,14 @@ class RoutingSource:
         """Zarr when the catalog locates the image, else OMERO (if configured), else Zarr."""
         if self.omero is None:
             return self.zarr
-        route = self._routes.get(image_id)
-        now = time.monotonic()
-        if route is not None and now - route[1] < self._trust_s:
-            return route[0]
+        route = self._routes.peek(image_id)
+        if route is not None:
+            return route
         location = await self._catalog.locate(image_id)
         chosen = self.zarr if location is not None else self.omero
         if location is None and self._ngff is not None:
             chosen = await self._ngff_or_omero(image_id, self.omero)
-        self._routes[image_id] = (chosen, now)
-        self._routes.move_to_end(image_id)
-        while len(self._routes) > _MAX_ROUTES:
-            self._routes.popitem(last=False)
+        self._routes.put(image_id, chosen)
         return chosen
 
     async def _ngff_or_omero(self, image_id: int, omero: PixelSource) -> PixelSource:
@@ -128,10 +120,7 @@ class RoutingSource:
     def _known(self, image_id: int) -> PixelSource | None:
         if self.omero is None:
             return self.zarr
-        route = self._routes.get(image_id)
-        if route is None or time.monotonic() - route[1] >= self._trust_s:
-            return None
-        return route[0]
+        return self._routes.peek(image_id)
 
     def sync_reader(self, image_id: int, sel: Selection) -> Callable[[], np.ndarray] | None:
         source = self._known(image_id)

@@ -42,7 +42,6 @@ import os
 import re
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -60,7 +59,9 @@ from zarr.experimental.cache_store import CacheStore
 from zarr.storage import LocalStore, ObjectStore, StorePath
 
 from idrserve import errors
-from idrserve.catalog import Location, Locator, open_object_store
+from idrserve.catalog import Catalog, Location, Locator, open_object_store
+from idrserve.flight import SingleFlight
+from idrserve.lru import BoundedLRU
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
 from idrserve.sources import ngff
@@ -107,20 +108,41 @@ def record_cost(doc_bytes: int) -> int:
     return RECORD_BASE_BYTES + RECORD_BYTES_PER_DOC_BYTE * doc_bytes
 
 
+def _record_cost(_image_id: int, rec: _Record) -> int:
+    return rec.cost
+
+
 class ZarrSource:
     """Reads OME-Zarr images located by a `Catalog`; see the module docstring."""
 
     name: ClassVar[str] = "zarr"
 
     def __init__(
-        self, settings: SourceSettings, catalog: Locator, *, executor: Executor | None = None
+        self,
+        settings: SourceSettings,
+        catalog: Locator,
+        *,
+        executor: Executor | None = None,
+        owns_catalog: bool = False,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
+        # Closed by `aclose` when no one else holds it (`open_source`): a catalog file starts
+        # a loader and a watcher task on first use.
+        self._owns_catalog = owns_catalog
         self._executor = executor  # None: the loop's default executor
-        self._records: OrderedDict[int, _Record] = OrderedDict()
-        self.meta_cache_bytes = 0  # sum of the records' `cost`
-        self._loading: dict[int, asyncio.Task[_Record]] = {}
+        # Bounded in entries and in bytes; the record just loaded always stays.
+        self._records: BoundedLRU[int, _Record] = BoundedLRU(
+            settings.meta_cache_entries,
+            settings.meta_cache_max_bytes,
+            cost=_record_cost,
+            keep_newest=True,
+        )
+        # Concurrent first requests for an image share one load, which runs on (its record is
+        # kept) when they leave.
+        self._loading: SingleFlight[int, _Record] = SingleFlight(
+            "zarr-record", cancel_abandoned=False
+        )
         self._sem = asyncio.Semaphore(settings.max_concurrent_reads)
 
     async def meta(self, image_id: int) -> ImageMeta:
@@ -148,52 +170,35 @@ class ZarrSource:
         A synchronous peek for the URL fast path (`http/fastpath.py`): None sends the request
         down the normal path, which re-validates the metadata.
         """
-        rec = self._records.get(image_id)
+        rec = self._records.peek(image_id)
         if rec is None or time.monotonic() - rec.checked_at >= self._settings.rescan_interval_s:
             return None
         return rec.meta.data_version
 
+    @property
+    def meta_cache_bytes(self) -> int:
+        """The sum of the cached records' `cost`."""
+        return self._records.bytes
+
     async def aclose(self) -> None:
-        for task in self._loading.values():
-            task.cancel()
-        await asyncio.gather(*self._loading.values(), return_exceptions=True)
-        self._loading.clear()
+        await self._loading.aclose()
         self._records.clear()
-        self.meta_cache_bytes = 0
+        if self._owns_catalog and isinstance(self._catalog, Catalog):
+            await self._catalog.aclose()
 
     # ---- metadata ------------------------------------------------------------------------
 
     async def _record(self, image_id: int) -> _Record:
         rec = self._records.get(image_id)
-        if rec is not None:
-            self._records.move_to_end(image_id)
-            if time.monotonic() - rec.checked_at < self._settings.rescan_interval_s:
-                return rec
-        task = self._loading.get(image_id)
-        if task is None:
-            # Single flight: concurrent first requests for an image share one load.
-            task = asyncio.ensure_future(self._load(image_id, rec))
-            self._loading[image_id] = task
-            task.add_done_callback(partial(self._loaded, image_id))
-        return await asyncio.shield(task)
+        if rec is not None and time.monotonic() - rec.checked_at < self._settings.rescan_interval_s:
+            return rec
+        loaded, _ = await self._loading.run(image_id, partial(self._load_and_keep, image_id, rec))
+        return loaded
 
-    def _loaded(self, image_id: int, task: asyncio.Task[_Record]) -> None:
-        self._loading.pop(image_id, None)
-        if not task.cancelled() and task.exception() is None:
-            rec = task.result()
-            old = self._records.pop(image_id, None)
-            if old is not None:
-                self.meta_cache_bytes -= old.cost
-            self._records[image_id] = rec
-            self.meta_cache_bytes += rec.cost
-            # Bounded in entries and in bytes; the record just loaded always stays.
-            limit_n = self._settings.meta_cache_entries
-            limit_b = self._settings.meta_cache_max_bytes
-            while len(self._records) > 1 and (
-                len(self._records) > limit_n or self.meta_cache_bytes > limit_b
-            ):
-                _, evicted = self._records.popitem(last=False)
-                self.meta_cache_bytes -= evicted.cost
+    async def _load_and_keep(self, image_id: int, previous: _Record | None) -> _Record:
+        rec = await self._load(image_id, previous)
+        self._records.put(image_id, rec)
+        return rec
 
     async def _load(self, image_id: int, previous: _Record | None) -> _Record:
         location = await self._catalog.locate(image_id)
@@ -381,7 +386,7 @@ class ZarrSource:
         (the direct path): the service then reads, renders and encodes in one executor job
         instead of three hops. None means "use `read`".
         """
-        rec = self._records.get(image_id)
+        rec = self._records.peek(image_id)
         if rec is None or not rec.direct:
             return None
         direct = rec.direct[sel.level] if 0 <= sel.level < len(rec.direct) else None

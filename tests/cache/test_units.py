@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from idrserve.cache import CacheEntry, TieredCache, response_key
 from idrserve.cache.breaker import CircuitBreaker
-from idrserve.cache.coalesce import SingleFlight
 from idrserve.cache.entry import image_of_key, pack_value, unpack_value
 from idrserve.cache.files import CorruptEntry, pack_file, unpack_file
 from idrserve.cache.memory import MemoryTier, memory_cost
 from idrserve.cache.metrics import TierStats
+from idrserve.flight import SingleFlight
 from idrserve.settings import CacheSettings
 
 key_parts = st.tuples(st.integers(min_value=-(2**63), max_value=2**63), st.integers(), st.text())
@@ -126,7 +126,7 @@ def test_breaker_trip_opens_at_once() -> None:
 
 
 async def test_single_flight_shares_one_call_and_cancels_when_abandoned() -> None:
-    flights: SingleFlight[int] = SingleFlight()
+    flights: SingleFlight[str, int] = SingleFlight()
     calls = 0
     gate = asyncio.Event()
 

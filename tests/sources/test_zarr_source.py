@@ -172,6 +172,23 @@ async def test_data_version_follows_metadata(source: ZarrSource, tmp_path: Path)
     assert (await source.meta(61)).data_version != second.data_version
 
 
+async def test_closing_leaves_no_task_behind(tmp_path: Path) -> None:
+    """`open_source`'s catalog (a file: a loader, then a watcher task) and a load still in
+    flight are closed with the source."""
+    write_image(tmp_path / "81.zarr", ramp((32, 32), "uint8"), "yx", n_levels=1)
+    (tmp_path / "c.csv").write_text("id,path\n81,81.zarr\n")
+    src = open_source(SourceSettings(catalog=tmp_path / "c.csv", catalog_check_interval_s=60))
+    before = asyncio.all_tasks()
+    assert (await src.meta(81)).image_id == 81
+    assert asyncio.all_tasks() - before  # the catalog's watcher
+    pending = asyncio.create_task(src.meta(82))
+    await asyncio.sleep(0)
+    assert "zarr-record:82" in {t.get_name() for t in asyncio.all_tasks()}
+    await src.aclose()
+    await asyncio.gather(pending, return_exceptions=True)
+    assert {t for t in asyncio.all_tasks() - before if not t.done()} == set()
+
+
 async def test_metadata_cache_is_bounded(tmp_path: Path) -> None:
     for image_id in (71, 72, 73):
         write_image(tmp_path / f"{image_id}.zarr", ramp((32, 32), "uint8"), "yx", n_levels=1)
