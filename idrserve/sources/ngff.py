@@ -53,7 +53,8 @@ _MICROMETRES = {
     "micrometer": 1.0,
     "micron": 1.0,
     "um": 1.0,
-    "µm": 1.0,
+    "µm": 1.0,  # micro sign
+    "μm": 1.0,  # Greek mu (OME-XML from some writers)
     "millimeter": 1e3,
     "mm": 1e3,
     "centimeter": 1e4,
@@ -478,6 +479,12 @@ def _pixel_size(
         value = ms.scale[i] * factor if factor is not None else None
         out.append(value if value is not None and value > 0 else None)
     return out[0], out[1], out[2]
+
+
+def to_micrometres(value: float, unit: str) -> float | None:
+    """`value` in `unit` (UDUNITS-2 names, OME's symbols) as µm; None for an unknown unit."""
+    factor = _MICROMETRES.get(unit.strip().lower())
+    return value * factor if factor is not None else None
 
 
 def palette(size_c: int) -> tuple[RGBA, ...]:

@@ -387,7 +387,9 @@ def test_ngff_locations() -> None:
 async def test_without_omero_settings_nothing_changes(make_client: MakeClient) -> None:
     client = await make_client()
     source = client.app[DEPS].source
-    assert isinstance(source, ZarrSource)
+    # files only: Zarr and TIFF behind the router, no OMERO side
+    assert isinstance(source, RoutingSource) and source.omero is None
+    assert isinstance(source.zarr, ZarrSource)
     await get(client, f"/webgateway/imgData/{omero_id(1003)}/", 404)
     await get(client, f"{RI}/1003/0/0/?tile=0,0,0", 200)
     assert "idrserve_omero_" not in (await get(client, "/metrics")).decode()
