@@ -16,6 +16,9 @@ from enum import StrEnum
 RENDER_SCHEMA = 1
 
 RGBA = tuple[int, int, int, int]
+# A physical length as the metadata states it: the value and OME's unit name, e.g.
+# (65.0, "NANOMETER"); iviewer shows pixel sizes in their stored unit.
+StoredLength = tuple[float, str]
 
 
 class Family(StrEnum):
@@ -210,6 +213,13 @@ class ImageMeta:
     # Changes whenever the stored pixels or saved settings change; part of every cache key.
     data_version: str = "0"
     description: str = ""
+    # The same x, y, z sizes in their stored unit, where the source knows it (None: unknown,
+    # or no size); `pixel_size` is always micrometres.
+    stored_pixel_size: tuple[StoredLength | None, StoredLength | None, StoredLength | None] = (
+        None,
+        None,
+        None,
+    )
 
     @property
     def pixels_type(self) -> str:
