@@ -208,6 +208,13 @@ OPS: list[_Op] = [
         [],
         _json_ok("{provider, version, features, options: {maxActiveChannels, ...}}"),
     ),
+    _Op(
+        r"^GET /iviewer/image_data/\{iid\}/$",
+        "OMERO.iviewer's image JSON: imgData plus ROI count, pixel-size units, families",
+        "iviewer",
+        [],
+        _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
+    ),
     _Op(r"^GET /$", "The served images, with a few URLs each", "service", [], _json_ok("JSON")),
     _Op(
         r"^GET /iiif/\{version\}/\{tail\}$",
@@ -407,7 +414,7 @@ def build_spec(app: web.Application, server_url: str | None = None) -> dict[str,
             for n in names
         ]
         responses = {**op.responses}
-        if op.tag in ("webgateway", "deepzoom", "api", "zarr", "service"):
+        if op.tag in ("webgateway", "iviewer", "deepzoom", "api", "zarr", "service"):
             responses.update({k: v for k, v in ERRORS.items() if k not in responses})
             responses.setdefault("503", _error("overloaded (admission control); see Retry-After"))
         op_id = name or re.sub(r"\W+", "_", path)

@@ -1,0 +1,280 @@
+"""OMERO.iviewer's boot endpoints (docs/iviewer.md) over HTTP, on real OME-Zarr.
+
+Expected documents are written out in full. Each names the OMERO.web (or OMERO.iviewer, or
+OMERO server) function whose output shape it mirrors; the values are what that function gives
+the public user for the same image, except where docs/iviewer.md lists a difference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from aiohttp.test_utils import TestClient
+
+from idrserve.app import create_app
+from idrserve.settings import load_settings
+from tests.http.conftest import write_ngff04
+
+A, B = 8101, 8102
+A_SHAPES = [(2, 2, 1200 // 2**i, 1400 // 2**i) for i in range(3)]
+FAMILIES = ["linear", "polynomial", "exponential", "logarithmic"]
+
+
+def _axes(units: dict[str, str]) -> list[dict[str, Any]]:
+    kinds = {"c": "channel", "t": "time"}
+    return [
+        {"name": a, "type": kinds.get(a, "space"), **({"unit": units[a]} if a in units else {})}
+        for a in units.get("_order", "")
+    ]
+
+
+def _set_units(path: Path, order: str, units: dict[str, str], scale0: dict[str, float]) -> None:
+    """Rewrite the multiscale's axes and scales: level i is 2**i coarser in y and x."""
+    root = zarr.open_group(str(path), mode="r+")
+    ms = root.attrs["multiscales"]
+    ms[0]["axes"] = _axes({**units, "_order": order})
+    for i, ds in enumerate(ms[0]["datasets"]):
+        factor = 2.0**i
+        scale = [scale0.get(a, 1.0) * (factor if a in "yx" else 1.0) for a in order]
+        ds["coordinateTransformations"] = [{"type": "scale", "scale": scale}]
+    root.attrs["multiscales"] = ms
+
+
+@pytest.fixture(scope="module")
+def iviewer_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("iviewer_root")
+    rng = np.random.default_rng(16)
+    # A: 1400×1200 uint16, 2 channels, 2 z-planes, 3 levels; µm in x/y, nm in z.
+    data = [rng.integers(0, 4096, size=s, dtype=np.uint16) for s in A_SHAPES]
+    write_ngff04(
+        root / f"{A}.zarr",
+        A_SHAPES,
+        "czyx",
+        "uint16",
+        (1, 1, 256, 256),
+        {
+            "name": "A",
+            "channels": [
+                {
+                    "label": "DNA",
+                    "color": "0000FF",
+                    "active": True,
+                    "window": {"min": 0, "max": 4095, "start": 100, "end": 2000},
+                },
+                {
+                    "label": "Actin",
+                    "color": "FF00FF",
+                    "active": False,
+                    "family": "polynomial",
+                    "coefficient": 0.5,
+                    "inverted": True,
+                    "window": {"min": 0, "max": 4095, "start": 50, "end": 3000},
+                },
+            ],
+            "rdefs": {"model": "color", "defaultZ": 1, "defaultT": 0},
+        },
+        list(data),
+    )
+    _set_units(
+        root / f"{A}.zarr",
+        "czyx",
+        {"z": "nanometer", "y": "micrometer", "x": "micrometer"},
+        {"z": 500.0, "y": 0.325, "x": 0.325},
+    )
+    # B: 300×200 float32, one level, no omero block, sizes in millimetres, a few NaNs.
+    b = rng.normal(1.0, 0.8, size=(200, 300)).astype(np.float32)
+    b[0, :7] = np.nan
+    write_ngff04(root / f"{B}.zarr", [(200, 300)], "yx", "float32", (200, 300), None, [b])
+    _set_units(
+        root / f"{B}.zarr", "yx", {"y": "millimeter", "x": "millimeter"}, {"y": 0.002, "x": 0.002}
+    )
+    return root
+
+
+@pytest.fixture
+def make_iviewer_client(
+    iviewer_root: Path, aiohttp_client: Callable[..., Any]
+) -> Callable[..., Any]:
+    async def factory(**groups: dict[str, Any]) -> TestClient:
+        merged: dict[str, Any] = {"source": {"zarr_root": str(iviewer_root)}}
+        for group, values in groups.items():
+            merged.setdefault(group, {}).update(values)
+        client: TestClient = await aiohttp_client(create_app(load_settings(merged)))
+        return client
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_iviewer_client: Callable[..., Any]) -> TestClient:
+    client: TestClient = await make_iviewer_client()
+    return client
+
+
+async def get_json(client: TestClient, url: str, status: int = 200) -> Any:
+    resp = await client.get(url)
+    body = await resp.read()
+    assert resp.status == status, (url, body[:300])
+    assert resp.content_type in ("application/json", "application/javascript"), url
+    return json.loads(body) if resp.content_type == "application/json" else body.decode()
+
+
+# --- /iviewer/image_data/<id>/ ------------------------------------------------------------------
+
+# omero_iviewer.views.image_data for A: webgateway.marshal.imageMarshal(image) (5.28+ keys, 5.31's
+# `resolutions`), called without a request (interpolate true, init_zoom 0), then roi_count,
+# unit_*/symbol_*/unit_id_* per physical size (format_pixel_size_with_units: µm through
+# common_filters.lengthformat/lengthunit, other units as stored), delta_t_unit_symbol,
+# import_date and families. OME-Zarr has no import date (null) and no ROIs (0).
+A_IMAGE_DATA: dict[str, Any] = {
+    "id": A,
+    "meta": {
+        "imageName": "A",
+        "imageDescription": "",
+        "imageAuthor": "",
+        "imageArchived": False,
+        "projectName": "Multiple",
+        "projectId": None,
+        "projectDescription": "",
+        "datasetName": "Multiple",
+        "datasetId": None,
+        "datasetDescription": "",
+        "wellSampleId": "",
+        "wellId": "",
+        "imageTimestamp": 0.0,
+        "imageId": A,
+        "pixelsType": "uint16",
+    },
+    "perms": {"canAnnotate": False, "canEdit": False, "canDelete": False, "canLink": False},
+    "tiles": True,
+    "tile_size": {"width": 256, "height": 256},
+    "levels": 3,
+    "resolutions": {
+        "0": {"sizeX": 1400, "sizeY": 1200},
+        "1": {"sizeX": 700, "sizeY": 600},
+        "2": {"sizeX": 350, "sizeY": 300},
+    },
+    "zoomLevelScaling": {"0": 1.0, "1": 0.5, "2": 0.25},
+    "interpolate": True,
+    "size": {"width": 1400, "height": 1200, "z": 2, "t": 1, "c": 2},
+    "pixel_size": {
+        "x": 0.325,
+        "y": 0.325,
+        "z": 0.5,
+        "unit_x": 0.325,
+        "symbol_x": "\u00b5m",
+        "unit_id_x": "MICROMETER",
+        "unit_y": 0.325,
+        "symbol_y": "\u00b5m",
+        "unit_id_y": "MICROMETER",
+        "unit_z": 500.0,
+        "symbol_z": "nm",
+        "unit_id_z": "NANOMETER",
+    },
+    "init_zoom": 0,
+    "pixel_range": [0, 65535],
+    "channels": [
+        {
+            "emissionWave": None,
+            "label": "DNA",
+            "color": "0000FF",
+            "inverted": False,
+            "reverseIntensity": False,
+            "family": "linear",
+            "coefficient": 1.0,
+            "window": {"min": 0.0, "max": 4095.0, "start": 100.0, "end": 2000.0},
+            "active": True,
+        },
+        {
+            "emissionWave": None,
+            "label": "Actin",
+            "color": "FF00FF",
+            "inverted": True,
+            "reverseIntensity": True,
+            "family": "polynomial",
+            "coefficient": 0.5,
+            "window": {"min": 0.0, "max": 4095.0, "start": 50.0, "end": 3000.0},
+            "active": False,
+        },
+    ],
+    # ImageWrapper.splitChannelDims: grids of 2 (greyscale) and 3 (colour) panels.
+    "split_channel": {
+        "g": {"width": 2806, "height": 1204, "border": 2, "gridx": 2, "gridy": 1},
+        "c": {"width": 2806, "height": 2406, "border": 2, "gridx": 2, "gridy": 2},
+    },
+    "rdefs": {
+        "model": "color",
+        "projection": "normal",
+        "defaultZ": 1,
+        "defaultT": 0,
+        "invertAxis": False,
+    },
+    "roi_count": 0,
+    "delta_t_unit_symbol": None,
+    "import_date": None,
+    "families": FAMILIES,
+}
+
+
+async def test_image_data_matches_iviewer(client: TestClient) -> None:
+    doc = await get_json(client, f"/iviewer/image_data/{A}/")
+    assert doc == A_IMAGE_DATA
+    assert list(doc) == list(A_IMAGE_DATA)  # Django keeps the marshal's insertion order
+    assert list(doc["pixel_size"]) == list(A_IMAGE_DATA["pixel_size"])
+
+
+async def test_image_data_is_imgdata_plus_iviewer_fields(client: TestClient) -> None:
+    doc = await get_json(client, f"/iviewer/image_data/{A}/")
+    img = await get_json(client, f"/webgateway/imgData/{A}/")
+    extra = {"roi_count", "delta_t_unit_symbol", "import_date", "families"}
+    assert list(doc) == [*img, *sorted(extra, key=list(doc).index)]
+    for key in img:
+        if key != "pixel_size":
+            assert doc[key] == img[key], key
+    assert {k: doc["pixel_size"][k] for k in "xyz"} == img["pixel_size"]
+
+
+async def test_image_data_ignores_viewer_settings(
+    make_iviewer_client: Callable[..., Any],
+) -> None:
+    """iviewer's view marshals without a request, so web's viewer settings never apply."""
+    client = await make_iviewer_client(viewer={"interpolate": False, "init_zoom": -1})
+    doc = await get_json(client, f"/iviewer/image_data/{A}/")
+    assert (doc["interpolate"], doc["init_zoom"]) == (True, 0)
+    img = await get_json(client, f"/webgateway/imgData/{A}/")
+    assert (img["interpolate"], img["init_zoom"]) == (False, 2)
+
+
+async def test_image_data_units_as_stored_and_no_z(client: TestClient) -> None:
+    doc = await get_json(client, f"/iviewer/image_data/{B}/")
+    # format_pixel_size_with_units: a unit other than µm is shown as stored, with its symbol.
+    assert doc["pixel_size"] == {
+        "x": 2.0,
+        "y": 2.0,
+        "z": None,
+        "unit_x": 0.002,
+        "symbol_x": "mm",
+        "unit_id_x": "MILLIMETER",
+        "unit_y": 0.002,
+        "symbol_y": "mm",
+        "unit_id_y": "MILLIMETER",
+    }
+    assert doc["tiles"] is False and "levels" not in doc
+    assert doc["meta"]["pixelsType"] == "float"
+    assert doc["roi_count"] == 0 and doc["families"] == FAMILIES
+
+
+async def test_image_data_errors(client: TestClient) -> None:
+    # iviewer answers an unknown image with a 404 JSON object carrying `error`.
+    body = await get_json(client, "/iviewer/image_data/999999/", 404)
+    assert body["error"] == "not_found" and "request_id" in body
+    await get_json(client, "/iviewer/image_data/abc/", 404)  # no route, as on Django
+    resp = await client.get(f"/iviewer/image_data/{A}", allow_redirects=False)
+    assert resp.status == 301
+    assert resp.headers["Location"].endswith(f"/iviewer/image_data/{A}/")
