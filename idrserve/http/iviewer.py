@@ -10,11 +10,29 @@ from __future__ import annotations
 from aiohttp import web
 
 from idrserve.http import params
-from idrserve.http.iviewer_data import iviewer_image_data
+from idrserve.http.iviewer_data import image_rdefs, iviewer_image_data
 from idrserve.http.keys import DEPS
 from idrserve.http.responses import json_or_jsonp
 
 ID = r"{iid:\d{1,19}}"
+
+# The ids `webclient/api/paths_to_object/` reads as integers (a bad one is web's 400).
+PATH_QUERY_IDS = (
+    "experimenter",
+    "project",
+    "dataset",
+    "image",
+    "screen",
+    "plate",
+    "run",
+    "acquisition",
+    "tag",
+    "tagset",
+    "roi",
+    "shape",
+    "group",
+    "page_size",
+)
 
 
 async def image_data(request: web.Request) -> web.StreamResponse:
@@ -24,7 +42,38 @@ async def image_data(request: web.Request) -> web.StreamResponse:
     return json_or_jsonp(iviewer_image_data(meta), None)
 
 
+async def image_rdef(request: web.Request) -> web.StreamResponse:
+    """`/webgateway/getImgRDef/`: the settings copied in this session; never any here."""
+    callback = params.parse_callback(request.query.get("callback"))
+    return json_or_jsonp({"rdef": None}, callback)
+
+
+async def image_rdefs_json(request: web.Request) -> web.StreamResponse:
+    """`/webgateway/get_image_rdefs_json/<id>/`: the image's saved rendering definitions."""
+    callback = params.parse_callback(request.query.get("callback"))
+    iid = params.parse_path_int(request.match_info["iid"], "iid")
+    meta = await request.app[DEPS].source.meta(iid)
+    return json_or_jsonp({"rdefs": image_rdefs(meta)}, callback)
+
+
+async def open_with(request: web.Request) -> web.StreamResponse:
+    """`/webgateway/open_with/`: the "Open with" viewers; none are offered here."""
+    callback = params.parse_callback(request.query.get("callback"))
+    return json_or_jsonp({"open_with_options": []}, callback)
+
+
+async def paths_to_object(request: web.Request) -> web.StreamResponse:
+    """`/webclient/api/paths_to_object/`: containers above an object; none are known here."""
+    for name in PATH_QUERY_IDS:
+        params.parse_optional_int(request.query, name)
+    return json_or_jsonp({"paths": []}, None)
+
+
 def add_routes(app: web.Application) -> None:
     """Register iviewer's boot URLs (docs/iviewer.md#endpoints)."""
     add = app.router.add_get
     add(f"/iviewer/image_data/{ID}/", image_data, name="iviewer_image_data")
+    add("/webgateway/getImgRDef/", image_rdef, name="webgateway_get_image_rdef")
+    add(f"/webgateway/get_image_rdefs_json/{ID}/", image_rdefs_json, name="webgateway_rdefs")
+    add("/webgateway/open_with/", open_with, name="webgateway_open_with")
+    add("/webclient/api/paths_to_object/", paths_to_object, name="webclient_paths_to_object")

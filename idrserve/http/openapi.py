@@ -215,6 +215,37 @@ OPS: list[_Op] = [
         [],
         _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
     ),
+    _Op(
+        r"^GET /webgateway/getImgRDef/$",
+        'Rendering settings copied in this session (never any: `{"rdef": null}`)',
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{rdef: null}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/get_image_rdefs_json/\{iid\}/$",
+        "The image's saved rendering definitions (one, from the NGFF omero block)",
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{rdefs: [...]}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/open_with/$",
+        'OMERO.web\'s "Open with" viewers (none offered: an empty list)',
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{open_with_options: []}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webclient/api/paths_to_object/$",
+        "Container paths to an object (none known: an empty list)",
+        "iviewer",
+        [
+            _q(name, "an object id (integer; any other value is a 400)", _str(examples=["1"]))
+            for name in ("image", "dataset", "project", "roi", "shape", "page_size")
+        ],
+        _json_ok("{paths: []}"),
+    ),
     _Op(r"^GET /$", "The served images, with a few URLs each", "service", [], _json_ok("JSON")),
     _Op(
         r"^GET /iiif/\{version\}/\{tail\}$",

@@ -482,6 +482,17 @@ def parse_thumbnail_query(query: Mapping[str, str]) -> tuple[int | None, int | N
     return _plane_index(query, "z"), _plane_index(query, "t")
 
 
+def parse_optional_int(query: Mapping[str, str], key: str) -> int | None:
+    """An optional integer parameter (OMERO.web's `get_long_or_default`); not one ⇒ 400."""
+    text = _get(query, key)
+    if text is None:
+        return None
+    value = _to_int(text)
+    if value is None:
+        raise BadRequest(f"{key}: expected an integer, got {_echo(text)!r}", param=key)
+    return value
+
+
 def parse_ids(values: Iterable[str], max_batch: int) -> list[int]:
     """Repeated `id` values → distinct ids in first-seen order; empty values are skipped.
 

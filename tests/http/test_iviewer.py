@@ -18,6 +18,8 @@ import zarr
 from aiohttp.test_utils import TestClient
 
 from idrserve.app import create_app
+from idrserve.http.iviewer_data import display_micrometres, image_rdefs, pixel_size_units
+from idrserve.model import ChannelMeta, ColorModel, ImageMeta, LevelMeta
 from idrserve.settings import load_settings
 from tests.http.conftest import write_ngff04
 
@@ -278,3 +280,123 @@ async def test_image_data_errors(client: TestClient) -> None:
     resp = await client.get(f"/iviewer/image_data/{A}", allow_redirects=False)
     assert resp.status == 301
     assert resp.headers["Location"].endswith(f"/iviewer/image_data/{A}/")
+
+
+@pytest.mark.parametrize(
+    ("um", "shown", "symbol"),
+    [
+        # webgateway.templatetags.common_filters.lengthformat / lengthunit, branch by branch
+        (0.0, 0.0, "\u00b5m"),
+        (0.0005, 0.0005 * 1000 * 10, "\u212b"),
+        (0.005, 0.005 * 1000, "nm"),
+        (0.01, 0.01, "\u00b5m"),
+        (999.5, 999.5, "\u00b5m"),
+        (1500.0, 1.5, "mm"),
+        (250000.0, 250000.0 / 1000 / 100, "cm"),  # web's cm divides by 10⁵
+        (5e6, 5e6 / 1000 / 100 / 10, "m"),
+        (2e8, 2e8 / 1000 / 100 / 10 / 1000, "km"),
+    ],
+)
+def test_micrometres_shown_as_web_does(um: float, shown: float, symbol: str) -> None:
+    assert display_micrometres(um) == (shown, symbol)
+
+
+def test_pixel_size_units() -> None:
+    # omero_iviewer.views.format_pixel_size_with_units: (value, symbol, unit id)
+    assert pixel_size_units(0.0065, (0.0065, "MICROMETER")) == (6.5, "nm", "MICROMETER")
+    assert pixel_size_units(0.065, (65.0, "NANOMETER")) == (65.0, "nm", "NANOMETER")
+    assert pixel_size_units(0.1, (1000.0, "ANGSTROM")) == (1000.0, "\u00c5", "ANGSTROM")
+    # a source that does not know the stored unit (OMERO's reader) reports micrometres
+    assert pixel_size_units(0.5, None) == (0.5, "\u00b5m", "MICROMETER")
+
+
+# --- rendering definitions, copy/paste, open-with, paths ---------------------------------------
+
+
+async def test_get_img_rdef_without_a_copy(client: TestClient) -> None:
+    # webgateway.views.get_image_rdef_json with neither "rdef" nor "fromid" in the session
+    assert await get_json(client, "/webgateway/getImgRDef/") == {"rdef": None}
+    assert await get_json(client, "/webgateway/getImgRDef/?callback=cb") == 'cb({"rdef": null})'
+    await get_json(client, "/webgateway/getImgRDef/?callback=a-b", 400)
+
+
+async def test_image_rdefs_json(client: TestClient) -> None:
+    # webgateway.views.get_image_rdefs_json → ImageWrapper.getAllRenderingDefs: one entry per
+    # rendering definition; the NGFF omero block is the one saved definition. Its id and
+    # owner are not recorded in OME-Zarr (-1 and an unnamed owner).
+    expected = {
+        "rdefs": [
+            {
+                "id": -1,
+                "owner": {"id": -1, "firstName": "", "lastName": ""},
+                "z": 1,
+                "t": 0,
+                "model": "rgb",
+                "c": [
+                    {
+                        "active": True,
+                        "start": 100.0,
+                        "end": 2000.0,
+                        "color": "0000FF",
+                        "inverted": False,
+                        "reverseIntensity": False,
+                        "family": "linear",
+                        "coefficient": 1.0,
+                        "rgb": {"red": 0, "green": 0, "blue": 255},
+                    },
+                    {
+                        "active": False,
+                        "start": 50.0,
+                        "end": 3000.0,
+                        "color": "FF00FF",
+                        "inverted": True,
+                        "reverseIntensity": True,
+                        "family": "polynomial",
+                        "coefficient": 0.5,
+                        "rgb": {"red": 255, "green": 0, "blue": 255},
+                    },
+                ],
+            }
+        ]
+    }
+    doc = await get_json(client, f"/webgateway/get_image_rdefs_json/{A}/")
+    assert doc == expected
+    assert list(doc["rdefs"][0]) == ["id", "owner", "z", "t", "model", "c"]
+    jsonp = await get_json(client, f"/webgateway/get_image_rdefs_json/{A}/?callback=f")
+    assert jsonp == f"f({json.dumps(expected)})"
+    body = await get_json(client, "/webgateway/get_image_rdefs_json/999999/", 404)
+    assert body["error"] == "not_found"
+
+
+def test_image_rdefs_lut_and_greyscale() -> None:
+    channel = ChannelMeta("c", (16, 32, 48, 255), 0, 255, 3, 200, True, lut="fire.lut")
+    level = LevelMeta(8, 8, 8, 8)
+    meta = ImageMeta(
+        1, "x", "uint8", 8, 8, 1, 1, 1, (level,), (channel,), default_model=ColorModel.GREYSCALE
+    )
+    (rdef,) = image_rdefs(meta)
+    assert rdef["model"] == "greyscale"
+    # getAllRenderingDefs adds `lut` only when one is set
+    assert rdef["c"][0]["lut"] == "fire.lut"
+    assert rdef["c"][0]["color"] == "102030"
+    assert rdef["c"][0]["rgb"] == {"red": 16, "green": 32, "blue": 48}
+
+
+async def test_open_with_offers_nothing(client: TestClient) -> None:
+    # webgateway.views.open_with_options: settings.OPEN_WITH as {"open_with_options": [...]}
+    assert await get_json(client, "/webgateway/open_with/") == {"open_with_options": []}
+    assert (
+        await get_json(client, "/webgateway/open_with/?callback=ow")
+        == 'ow({"open_with_options": []})'
+    )
+
+
+async def test_paths_to_object_knows_no_containers(client: TestClient) -> None:
+    # webclient.views.api_paths_to_object: {"paths": [[{type, id, …}, …], …]}
+    url = f"/webclient/api/paths_to_object/?image={A}&page_size=50"
+    assert await get_json(client, url) == {"paths": []}
+    assert await get_json(client, "/webclient/api/paths_to_object/?well=A1") == {"paths": []}
+    # get_long_or_default: a non-integer id is web's 400 "Invalid parameter value"
+    body = await get_json(client, "/webclient/api/paths_to_object/?image=abc", 400)
+    assert body["param"] == "image"
+    await get_json(client, "/webclient/api/paths_to_object/?page_size=", 400)
