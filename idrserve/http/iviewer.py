@@ -7,12 +7,17 @@ trailing slash, a missing one answered with the 301 of `urls.make_redirect_middl
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
+from idrserve.encode import encode_png_rgba
 from idrserve.http import params
 from idrserve.http.iviewer_data import image_rdefs, iviewer_image_data
 from idrserve.http.keys import DEPS
-from idrserve.http.responses import json_or_jsonp
+from idrserve.http.responses import etag_for, json_or_jsonp, not_modified
+from idrserve.render.lut import LutTable, lut_sprite
+from idrserve.service import in_pool, render_slot
 
 ID = r"{iid:\d{1,19}}"
 
@@ -40,6 +45,27 @@ async def image_data(request: web.Request) -> web.StreamResponse:
     iid = params.parse_path_int(request.match_info["iid"], "iid")
     meta = await request.app[DEPS].source.meta(iid)
     return json_or_jsonp(iviewer_image_data(meta), None)
+
+
+def lut_sprite_png(table: LutTable) -> bytes:
+    return encode_png_rgba(lut_sprite(table))
+
+
+async def luts_png(request: web.Request) -> web.StreamResponse:
+    """`/webgateway/luts_png/`: every LUT as a 10-pixel band, in `/webgateway/luts/` order.
+
+    Revalidated on every use (`no-cache` + ETag): the sprite's rows must stay in step with
+    the listing, which is not cached either.
+    """
+    deps = request.app[DEPS]
+    tag = deps.luts.digest
+    early = not_modified(request, tag, "no-cache")
+    if early is not None:
+        return early
+    with render_slot(deps):
+        body = await in_pool(deps.cpu_pool, partial(lut_sprite_png, deps.luts))
+    headers = {"ETag": etag_for(tag), "Cache-Control": "no-cache"}
+    return web.Response(body=body, content_type="image/png", headers=headers)
 
 
 async def image_rdef(request: web.Request) -> web.StreamResponse:
@@ -73,6 +99,7 @@ def add_routes(app: web.Application) -> None:
     """Register iviewer's boot URLs (docs/iviewer.md#endpoints)."""
     add = app.router.add_get
     add(f"/iviewer/image_data/{ID}/", image_data, name="iviewer_image_data")
+    add("/webgateway/luts_png/", luts_png, name="webgateway_luts_png")
     add("/webgateway/getImgRDef/", image_rdef, name="webgateway_get_image_rdef")
     add(f"/webgateway/get_image_rdefs_json/{ID}/", image_rdefs_json, name="webgateway_rdefs")
     add("/webgateway/open_with/", open_with, name="webgateway_open_with")

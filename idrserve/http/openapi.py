@@ -216,6 +216,17 @@ OPS: list[_Op] = [
         _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
     ),
     _Op(
+        r"^GET /webgateway/luts_png/$",
+        "The LUT sprite iviewer's LUT picker slices: a 10-pixel band per LUT, then a gradient",
+        "iviewer",
+        [_q("cached", "OMERO.web's cache switch, accepted and ignored")],
+        {
+            "200": {"description": "RGBA PNG, 256 wide", "content": {"image/png": {}}},
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+        },
+        "Bands follow `/webgateway/luts/` (`png_index_new`).",
+    ),
+    _Op(
         r"^GET /webgateway/getImgRDef/$",
         'Rendering settings copied in this session (never any: `{"rdef": null}`)',
         "iviewer",

@@ -7,6 +7,7 @@ the public user for the same image, except where docs/iviewer.md lists a differe
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +17,12 @@ import numpy as np
 import pytest
 import zarr
 from aiohttp.test_utils import TestClient
+from PIL import Image
 
 from idrserve.app import create_app
 from idrserve.http.iviewer_data import display_micrometres, image_rdefs, pixel_size_units
 from idrserve.model import ChannelMeta, ColorModel, ImageMeta, LevelMeta
+from idrserve.render.lut import LutTable
 from idrserve.settings import load_settings
 from tests.http.conftest import write_ngff04
 
@@ -400,3 +403,54 @@ async def test_paths_to_object_knows_no_containers(client: TestClient) -> None:
     body = await get_json(client, "/webclient/api/paths_to_object/?image=abc", 400)
     assert body["param"] == "image"
     await get_json(client, "/webclient/api/paths_to_object/?page_size=", 400)
+
+
+# --- /webgateway/luts_png/ ------------------------------------------------------------------------
+
+
+def _png(body: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(body))
+    assert image.mode == "RGBA"
+    return np.asarray(image)
+
+
+async def test_luts_png_rows_follow_the_listing(
+    make_iviewer_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    # webgateway.views.luts_png: 256 wide, 10 rows per LUT in listLuts_json's order (each
+    # LUT's png_index_new), opaque, then 10 rows of the channel slider's gradient: black with
+    # alpha numpy.linspace(255, 0, 180) in the first 180 columns and 0 after them.
+    ramp = np.arange(256, dtype=np.uint8)
+    (tmp_path / "luts").mkdir()
+    (tmp_path / "luts" / "00_Mine.lut").write_bytes(
+        np.concatenate([ramp, ramp[::-1], np.full(256, 7, np.uint8)]).tobytes()
+    )
+    client = await make_iviewer_client(source={"lut_dir": str(tmp_path)})
+    listing = (await get_json(client, "/webgateway/luts/"))["luts"]
+    resp = await client.get("/webgateway/luts_png/")
+    assert resp.status == 200 and resp.content_type == "image/png"
+    sprite = _png(await resp.read())
+    assert sprite.shape == (10 * (len(listing) + 1), 256, 4)
+    table = LutTable(tmp_path)
+    for lut in listing:
+        band = sprite[10 * lut["png_index_new"] : 10 * (lut["png_index_new"] + 1)]
+        expected = table.get(lut["name"])
+        assert expected is not None
+        assert (band[:, :, :3] == expected[np.newaxis]).all(), lut["name"]
+        assert (band[:, :, 3] == 255).all()
+    first = sprite[:10, :, :3]
+    assert listing[0]["name"] == "00_Mine.lut"  # web sorts by lower-cased name
+    assert (first[:, :, 0] == ramp).all() and (first[:, :, 1] == ramp[::-1]).all()
+    gradient = sprite[-10:]
+    assert (gradient[:, :, :3] == 0).all()
+    assert (gradient[:, :180, 3] == np.linspace(255, 0, 180, dtype="uint8")).all()
+    assert (gradient[:, 180:, 3] == 0).all()
+
+
+async def test_luts_png_revalidates(client: TestClient) -> None:
+    resp = await client.get("/webgateway/luts_png/?cached=false")
+    assert resp.headers["Cache-Control"] == "no-cache"
+    tag = resp.headers["ETag"]
+    again = await client.get("/webgateway/luts_png/", headers={"If-None-Match": tag})
+    assert again.status == 304
+    assert _png(await resp.read()).shape[0] == 10 * (len(LutTable()) + 1)
