@@ -13,11 +13,13 @@ from aiohttp import web
 
 from idrserve.encode import encode_png_rgba
 from idrserve.http import params
+from idrserve.http.histograms import HistogramAsk, plan_histogram
 from idrserve.http.iviewer_data import image_rdefs, iviewer_image_data
-from idrserve.http.keys import DEPS
-from idrserve.http.responses import etag_for, json_or_jsonp, not_modified
+from idrserve.http.keys import DEPS, MEMO_INFO, SETTINGS, TRACE
+from idrserve.http.responses import etag_for, image_response, json_or_jsonp, not_modified
+from idrserve.http.trace import Trace, UrlMemo
 from idrserve.render.lut import LutTable, lut_sprite
-from idrserve.service import in_pool, render_slot
+from idrserve.service import cache_key, cached_histogram, in_pool, render_slot
 
 ID = r"{iid:\d{1,19}}"
 
@@ -42,9 +44,31 @@ PATH_QUERY_IDS = (
 
 async def image_data(request: web.Request) -> web.StreamResponse:
     """`/iviewer/image_data/<id>/`: imgData's marshal plus ROI count, units and families."""
-    iid = params.parse_path_int(request.match_info["iid"], "iid")
+    iid = params.parse_path_int(request.match_info["iid"], "image_id")
     meta = await request.app[DEPS].source.meta(iid)
     return json_or_jsonp(iviewer_image_data(meta), None)
+
+
+async def histogram_json(request: web.Request) -> web.StreamResponse:
+    """`/webgateway/histogram_json/<id>/channel/<c>/?theZ=&theT=&bins=`: one channel's counts.
+
+    Cached like a rendered tile (tiers, single flight, ETag, the fast path's URL index).
+    """
+    deps = request.app[DEPS]
+    cache_control = request.app[SETTINGS].server.cache_control
+    iid = params.parse_path_int(request.match_info["iid"], "image_id")
+    c = params.parse_path_int(request.match_info["c"], "c")
+    z, t, bins = params.parse_histogram_query(request.query)
+    meta = await deps.source.meta(iid)
+    req = plan_histogram(HistogramAsk(iid, c, z, t, bins), meta, deps.limits)
+    key, generation = await cache_key(req, deps)
+    request[MEMO_INFO] = UrlMemo(key, iid, meta.data_version, generation)
+    early = not_modified(request, key, cache_control)
+    if early is not None:
+        return early
+    out = await cached_histogram(req, deps, key)
+    trace = request[TRACE] = Trace(out.tier, out.timings)
+    return image_response(out.body, out.media_type, key, cache_control, trace)
 
 
 def lut_sprite_png(table: LutTable) -> bytes:
@@ -77,7 +101,7 @@ async def image_rdef(request: web.Request) -> web.StreamResponse:
 async def image_rdefs_json(request: web.Request) -> web.StreamResponse:
     """`/webgateway/get_image_rdefs_json/<id>/`: the image's saved rendering definitions."""
     callback = params.parse_callback(request.query.get("callback"))
-    iid = params.parse_path_int(request.match_info["iid"], "iid")
+    iid = params.parse_path_int(request.match_info["iid"], "image_id")
     meta = await request.app[DEPS].source.meta(iid)
     return json_or_jsonp({"rdefs": image_rdefs(meta)}, callback)
 
@@ -100,6 +124,11 @@ def add_routes(app: web.Application) -> None:
     add = app.router.add_get
     add(f"/iviewer/image_data/{ID}/", image_data, name="iviewer_image_data")
     add("/webgateway/luts_png/", luts_png, name="webgateway_luts_png")
+    add(
+        f"/webgateway/histogram_json/{ID}/channel/{{c:\\d{{1,9}}}}/",
+        histogram_json,
+        name="webgateway_histogram_json",
+    )
     add("/webgateway/getImgRDef/", image_rdef, name="webgateway_get_image_rdef")
     add(f"/webgateway/get_image_rdefs_json/{ID}/", image_rdefs_json, name="webgateway_rdefs")
     add("/webgateway/open_with/", open_with, name="webgateway_open_with")

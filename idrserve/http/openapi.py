@@ -40,6 +40,7 @@ PATH_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "h": (_str(r"^\d{1,9}$", examples=["96"]), "height in pixels"),
     "size": (_str(r"^\d{1,9}$", examples=["96"]), "longest side in pixels"),
     "share": (_str(r"^\d{1,19}$", examples=["1"]), "OMERO share id (ignored for public data)"),
+    "c": (_str(r"^\d{1,9}$", examples=["0"]), "channel index (0-based)"),
     "key": (_str(r"^[^/]{1,200}$", examples=["meta"]), "one top-level key of the imgData JSON"),
     "tail": (_str(r"^.*$", examples=["render_image_region/1001/0/0/"]), "any path"),
     "version": (_str(r"^[23]$", examples=["3"]), "IIIF Image API major version"),
@@ -214,6 +215,21 @@ OPS: list[_Op] = [
         "iviewer",
         [],
         _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
+    ),
+    _Op(
+        r"^GET /webgateway/histogram_json/\{iid\}/channel/\{c\}/$",
+        "One channel's intensity histogram of one plane (OMERO.web's histogram_json)",
+        "iviewer",
+        [
+            _q("theZ", "z-plane (0-based, default 0)", _str(examples=["0"])),
+            _q("theT", "timepoint (0-based, default 0)", _str(examples=["0"])),
+            _q("bins", "number of bins (default 256; ≤ 0 means 256; at most 4096)"),
+        ],
+        {
+            **_json_ok("{data: [count, …]} over the channel's window min..max"),
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+        },
+        "Counted from the coarsest level at least 512 pixels on each side; cached.",
     ),
     _Op(
         r"^GET /webgateway/luts_png/$",

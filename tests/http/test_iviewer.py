@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from PIL import Image
 
 from idrserve.app import create_app
 from idrserve.http.iviewer_data import display_micrometres, image_rdefs, pixel_size_units
+from idrserve.http.keys import ADMISSION
 from idrserve.model import ChannelMeta, ColorModel, ImageMeta, LevelMeta
+from idrserve.render.histogram import bin_counts
 from idrserve.render.lut import LutTable
 from idrserve.settings import load_settings
 from tests.http.conftest import write_ngff04
@@ -454,3 +457,154 @@ async def test_luts_png_revalidates(client: TestClient) -> None:
     again = await client.get("/webgateway/luts_png/", headers={"If-None-Match": tag})
     assert again.status == 304
     assert _png(await resp.read()).shape[0] == 10 * (len(LutTable()) + 1)
+
+
+# --- /webgateway/histogram_json/<id>/channel/<c>/ -----------------------------------------------
+
+
+def omero_histogram(values: np.ndarray, low: float, high: float, bins: int) -> list[int]:
+    """RawPixelsBean.getHistogram's loop, one value at a time, in Python floats (doubles)."""
+    data = [0] * bins
+    step = (high - low) / bins
+    for v in np.asarray(values, dtype=np.float64).ravel().tolist():
+        if v < low or v > high:
+            continue
+        try:
+            position = (v - low) / step
+        except ZeroDivisionError:
+            position = math.nan  # Java: 0.0 / 0.0
+        index = 0 if math.isnan(position) else int(position)  # Java's (int) cast
+        data[min(index, bins - 1)] += 1
+    return data
+
+
+def a_plane(root: Path, level: int, c: int, z: int) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(root / f"{A}.zarr" / str(level)), mode="r")[c, z])
+
+
+async def test_histogram_counts_the_level_at_least_512_square(
+    client: TestClient, iviewer_root: Path
+) -> None:
+    # webgateway.views.histogram_json → {"data": [256 ints]}; OMERO bins over the channel's
+    # global min..max, imgData's window.min..window.max (0..4095 here). A's level 1 (700×600)
+    # is the coarsest at least 512 on each side.
+    doc = await get_json(client, f"/webgateway/histogram_json/{A}/channel/1/?theT=0&theZ=1")
+    assert list(doc) == ["data"] and len(doc["data"]) == 256
+    plane = a_plane(iviewer_root, 1, 1, 1)
+    expected, _edges = np.histogram(plane, bins=256, range=(0, 4095))
+    assert doc["data"] == expected.tolist()
+    assert sum(doc["data"]) == 700 * 600
+    # defaults: theZ=0, theT=0, bins=256 (not the default plane)
+    doc = await get_json(client, f"/webgateway/histogram_json/{A}/channel/0/")
+    assert doc["data"] == np.histogram(a_plane(iviewer_root, 1, 0, 0), 256, (0, 4095))[0].tolist()
+    resp = await client.get(f"/webgateway/histogram_json/{A}/channel/0/")
+    assert (await resp.read()).startswith(b'{"data": [')  # Django's JsonResponse spacing
+
+
+async def test_histogram_bins(client: TestClient, iviewer_root: Path) -> None:
+    plane = a_plane(iviewer_root, 1, 0, 0)
+    doc = await get_json(client, f"/webgateway/histogram_json/{A}/channel/0/?bins=16")
+    assert doc["data"] == np.histogram(plane, bins=16, range=(0, 4095))[0].tolist()
+    # bins ≤ 0: OMERO's server uses its default, 256
+    doc = await get_json(client, f"/webgateway/histogram_json/{A}/channel/0/?bins=0")
+    assert len(doc["data"]) == 256
+
+
+async def test_histogram_float_plane_with_nan(client: TestClient, iviewer_root: Path) -> None:
+    """B is too small for a pyramid: its full plane is counted. NaN goes to bin 0."""
+    window = (await get_json(client, f"/iviewer/image_data/{B}/"))["channels"][0]["window"]
+    plane = np.asarray(zarr.open_array(str(iviewer_root / f"{B}.zarr" / "0"), mode="r")[...])
+    doc = await get_json(client, f"/webgateway/histogram_json/{B}/channel/0/")
+    expected = omero_histogram(plane, window["min"], window["max"], 256)
+    assert doc["data"] == expected
+    finite = plane[np.isfinite(plane)]
+    assert doc["data"][0] == 7 + int(
+        np.histogram(finite, 256, (window["min"], window["max"]))[0][0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "low", "high", "bins"),
+    [
+        (np.array([0, 1, 2, 3, 4, 5, 6, 7, 8], np.uint8), 2.0, 6.0, 4),  # both edges counted
+        (np.array([5, 5, 6, 4], np.uint16), 5.0, 5.0, 8),  # low == high: 0/0, bin 0
+        (np.array([1.5, np.nan, -np.inf, np.inf, 3.0], np.float32), 1.0, 3.0, 2),
+        (np.array([-128, -1, 0, 127], np.int8), -128.0, 127.0, 3),
+        (np.array([1, 2], np.uint8), 5.0, 1.0, 4),  # reversed range: nothing is inside
+        (np.array([True, False, True]), 0.0, 1.0, 2),
+        (np.array([7, 2**31, 4_000_000_000], np.uint32), 0.0, 4294967295.0, 5),
+    ],
+)
+def test_bin_counts_follow_omero(values: np.ndarray, low: float, high: float, bins: int) -> None:
+    assert bin_counts(values, low, high, bins).tolist() == omero_histogram(values, low, high, bins)
+
+
+def test_bin_counts_big_endian_and_random() -> None:
+    rng = np.random.default_rng(5)
+    for dtype in ("uint16", "int16", ">u2", "float64", "int32"):
+        values = (rng.normal(0, 3000, size=5000)).astype(dtype)
+        got = bin_counts(values, -2500.5, 7000.25, 97).tolist()
+        assert got == omero_histogram(values, -2500.5, 7000.25, 97), dtype
+
+
+async def test_histogram_is_cached(client: TestClient) -> None:
+    url = f"/webgateway/histogram_json/{A}/channel/1/?theZ=0&bins=64"
+    first = await client.get(url)
+    body = await first.read()
+    assert first.status == 200 and first.headers["X-Cache"] == "miss"
+    assert first.headers["Cache-Control"] == "public, max-age=86400"
+    assert "source;dur=" in first.headers["Server-Timing"]
+    second = await client.get(url)
+    assert second.headers["X-Cache"] == "memory"
+    assert await second.read() == body
+    assert second.headers["ETag"] == first.headers["ETag"]
+    # an equivalent URL (explicit defaults, a cache buster) shares the entry
+    same = await client.get(f"/webgateway/histogram_json/{A}/channel/1/?bins=64&theT=0&_=1")
+    assert same.headers["X-Cache"] == "memory" and same.headers["ETag"] == first.headers["ETag"]
+    not_modified = await client.get(url, headers={"If-None-Match": first.headers["ETag"]})
+    assert not_modified.status == 304
+
+
+async def test_histogram_takes_a_render_slot(make_iviewer_client: Callable[..., Any]) -> None:
+    client = await make_iviewer_client(limits={"max_concurrent_renders": 1})
+    admission = client.app[ADMISSION]
+    admission.renders = 1  # the only slot is taken by a render in progress
+    url = f"/webgateway/histogram_json/{A}/channel/0/?theZ=1"
+    refused = await client.get(url)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert (await refused.json())["error"] == "overloaded"
+    admission.renders = 0
+    assert (await client.get(url)).status == 200
+    assert admission.renders == 0
+
+
+async def test_histogram_level_under_the_pixel_limit(
+    make_iviewer_client: Callable[..., Any], iviewer_root: Path
+) -> None:
+    client = await make_iviewer_client(limits={"max_region_pixels": 200_000})
+    doc = await get_json(client, f"/webgateway/histogram_json/{A}/channel/0/")
+    assert doc["data"] == np.histogram(a_plane(iviewer_root, 2, 0, 0), 256, (0, 4095))[0].tolist()
+    client = await make_iviewer_client(limits={"max_region_pixels": 1000})
+    body = await get_json(client, f"/webgateway/histogram_json/{A}/channel/0/", 413)
+    assert body["error"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "param"),
+    [
+        ("/webgateway/histogram_json/999999/channel/0/", 404, "image_id"),  # web: Http404
+        (f"/webgateway/histogram_json/{A}/channel/2/", 404, "c"),  # theC ≥ sizeC
+        (f"/webgateway/histogram_json/{A}/channel/0/?theZ=2", 404, "z"),  # theZ ≥ sizeZ
+        (f"/webgateway/histogram_json/{A}/channel/0/?theT=1", 404, "t"),
+        (f"/webgateway/histogram_json/{A}/channel/0/?theZ=-1", 400, "theZ"),  # web: plane 0
+        (f"/webgateway/histogram_json/{A}/channel/0/?theT=x", 400, "theT"),  # web: 500
+        (f"/webgateway/histogram_json/{A}/channel/0/?bins=many", 400, "bins"),  # web: 500
+        (f"/webgateway/histogram_json/{A}/channel/0/?bins=4097", 400, "bins"),
+        (f"/webgateway/histogram_json/{A}/channel/-1/", 404, None),  # no route
+    ],
+)
+async def test_histogram_errors(
+    client: TestClient, url: str, status: int, param: str | None
+) -> None:
+    body = await get_json(client, url, status)
+    assert body.get("param") == param, body
