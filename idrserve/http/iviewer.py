@@ -120,7 +120,7 @@ async def paths_to_object(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register iviewer's boot URLs (docs/iviewer.md#endpoints)."""
+    """Register iviewer's boot URLs (docs/iviewer.md#what-iviewer-asks-for)."""
     add = app.router.add_get
     add(f"/iviewer/image_data/{ID}/", image_data, name="iviewer_image_data")
     add("/webgateway/luts_png/", luts_png, name="webgateway_luts_png")
