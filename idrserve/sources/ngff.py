@@ -511,7 +511,9 @@ def _pixel_size(
         i = axes.index(role)
         factor = _MICROMETRES.get((ms.units[i] or "").lower())
         value = ms.scale[i] * factor if factor is not None else None
-        out.append(value if value is not None and value > 0 else None)
+        # Infinity parses from JSON, and a product of two huge scales overflows to it: JSON
+        # responses cannot carry it, so such a size is as unknown as a missing one.
+        out.append(value if value is not None and 0 < value < math.inf else None)
     return out[0], out[1], out[2]
 
 
