@@ -72,6 +72,7 @@ async def histogram_json(request: web.Request) -> web.StreamResponse:
 
 
 def lut_sprite_png(table: LutTable) -> bytes:
+    """The LUT sprite, encoded (one CPU-pool job)."""
     return encode_png_rgba(lut_sprite(table))
 
 

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from idrserve.app import create_app
+from idrserve.http.histograms import histogram_level
 from idrserve.http.iviewer_data import display_micrometres, image_rdefs, pixel_size_units
 from idrserve.http.keys import ADMISSION
 from idrserve.model import ChannelMeta, ColorModel, ImageMeta, LevelMeta
@@ -545,6 +546,25 @@ def test_bin_counts_big_endian_and_random() -> None:
         values = (rng.normal(0, 3000, size=5000)).astype(dtype)
         got = bin_counts(values, -2500.5, 7000.25, 97).tolist()
         assert got == omero_histogram(values, -2500.5, 7000.25, 97), dtype
+
+
+def _levels(w: int, h: int, n: int) -> tuple[LevelMeta, ...]:
+    return tuple(LevelMeta(w >> i, h >> i, 256, 256) for i in range(n))
+
+
+@pytest.mark.parametrize(
+    ("levels", "max_pixels", "expected"),
+    [
+        (_levels(10000, 8000, 5), 4096**2, 3),  # 1250×1000; 625×500 is under 512 high
+        (_levels(1024, 1024, 3), 4096**2, 1),  # exactly 512² qualifies
+        (_levels(600, 400, 1), 4096**2, 0),  # no pyramid: the full image
+        (_levels(4000, 300, 4), 4096**2, 0),  # 300 high: every level must keep that
+        (_levels(4000, 4000, 4), 300_000, 3),  # 1000² is over the pixel bound: 500²
+        (_levels(4000, 4000, 3), 300_000, 2),  # nothing coarser (the planner's 413)
+    ],
+)
+def test_histogram_level(levels: tuple[LevelMeta, ...], max_pixels: int, expected: int) -> None:
+    assert histogram_level(levels, max_pixels) == expected
 
 
 async def test_histogram_is_cached(client: TestClient) -> None:
