@@ -8,7 +8,9 @@ scripts its template names (read from the wheel's template, in its order, with t
 ones the view sets on a site without OMERO.figure and without a URL prefix
 (`PAGE_KEYS_NOT_SET`); `page_keys_missing` checks that list against the wheel's view.
 
-Every other request is answered 404 and counted: with idrserve complete, a session has none.
+Every other request is counted. Those the shipped nginx configuration leaves to OMERO.web on
+purpose (`KEPT`, from docs/iviewer.md) get the answer OMERO.web gives for an image with no
+plane timings and no container, so iviewer goes on as on a real site; anything else is a 404.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ from .iviewer_wheel import STATIC, TEMPLATE, VERSION, VIEWS
 # URL (ours comes from the query string), OMERO.figure's URL, and a FORCE_SCRIPT_NAME prefix.
 PAGE_KEYS_NOT_SET = frozenset({"IMAGES", "OMERO_FIGURE", "URI_PREFIX"})
 STATIC_URL = "/static/"
+# What OMERO.web still answers in an iviewer session behind deploy/nginx (docs/iviewer.md,
+# "What iviewer asks for"): a name for the report, the path, and OMERO.web's answer. delta_t/:
+# iviewer's view for an image without PlaneInfo timings; paths_to_object: the webclient's for
+# an image in no container (for IDR's, iviewer matches a dataset only against image_data's
+# datasetId, which idrserve cannot know, so the thumbnail strip stays hidden either way).
+KEPT: tuple[tuple[str, re.Pattern[str], object], ...] = (
+    (
+        "delta_t",
+        re.compile(r"^/iviewer/image_data/\d+/delta_t/$"),
+        {"delta_t": [], "delta_t_unit_symbol": None},
+    ),
+    ("paths_to_object", re.compile(r"^/webclient/api/paths_to_object/$"), {"paths": []}),
+)
 # The template's `{% static 'omero_iviewer/…'|add:iviewer_url_suffix %}` references.
 STATIC_REF = re.compile(r"""\{%\s*static\s+'([^']+)'\s*\|\s*add:iviewer_url_suffix\s*%\}""")
 
@@ -38,9 +53,11 @@ class StubRequest:
     path: str  # with the query string
     kind: str  # "page", "static", "browser" (favicon) or "work" (anything OMERO.web would do)
     status: int
+    kept: str | None = None  # the KEPT entry it matched
 
     def __str__(self) -> str:
-        return f"{self.method} {self.path} -> {self.status}"
+        kept = f" (kept on OMERO.web: {self.kept})" if self.kept else ""
+        return f"{self.method} {self.path} -> {self.status}{kept}"
 
 
 def page_params(query: dict[str, str]) -> dict[str, str]:
@@ -125,6 +142,7 @@ class OmeroWebStub:
         path = request.path
         static_root = (self.wheel_root / STATIC).resolve()
         response: web.StreamResponse
+        kept = None
         if request.method == "GET" and path == "/iviewer/":
             kind = "page"
             body = render_page(self.wheel_root, dict(request.query))
@@ -142,12 +160,22 @@ class OmeroWebStub:
             response = web.Response(status=204)
         else:
             kind = "work"
-            response = web.json_response(
-                {"stand_in": "OMERO.web", "detail": "counted, not answered"}, status=404
-            )
+            kept = next((k for k in KEPT if k[1].match(path) and request.method == "GET"), None)
+            if kept is not None:
+                response = web.json_response(kept[2])
+            else:
+                response = web.json_response(
+                    {"stand_in": "OMERO.web", "detail": "counted, not answered"}, status=404
+                )
         with self._lock:
             self.requests.append(
-                StubRequest(request.method, request.path_qs, kind, response.status)
+                StubRequest(
+                    request.method,
+                    request.path_qs,
+                    kind,
+                    response.status,
+                    None if kept is None else kept[0],
+                )
             )
         return response
 

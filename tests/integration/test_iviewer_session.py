@@ -8,7 +8,9 @@ PyPI wheel (iviewer_wheel.py: fetched with pip, pinned by SHA-256) and counts ev
 request. A scripted session then does what a visitor does: open an image, zoom in and out, pan,
 change z and t, toggle a channel, change a channel's window, switch to greyscale, pick a LUT,
 open the histogram (of an untiled image: iviewer disables it for tiled ones). The stand-in
-must have had no request beyond the page and its files, and the console no error.
+must have had no request beyond the page and its files, and the console no error, except the
+two URLs the shipped configuration leaves to OMERO.web on purpose (`omeroweb_stub.KEPT`:
+plane timings, container paths; docs/iviewer.md), which must still be the only ones.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from idrserve import demo
 
 from . import iviewer_wheel
 from .live_server import idrserve
-from .omeroweb_stub import OmeroWebStub, page_keys_missing
+from .omeroweb_stub import KEPT, OmeroWebStub, page_keys_missing
 from .test_nginx import free_port, nginx_args, nginx_binary, render_config, stop, wait_until
 from .test_viewer_browser import CHROMEDRIVER, CHROMIUM, _find
 
@@ -238,12 +240,12 @@ def channels(url: str) -> dict[int, str]:
 
 
 def save_screenshot(driver: Any, path: Path) -> None:
-    """The browser window as a small PNG (a 256-colour palette)."""
+    """The browser window as a small PNG (a 128-colour palette: 170 kB instead of 700)."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    img.quantize(128, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
 
 
 class Session:
@@ -323,7 +325,9 @@ class Session:
         return int(float(value))
 
 
-def test_iviewer_session_needs_nothing_from_omero_web(site: Site, browser: Any) -> None:
+def test_iviewer_session_reaches_omero_web_only_where_nginx_keeps_it(
+    site: Site, browser: Any
+) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
@@ -450,7 +454,13 @@ def test_iviewer_session_needs_nothing_from_omero_web(site: Site, browser: Any) 
     )
 
     work = site.stub.work()
+    unexpected = [r for r in work if r.kept is None]
     errors = [e for e in s.console if e["level"] == "SEVERE"]
-    assert not work and not errors, (
-        f"{len(work)} request(s) reached OMERO.web, {len(errors)} console error(s)\n{s.report()}"
+    print(f"OMERO.web requests in the session: {len(work)}\n{s.report()}")
+    assert not unexpected and not errors, (
+        f"{len(unexpected)} request(s) reached OMERO.web that idrserve should answer, "
+        f"{len(errors)} console error(s)\n{s.report()}"
     )
+    # The kept list only shrinks: once idrserve answers one of them and nginx routes it there,
+    # it must leave KEPT (and docs/iviewer.md's table).
+    assert {r.kept for r in work} == {name for name, _, _ in KEPT}, s.report()
