@@ -49,6 +49,15 @@ async def image_data(request: web.Request) -> web.StreamResponse:
     return json_or_jsonp(iviewer_image_data(meta), None)
 
 
+async def delta_t(request: web.Request) -> web.StreamResponse:
+    """`/iviewer/image_data/<id>/delta_t/`: per-timepoint plane times. OME-Zarr and TIFF
+    record none per plane (NGFF's t scale is a nominal interval, not a measured time), so the
+    answer is what iviewer's view gives an image without PlaneInfo timings."""
+    iid = params.parse_path_int(request.match_info["iid"], "image_id")
+    await request.app[DEPS].source.meta(iid)  # 404 for an unknown image
+    return json_or_jsonp({"delta_t": [], "delta_t_unit_symbol": None}, None)
+
+
 async def histogram_json(request: web.Request) -> web.StreamResponse:
     """`/webgateway/histogram_json/<id>/channel/<c>/?theZ=&theT=&bins=`: one channel's counts.
 
@@ -124,6 +133,7 @@ def add_routes(app: web.Application) -> None:
     """Register iviewer's boot URLs (docs/iviewer.md#what-iviewer-asks-for)."""
     add = app.router.add_get
     add(f"/iviewer/image_data/{ID}/", image_data, name="iviewer_image_data")
+    add(f"/iviewer/image_data/{ID}/delta_t/", delta_t, name="iviewer_delta_t")
     add("/webgateway/luts_png/", luts_png, name="webgateway_luts_png")
     add(
         f"/webgateway/histogram_json/{ID}/channel/{{c:\\d{{1,9}}}}/",

@@ -217,6 +217,14 @@ OPS: list[_Op] = [
         _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
     ),
     _Op(
+        r"^GET /iviewer/image_data/\{iid\}/delta_t/$",
+        "Plane times per timepoint (none recorded: an empty list, as OMERO.web answers "
+        "an image without PlaneInfo timings)",
+        "iviewer",
+        [],
+        _json_ok("{delta_t: [], delta_t_unit_symbol: null}"),
+    ),
+    _Op(
         r"^GET /webgateway/histogram_json/\{iid\}/channel/\{c\}/$",
         "One channel's intensity histogram of one plane (OMERO.web's histogram_json)",
         "iviewer",

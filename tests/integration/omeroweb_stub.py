@@ -30,19 +30,10 @@ from .iviewer_wheel import STATIC, TEMPLATE, VERSION, VIEWS
 # URL (ours comes from the query string), OMERO.figure's URL, and a FORCE_SCRIPT_NAME prefix.
 PAGE_KEYS_NOT_SET = frozenset({"IMAGES", "OMERO_FIGURE", "URI_PREFIX"})
 STATIC_URL = "/static/"
-# What OMERO.web still answers in an iviewer session behind deploy/nginx (docs/iviewer.md,
-# "What iviewer asks for"): a name for the report, the path, and OMERO.web's answer. delta_t/:
-# iviewer's view for an image without PlaneInfo timings; paths_to_object: the webclient's for
-# an image in no container (for IDR's, iviewer matches a dataset only against image_data's
-# datasetId, which idrserve cannot know, so the thumbnail strip stays hidden either way).
-KEPT: tuple[tuple[str, re.Pattern[str], object], ...] = (
-    (
-        "delta_t",
-        re.compile(r"^/iviewer/image_data/\d+/delta_t/$"),
-        {"delta_t": [], "delta_t_unit_symbol": None},
-    ),
-    ("paths_to_object", re.compile(r"^/webclient/api/paths_to_object/$"), {"paths": []}),
-)
+# What OMERO.web would still answer in an iviewer session behind deploy/nginx, with its
+# answer, for a check that fails loudly if one comes back: nothing, since idrserve answers
+# delta_t/ and (for iviewer's pages) paths_to_object (docs/iviewer.md).
+KEPT: tuple[tuple[str, re.Pattern[str], object], ...] = ()
 # The template's `{% static 'omero_iviewer/…'|add:iviewer_url_suffix %}` references.
 STATIC_REF = re.compile(r"""\{%\s*static\s+'([^']+)'\s*\|\s*add:iviewer_url_suffix\s*%\}""")
 

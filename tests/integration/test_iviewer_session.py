@@ -8,9 +8,8 @@ PyPI wheel (iviewer_wheel.py: fetched with pip, pinned by SHA-256) and counts ev
 request. A scripted session then does what a visitor does: open an image, zoom in and out, pan,
 change z and t, toggle a channel, change a channel's window, switch to greyscale, pick a LUT,
 open the histogram (of an untiled image: iviewer disables it for tiled ones). The stand-in
-must have had no request beyond the page and its files, and the console no error, except the
-two URLs the shipped configuration leaves to OMERO.web on purpose (`omeroweb_stub.KEPT`:
-plane timings, container paths; docs/iviewer.md), which must still be the only ones.
+must have had **no request** beyond the page and its files, and the console no error
+(`omeroweb_stub.KEPT`, what the configuration would leave to OMERO.web on purpose, is empty).
 """
 
 from __future__ import annotations

@@ -419,6 +419,7 @@ def test_cors_header_exactly_once(stack: Stack) -> None:
         "/webgateway/luts/",
         "/webgateway/luts_png/",
         "/iviewer/image_data/1003/",
+        "/iviewer/image_data/1003/delta_t/",
         "/webgateway/get_image_rdefs_json/1003/",
         "/webgateway/histogram_json/1003/channel/0/?theZ=0&theT=0",
         "/webgateway/open_with/",
@@ -451,7 +452,6 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
         "/static/x.js",
         "/metrics",
         "/iviewer/",
-        "/iviewer/image_data/1003/delta_t/",
         "/iviewer/roi/5/image_data/",
         "/webclient/api/paths_to_object/?image=1003&page_size=50",
         "/webgateway/copyImgRDef/?imageId=1003&c=1|0:255$FF0000",
@@ -463,6 +463,21 @@ def test_everything_else_reaches_omeroweb(stack: Stack, path: str) -> None:
     assert resp.header("X-Stand-In") == "omeroweb"
     assert resp.body == f"omero.web stand-in: {path}".encode()
     assert resp.header("X-Cache-Status") is None
+
+
+def test_paths_to_object_is_idrserves_for_iviewer_pages_only(stack: Stack) -> None:
+    """iviewer's thumbnail-strip lookup is answered by idrserve (no database walk on OMERO);
+    the webclient's `?show=` navigation keeps OMERO.web's real containers."""
+    path = "/webclient/api/paths_to_object/?image=1003&page_size=10"
+    from_iviewer = get(
+        stack.nginx_port, path, {"Referer": "https://idr.example/iviewer/?images=1003"}
+    )
+    assert from_iviewer.header("X-Stand-In") is None
+    assert json.loads(from_iviewer.body) == {"paths": []}
+    from_webclient = get(
+        stack.nginx_port, path, {"Referer": "https://idr.example/webclient/?show=image-1003"}
+    )
+    assert from_webclient.header("X-Stand-In") == "omeroweb"
 
 
 def test_imgdata_proxied_uncached_and_gzipped(stack: Stack) -> None:
