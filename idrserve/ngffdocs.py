@@ -85,21 +85,42 @@ def v3_array_doc(
     return dumps(doc)
 
 
-def group_docs(
-    meta: ImageMeta, axes: tuple[str, ...], scales: list[tuple[float, ...]], zarr_format: int
-) -> dict[str, bytes]:
-    """`.zgroup` + `.zattrs` (NGFF 0.4) or `zarr.json` (NGFF 0.5) of the image group."""
+def axes_doc(
+    meta: ImageMeta, axes: tuple[str, ...], source_axes: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
+    """NGFF `axes` of a view whose source has `source_axes` (None: all of `axes`).
+
+    NGFF names units for space and time axes only, none for channels; idrserve knows physical
+    sizes in micrometres (sources/ngff.py converts every length unit) and no time increments,
+    so only space axes get a unit. One the source has gets it when its size is known; one the
+    view adds to make it 5D (a single plane) gets it when any of the source's space axes has
+    one, so the space axes agree.
+    """
     px, py, pz = meta.pixel_size
     physical = {"x": px, "y": py, "z": pz}
-    axes_doc = []
+    kept = axes if source_axes is None else source_axes
+    any_known = any(physical.get(role) for role in kept)
+    out = []
     for role in axes:
         axis: dict[str, Any] = {"name": role, "type": _AXIS_TYPES[role]}
-        if physical.get(role):
+        added = role not in kept
+        if role in physical and (physical[role] or (added and any_known)):
             axis["unit"] = "micrometer"
-        axes_doc.append(axis)
+        out.append(axis)
+    return out
+
+
+def group_docs(
+    meta: ImageMeta,
+    axes: tuple[str, ...],
+    scales: list[tuple[float, ...]],
+    zarr_format: int,
+    source_axes: tuple[str, ...] | None = None,
+) -> dict[str, bytes]:
+    """`.zgroup` + `.zattrs` (NGFF 0.4) or `zarr.json` (NGFF 0.5) of the image group."""
     multiscale: dict[str, Any] = {
         "name": meta.name,
-        "axes": axes_doc,
+        "axes": axes_doc(meta, axes, source_axes),
         "datasets": [
             {
                 "path": str(i),
@@ -109,17 +130,19 @@ def group_docs(
         ],
         "metadata": {"description": meta.description},
     }
-    omero = omero_block(meta)
     if zarr_format == 2:
+        omero = omero_block(meta, "0.4")
         attrs = {"multiscales": [{"version": "0.4", **multiscale}], "omero": omero}
         return {".zgroup": dumps({"zarr_format": 2}), ".zattrs": dumps(attrs)}
-    ome = {"version": "0.5", "multiscales": [multiscale], "omero": omero}
+    # NGFF 0.5: "The OME-Zarr Metadata version MUST be consistent within a hierarchy."
+    ome = {"version": "0.5", "multiscales": [multiscale], "omero": omero_block(meta, "0.5")}
     group = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}}
     return {"zarr.json": dumps(group)}
 
 
-def omero_block(meta: ImageMeta) -> dict[str, Any]:
-    """The `omero` block with the image's resolved default rendering settings."""
+def omero_block(meta: ImageMeta, version: str = "0.4") -> dict[str, Any]:
+    """The `omero` block with the image's resolved default rendering settings, for a document
+    of NGFF `version`."""
     channels = []
     for ch in meta.channels:
         r, g, b, _ = ch.color
@@ -142,7 +165,7 @@ def omero_block(meta: ImageMeta) -> dict[str, Any]:
     return {
         "id": meta.image_id,
         "name": meta.name,
-        "version": "0.4",
+        "version": version,
         "channels": channels,
         "rdefs": {
             "defaultZ": meta.default_z,

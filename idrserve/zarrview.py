@@ -259,12 +259,14 @@ class ZarrViews:
 async def build_view(deps: Deps, image_id: int, zarr_format: int, meta: ImageMeta) -> ZarrView:
     """The pass-through view when the stored encoding allows it, else the generated one."""
     concrete = await resolve_source(deps.source, image_id)
+    source_axes = None
     if isinstance(concrete, ZarrSource):
         stored_meta, image, arrays = await concrete.stored_arrays(image_id)
         view = await _passthrough_view(stored_meta, image, arrays, zarr_format)
         if view is not None:
             return view
-    return generated_view(meta, zarr_format)
+        source_axes = image.axes
+    return generated_view(meta, zarr_format, source_axes)
 
 
 async def _passthrough_view(
@@ -331,8 +333,11 @@ def _eligible_v2(raw: bytes, shape: tuple[int, ...], zarr_format: int) -> dict[s
     return dict(doc)
 
 
-def generated_view(meta: ImageMeta, zarr_format: int) -> ZarrView:
-    """5D t,c,z,y,x, one channel plane per chunk, little-endian, Blosc-LZ4."""
+def generated_view(
+    meta: ImageMeta, zarr_format: int, source_axes: tuple[str, ...] | None = None
+) -> ZarrView:
+    """5D t,c,z,y,x, one channel plane per chunk, little-endian, Blosc-LZ4; `source_axes` are
+    the axes the source itself has (None: unknown, taken as all five)."""
     dtype = np.dtype(meta.dtype).newbyteorder("<")
     level0 = (meta.size_t, meta.size_c, meta.size_z, meta.size_y, meta.size_x)
     levels = []
@@ -360,7 +365,7 @@ def generated_view(meta: ImageMeta, zarr_format: int) -> ZarrView:
             v2["compressor"] = _BLOSC.get_config()
             array_doc = v3_array_doc(v2, dtype, AXES_5D, "/", v2_keys=False)
         levels.append(ViewLevel(shape, chunks, scale, array_doc, "/"))
-    docs = group_docs(meta, AXES_5D, [lv.scale for lv in levels], zarr_format)
+    docs = group_docs(meta, AXES_5D, [lv.scale for lv in levels], zarr_format, source_axes)
     prefix = "c/" if zarr_format == 3 else ""
     return ZarrView(meta, zarr_format, AXES_5D, dtype, tuple(levels), docs, None, prefix)
 
