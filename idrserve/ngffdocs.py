@@ -16,6 +16,10 @@ from idrserve.model import ImageMeta
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 _SHUFFLES = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
+# Zarr v3 codecs of the core specification and zarr-python's registered extensions, which
+# zarr-python, tensorstore and zarrita.js all read: stored arrays using only these are served
+# as they are.
+V3_CODECS = frozenset({"bytes", "transpose", "blosc", "gzip", "zstd", "crc32c", "sharding_indexed"})
 
 
 def level0_shape(meta: ImageMeta, axes: tuple[str, ...]) -> tuple[int, ...]:
@@ -108,6 +112,58 @@ def axes_doc(
             axis["unit"] = "micrometer"
         out.append(axis)
     return out
+
+
+def stored_v3_doc(
+    raw: bytes, shape: tuple[int, ...], axes: tuple[str, ...]
+) -> tuple[dict[str, Any], bytes] | None:
+    """A stored Zarr v3 array document any reader can use as it is: the parsed document and the
+    bytes to serve (the stored ones, with `dimension_names` set to `axes` when they differ, as
+    NGFF 0.5 requires them to match the axes); None when it is not one."""
+    try:
+        doc = json.loads(raw)
+        grid = doc["chunk_grid"]
+        encoding = doc["chunk_key_encoding"]
+        ok = (
+            doc.get("zarr_format") == 3
+            and doc.get("node_type") == "array"
+            and tuple(doc.get("shape", ())) == shape
+            and isinstance(doc.get("data_type"), str)
+            and np.dtype(doc["data_type"]).kind in "biuf"
+            and grid.get("name") == "regular"
+            and len(grid["configuration"]["chunk_shape"]) == len(shape)
+            and encoding.get("name") in ("default", "v2")
+            and chunk_separator(encoding) in ("/", ".")
+            and not doc.get("storage_transformers")
+            and _known_codecs(doc.get("codecs"))
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not ok:
+        return None
+    if doc.get("dimension_names") == list(axes):
+        return doc, raw
+    return doc, dumps(doc | {"dimension_names": list(axes)})
+
+
+def chunk_separator(encoding: dict[str, Any]) -> Any:
+    """The separator of a v3 `chunk_key_encoding` (its default when not given)."""
+    default = "/" if encoding.get("name") == "default" else "."
+    return (encoding.get("configuration") or {}).get("separator", default)
+
+
+def _known_codecs(codecs: Any) -> bool:
+    if not isinstance(codecs, list) or not codecs:
+        return False
+    for codec in codecs:
+        if not isinstance(codec, dict) or codec.get("name") not in V3_CODECS:
+            return False
+        if codec["name"] == "sharding_indexed":
+            config = codec.get("configuration") or {}
+            inner = (config.get("codecs"), config.get("index_codecs"))
+            if not all(_known_codecs(c) for c in inner):
+                return False
+    return True
 
 
 def group_docs(

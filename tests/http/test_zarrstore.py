@@ -199,8 +199,17 @@ async def test_generated_chunks_decode_to_the_source(client: TestClient) -> None
         assert not chunk[tile.shape[0] :].any() and not chunk[:, tile.shape[1] :].any()
     second = await client.get(f"/zarr/{V3_IMAGE}.zarr/0/0/1/0/2/3")
     assert second.headers["X-Cache"] == "memory"
-    v3 = await client.get(f"/zarr/v3/{V3_IMAGE}.zarr/0/c/0/1/0/2/3")
-    assert await v3.read() == await second.read()
+
+
+async def test_v3_view_of_a_v3_image_is_the_stored_one(client: TestClient, root: Path) -> None:
+    """Its own axes, chunk keys and chunk bytes; `dimension_names` added to its array document
+    (NGFF 0.5 needs them to match the axes), the rest of that document unchanged."""
+    stored = root / "extra" / f"{V3_IMAGE}.zarr" / "0"
+    doc = await get_json(client, f"/zarr/v3/{V3_IMAGE}.zarr/0/zarr.json")
+    assert doc == json.loads((stored / "zarr.json").read_bytes()) | {"dimension_names": list("cyx")}
+    resp = await client.get(f"/zarr/v3/{V3_IMAGE}.zarr/0/c/1/2/3")
+    assert resp.status == 200 and await resp.read() == (stored / "c" / "1" / "2" / "3").read_bytes()
+    assert (await client.get(f"/zarr/v3/{V3_IMAGE}.zarr/0/c/0/1/0/2/3")).status == 404
 
 
 async def test_v3_view_of_a_v2_image_reuses_stored_chunks(client: TestClient, root: Path) -> None:
