@@ -20,6 +20,7 @@ import base64
 import functools
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from idrserve import demo
 from idrserve.vendor import NpmPackage, ensure_vendored
 from tests.http.test_zarr_shards import CHUNK, DATA, INDEX_BYTES, SHARD, write_sharded
 from tests.integration.live_server import idrserve
@@ -38,6 +40,7 @@ from .test_viewer_browser import browser, console_problems, wait_for  # noqa: F4
 pytestmark = pytest.mark.slow
 
 IMAGE = 7401
+DEMO = 1005  # the demo's sharded image, which docs/browser.md reads
 # zarrita's runtime graph in a browser: itself, its FetchStore, and numcodecs for Blosc.
 PACKAGES = (
     NpmPackage(
@@ -64,14 +67,29 @@ IMPORTS = {
     "@zarrita/storage/fetch": "/npm/@zarrita/storage/dist/src/fetch.js",
     "numcodecs/blosc": "/npm/numcodecs/dist/blosc.js",
 }
-# The reader a page would write: every request zarrita makes is recorded with what the page
-# can see of its answer (Content-Range only because idrserve exposes it).
 PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>zarrita reads idrserve</title>
 <link rel="icon" href="data:,">
 <script type="importmap">{"imports": %(imports)s}</script>
 <script type="module">
+window.b64 = (typed) => {
+  const bytes = new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
+};
+</script>
+<script type="module">
+%(module)s
+</script>
+<body></body>
+"""
+# The reader a page would write: every request zarrita makes is recorded with what the page
+# can see of its answer (Content-Range only because idrserve exposes it).
+READER = """
 import * as zarr from "zarrita";
 
 window.readImage = async (url) => {
@@ -97,14 +115,6 @@ window.readImage = async (url) => {
                                  {kind: "array"});
   const whole = await zarr.get(arr);
   const corner = await zarr.get(arr, [1, zarr.slice(250, 300), zarr.slice(450, 500)]);
-  const b64 = (typed) => {
-    const bytes = new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength);
-    let text = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) {
-      text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    }
-    return btoa(text);
-  };
   return {
     ome, dtype: arr.dtype, shape: arr.shape, chunks: arr.chunks,
     whole: {shape: whole.shape, data: b64(whole.data)},
@@ -113,8 +123,16 @@ window.readImage = async (url) => {
   };
 };
 document.body.dataset.ready = "yes";
-</script>
-<body></body>
+"""
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "browser.md"
+# After the docs' blocks, in the same module: what they read, for the test to compare.
+DOCS_RESULT = """
+window.docsResult = {
+  axes, shape: level0.shape, chunks: level0.chunks,
+  tile: {shape: tile.shape, data: b64(tile.data)},
+  channels: omero.channels.map((channel) => channel.label),
+  region: {shape, dtype, data: b64(pixels)},
+};
 """
 
 
@@ -124,13 +142,14 @@ def npm_cache() -> Path:
 
 
 @pytest.fixture(scope="module")
-def page_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The page and the npm packages, on an origin of their own (a port other than idrserve's)."""
+def page_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The pages and the npm packages, on an origin of their own (a port other than
+    idrserve's): its URL and its directory."""
     npm = npm_cache()
     ensure_vendored(npm, packages=PACKAGES, log=False)
     site = tmp_path_factory.mktemp("zarrita-page")
     (site / "npm").symlink_to(npm, target_is_directory=True)
-    (site / "index.html").write_text(PAGE % {"imports": json.dumps(IMPORTS)})
+    (site / "index.html").write_text(PAGE % {"imports": json.dumps(IMPORTS), "module": READER})
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -140,7 +159,7 @@ def page_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}", site
     finally:
         server.shutdown()
         server.server_close()
@@ -151,6 +170,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     """idrserve over the sharded image: its URL, the image, its access log (JSON lines)."""
     data = tmp_path_factory.mktemp("zarrita-data")
     write_sharded(data / f"{IMAGE}.zarr")
+    for image_id, _name, write in demo._IMAGES:
+        if image_id == DEMO:
+            write(data / f"{image_id}.zarr")
     log = data.parent / f"{data.name}-idrserve.log"
     with idrserve(data, log) as base:
         yield base, data / f"{IMAGE}.zarr", log
@@ -168,12 +190,13 @@ def access_log(log: Path) -> list[dict[str, Any]]:
 
 def test_zarrita_reads_a_sharded_image_across_origins(
     browser: Any,  # noqa: F811 - the fixture imported above
-    page_origin: str,
+    page_origin: tuple[str, Path],
     served: tuple[str, Path, Path],
 ) -> None:
     base, image, log = served
-    assert page_origin.rsplit(":", 1)[1] != base.rsplit(":", 1)[1]  # two origins
-    browser.get(f"{page_origin}/index.html")
+    origin, _ = page_origin
+    assert origin.rsplit(":", 1)[1] != base.rsplit(":", 1)[1]  # two origins
+    browser.get(f"{origin}/index.html")
     browser.set_script_timeout(60)
     ready = browser.execute_script("return document.body.dataset.ready")
     assert ready == "yes", console_problems(browser)
@@ -217,3 +240,31 @@ def test_zarrita_reads_a_sharded_image_across_origins(
     assert {e["status"] for e in preflights} == {204}, preflights
     answered = {e["request_id"] for e in lines if e["method"] == "GET" and e["status"] == 206}
     assert {r["requestId"] for r in index_reads} <= answered
+
+
+def test_the_docs_examples_run(
+    browser: Any,  # noqa: F811 - the fixture imported above
+    page_origin: tuple[str, Path],
+    served: tuple[str, Path, Path],
+) -> None:
+    """The ```js blocks of docs/browser.md, in one module with the documented URL replaced by
+    the server's, on the page's origin; what they read equals the stored arrays."""
+    import zarr
+
+    base, _, _ = served
+    blocks = re.findall(r"```js\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 2
+    module = "\n".join(blocks).replace("http://localhost:8080", base) + DOCS_RESULT
+    origin, site = page_origin
+    (site / "docs.html").write_text(PAGE % {"imports": json.dumps(IMPORTS), "module": module})
+    browser.get(f"{origin}/docs.html")
+    result = wait_for(
+        lambda: browser.execute_script("return window.docsResult || null"), "the docs' blocks", 60
+    )
+    assert not console_problems(browser)
+    stored = zarr.open_group(str(served[1].parent / f"{DEMO}.zarr"), mode="r")
+    assert result["axes"] == ["c", "y", "x"] and result["shape"] == list(stored["0"].shape)
+    assert result["chunks"] == list(stored["0"].chunks)
+    np.testing.assert_array_equal(decode(result["tile"]), stored["0"][0, :256, :256])
+    assert result["region"]["dtype"] == "<u2"
+    np.testing.assert_array_equal(decode(result["region"])[0, 0], stored["2"][0])
