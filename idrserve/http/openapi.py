@@ -301,15 +301,6 @@ OPS: list[_Op] = [
         {"tail": (_str(examples=["1001/info.json"]), "identifier and image request")},
     ),
     _Op(
-        r"^OPTIONS /iiif/\{version\}/\{tail\}$",
-        "CORS preflight for IIIF clients",
-        "iiif",
-        [],
-        {"204": {"description": "allowed methods and headers"}},
-        "",
-        {"tail": (_str(examples=["1001/info.json"]), "identifier and image request")},
-    ),
-    _Op(
         r"^GET /deepzoom/\{iid\}\.dzi$",
         "DeepZoom image descriptor (XML) for OpenSeadragon",
         "deepzoom",
@@ -322,13 +313,6 @@ OPS: list[_Op] = [
         "deepzoom",
         RENDER_QUERY + THUMB_QUERY[:2],
         _image_ok("the tile"),
-    ),
-    _Op(
-        r"^OPTIONS /deepzoom/",
-        "CORS preflight for DeepZoom clients",
-        "deepzoom",
-        [],
-        {"204": {"description": "allowed methods and headers"}},
     ),
     _Op(
         r"^GET /api/v1/images/\{iid\}$",
@@ -402,6 +386,26 @@ OPS: list[_Op] = [
         {"200": {"description": "HTML", "content": {"text/html": {}}}},
     ),
     _Op(
+        r"^OPTIONS /(?!webgateway/|omero_ms_image_region/)",
+        "CORS preflight (the same on every route that answers GET)",
+        "cors",
+        [],
+        {
+            "204": {
+                "description": "`Allow`; for a preflight also Access-Control-Allow-Methods "
+                "(GET, HEAD, OPTIONS), -Allow-Headers and -Max-Age"
+            },
+            "400": _error("Access-Control-Request-Headers is not a list of header names"),
+        },
+        "Answered for every path a GET route matches, before admission control; an unknown "
+        "path is a 404 as for GET. A preflight names `Access-Control-Request-Method`; the "
+        "names in `Access-Control-Request-Headers` (e.g. `range, authorization`) are echoed.",
+        {
+            "tail": (_str(r"^.*$", examples=["1001/info.json"]), "any path below the prefix"),
+            "key": (_str(r"^.*$", examples=["zarr.json"]), "store key"),
+        },
+    ),
+    _Op(
         r"^GET /healthz$",
         "Liveness: 200 once started, no dependency calls",
         "operations",
@@ -454,8 +458,24 @@ def routes(app: web.Application) -> list[tuple[str, str, str]]:
     return out
 
 
-# Answered by a middleware (http/ops.py), not a route: documented here explicitly.
-MIDDLEWARE_OPERATIONS = [("OPTIONS", "/webgateway/{tail}", "webgateway_options")]
+# Answered by a middleware (http/ops.py), not a route: documented here explicitly. OPTIONS is
+# answered on every route that answers GET; one path per route family is listed.
+MIDDLEWARE_OPERATIONS = [
+    ("OPTIONS", "/webgateway/{tail}", "webgateway_options"),
+    *(
+        ("OPTIONS", path, f"{name}_options")
+        for path, name in (
+            ("/", "index"),
+            ("/viewer/", "viewer_index"),
+            ("/iiif/{version}/{tail}", "iiif"),
+            ("/deepzoom/{iid}.dzi", "deepzoom_dzi"),
+            ("/api/v1/images/{iid}", "api_image"),
+            ("/api/v1/images/{iid}/region", "api_region"),
+            ("/zarr/{iid}.zarr/{key}", "zarr_v2_key"),
+            ("/zarr/v3/{iid}.zarr/{key}", "zarr_v3_key"),
+        )
+    ),
+]
 
 
 def build_spec(app: web.Application, server_url: str | None = None) -> dict[str, Any]:

@@ -95,9 +95,15 @@ class Response:
 def get(
     port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10
 ) -> Response:
+    return send(port, "GET", path, headers, timeout)
+
+
+def send(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 10
+) -> Response:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         return Response(resp.status, resp.headers, resp.read())
     finally:
@@ -400,6 +406,59 @@ def test_cors_header_exactly_once(stack: Stack) -> None:
         resp = get(stack.nginx_port, path)
         assert resp.status == status, path
         assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"], path
+
+
+# A browser's preflight for a request with a suffix Range and a token (tests/http/test_cors.py).
+PREFLIGHT = {
+    "Origin": "https://notebook.example",
+    "Access-Control-Request-Method": "GET",
+    "Access-Control-Request-Headers": "authorization, range",
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/webgateway/render_image_region/1002/0/0/?tile=0,0,0", 200),  # the feature probe
+        ("/webgateway/imgData/1002/", 200),
+        ("/omero_ms_image_region/", 200),
+        ("/webclient/render_thumbnail/1002/", 204),
+        ("/iiif/3/1002/info.json", 204),
+        ("/deepzoom/1002.dzi", 204),
+        ("/viewer/1002", 204),
+        ("/zarr/1002.zarr/.zattrs", 204),
+        ("/zarr/v3/1002.zarr/0/zarr.json", 204),
+        ("/api/v1/images/1002", 204),
+        ("/api/v1/images/1002/region", 204),
+    ],
+)
+def test_preflight_reaches_idrserve(stack: Stack, path: str, status: int) -> None:
+    """nginx passes OPTIONS on every idrserve location through (it caches GET and HEAD only),
+    so the preflight is idrserve's: one Access-Control-Allow-Origin, idrserve's other headers."""
+    resp = send(stack.nginx_port, "OPTIONS", path, PREFLIGHT)
+    assert resp.status == status, (path, resp.body[:200])
+    assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"], path
+    assert resp.header("Access-Control-Allow-Methods") == "GET, HEAD, OPTIONS"
+    assert resp.header("Access-Control-Allow-Headers") == "authorization, range"
+    assert resp.header("Access-Control-Max-Age") == "86400"
+    assert resp.header("X-Request-ID"), "answered by nginx, not idrserve"
+    unknown = send(stack.nginx_port, "OPTIONS", "/zarr/1002.zarr-not/x", PREFLIGHT)
+    assert unknown.status == 404 and json.loads(unknown.body)["error"] == "not_found"
+
+
+def test_suffix_range_through_nginx(stack: Stack) -> None:
+    """A Zarr reader's suffix range through the cached /zarr/ location: 206, readable span."""
+    path = "/zarr/1002.zarr/0/0/0/0/0"
+    whole = get(stack.nginx_port, path)
+    assert whole.status == 200
+    for _ in range(2):  # from idrserve, then from nginx's cache
+        resp = get(stack.nginx_port, path, {"Range": "bytes=-100", "Origin": "https://x.example"})
+        assert resp.status == 206 and resp.body == whole.body[-100:]
+        n = len(whole.body)
+        assert resp.header("Content-Range") == f"bytes {n - 100}-{n - 1}/{n}"
+        exposed = resp.header("Access-Control-Expose-Headers") or ""
+        assert "Content-Range" in exposed and "ETag" in exposed
+        assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"]
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,14 @@ import pytest
 from idrserve import demo
 
 from .test_nginx import (
+    PREFLIGHT,
     Response,
     free_port,
     get,
     nginx_args,
     nginx_binary,
     render_config,
+    send,
     stop,
     wait_until,
 )
@@ -270,3 +272,28 @@ def test_prefix_is_nginx_s_alone(stack: PrefixStack) -> None:
     assert json.loads(metrics.body)["error"] == "not_found"
     bare = get(stack.port, PREFIX)
     assert bare.status == 301 and (bare.header("Location") or "").endswith(f"{PREFIX}/")
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/", 204),
+        ("/viewer/", 204),
+        ("/docs", 204),
+        ("/iiif/2/1002/info.json", 204),
+        ("/deepzoom/1002_files/0/0_0.jpg", 204),
+        ("/api/v1/images/1002/region", 204),
+        ("/zarr/v3/1002.zarr/zarr.json", 204),
+        ("/webgateway/render_image_region/1002/0/0/", 200),  # the feature probe
+    ],
+)
+def test_preflight_under_the_prefix(stack: PrefixStack, path: str, status: int) -> None:
+    """The prefix location passes OPTIONS through too: idrserve's preflight on every family."""
+    resp = send(stack.port, "OPTIONS", PREFIX + path, PREFLIGHT)
+    assert resp.status == status, (path, resp.body[:200])
+    assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    assert resp.header("Access-Control-Allow-Methods") == "GET, HEAD, OPTIONS"
+    assert (
+        resp.header("Access-Control-Allow-Headers") == PREFLIGHT["Access-Control-Request-Headers"]
+    )
+    assert resp.header("X-Request-ID")
