@@ -83,6 +83,7 @@ _OME_LENGTH_UNITS = {
     "micron": "MICROMETER",
     "um": "MICROMETER",
     "µm": "MICROMETER",
+    "μm": "MICROMETER",
     "millimeter": "MILLIMETER",
     "mm": "MILLIMETER",
     "centimeter": "CENTIMETER",
