@@ -210,6 +210,8 @@ class ImageMeta:
     # Changes whenever the stored pixels or saved settings change; part of every cache key.
     data_version: str = "0"
     description: str = ""
+    # Where the pixels come from, for people: "OME-NGFF 0.4, Zarr v2", "OMERO".
+    source_format: str = ""
 
     @property
     def pixels_type(self) -> str:

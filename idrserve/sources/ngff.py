@@ -132,6 +132,7 @@ class NgffImage:
     dtype: np.dtype[Any]  # level 0 as stored (may be big-endian)
     pixel_size: tuple[float | None, float | None, float | None]  # x, y, z in µm
     omero: Omero | None
+    zarr_format: int = 2
 
     def size(self, role: str, level: int = 0) -> int:
         """Size along `role` at `level`, 1 for a role the array does not have."""
@@ -461,6 +462,7 @@ def build_image(ms: Multiscale, arrays: Sequence[ArrayInfo]) -> NgffImage:
         dtype=levels[0].dtype,
         pixel_size=_pixel_size(ms, axes),
         omero=parse_omero(ms.omero),
+        zarr_format=arrays[0].zarr_format,
     )
 
 
@@ -635,4 +637,5 @@ def to_image_meta(
         pixel_size=image.pixel_size,
         data_version=data_version,
         description=image.description,
+        source_format=f"OME-NGFF {image.version}, Zarr v{image.zarr_format}",
     )
