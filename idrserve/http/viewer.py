@@ -32,6 +32,7 @@ from idrserve import __version__, vendor
 from idrserve.catalog import CatalogPage
 from idrserve.errors import IdrServeError, NotFound
 from idrserve.http.keys import DEPS
+from idrserve.http.middleware import log_error, request_id
 from idrserve.http.params import parse_page
 from idrserve.http.urls import link_cache_control, public_prefix
 
@@ -212,9 +213,13 @@ async def viewer_index(request: web.Request) -> web.Response:
 
 
 async def viewer_page(request: web.Request) -> web.Response:
-    """`/viewer/{id}`: OpenSeadragon over webgateway tiles; 404 for an unknown image."""
+    """`/viewer/{id}`: OpenSeadragon over webgateway tiles; 404 for an unknown image (an HTML
+    page for browsers, the usual JSON for API clients)."""
     iid = int(request.match_info["iid"])
-    await request.app[DEPS].source.meta(iid)  # NotFound (JSON 404) for an unknown id
+    try:
+        await request.app[DEPS].source.meta(iid)
+    except NotFound as exc:
+        return not_found(request, exc)
     _require_assets(request.app, "openseadragon")
     values = _common(request)
     values |= {
@@ -222,6 +227,23 @@ async def viewer_page(request: web.Request) -> web.Response:
         "viewer_js": values["base"] + asset_url(request.app, "viewer.js"),
     }
     return _page(request, _render(request.app, "viewer.html", values))
+
+
+async def viewer_missing(request: web.Request) -> web.Response:
+    """Any other path under `/viewer/`: a 404, as a page for browsers."""
+    return not_found(request, NotFound(f"no such page: {request.path}"))
+
+
+def not_found(request: web.Request, exc: NotFound) -> web.Response:
+    """The 404 page for a browser (`prefers_html`); API clients get the JSON error."""
+    if not prefers_html(request):
+        raise exc
+    log_error(request, exc)  # the catalogued-but-missing case has an internal side to log
+    values = _common(request) | {"detail": exc.detail, "request_id": request_id(request)}
+    response = _page(request, _render(request.app, "notfound.html", values))
+    response.set_status(404)
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 async def docs_page(request: web.Request) -> web.Response:
@@ -276,3 +298,4 @@ def add_routes(app: web.Application, page: PageGetter, static_root: Path | None 
     router.add_get("/docs", docs_page, name="docs")
     router.add_get("/docs/", docs_page, name="docs_slash")
     router.add_get(STATIC_PREFIX + "{path:.+}", static_file, name="viewer_static")
+    router.add_get("/viewer/{tail:.+}", viewer_missing, name="viewer_missing")

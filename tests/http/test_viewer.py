@@ -68,12 +68,41 @@ async def test_viewer_without_slash_redirects_like_the_webgateway(client: TestCl
 
 
 async def test_viewer_unknown_image_is_json_404(client: TestClient) -> None:
-    resp = await client.get("/viewer/999999")
+    for accept in ("", "*/*", "application/json", "application/json, text/html;q=0.9"):
+        headers = {"Accept": accept} if accept else {}
+        resp = await client.get("/viewer/999999", headers=headers)
+        assert resp.status == 404, accept
+        assert (await resp.json())["error"] == "not_found"
+        resp = await client.get("/viewer/abc", headers=headers)
+        assert resp.status == 404
+        assert resp.content_type == "application/json"
+
+
+@pytest.mark.parametrize(
+    "path", ["/viewer/999999", "/viewer/999999/", "/viewer/abc", "/viewer/1/x"]
+)
+async def test_viewer_unknown_image_is_a_page_for_browsers(client: TestClient, path: str) -> None:
+    resp = await client.get(path, headers={"Accept": BROWSER_ACCEPT})
     assert resp.status == 404
-    assert (await resp.json())["error"] == "not_found"
-    resp = await client.get("/viewer/abc")
+    assert resp.content_type == "text/html"
+    assert resp.headers["Vary"] == "Accept"
+    assert resp.headers["Cache-Control"] == "private, no-cache"
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    body = await resp.text()
+    assert "<title>Not found · idrserve</title>" in body and "{{" not in body
+    detail = "image 999999 not found" if "999999" in path else f"no such page: {path}"
+    assert f'<p id="detail">{detail}.</p>' in body
+    assert 'href="/viewer/"' in body and resp.headers["X-Request-ID"] in body
+    assert EXTERNAL.search(body) is None
+    for url in ASSET.findall(body):
+        assert (await client.get(url)).status == 200
+
+
+async def test_viewer_not_found_page_escapes_the_path(client: TestClient) -> None:
+    resp = await client.get("/viewer/%3Cscript%3Ex", headers={"Accept": "text/html"})
     assert resp.status == 404
-    assert resp.content_type == "application/json"
+    body = await resp.text()
+    assert "<script>x" not in body and "&lt;script&gt;x" in body
 
 
 async def test_index_lists_images_with_thumbnails(client: TestClient) -> None:
