@@ -178,17 +178,29 @@ def page_links(page: CatalogPage) -> dict[str, int]:
 
 def index_html(request: web.Request, page: CatalogPage) -> str:
     """One page of the image index: a card per image with its thumbnail, linking to its
-    viewer, and links to the neighbouring pages (of the path asked for, `/` or `/viewer/`)."""
+    viewer, and links to the neighbouring pages (of the path asked for, `/` or `/viewer/`).
+
+    A card holds only the id: `index.js` fills in each card's name, size and channel count
+    from the image's imgData once the card scrolls into view, so the page costs one catalog
+    slice whatever the images are, and no metadata is read for cards nobody looks at.
+    """
     values = _common(request)
     base = html.escape(values["base"], quote=True)
     cards = "\n".join(
-        f'    <li><a href="{base}/viewer/{i}"><img src="{base}/webgateway/render_thumbnail/{i}/" '
-        f'alt="image {i}" loading="lazy" width="96" height="96"><span>{i}</span></a></li>'
+        f'    <li data-image-id="{i}"><a href="{base}/viewer/{i}">'
+        f'<img src="{base}/webgateway/render_thumbnail/{i}/" alt="image {i}" loading="lazy" '
+        f'width="96" height="96"><span class="card-id">{i}</span>'
+        '<span class="card-name"></span><span class="card-size"></span></a></li>'
         for i in page.ids
     )
     first = page.offset + 1 if page.ids else page.offset
     shown = f"{first}–{page.offset + len(page.ids)} of {page.total}"
-    text = _render(request.app, "index.html", values | {"count": str(page.total), "shown": shown})
+    values |= {
+        "count": str(page.total),
+        "shown": shown,
+        "index_js": values["base"] + asset_url(request.app, "index.js"),
+    }
+    text = _render(request.app, "index.html", values)
     nav = []
     for rel, label in (("prev", "← previous"), ("next", "next →")):
         offset = page_links(page).get(rel)

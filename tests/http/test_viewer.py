@@ -109,8 +109,11 @@ async def test_index_lists_images_with_thumbnails(client: TestClient) -> None:
     status, body = await page(client, "/viewer/")
     assert status == 200
     for iid in (P, S, Z):
-        assert f'href="/viewer/{iid}"' in body
+        assert f'<li data-image-id="{iid}"><a href="/viewer/{iid}">' in body
         assert f'src="/webgateway/render_thumbnail/{iid}/"' in body
+    # Names and sizes are filled in by the page's script from imgData, card by card.
+    assert any(a.startswith("/viewer/static/index.js?v=") for a in ASSET.findall(body))
+    assert 'data-base=""' in body and body.count('<span class="card-name"></span>') == 3
     # every thumbnail the index links to is a real image
     resp = await client.get(f"/webgateway/render_thumbnail/{S}/")
     assert resp.status == 200 and resp.content_type == "image/jpeg"
@@ -155,7 +158,7 @@ async def test_pages_name_no_external_url(client: TestClient) -> None:
         assert status == 200, path
         assert EXTERNAL.search(body) is None, (path, EXTERNAL.search(body))
     # our own scripts and styles build URLs from the page's origin only
-    for name in ("viewer.js", "viewer.css", "docs.js"):
+    for name in ("viewer.js", "index.js", "viewer.css", "docs.js"):
         text = (viewer.STATIC_DIR / name).read_text()
         assert EXTERNAL.search(text) is None, (name, EXTERNAL.search(text))
         assert "http" not in text, name
