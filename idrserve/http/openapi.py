@@ -40,6 +40,7 @@ PATH_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "h": (_str(r"^\d{1,9}$", examples=["96"]), "height in pixels"),
     "size": (_str(r"^\d{1,9}$", examples=["96"]), "longest side in pixels"),
     "share": (_str(r"^\d{1,19}$", examples=["1"]), "OMERO share id (ignored for public data)"),
+    "c": (_str(r"^\d{1,9}$", examples=["0"]), "channel index (0-based)"),
     "key": (_str(r"^[^/]{1,200}$", examples=["meta"]), "one top-level key of the imgData JSON"),
     "tail": (_str(r"^.*$", examples=["render_image_region/1001/0/0/"]), "any path"),
     "version": (_str(r"^[23]$", examples=["3"]), "IIIF Image API major version"),
@@ -207,6 +208,70 @@ OPS: list[_Op] = [
         "webgateway",
         [],
         _json_ok("{provider, version, features, options: {maxActiveChannels, ...}}"),
+    ),
+    _Op(
+        r"^GET /iviewer/image_data/\{iid\}/$",
+        "OMERO.iviewer's image JSON: imgData plus ROI count, pixel-size units, families",
+        "iviewer",
+        [],
+        _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
+    ),
+    _Op(
+        r"^GET /webgateway/histogram_json/\{iid\}/channel/\{c\}/$",
+        "One channel's intensity histogram of one plane (OMERO.web's histogram_json)",
+        "iviewer",
+        [
+            _q("theZ", "z-plane (0-based, default 0)", _str(examples=["0"])),
+            _q("theT", "timepoint (0-based, default 0)", _str(examples=["0"])),
+            _q("bins", "number of bins (default 256; ≤ 0 means 256; at most 4096)"),
+        ],
+        {
+            **_json_ok("{data: [count, …]} over the channel's window min..max"),
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+        },
+        "Counted from the coarsest level at least 512 pixels on each side; cached.",
+    ),
+    _Op(
+        r"^GET /webgateway/luts_png/$",
+        "The LUT sprite iviewer's LUT picker slices: a 10-pixel band per LUT, then a gradient",
+        "iviewer",
+        [_q("cached", "OMERO.web's cache switch, accepted and ignored")],
+        {
+            "200": {"description": "RGBA PNG, 256 wide", "content": {"image/png": {}}},
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+        },
+        "Bands follow `/webgateway/luts/` (`png_index_new`).",
+    ),
+    _Op(
+        r"^GET /webgateway/getImgRDef/$",
+        'Rendering settings copied in this session (never any: `{"rdef": null}`)',
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{rdef: null}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/get_image_rdefs_json/\{iid\}/$",
+        "The image's saved rendering definitions (one, from the NGFF omero block)",
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{rdefs: [...]}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/open_with/$",
+        'OMERO.web\'s "Open with" viewers (none offered: an empty list)',
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{open_with_options: []}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webclient/api/paths_to_object/$",
+        "Container paths to an object (none known: an empty list)",
+        "iviewer",
+        [
+            _q(name, "an object id (integer; any other value is a 400)", _str(examples=["1"]))
+            for name in ("image", "dataset", "project", "roi", "shape", "page_size")
+        ],
+        _json_ok("{paths: []}"),
     ),
     _Op(r"^GET /$", "The served images, with a few URLs each", "service", [], _json_ok("JSON")),
     _Op(
@@ -417,7 +482,7 @@ def build_spec(app: web.Application, server_url: str | None = None) -> dict[str,
             for n in names
         ]
         responses = {**op.responses}
-        if op.tag in ("webgateway", "deepzoom", "api", "zarr", "service"):
+        if op.tag in ("webgateway", "iviewer", "deepzoom", "api", "zarr", "service"):
             responses.update({k: v for k, v in ERRORS.items() if k not in responses})
             responses.setdefault("503", _error("overloaded (admission control); see Retry-After"))
         op_id = name or re.sub(r"\W+", "_", path)

@@ -417,6 +417,12 @@ def test_cors_header_exactly_once(stack: Stack) -> None:
         "/webclient/get_thumbnails/?id=1003",
         "/webclient/imgData/1003/",
         "/webgateway/luts/",
+        "/webgateway/luts_png/",
+        "/iviewer/image_data/1003/",
+        "/webgateway/get_image_rdefs_json/1003/",
+        "/webgateway/histogram_json/1003/channel/0/?theZ=0&theT=0",
+        "/webgateway/open_with/",
+        "/webgateway/getImgRDef/",
         "/omero_ms_image_region/",
         "/healthz",
         "/api/v1/images/1003",
@@ -444,6 +450,11 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
         "/api/v1/images/",
         "/static/x.js",
         "/metrics",
+        "/iviewer/",
+        "/iviewer/image_data/1003/delta_t/",
+        "/iviewer/roi/5/image_data/",
+        "/webclient/api/paths_to_object/?image=1003&page_size=50",
+        "/webgateway/copyImgRDef/?imageId=1003&c=1|0:255$FF0000",
     ],
 )
 def test_everything_else_reaches_omeroweb(stack: Stack, path: str) -> None:
@@ -465,6 +476,38 @@ def test_imgdata_proxied_uncached_and_gzipped(stack: Stack) -> None:
     plain = get(stack.nginx_port, "/webgateway/imgData/1003/")
     assert plain.header("Content-Encoding") is None
     assert json.loads(plain.body)["id"] == 1003
+
+
+def test_iviewer_boot_json_proxied_uncached(stack: Stack) -> None:
+    """iviewer's boot JSON goes to idrserve like imgData: not cached by nginx (a histogram is
+    cached by idrserve itself), gzipped on the way out."""
+    for path in ("/iviewer/image_data/1003/", "/webgateway/histogram_json/1003/channel/0/"):
+        for _ in range(2):
+            resp = get(stack.nginx_port, path, {"Accept-Encoding": "gzip"})
+            assert resp.status == 200, path
+            assert resp.header("X-Cache-Status") is None, path
+            assert resp.header("Content-Encoding") == "gzip", path
+            assert json.loads(gzip.decompress(resp.body)), path
+    assert get(stack.nginx_port, "/webgateway/histogram_json/1003/channel/0/").header(
+        "X-Cache"
+    ) in ("memory", "disk")
+
+
+def test_get_img_rdef_goes_to_omeroweb_after_a_copy(stack: Stack) -> None:
+    """Settings copied with iviewer's Copy live in OMERO.web's session: copyImgRDef's answer
+    marks the browser with a cookie, and its getImgRDef requests then go to OMERO.web."""
+    fresh = get(stack.nginx_port, "/webgateway/getImgRDef/")
+    assert fresh.header("X-Stand-In") is None
+    assert json.loads(fresh.body) == {"rdef": None}
+    assert fresh.header("Set-Cookie") is None
+    copied = get(stack.nginx_port, "/webgateway/copyImgRDef/?imageId=1003&c=1")
+    assert copied.header("X-Stand-In") == "omeroweb"
+    cookie = copied.header("Set-Cookie") or ""
+    assert cookie.startswith("idrserve_rdef_copied=1;") and "Path=/webgateway/" in cookie
+    sent = "sessionid=x; " + cookie.split(";")[0]
+    marked = get(stack.nginx_port, "/webgateway/getImgRDef/", {"Cookie": sent})
+    assert marked.header("X-Stand-In") == "omeroweb"
+    assert marked.body == b"omero.web stand-in: /webgateway/getImgRDef/"
 
 
 def test_stampede_reaches_idrserve_once(stack: Stack) -> None:
