@@ -224,6 +224,10 @@ async def viewer_index(request: web.Request) -> web.Response:
     return await index_page(request, page)
 
 
+# The viewer's scripts, in load order: each adds to `window.idrserveViewer`, viewer.js starts.
+VIEWER_SCRIPTS = ("viewer-state.js", "viewer-channels.js", "viewer-panels.js", "viewer.js")
+
+
 async def viewer_page(request: web.Request) -> web.Response:
     """`/viewer/{id}`: OpenSeadragon over webgateway tiles; 404 for an unknown image (an HTML
     page for browsers, the usual JSON for API clients)."""
@@ -234,10 +238,10 @@ async def viewer_page(request: web.Request) -> web.Response:
         return not_found(request, exc)
     _require_assets(request.app, "openseadragon")
     values = _common(request)
-    values |= {
-        "image_id": str(iid),
-        "viewer_js": values["base"] + asset_url(request.app, "viewer.js"),
-    }
+    values["image_id"] = str(iid)
+    for name in VIEWER_SCRIPTS:
+        key = name.removesuffix(".js").replace("-", "_") + "_js"
+        values[key] = values["base"] + asset_url(request.app, name)
     return _page(request, _render(request.app, "viewer.html", values))
 
 

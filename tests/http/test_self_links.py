@@ -90,12 +90,13 @@ def test_scripts_build_every_url_from_the_base() -> None:
     server_path = re.compile(
         r"""(?<!base \+ )["'`]/(?:webgateway|webclient|viewer|iiif|zarr|api|deepzoom|docs)"""
     )
-    for name in ("viewer.js", "index.js", "docs.js"):
+    for name in (*viewer.VIEWER_SCRIPTS, "index.js", "docs.js"):
         source = (viewer.STATIC_DIR / name).read_text()
         assert server_path.search(source) is None, (name, server_path.search(source))
     js = (viewer.STATIC_DIR / "viewer.js").read_text()
     assert 'base + "/webgateway/imgData/"' in js
     assert 'base + "/webgateway/render_image_region/"' in js
+    assert 'base + "/iiif/3/"' in js
     assert 'base + "/webgateway/imgData/"' in (viewer.STATIC_DIR / "index.js").read_text()
     for name in ("index.html", "viewer.html", "docs.html", "notfound.html"):
         for url in page_urls((viewer.STATIC_DIR / name).read_text()):

@@ -53,9 +53,12 @@ async def test_viewer_page(client: TestClient) -> None:
     assert f'data-image-id="{P}"' in body
     assets = ASSET.findall(body)
     assert any("openseadragon.min.js" in a for a in assets)
-    assert any(a.startswith("/viewer/static/viewer.js?v=") for a in assets)
+    for name in viewer.VIEWER_SCRIPTS:
+        assert any(a.startswith(f"/viewer/static/{name}?v=") for a in assets), name
     assert "{{" not in body
-    for path in ("z", "t", "greyscale", "channels"):
+    for path in ("z", "t", "greyscale", "channels", "projection", "z-play", "t-play", "navigator"):
+        assert f'id="{path}"' in body
+    for path in ("scalebar", "readout", "meta", "links", "snippet", "copy-snippet", "toolbar"):
         assert f'id="{path}"' in body
     # trailing slash form answers the same page
     status, body2 = await page(client, f"/viewer/{P}/")
@@ -158,10 +161,10 @@ async def test_pages_name_no_external_url(client: TestClient) -> None:
         assert status == 200, path
         assert EXTERNAL.search(body) is None, (path, EXTERNAL.search(body))
     # our own scripts and styles build URLs from the page's origin only
-    for name in ("viewer.js", "index.js", "viewer.css", "docs.js"):
+    for name in (*viewer.VIEWER_SCRIPTS, "index.js", "viewer.css", "docs.js"):
         text = (viewer.STATIC_DIR / name).read_text()
         assert EXTERNAL.search(text) is None, (name, EXTERNAL.search(text))
-        assert "http" not in text, name
+        assert re.search(r"https?:", text) is None, name
 
 
 async def test_static_assets_are_served_with_long_cache(client: TestClient) -> None:
