@@ -216,6 +216,8 @@ class ImageMeta:
     # Changes whenever the stored pixels or saved settings change; part of every cache key.
     data_version: str = "0"
     description: str = ""
+    # Where the pixels come from, for people: "OME-NGFF 0.4, Zarr v2", "OMERO".
+    source_format: str = ""
     # The same x, y, z sizes in their stored unit, where the source knows it (None: unknown,
     # or no size); `pixel_size` is always micrometres.
     stored_pixel_size: tuple[StoredLength | None, StoredLength | None, StoredLength | None] = (

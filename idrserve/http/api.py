@@ -65,6 +65,7 @@ def describe(meta: ImageMeta, view: ZarrView, base: str, max_bytes: int) -> dict
         "id": meta.image_id,
         "name": meta.name,
         "description": meta.description,
+        "source_format": meta.source_format,
         "dtype": meta.dtype,
         "axes": [
             {"name": "t", "type": "time"},

@@ -376,7 +376,17 @@ OPS: list[_Op] = [
         "The built-in viewer (HTML page)",
         "viewer",
         [],
-        {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        {
+            "200": {"description": "HTML", "content": {"text/html": {}}},
+            "404": {
+                "description": "unknown image or page: an HTML page when `Accept` prefers "
+                "`text/html`, else the JSON error",
+                "content": {
+                    "text/html": {},
+                    JSON: {"schema": {"$ref": "#/components/schemas/Error"}},
+                },
+            },
+        },
     ),
     _Op(
         r"^GET /docs/?$",

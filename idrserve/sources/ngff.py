@@ -162,6 +162,7 @@ class NgffImage:
     dtype: np.dtype[Any]  # level 0 as stored (may be big-endian)
     pixel_size: tuple[float | None, float | None, float | None]  # x, y, z in µm
     omero: Omero | None
+    zarr_format: int = 2
     # x, y, z as stated: (scale, OME unit name), None where `pixel_size` is None.
     stored_pixel_size: tuple[StoredLength | None, StoredLength | None, StoredLength | None] = (
         None,
@@ -497,6 +498,7 @@ def build_image(ms: Multiscale, arrays: Sequence[ArrayInfo]) -> NgffImage:
         dtype=levels[0].dtype,
         pixel_size=_pixel_size(ms, axes),
         omero=parse_omero(ms.omero),
+        zarr_format=arrays[0].zarr_format,
         stored_pixel_size=_stored_pixel_size(ms, axes),
     )
 
@@ -695,4 +697,5 @@ def to_image_meta(
         stored_pixel_size=image.stored_pixel_size,
         data_version=data_version,
         description=image.description,
+        source_format=f"OME-NGFF {image.version}, Zarr v{image.zarr_format}",
     )

@@ -97,6 +97,7 @@ async def test_metadata_maps_like_the_zarr_image(
     got = await omero_source.meta(omero_id(zarr_id))
     assert got.image_id == omero_id(zarr_id)
     assert got.data_version.startswith("omero-")
+    assert got.source_format == "OMERO"
     assert got.pixel_size == pytest.approx(want.pixel_size)
     # OMERO reports a level's tile clipped to the level (the tile a read gets); Zarr reports
     # its chunk shape, which may be larger than a small level.
@@ -107,6 +108,7 @@ async def test_metadata_maps_like_the_zarr_image(
         data_version=want.data_version,
         pixel_size=want.pixel_size,
         levels=want.levels,
+        source_format=want.source_format,
     )
     assert same == want
 
