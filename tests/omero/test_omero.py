@@ -109,6 +109,9 @@ async def test_metadata_maps_like_the_zarr_image(
         pixel_size=want.pixel_size,
         levels=want.levels,
         source_format=want.source_format,
+        # The reader worker sends sizes in µm only, not the unit OMERO stored them in
+        # (docs/iviewer.md: image_data's unit fields then say µm).
+        stored_pixel_size=want.stored_pixel_size,
     )
     assert same == want
 
