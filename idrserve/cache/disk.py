@@ -66,6 +66,7 @@ class DiskTier:
         self._during_scan = [0, 0]  # bytes, entries written since the current walk began
         self.scans = 0
         self.evicted = 0
+        self._scan_lock = asyncio.Lock()  # one walk at a time: two would each free `need`
 
     async def _run(self, pool: Executor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -156,6 +157,10 @@ class DiskTier:
             log.exception("disk cache scan failed")
 
     async def scan_and_evict(self) -> None:
+        async with self._scan_lock:
+            await self._scan_and_evict()
+
+    async def _scan_and_evict(self) -> None:
         self._written_since_scan = 0
         # Writes that finish while the walk runs may or may not be seen by it; count them on
         # top (an overcount only brings the next rescan forward, an undercount would let the
@@ -167,7 +172,14 @@ class DiskTier:
         self.stats.entries = result.files + self._during_scan[1]
         if self.stats.bytes <= self.max_bytes or self._stop.is_set():
             return
-        need = self.stats.bytes - int(self.max_bytes * LOW_WATER)
+        if self._during_scan[1]:
+            self._wake.set()  # the total may count some writes twice: settle it with one more walk
+        # What to free comes from the walk alone: the writes counted on top may have been seen
+        # by it too, and a slow walk under heavy writes once counted every file twice and
+        # emptied the whole directory. Writes it missed are caught by the next rescan.
+        need = result.bytes - int(self.max_bytes * LOW_WATER)
+        if need <= 0:
+            return
         _, oldest = await self._run(self._scan_pool, self.store.scan, self._stop, need)
         freed, removed = await self._run(self._scan_pool, self.store.remove, oldest)
         self.evicted += removed

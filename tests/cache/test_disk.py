@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from idrserve.cache import CacheEntry, TieredCache, response_key
-from idrserve.cache.files import DiskStore, disk_cost
+from idrserve.cache.files import DiskStore, ScanResult, disk_cost
 from tests.cache.conftest import CacheFactory, corrupt_byte
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,3 +296,50 @@ def test_a_kept_file_damaged_before_its_first_read_is_still_caught(tmp_path: Pat
     assert not os.path.exists(store.path_for(bad))
     assert store.read_if_cached(bad) == (None, False)
     store.close()
+
+
+async def test_writes_during_a_slow_walk_never_empty_the_directory(
+    make_cache: CacheFactory,
+) -> None:
+    """Writes that finish while the size walk runs are counted on top of it, and the walk may
+    see them as well. Eviction must free only what the walk itself found above the low-water
+    mark: deciding from the double count once removed every file (seen in CI under load)."""
+    budget = 100 * 4096
+    cache = await make_cache(memory_max_bytes=0, dir=True, dir_max_bytes=budget)
+    disk = cache.disk
+    assert disk is not None
+    await wait_for(lambda: disk.scans >= 1)
+    for i in range(95):
+        cache.put(response_key(1, 0, str(i)), entry_for(i))
+    assert await cache.flush(5)
+    await wait_for(lambda: disk.stats.entries == 95)
+    evicted_before = disk.evicted
+
+    # Hold the next size walk at its start, write 60 more entries, then let it go: it sees
+    # all 155 files while the 60 writes are also counted on top (215 entries' worth).
+    release = threading.Event()
+    walking = threading.Event()
+    real_scan = disk.store.scan
+    held = [False]
+
+    def slow_scan(stop: threading.Event, need: int = 0) -> tuple[ScanResult, list[str]]:
+        if not held[0] and need == 0:
+            held[0] = True
+            walking.set()
+            release.wait(10)
+        return real_scan(stop, need)
+
+    disk.store.scan = slow_scan  # type: ignore[method-assign]
+    task = asyncio.create_task(disk.scan_and_evict())
+    await asyncio.to_thread(walking.wait, 5)
+    for i in range(95, 155):
+        cache.put(response_key(1, 0, str(i)), entry_for(i))
+    assert await cache.flush(5)
+    release.set()
+    await task
+
+    left = files_on_disk(disk.store.root)
+    assert disk.evicted - evicted_before == 155 - 90  # down to the low-water mark, no further
+    assert len(left) == 90
+    assert (await cache.get(response_key(1, 0, "154")))[1] == "disk"  # the newest stays
+    await wait_for(lambda: disk.stats.bytes == 90 * 4096)  # a follow-up walk settles the count
