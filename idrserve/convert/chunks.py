@@ -14,7 +14,6 @@ and idrserve's own source.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,13 @@ from idrserve.convert.plan import Layout
 EMPTY = 2**64 - 1  # a shard index entry for an inner chunk that is not stored
 
 
+def checksum(body: bytes) -> int:
+    """The journal's checksum of a stored object: CRC-32C, computed with the CPU's CRC
+    instruction by google-crc32c (already needed for shard indexes), about 3× zlib's CRC-32
+    (4.3 against 1.6 GB/s over 64 MiB on the loaded 2-core machine)."""
+    return int(google_crc32c.value(body))
+
+
 def codec(options: Options) -> Any:
     """The numcodecs codec behind the output's compressor (v2 and v3 alike)."""
     if options.compressor == "zstd":
@@ -38,7 +44,7 @@ def codec(options: Options) -> Any:
 
 
 class ChunkWriter:
-    """Stores bands of one output under `root`; returns each object's CRC-32 for the journal."""
+    """Stores bands of one output under `root`; returns each object's CRC-32C for the journal."""
 
     def __init__(self, root: Path, layout: Layout, options: Options) -> None:
         self._root = root
@@ -48,7 +54,7 @@ class ChunkWriter:
         self._dtype = layout.dtype.newbyteorder("<")
 
     def write(self, level: int, unit: Unit, band: int, data: np.ndarray) -> dict[str, int]:
-        """Store one band, (samples, rows, width) of plane `unit`; {key: CRC-32}."""
+        """Store one band, (samples, rows, width) of plane `unit`; {key: CRC-32C}."""
         layout = self._layout
         t, g, z = unit
         shards = layout.shards(level)
@@ -71,7 +77,7 @@ class ChunkWriter:
                     body = self._encode(plane[:, x0 : x0 + chunk_w], (chunk_h, chunk_w))
                 key = f"{prefix}/{x}"
                 (self._root / key).write_bytes(body)
-                crcs[key] = zlib.crc32(body)
+                crcs[key] = checksum(body)
         return crcs
 
     def _encode(self, block: np.ndarray, shape: tuple[int, int]) -> bytes:

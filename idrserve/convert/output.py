@@ -2,7 +2,7 @@
 
 Arrays are created through zarr-python (Zarr v2 with `/` chunk keys for NGFF 0.4, Zarr v3
 with optional sharding for 0.5); bands are stored by `chunks.ChunkWriter` and read back
-through zarr. After a band is written, the CRC-32 of each of its objects goes into the
+through zarr. After a band is written, the CRC-32C of each of its objects goes into the
 journal, one JSON line per band; `--resume` trusts a band only when every object's CRC
 still matches (`Journal.open`).
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from idrserve.convert.chunks import ChunkWriter, codec
+from idrserve.convert.chunks import ChunkWriter, checksum, codec
 from idrserve.convert.inputs import Unit
 from idrserve.convert.options import ConvertError, Options
 from idrserve.convert.plan import Layout
@@ -101,7 +100,7 @@ class Output:
         return tuple(index[a] for a in layout.axes)
 
     def write(self, level: int, unit: Unit, band: int, data: np.ndarray) -> dict[str, int]:
-        """Write one band (samples, rows, width); return the CRC-32 of each stored object."""
+        """Write one band (samples, rows, width); return the CRC-32C of each stored object."""
         return self._writer.write(level, unit, band, data)
 
     def read(self, level: int, unit: Unit, band: int) -> np.ndarray:
@@ -109,7 +108,7 @@ class Output:
         return np.asarray(self.arrays[level][self._selection(level, unit, band)])
 
     def _crc(self, key: str) -> int:
-        return zlib.crc32((self.root / key).read_bytes())
+        return checksum((self.root / key).read_bytes())
 
     def verify(self, crcs: Mapping[str, int]) -> bool:
         """Whether every object still holds the bytes the journal recorded."""

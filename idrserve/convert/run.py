@@ -113,7 +113,7 @@ def convert(
                 windows = _windows(output, layout)
                 attrs = document.attributes(layout, source.info, windows, options.ngff)
                 output.set_attributes(attrs)
-                read_back(tmp, layout, _first_tile(source, layout))
+                read_back(tmp, layout, _first_tile(source, layout, driver.first_tiles))
         except ConvertError:
             journal.close()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -209,6 +209,9 @@ class _Driver:
         self._error: BaseException | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.written = 0
+        # Level 0's top-left tile of each channel group at t 0, z 0, kept for the read-back
+        # check so the input is not decoded again for it.
+        self.first_tiles: dict[int, np.ndarray] = {}
 
     def _row_bytes(self, level: int) -> int:
         lay = self._layout
@@ -257,6 +260,9 @@ class _Driver:
             data = self._source.read(lv.source, unit, start, stop)
             if data.shape[1:] != (stop - start, lv.width):
                 raise ConvertError(f"input level {lv.source} read as {data.shape}")
+            t, g, z = unit
+            if level == 0 and band == 0 and t == 0 and z == 0:
+                self.first_tiles[g] = data[:, : lay.chunk, : lay.chunk].copy()
         else:
             above = lay.bands(level - 1)
             halves = []
@@ -313,10 +319,15 @@ def _windows(output: Output, layout: Layout) -> list[ChannelStats]:
     return out
 
 
-def _first_tile(source: InputImage, layout: Layout) -> np.ndarray:
+def _first_tile(source: InputImage, layout: Layout, kept: dict[int, np.ndarray]) -> np.ndarray:
+    """Level 0's top-left tile of plane t 0, z 0, every channel: kept by the driver, or read
+    again for the groups a resumed run did not read."""
     lv = layout.levels[0]
     h, w = min(layout.chunk, lv.height), min(layout.chunk, lv.width)
-    parts = [source.read(0, (0, g, 0), 0, h)[:, :, :w] for g in range(layout.groups)]
+    parts = [
+        kept[g] if g in kept else source.read(0, (0, g, 0), 0, h)[:, :, :w]
+        for g in range(layout.groups)
+    ]
     return np.concatenate(parts, axis=0)
 
 
