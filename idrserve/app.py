@@ -17,7 +17,7 @@ from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
 from idrserve.catalog.metrics import CatalogCollector
-from idrserve.http import api, deepzoom, iiif, ops, urls, viewer, webgateway, zarrstore
+from idrserve.http import api, deepzoom, iiif, iviewer, ops, urls, viewer, webgateway, zarrstore
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.keys import ADMISSION, CATALOG, DEPS, REGISTRY, SETTINGS, STATE
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
@@ -177,6 +177,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/", index, name="index")
     app.router.add_get("/metrics", metrics, name="metrics")
     webgateway.add_routes(app)
+    iviewer.add_routes(app)
     iiif.add_routes(app)
     deepzoom.add_routes(app)
     viewer.add_routes(app, lambda request, offset, limit: request.app[CATALOG].page(offset, limit))

@@ -70,6 +70,14 @@ class TooLarge(IdrServeError):
     code = "too_large"
 
 
+class UnsupportedFormat(IdrServeError):
+    """The image is stored in a format idrserve cannot serve (a JPEG, a CZI, a TIFF with a
+    compression that cannot be decoded): 415, with the supported list and how to convert."""
+
+    status = 415
+    code = "unsupported_format"
+
+
 class SourceUnavailable(IdrServeError):
     """Storage or OMERO unreachable: 503 with Retry-After, only for the affected images."""
 

@@ -15,7 +15,13 @@ from enum import StrEnum
 # bytes rendered by older code are never served again.
 RENDER_SCHEMA = 1
 
+# Bump whenever the histogram JSON changes for the same request (binning, format).
+HISTOGRAM_SCHEMA = 1
+
 RGBA = tuple[int, int, int, int]
+# A physical length as the metadata states it: the value and OME's unit name, e.g.
+# (65.0, "NANOMETER"); iviewer shows pixel sizes in their stored unit.
+StoredLength = tuple[float, str]
 
 
 class Family(StrEnum):
@@ -210,6 +216,15 @@ class ImageMeta:
     # Changes whenever the stored pixels or saved settings change; part of every cache key.
     data_version: str = "0"
     description: str = ""
+    # Where the pixels come from, for people: "OME-NGFF 0.4, Zarr v2", "OMERO".
+    source_format: str = ""
+    # The same x, y, z sizes in their stored unit, where the source knows it (None: unknown,
+    # or no size); `pixel_size` is always micrometres.
+    stored_pixel_size: tuple[StoredLength | None, StoredLength | None, StoredLength | None] = (
+        None,
+        None,
+        None,
+    )
 
     @property
     def pixels_type(self) -> str:
@@ -297,6 +312,37 @@ class RegionRequest:
 
     def key(self) -> str:
         """Short digest of `canonical()`, used as cache key and ETag."""
+        return hashlib.blake2b(self.canonical().encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramRequest:
+    """One channel's intensity histogram of one plane, counted over the pixels of `level`.
+
+    `box` is the whole level; the bins span [low, high], the channel's slider range.
+    """
+
+    image_id: int
+    z: int
+    t: int
+    c: int
+    level: int
+    box: Box
+    low: float
+    high: float
+    bins: int
+    data_version: str = "0"
+
+    def canonical(self) -> str:
+        """A stable string of everything that changes the counts; feeds keys and ETags."""
+        return (
+            f"hist{HISTOGRAM_SCHEMA};img={self.image_id};dv={self.data_version};z={self.z}"
+            f";t={self.t};c={self.c};l={self.level}"
+            f";box={self.box.x},{self.box.y},{self.box.w},{self.box.h}"
+            f";range={float(self.low) + 0.0!r}:{float(self.high) + 0.0!r};bins={self.bins}"
+        )
+
+    def key(self) -> str:
         return hashlib.blake2b(self.canonical().encode(), digest_size=16).hexdigest()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -23,6 +24,7 @@ from idrserve.encode import encode
 from idrserve.errors import TooLarge
 from idrserve.model import (
     MEDIA_TYPES,
+    HistogramRequest,
     ImageMeta,
     Projection,
     RegionRequest,
@@ -30,6 +32,7 @@ from idrserve.model import (
     Tone,
 )
 from idrserve.render import render_rgb
+from idrserve.render.histogram import bin_counts
 from idrserve.render.lut import LutTable
 from idrserve.render.project import project
 from idrserve.render.resample import downsample_area, flip, resize_nearest, rotate, to_tone
@@ -65,7 +68,7 @@ class Rendered:
     tier: str = "off"
 
 
-async def cache_key(req: RegionRequest, deps: Deps) -> tuple[str, int]:
+async def cache_key(req: RegionRequest | HistogramRequest, deps: Deps) -> tuple[str, int]:
     """The response's cache key (also its ETag) and the image's purge generation in it.
 
     The key joins the image, its purge generation and a digest of everything that changes the
@@ -97,6 +100,34 @@ async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: st
     if tier not in ("miss",):
         timings["cache"] = time.perf_counter() - t0
     return Rendered(entry.body, entry.media_type, key, timings, tier)
+
+
+async def cached_histogram(req: HistogramRequest, deps: Deps, key: str) -> Rendered:
+    """A histogram's JSON from the cheapest cache tier, or read and counted once (one render
+    slot, counting in the CPU pool) and stored like a rendered tile."""
+    timings: dict[str, float] = {}
+
+    async def produce() -> CacheEntry:
+        with render_slot(deps):
+            sel = Selection(req.level, req.t, req.z, req.z + 1, (req.c,), req.box)
+            t0 = time.perf_counter()
+            stack = await deps.source.read(req.image_id, sel)
+            t1 = time.perf_counter()
+            body = await in_pool(deps.cpu_pool, partial(histogram_body, stack[0, 0], req))
+            timings.update(source=t1 - t0, render=time.perf_counter() - t1)
+        return CacheEntry(body, "application/json")
+
+    if deps.cache is None:
+        entry, tier = await produce(), "off"
+    else:
+        entry, tier = await deps.cache.get_or_render(key, produce)
+    return Rendered(entry.body, entry.media_type, key, timings, tier)
+
+
+def histogram_body(plane: np.ndarray, req: HistogramRequest) -> bytes:
+    """`{"data": [count, …]}`, spaced as OMERO.web's JsonResponse writes it."""
+    counts = bin_counts(plane, req.low, req.high, req.bins)
+    return json.dumps({"data": counts.tolist()}, separators=(", ", ": ")).encode()
 
 
 @contextlib.contextmanager

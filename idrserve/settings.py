@@ -97,6 +97,8 @@ class SourceSettings(_Group):
     scan_max_depth: int = 6
     # Directory of ImageJ `.lut` files served as LUT channels (in addition to the built-in set).
     lut_dir: Path | None = None
+    # TIFF-family files kept open (sources/tiff.py), each a file descriptor or several.
+    tiff_open_files: int = Field(256, ge=1)
     # Concurrent chunk reads across the whole process (a global bound, not zarr's per-call one).
     max_concurrent_reads: int = Field(64, ge=1)
     # Read local Zarr v2 chunks directly with numcodecs instead of through zarr-python

@@ -139,7 +139,8 @@ def _wanted(pkg: NpmPackage, member: str) -> str | None:
 
 def extract(pkg: NpmPackage, data: bytes, dest: Path) -> list[str]:
     """Write the wanted regular files of a verified tarball into `dest` (replaced whole)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{pkg.name}-", dir=dest.parent))
+    dest.parent.mkdir(parents=True, exist_ok=True)  # `<root>/@scope/` for a scoped package
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     written: list[str] = []
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:

@@ -5,10 +5,13 @@ Two layouts, chosen per image and Zarr format:
 - **pass-through**: a local or remote Zarr v2 image whose levels use numcodecs codecs is shown
   with its own axes, chunk grid and encoding; array documents and chunks are the stored bytes,
   unchanged (a Zarr v3 view of it re-describes the same chunks when the codecs have a v3 name).
-- **generated**: anything else (sharded Zarr v3, other sources such as OMERO) is shown as 5D
-  t,c,z,y,x with one plane of one channel per chunk, chunks the size of the source's tiles, and
-  Blosc-LZ4 encoding; each chunk is one `PixelSource.read` of exactly its box, encoded on
-  demand and cached like any rendered response.
+  A Zarr v3 image (sharded or not) whose codecs every reader knows is passed through the same
+  way in its Zarr v3 view: its array documents and its chunk or shard objects, which clients
+  read by byte range (a shard's index, then its inner chunks), each range read on its own.
+- **generated**: anything else (Zarr v3 in the NGFF 0.4 view, other sources such as OMERO) is
+  shown as 5D t,c,z,y,x with one plane of one channel per chunk, chunks the size of the
+  source's tiles, and Blosc-LZ4 encoding; each chunk is one `PixelSource.read` of exactly its
+  box, encoded on demand and cached like any rendered response.
 
 Store keys follow what ome-zarr-py and zarr-python write: `.zgroup`, `.zattrs`, `{level}/.zarray`
 and `{level}/{t}/{c}/{z}/{y}/{x}` for NGFF 0.4 (Zarr v2); `zarr.json`, `{level}/zarr.json` and
@@ -35,16 +38,26 @@ from idrserve.cache import CacheEntry, response_key
 from idrserve.errors import NotFound
 from idrserve.lru import BoundedLRU
 from idrserve.model import Box, ImageMeta, Selection
-from idrserve.ngffdocs import dumps, group_docs, level0_shape, level_scale, v3_array_doc
+from idrserve.ngffdocs import (
+    chunk_separator,
+    dumps,
+    group_docs,
+    level0_shape,
+    level_scale,
+    stored_v3_doc,
+    v3_array_doc,
+)
 from idrserve.service import Deps, in_pool, render_slot
 from idrserve.sources import ngff
 from idrserve.sources.base import resolve_source
 from idrserve.sources.zarr import (
+    SpanOf,
     ZarrSource,
     arrays_store,
     local_file,
     read_failure,
     stored_bytes,
+    stored_span,
 )
 
 # Bump when generated documents or chunk encoding change, so cached chunks are never reused.
@@ -69,6 +82,7 @@ class ViewLevel:
     array_doc: bytes  # `.zarray` (v2) or `zarr.json` (v3), exactly as served
     separator: str  # between chunk indices in keys
     stored_path: str | None = None  # pass-through: the level's path in the store
+    chunk_prefix: str = ""  # before the chunk indices: "c/" (or "c.") for Zarr v3 default keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +96,6 @@ class ZarrView:
     levels: tuple[ViewLevel, ...]
     group_docs: dict[str, bytes]
     store: Any = None  # pass-through: the zarr store the chunks are read from
-    chunk_prefix: str = ""  # "c/" for Zarr v3 default chunk keys
 
     @property
     def passthrough(self) -> bool:
@@ -121,9 +134,9 @@ def resolve_key(view: ZarrView, key: str) -> bytes | ChunkRef | None:
     lv = view.levels[int(head)]
     if rest == (".zarray" if view.zarr_format == 2 else "zarr.json"):
         return lv.array_doc
-    if not rest.startswith(view.chunk_prefix):
+    if not rest.startswith(lv.chunk_prefix):
         return None
-    parts = rest[len(view.chunk_prefix) :].split(lv.separator)
+    parts = rest[len(lv.chunk_prefix) :].split(lv.separator)
     if len(parts) != len(lv.shape):
         return None
     index = []
@@ -140,16 +153,43 @@ def resolve_key(view: ZarrView, key: str) -> bytes | ChunkRef | None:
 async def read_chunk(view: ZarrView, ref: ChunkRef, deps: Deps) -> Blob | None:
     """A chunk's encoded bytes: the stored object, or generated from one source read."""
     if view.passthrough:
-        lv = view.levels[ref.level]
-        stored = f"{lv.stored_path}/" + lv.separator.join(map(str, ref.index))
+        stored = stored_key(view, ref)
         path = local_file(view.store, stored)
         if path is not None:
             return await _local_chunk(view, path, stored, deps)
         body = await stored_bytes(view.store, stored, view.meta.image_id)
         if body is None:
             return None
-        return Blob(body, CHUNK_TYPE, digest_tag(body))
+        return Blob(body, CHUNK_TYPE, f'"{_stored_digest(view, stored)}"')
     return await _generated_chunk(view, ref, deps)
+
+
+def stored_key(view: ZarrView, ref: ChunkRef) -> str:
+    """The store key of a pass-through chunk (or shard)."""
+    lv = view.levels[ref.level]
+    return f"{lv.stored_path}/{lv.chunk_prefix}" + lv.separator.join(map(str, ref.index))
+
+
+def stored_tag(view: ZarrView, ref: ChunkRef) -> str:
+    """The ETag of a pass-through chunk, whole or any range of it (known without reading)."""
+    return f'"{_stored_digest(view, stored_key(view, ref))}"'
+
+
+def _stored_digest(view: ZarrView, stored: str) -> str:
+    """From the image's data version and the key, as for every cached response: a range of a
+    stored object is served without reading the rest, so its bytes cannot be hashed."""
+    meta = view.meta
+    return hashlib.blake2b(
+        f"zarrchunk:{meta.image_id}:{meta.data_version}:{stored}".encode(), digest_size=16
+    ).hexdigest()
+
+
+async def read_chunk_span(
+    view: ZarrView, ref: ChunkRef, span_of: SpanOf
+) -> tuple[int, tuple[int, int] | None, bytes] | None:
+    """Pass-through only: a stored chunk's size, the span `span_of(size)` picks and its bytes,
+    read without the rest of the object; None when the object is absent."""
+    return await stored_span(view.store, stored_key(view, ref), view.meta.image_id, span_of)
 
 
 async def _local_chunk(view: ZarrView, path: Path, stored: str, deps: Deps) -> Blob | None:
@@ -157,13 +197,10 @@ async def _local_chunk(view: ZarrView, path: Path, stored: str, deps: Deps) -> B
 
     Per chunk, the executor hop of a file read costs several times the CPU of a memory hit,
     and on a small machine the server's CPU is the client's (bench_zarr.py); the disk and
-    Redis tiers would only copy a local file. The ETag comes from the image's data version
-    and the key, as for every cached response, not from hashing the bytes.
+    Redis tiers would only copy a local file.
     """
     meta = view.meta
-    digest = hashlib.blake2b(
-        f"zarrchunk:{meta.image_id}:{meta.data_version}:{stored}".encode(), digest_size=16
-    ).hexdigest()
+    digest = _stored_digest(view, stored)
     tag = f'"{digest}"'
     memory = deps.cache.memory if deps.cache is not None else None
     key = ""
@@ -259,12 +296,14 @@ class ZarrViews:
 async def build_view(deps: Deps, image_id: int, zarr_format: int, meta: ImageMeta) -> ZarrView:
     """The pass-through view when the stored encoding allows it, else the generated one."""
     concrete = await resolve_source(deps.source, image_id)
+    source_axes = None
     if isinstance(concrete, ZarrSource):
         stored_meta, image, arrays = await concrete.stored_arrays(image_id)
         view = await _passthrough_view(stored_meta, image, arrays, zarr_format)
         if view is not None:
             return view
-    return generated_view(meta, zarr_format)
+        source_axes = image.axes
+    return generated_view(meta, zarr_format, source_axes)
 
 
 async def _passthrough_view(
@@ -274,6 +313,10 @@ async def _passthrough_view(
     if located is None:
         return None
     store, paths = located
+    if getattr(getattr(arrays[0], "metadata", None), "zarr_format", 2) == 3:
+        if zarr_format != 3:
+            return None  # no Zarr v2 document can describe v3 chunks (sharding above all)
+        return await _stored_v3_view(meta, image, store, paths)
     raws = await asyncio.gather(
         *(stored_bytes(store, f"{p}/.zarray", meta.image_id) for p in paths)
     )
@@ -300,6 +343,32 @@ async def _passthrough_view(
     assert dtype is not None
     docs = group_docs(meta, image.axes, [lv.scale for lv in levels], zarr_format)
     return ZarrView(meta, zarr_format, image.axes, dtype, tuple(levels), docs, store)
+
+
+async def _stored_v3_view(
+    meta: ImageMeta, image: ngff.NgffImage, store: Any, paths: list[str]
+) -> ZarrView | None:
+    """A stored Zarr v3 image as it is: its array documents, chunk keys and objects."""
+    raws = await asyncio.gather(
+        *(stored_bytes(store, f"{p}/zarr.json", meta.image_id) for p in paths)
+    )
+    level0 = level0_shape(meta, image.axes)
+    levels = []
+    for level, path, raw in zip(image.levels, paths, raws, strict=True):
+        found = None if raw is None else stored_v3_doc(raw, level.shape, image.axes)
+        if found is None:
+            return None
+        doc, array_doc = found
+        encoding = doc["chunk_key_encoding"]
+        sep = chunk_separator(encoding)
+        prefix = f"c{sep}" if encoding["name"] == "default" else ""
+        shape = tuple(doc["shape"])
+        chunks = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
+        scale = level_scale(meta, image.axes, shape, level0)
+        levels.append(ViewLevel(shape, chunks, scale, array_doc, sep, path, prefix))
+    docs = group_docs(meta, image.axes, [lv.scale for lv in levels], 3)
+    dtype = np.dtype(image.dtype).newbyteorder("=")
+    return ZarrView(meta, 3, image.axes, dtype, tuple(levels), docs, store)
 
 
 def _eligible_v2(raw: bytes, shape: tuple[int, ...], zarr_format: int) -> dict[str, Any] | None:
@@ -331,8 +400,11 @@ def _eligible_v2(raw: bytes, shape: tuple[int, ...], zarr_format: int) -> dict[s
     return dict(doc)
 
 
-def generated_view(meta: ImageMeta, zarr_format: int) -> ZarrView:
-    """5D t,c,z,y,x, one channel plane per chunk, little-endian, Blosc-LZ4."""
+def generated_view(
+    meta: ImageMeta, zarr_format: int, source_axes: tuple[str, ...] | None = None
+) -> ZarrView:
+    """5D t,c,z,y,x, one channel plane per chunk, little-endian, Blosc-LZ4; `source_axes` are
+    the axes the source itself has (None: unknown, taken as all five)."""
     dtype = np.dtype(meta.dtype).newbyteorder("<")
     level0 = (meta.size_t, meta.size_c, meta.size_z, meta.size_y, meta.size_x)
     levels = []
@@ -359,10 +431,10 @@ def generated_view(meta: ImageMeta, zarr_format: int) -> ZarrView:
             v2 = {"shape": shape, "chunks": chunks, "fill_value": 0}
             v2["compressor"] = _BLOSC.get_config()
             array_doc = v3_array_doc(v2, dtype, AXES_5D, "/", v2_keys=False)
-        levels.append(ViewLevel(shape, chunks, scale, array_doc, "/"))
-    docs = group_docs(meta, AXES_5D, [lv.scale for lv in levels], zarr_format)
-    prefix = "c/" if zarr_format == 3 else ""
-    return ZarrView(meta, zarr_format, AXES_5D, dtype, tuple(levels), docs, None, prefix)
+        prefix = "c/" if zarr_format == 3 else ""
+        levels.append(ViewLevel(shape, chunks, scale, array_doc, "/", None, prefix))
+    docs = group_docs(meta, AXES_5D, [lv.scale for lv in levels], zarr_format, source_axes)
+    return ZarrView(meta, zarr_format, AXES_5D, dtype, tuple(levels), docs)
 
 
 def not_found(image_id: int, key: str) -> NotFound:

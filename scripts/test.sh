@@ -23,6 +23,9 @@ if ((${#need_apt[@]})); then
 fi
 
 "$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# The iviewer session test runs OMERO.iviewer's own bundle, from its PyPI wheel (pinned by
+# SHA-256, kept in ~/.cache/idrserve/iviewer/; tests/integration/iviewer_wheel.py).
+"$PY" -m tests.integration.iviewer_wheel >/dev/null
 
 # The OMERO tests run the OMERO reader worker and a stand-in OMERO under a Python 3.10 venv
 # with omero-py (zeroc-ice 3.6 builds from source there: minutes, once). A failed build fails

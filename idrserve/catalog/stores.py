@@ -1,4 +1,5 @@
-"""Object stores for remote images, and finding `<id>.zarr` directories below a root.
+"""Object stores for remote images, and finding `<id>.zarr` (or `<id>.ome.tif`, `.svs`, …)
+below a root.
 
 Remote stores answer within short timeouts and few retries (a viewer would rather get a fast
 503 than wait minutes). Scans walk a local tree for `<id>.zarr` / `<id>.ome.zarr` at any
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 ObjectStoreLike = HTTPStore | S3Store
 
 _ZARR_DIR = re.compile(r"^(\d{1,18})(?:\.ome)?\.zarr$")
+# TIFF-family files a scan serves directly (sources/tiff.py).
+_TIFF_FILE = re.compile(
+    r"^(\d{1,18})\.(?:ome\.tiff?|ome\.btf|tiff?|btf|svs|ndpi|scn|bif|qptiff)$", re.I
+)
 
 
 # Remote stores answer within these or count as unavailable (errors.SourceUnavailable).
@@ -105,7 +110,12 @@ def scan_iter(root: Path, max_depth: int) -> Iterator[tuple[int, Path]]:
             log.warning("cannot scan %s: %s", directory, exc.strerror)
             return
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir():
+            if entry.name.startswith("."):
+                continue
+            if not entry.is_dir():
+                tiff = _TIFF_FILE.match(entry.name)
+                if tiff and entry.is_file():
+                    yield int(tiff.group(1)), Path(entry.path)
                 continue
             match = _ZARR_DIR.match(entry.name)
             if match:

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from idrserve.encode.jpeg import encode_jpeg, jpeg_quality
-from idrserve.encode.png import encode_png
+from idrserve.encode.png import encode_png, encode_png_rgba
 from idrserve.encode.tiff import encode_tiff
 from idrserve.encode.webp import encode_webp
 from idrserve.model import Format
@@ -32,6 +32,7 @@ __all__ = [
     "encode",
     "encode_jpeg",
     "encode_png",
+    "encode_png_rgba",
     "encode_tiff",
     "encode_webp",
     "jpeg_quality",

@@ -15,6 +15,7 @@ from aiohttp import web
 from idrserve.http import params
 from idrserve.http.bodies import LARGE_BODY_BYTES, reserve_body
 from idrserve.http.keys import DEPS, SETTINGS, TRACE
+from idrserve.http.middleware import EXPOSE_HEADERS
 from idrserve.http.responses import not_modified
 from idrserve.http.trace import Trace
 from idrserve.http.urls import link_cache_control, public_base
@@ -25,6 +26,8 @@ from idrserve.raw import cached_region, parse_region_query, resolve_region
 from idrserve.zarrview import ZarrView
 
 ID = r"{iid:\d{1,19}}"
+# A region's shape, dtype and axes travel in headers that browser code may read too.
+EXPOSE_ARRAY_HEADERS = f"{EXPOSE_HEADERS}, X-Array-Shape, X-Array-Dtype, X-Array-Axes"
 
 
 async def image_info(request: web.Request) -> web.Response:
@@ -62,6 +65,7 @@ def describe(meta: ImageMeta, view: ZarrView, base: str, max_bytes: int) -> dict
         "id": meta.image_id,
         "name": meta.name,
         "description": meta.description,
+        "source_format": meta.source_format,
         "dtype": meta.dtype,
         "axes": [
             {"name": "t", "type": "time"},
@@ -125,8 +129,7 @@ async def region(request: web.Request) -> web.StreamResponse:
         "X-Array-Shape": ",".join(map(str, req.out_shape)),
         "X-Array-Dtype": req.out_dtype,
         "X-Array-Axes": ",".join(req.out_axes),
-        "Access-Control-Expose-Headers": "ETag, X-Request-ID, X-Array-Shape, X-Array-Dtype, "
-        "X-Array-Axes",
+        "Access-Control-Expose-Headers": EXPOSE_ARRAY_HEADERS,
     }
     return web.Response(body=out.body, content_type=out.media_type, headers=headers)
 

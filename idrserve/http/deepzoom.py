@@ -19,7 +19,6 @@ from aiohttp import web
 
 from idrserve.errors import BadRequest
 from idrserve.http import params
-from idrserve.http.iiif import preflight
 from idrserve.http.iiif_params import Identifier
 from idrserve.http.keys import DEPS, SETTINGS
 from idrserve.http.plan import DeepZoomAsk, identifier_plane, plan_deepzoom_tile, tile_size
@@ -93,16 +92,13 @@ async def tile(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    """The descriptor and the tiles (GET and HEAD); CORS comes from the middleware."""
+    """The descriptor and the tiles (GET and HEAD); CORS, OPTIONS included, comes from the
+    middleware (`middleware.answer_options`)."""
     iid = r"{iid:\d{1,19}}"
     dzi = f"/deepzoom/{iid}.dzi"
     tiles = (
         f"/deepzoom/{iid}_files/{{level:\\d{{1,3}}}}/{{col:\\d{{1,9}}}}_{{row:\\d{{1,9}}}}"
         r".{ext:[A-Za-z]{1,8}}"
     )
-    # Preflight on exactly these shapes: a catch-all OPTIONS route would turn every unknown
-    # GET path below /deepzoom/ into a 405 instead of a 404.
     app.router.add_get(dzi, descriptor, name="deepzoom_dzi")
-    app.router.add_route("OPTIONS", dzi, preflight, name="deepzoom_dzi_options")
     app.router.add_get(tiles, tile, name="deepzoom_tile")
-    app.router.add_route("OPTIONS", tiles, preflight, name="deepzoom_tile_options")

@@ -57,8 +57,6 @@ PROFILE = {
     Version.V3: "http://iiif.io/api/image/3/level2.json",
     Version.V2: "http://iiif.io/api/image/2/level2.json",
 }
-# Responses that send Link let cross-origin viewers read it.
-EXPOSE_WITH_LINK = "ETag, X-Request-ID, Link"
 # Beyond level 2: mirroring, `^` upscaling. (Level 2 itself covers the rest we do.)
 EXTRA_FEATURES = ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "sizeUpscaling"]
 V2_SUPPORTS = [
@@ -80,7 +78,6 @@ V2_SUPPORTS = [
     "sizeByW",
     "sizeByWh",
 ]
-ALLOW = "GET, HEAD, OPTIONS"
 
 
 def scale_factors(width: int, height: int, tile_w: int, tile_h: int) -> list[int]:
@@ -186,7 +183,6 @@ async def _info(request: web.Request, version: Version, raw_id: str) -> web.Resp
             "Content-Type": content_type,
             "Cache-Control": cache_control,
             "Link": f'<{PROFILE[version]}>;rel="profile"',
-            "Access-Control-Expose-Headers": EXPOSE_WITH_LINK,
         },
     )
 
@@ -208,7 +204,6 @@ def link_headers(version: Version, canonical: str) -> dict[str, str]:
     target = "../../../" + canonical.replace("^", "%5E")
     return {
         "Link": f'<{PROFILE[version]}>;rel="profile", <{target}>;rel="canonical"',
-        "Access-Control-Expose-Headers": EXPOSE_WITH_LINK,
     }
 
 
@@ -351,22 +346,6 @@ async def _manifest(request: web.Request, raw: str) -> web.Response:
     )
 
 
-async def preflight(request: web.Request) -> web.Response:
-    """CORS preflight: the methods IIIF clients use and whatever headers they ask for."""
-    headers = {
-        "Access-Control-Allow-Methods": ALLOW,
-        "Access-Control-Max-Age": "86400",
-        "Allow": ALLOW,
-    }
-    asked = request.headers.get("Access-Control-Request-Headers")
-    if asked:
-        headers["Access-Control-Allow-Headers"] = asked[:1024]
-    return web.Response(status=204, headers=headers)
-
-
 def add_routes(app: web.Application) -> None:
-    """`/iiif/3/…` and `/iiif/2/…` (GET and HEAD), plus their CORS preflight."""
+    """`/iiif/3/…` and `/iiif/2/…` (GET and HEAD; OPTIONS: `middleware.answer_options`)."""
     app.router.add_get(r"/iiif/{version:[23]}/{tail:.*}", handle, name="iiif")
-    app.router.add_route(
-        "OPTIONS", r"/iiif/{version:[23]}/{tail:.*}", preflight, name="iiif_options"
-    )

@@ -1,7 +1,9 @@
 """Cross-cutting HTTP behaviour: one error table, request ids, CORS, the per-request deadline.
 
 Every response, errors included, carries CORS and `X-Request-ID`: they are set in
-`on_response_prepare`, which aiohttp runs for every response it sends.
+`on_response_prepare`, which aiohttp runs for every response it sends. `OPTIONS` on any
+resource that answers GET is answered by `answer_options` (called from the admission
+middleware, http/ops.py), the one CORS preflight of every route family.
 
 Every JSON error body is built by `error_body`, and says only what the client may know: the
 internal side of an error (`IdrServeError.internal`: a file path, a store URL, the exception)
@@ -15,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -157,6 +160,62 @@ def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Midd
     return error_middleware
 
 
+# --- CORS -------------------------------------------------------------------------------------
+
+# Response headers browser code may read, on every response (the CORS-safelisted ones, such as
+# Content-Type, need no listing; Content-Length is listed for older browsers). Content-Range
+# lets a Zarr reader check the span of a 206, Retry-After lets a client back off from a 503.
+EXPOSE_HEADERS = "Content-Range, Content-Length, ETag, Link, Retry-After, X-Cache, X-Request-ID"
+# The methods of every route family: the server is read-only.
+ALLOW_METHODS = "GET, HEAD, OPTIONS"
+# How long a browser may reuse a preflight's answer (Firefox caps it at 24 h, Chromium at 2 h).
+PREFLIGHT_MAX_AGE_S = 86400
+# Access-Control-Request-Headers is a comma-separated list of header names (RFC 9110 tokens);
+# browsers send it lowercased and sorted. 1 024 characters is dozens of custom headers.
+MAX_REQUEST_HEADERS_LENGTH = 1024
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN_LIST = re.compile(rf"{_TOKEN}(?:[ \t]*,[ \t]*{_TOKEN})*")
+
+
+def answer_options(request: web.Request, response: web.Response | None = None) -> web.Response:
+    """OPTIONS on a resource the server answers GET for: `response` (default an empty 204)
+    with `Allow` and, when it is a CORS preflight (it names `Access-Control-Request-Method`),
+    the methods, the request headers it asked for, and how long the answer may be reused.
+
+    A preflight whose `Access-Control-Request-Headers` is not a list of header names, or is
+    longer than `MAX_REQUEST_HEADERS_LENGTH`, is a JSON 400 (the browser then blocks the
+    request, as it would without the header allowed; the body says why in its devtools).
+    """
+    if response is None:
+        response = web.Response(status=204)
+    response.headers["Allow"] = ALLOW_METHODS
+    if "Access-Control-Request-Method" not in request.headers:
+        return response
+    asked = request.headers.get("Access-Control-Request-Headers", "").strip(" \t,")
+    if asked:
+        if len(asked) > MAX_REQUEST_HEADERS_LENGTH or not _TOKEN_LIST.fullmatch(asked):
+            return error_response(
+                request,
+                400,
+                "bad_request",
+                "Access-Control-Request-Headers: expected a comma-separated list of header "
+                f"names of at most {MAX_REQUEST_HEADERS_LENGTH} characters",
+                "Access-Control-Request-Headers",
+            )
+        # Echoed rather than `*`: a wildcard never covers Authorization (Fetch standard).
+        response.headers["Access-Control-Allow-Headers"] = asked
+    response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+    response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_S)
+    response.headers["Vary"] = "Access-Control-Request-Headers"
+    return response
+
+
+def serves_get(request: web.Request) -> bool:
+    """True when the request's path is a route answering GET (matched for another method)."""
+    exc = request.match_info.http_exception
+    return isinstance(exc, web.HTTPMethodNotAllowed) and "GET" in exc.allowed_methods
+
+
 def make_on_prepare(
     cors_origin: str,
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
@@ -169,5 +228,5 @@ def make_on_prepare(
 def set_common_headers(response: web.StreamResponse, cors_origin: str, rid: str) -> None:
     """CORS and the request id, on every response (http/server.py's parser errors too)."""
     response.headers["Access-Control-Allow-Origin"] = cors_origin
-    response.headers.setdefault("Access-Control-Expose-Headers", "ETag, X-Request-ID")
+    response.headers.setdefault("Access-Control-Expose-Headers", EXPOSE_HEADERS)
     response.headers["X-Request-ID"] = rid

@@ -40,6 +40,7 @@ PATH_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "h": (_str(r"^\d{1,9}$", examples=["96"]), "height in pixels"),
     "size": (_str(r"^\d{1,9}$", examples=["96"]), "longest side in pixels"),
     "share": (_str(r"^\d{1,19}$", examples=["1"]), "OMERO share id (ignored for public data)"),
+    "c": (_str(r"^\d{1,9}$", examples=["0"]), "channel index (0-based)"),
     "key": (_str(r"^[^/]{1,200}$", examples=["meta"]), "one top-level key of the imgData JSON"),
     "tail": (_str(r"^.*$", examples=["render_image_region/1001/0/0/"]), "any path"),
     "version": (_str(r"^[23]$", examples=["3"]), "IIIF Image API major version"),
@@ -208,6 +209,78 @@ OPS: list[_Op] = [
         [],
         _json_ok("{provider, version, features, options: {maxActiveChannels, ...}}"),
     ),
+    _Op(
+        r"^GET /iviewer/image_data/\{iid\}/$",
+        "OMERO.iviewer's image JSON: imgData plus ROI count, pixel-size units, families",
+        "iviewer",
+        [],
+        _json_ok("iviewer's image_data JSON (docs/iviewer.md)"),
+    ),
+    _Op(
+        r"^GET /iviewer/image_data/\{iid\}/delta_t/$",
+        "Plane times per timepoint (none recorded: an empty list, as OMERO.web answers "
+        "an image without PlaneInfo timings)",
+        "iviewer",
+        [],
+        _json_ok("{delta_t: [], delta_t_unit_symbol: null}"),
+    ),
+    _Op(
+        r"^GET /webgateway/histogram_json/\{iid\}/channel/\{c\}/$",
+        "One channel's intensity histogram of one plane (OMERO.web's histogram_json)",
+        "iviewer",
+        [
+            _q("theZ", "z-plane (0-based, default 0)", _str(examples=["0"])),
+            _q("theT", "timepoint (0-based, default 0)", _str(examples=["0"])),
+            _q("bins", "number of bins (default 256; ≤ 0 means 256; at most 4096)"),
+        ],
+        {
+            **_json_ok("{data: [count, …]} over the channel's window min..max"),
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+        },
+        "Counted from the coarsest level at least 512 pixels on each side; cached.",
+    ),
+    _Op(
+        r"^GET /webgateway/luts_png/$",
+        "The LUT sprite iviewer's LUT picker slices: a 10-pixel band per LUT, then a gradient",
+        "iviewer",
+        [_q("cached", "OMERO.web's cache switch, accepted and ignored")],
+        {
+            "200": {"description": "RGBA PNG, 256 wide", "content": {"image/png": {}}},
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+        },
+        "Bands follow `/webgateway/luts/` (`png_index_new`).",
+    ),
+    _Op(
+        r"^GET /webgateway/getImgRDef/$",
+        'Rendering settings copied in this session (never any: `{"rdef": null}`)',
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{rdef: null}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/get_image_rdefs_json/\{iid\}/$",
+        "The image's saved rendering definitions (one, from the NGFF omero block)",
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{rdefs: [...]}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/open_with/$",
+        'OMERO.web\'s "Open with" viewers (none offered: an empty list)',
+        "iviewer",
+        [CALLBACK],
+        _json_ok("{open_with_options: []}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webclient/api/paths_to_object/$",
+        "Container paths to an object (none known: an empty list)",
+        "iviewer",
+        [
+            _q(name, "an object id (integer; any other value is a 400)", _str(examples=["1"]))
+            for name in ("image", "dataset", "project", "roi", "shape", "page_size")
+        ],
+        _json_ok("{paths: []}"),
+    ),
     _Op(r"^GET /$", "The served images, with a few URLs each", "service", [], _json_ok("JSON")),
     _Op(
         r"^GET /iiif/\{version\}/\{tail\}$",
@@ -228,15 +301,6 @@ OPS: list[_Op] = [
         {"tail": (_str(examples=["1001/info.json"]), "identifier and image request")},
     ),
     _Op(
-        r"^OPTIONS /iiif/\{version\}/\{tail\}$",
-        "CORS preflight for IIIF clients",
-        "iiif",
-        [],
-        {"204": {"description": "allowed methods and headers"}},
-        "",
-        {"tail": (_str(examples=["1001/info.json"]), "identifier and image request")},
-    ),
-    _Op(
         r"^GET /deepzoom/\{iid\}\.dzi$",
         "DeepZoom image descriptor (XML) for OpenSeadragon",
         "deepzoom",
@@ -249,13 +313,6 @@ OPS: list[_Op] = [
         "deepzoom",
         RENDER_QUERY + THUMB_QUERY[:2],
         _image_ok("the tile"),
-    ),
-    _Op(
-        r"^OPTIONS /deepzoom/",
-        "CORS preflight for DeepZoom clients",
-        "deepzoom",
-        [],
-        {"204": {"description": "allowed methods and headers"}},
     ),
     _Op(
         r"^GET /api/v1/images/\{iid\}$",
@@ -319,7 +376,17 @@ OPS: list[_Op] = [
         "The built-in viewer (HTML page)",
         "viewer",
         [],
-        {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        {
+            "200": {"description": "HTML", "content": {"text/html": {}}},
+            "404": {
+                "description": "unknown image or page: an HTML page when `Accept` prefers "
+                "`text/html`, else the JSON error",
+                "content": {
+                    "text/html": {},
+                    JSON: {"schema": {"$ref": "#/components/schemas/Error"}},
+                },
+            },
+        },
     ),
     _Op(
         r"^GET /docs/?$",
@@ -327,6 +394,26 @@ OPS: list[_Op] = [
         "operations",
         [],
         {"200": {"description": "HTML", "content": {"text/html": {}}}},
+    ),
+    _Op(
+        r"^OPTIONS /(?!webgateway/|omero_ms_image_region/)",
+        "CORS preflight (the same on every route that answers GET)",
+        "cors",
+        [],
+        {
+            "204": {
+                "description": "`Allow`; for a preflight also Access-Control-Allow-Methods "
+                "(GET, HEAD, OPTIONS), -Allow-Headers and -Max-Age"
+            },
+            "400": _error("Access-Control-Request-Headers is not a list of header names"),
+        },
+        "Answered for every path a GET route matches, before admission control; an unknown "
+        "path is a 404 as for GET. A preflight names `Access-Control-Request-Method`; the "
+        "names in `Access-Control-Request-Headers` (e.g. `range, authorization`) are echoed.",
+        {
+            "tail": (_str(r"^.*$", examples=["1001/info.json"]), "any path below the prefix"),
+            "key": (_str(r"^.*$", examples=["zarr.json"]), "store key"),
+        },
     ),
     _Op(
         r"^GET /healthz$",
@@ -381,8 +468,24 @@ def routes(app: web.Application) -> list[tuple[str, str, str]]:
     return out
 
 
-# Answered by a middleware (http/ops.py), not a route: documented here explicitly.
-MIDDLEWARE_OPERATIONS = [("OPTIONS", "/webgateway/{tail}", "webgateway_options")]
+# Answered by a middleware (http/ops.py), not a route: documented here explicitly. OPTIONS is
+# answered on every route that answers GET; one path per route family is listed.
+MIDDLEWARE_OPERATIONS = [
+    ("OPTIONS", "/webgateway/{tail}", "webgateway_options"),
+    *(
+        ("OPTIONS", path, f"{name}_options")
+        for path, name in (
+            ("/", "index"),
+            ("/viewer/", "viewer_index"),
+            ("/iiif/{version}/{tail}", "iiif"),
+            ("/deepzoom/{iid}.dzi", "deepzoom_dzi"),
+            ("/api/v1/images/{iid}", "api_image"),
+            ("/api/v1/images/{iid}/region", "api_region"),
+            ("/zarr/{iid}.zarr/{key}", "zarr_v2_key"),
+            ("/zarr/v3/{iid}.zarr/{key}", "zarr_v3_key"),
+        )
+    ),
+]
 
 
 def build_spec(app: web.Application, server_url: str | None = None) -> dict[str, Any]:
@@ -407,7 +510,7 @@ def build_spec(app: web.Application, server_url: str | None = None) -> dict[str,
             for n in names
         ]
         responses = {**op.responses}
-        if op.tag in ("webgateway", "deepzoom", "api", "zarr", "service"):
+        if op.tag in ("webgateway", "iviewer", "deepzoom", "api", "zarr", "service"):
             responses.update({k: v for k, v in ERRORS.items() if k not in responses})
             responses.setdefault("503", _error("overloaded (admission control); see Retry-After"))
         op_id = name or re.sub(r"\W+", "_", path)

@@ -7,6 +7,8 @@
   stays the cheap liveness probe.
 * The admission middleware (outermost): bounds requests in progress, answers 503 +
   `Retry-After` beyond it, and notes requests whose client went away (status 499 in the log).
+  It answers OPTIONS first, outside the bound: a preflight costs nothing, and one refused
+  would make the browser report a CORS failure instead of the readable 503 of the request.
 * `AccessLog`: one line per request on logger `idrserve.access` (JSON or key=value), with the
   request id also sent back in `X-Request-ID` (set in `middleware.make_on_prepare`).
 
@@ -56,7 +58,7 @@ from idrserve.http.keys import (
     STATE,
     TRACE,
 )
-from idrserve.http.middleware import request_id
+from idrserve.http.middleware import answer_options, request_id, serves_get
 from idrserve.http.openapi import build_spec
 from idrserve.http.responses import overloaded, refusal
 from idrserve.http.urls import link_cache_control, public_base
@@ -69,7 +71,8 @@ ACCESS_LOGGER = "idrserve.access"
 
 # Probes and metrics answer even when the request bound is reached.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-# OPTIONS anywhere under it answers the omero-ms-image-region feature/limits probe.
+# OPTIONS anywhere under it answers the omero-ms-image-region feature/limits probe (which is
+# also the CORS preflight there); on any other route that answers GET, the CORS preflight.
 WEBGATEWAY_PREFIX = "/webgateway/"
 # How long /readyz waits for any one dependency.
 CHECK_TIMEOUT_S = 1.0
@@ -88,10 +91,14 @@ def make_admission_middleware(
 
     @web.middleware
     async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            if request.path.startswith(WEBGATEWAY_PREFIX):
+                return await ms_options(request)
+            if serves_get(request):
+                return answer_options(request)
+            # an unknown path (404) or an OPTIONS route of its own: the usual way
         if request.path in EXEMPT_PATHS:
             return await handler(request)
-        if request.method == "OPTIONS" and request.path.startswith(WEBGATEWAY_PREFIX):
-            return await ms_options(request)
         if not admission.request_admitted():
             return overloaded(request, admission)
         start = time.perf_counter()

@@ -482,6 +482,39 @@ def parse_thumbnail_query(query: Mapping[str, str]) -> tuple[int | None, int | N
     return _plane_index(query, "z"), _plane_index(query, "t")
 
 
+DEFAULT_HISTOGRAM_BINS = 256
+MAX_HISTOGRAM_BINS = 4096
+
+
+def parse_histogram_query(query: Mapping[str, str]) -> tuple[int, int, int]:
+    """`histogram_json`'s `theZ`, `theT` (0-based, default 0) and `bins` → (z, t, bins).
+
+    Not an integer, or a negative plane, ⇒ 400. `bins` ≤ 0 means the default 256, as OMERO's
+    server takes it; more than MAX_HISTOGRAM_BINS ⇒ 400.
+    """
+    z = _plane_index(query, "theZ")
+    t = _plane_index(query, "theT")
+    text = _get(query, "bins")
+    bins = DEFAULT_HISTOGRAM_BINS if text is None else _to_int(text)
+    if bins is None or bins > MAX_HISTOGRAM_BINS:
+        raise BadRequest(
+            f"bins: expected an integer of at most {MAX_HISTOGRAM_BINS}, got {_echo(text or '')!r}",
+            param="bins",
+        )
+    return z or 0, t or 0, bins if bins > 0 else DEFAULT_HISTOGRAM_BINS
+
+
+def parse_optional_int(query: Mapping[str, str], key: str) -> int | None:
+    """An optional integer parameter (OMERO.web's `get_long_or_default`); not one ⇒ 400."""
+    text = _get(query, key)
+    if text is None:
+        return None
+    value = _to_int(text)
+    if value is None:
+        raise BadRequest(f"{key}: expected an integer, got {_echo(text)!r}", param=key)
+    return value
+
+
 def parse_ids(values: Iterable[str], max_batch: int) -> list[int]:
     """Repeated `id` values → distinct ids in first-seen order; empty values are skipped.
 

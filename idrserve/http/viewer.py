@@ -32,6 +32,7 @@ from idrserve import __version__, vendor
 from idrserve.catalog import CatalogPage
 from idrserve.errors import IdrServeError, NotFound
 from idrserve.http.keys import DEPS
+from idrserve.http.middleware import log_error, request_id
 from idrserve.http.params import parse_page
 from idrserve.http.urls import link_cache_control, public_prefix
 
@@ -177,17 +178,29 @@ def page_links(page: CatalogPage) -> dict[str, int]:
 
 def index_html(request: web.Request, page: CatalogPage) -> str:
     """One page of the image index: a card per image with its thumbnail, linking to its
-    viewer, and links to the neighbouring pages (of the path asked for, `/` or `/viewer/`)."""
+    viewer, and links to the neighbouring pages (of the path asked for, `/` or `/viewer/`).
+
+    A card holds only the id: `index.js` fills in each card's name, size and channel count
+    from the image's imgData once the card scrolls into view, so the page costs one catalog
+    slice whatever the images are, and no metadata is read for cards nobody looks at.
+    """
     values = _common(request)
     base = html.escape(values["base"], quote=True)
     cards = "\n".join(
-        f'    <li><a href="{base}/viewer/{i}"><img src="{base}/webgateway/render_thumbnail/{i}/" '
-        f'alt="image {i}" loading="lazy" width="96" height="96"><span>{i}</span></a></li>'
+        f'    <li data-image-id="{i}"><a href="{base}/viewer/{i}">'
+        f'<img src="{base}/webgateway/render_thumbnail/{i}/" alt="image {i}" loading="lazy" '
+        f'width="96" height="96"><span class="card-id">{i}</span>'
+        '<span class="card-name"></span><span class="card-size"></span></a></li>'
         for i in page.ids
     )
     first = page.offset + 1 if page.ids else page.offset
     shown = f"{first}–{page.offset + len(page.ids)} of {page.total}"
-    text = _render(request.app, "index.html", values | {"count": str(page.total), "shown": shown})
+    values |= {
+        "count": str(page.total),
+        "shown": shown,
+        "index_js": values["base"] + asset_url(request.app, "index.js"),
+    }
+    text = _render(request.app, "index.html", values)
     nav = []
     for rel, label in (("prev", "← previous"), ("next", "next →")):
         offset = page_links(page).get(rel)
@@ -211,17 +224,42 @@ async def viewer_index(request: web.Request) -> web.Response:
     return await index_page(request, page)
 
 
+# The viewer's scripts, in load order: each adds to `window.idrserveViewer`, viewer.js starts.
+VIEWER_SCRIPTS = ("viewer-state.js", "viewer-channels.js", "viewer-panels.js", "viewer.js")
+
+
 async def viewer_page(request: web.Request) -> web.Response:
-    """`/viewer/{id}`: OpenSeadragon over webgateway tiles; 404 for an unknown image."""
+    """`/viewer/{id}`: OpenSeadragon over webgateway tiles; 404 for an unknown image (an HTML
+    page for browsers, the usual JSON for API clients)."""
     iid = int(request.match_info["iid"])
-    await request.app[DEPS].source.meta(iid)  # NotFound (JSON 404) for an unknown id
+    try:
+        await request.app[DEPS].source.meta(iid)
+    except NotFound as exc:
+        return not_found(request, exc)
     _require_assets(request.app, "openseadragon")
     values = _common(request)
-    values |= {
-        "image_id": str(iid),
-        "viewer_js": values["base"] + asset_url(request.app, "viewer.js"),
-    }
+    values["image_id"] = str(iid)
+    for name in VIEWER_SCRIPTS:
+        key = name.removesuffix(".js").replace("-", "_") + "_js"
+        values[key] = values["base"] + asset_url(request.app, name)
     return _page(request, _render(request.app, "viewer.html", values))
+
+
+async def viewer_missing(request: web.Request) -> web.Response:
+    """Any other path under `/viewer/`: a 404, as a page for browsers."""
+    return not_found(request, NotFound(f"no such page: {request.path}"))
+
+
+def not_found(request: web.Request, exc: NotFound) -> web.Response:
+    """The 404 page for a browser (`prefers_html`); API clients get the JSON error."""
+    if not prefers_html(request):
+        raise exc
+    log_error(request, exc)  # the catalogued-but-missing case has an internal side to log
+    values = _common(request) | {"detail": exc.detail, "request_id": request_id(request)}
+    response = _page(request, _render(request.app, "notfound.html", values))
+    response.set_status(404)
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 async def docs_page(request: web.Request) -> web.Response:
@@ -276,3 +314,4 @@ def add_routes(app: web.Application, page: PageGetter, static_root: Path | None 
     router.add_get("/docs", docs_page, name="docs")
     router.add_get("/docs/", docs_page, name="docs_slash")
     router.add_get(STATIC_PREFIX + "{path:.+}", static_file, name="viewer_static")
+    router.add_get("/viewer/{tail:.+}", viewer_missing, name="viewer_missing")

@@ -21,7 +21,7 @@ from idrserve.errors import IdrServeError, NotFound
 from idrserve.http import params
 from idrserve.http.imgdata import image_data, select_key
 from idrserve.http.keys import DEPS, SETTINGS
-from idrserve.http.middleware import log_error
+from idrserve.http.middleware import answer_options, log_error
 from idrserve.http.plan import (
     Output,
     PlaneAsk,
@@ -223,7 +223,10 @@ async def luts(request: web.Request) -> web.StreamResponse:
 
 
 async def ms_options(request: web.Request) -> web.StreamResponse:
-    """The omero-ms-image-region feature probe iviewer sends to learn maxActiveChannels."""
+    """The omero-ms-image-region feature probe iviewer sends to learn maxActiveChannels.
+
+    As OPTIONS it doubles as the CORS preflight of every webgateway path (the microservice
+    answers `OPTIONS *`), with the same headers as every other route family's."""
     ctx = _ctx(request)
     limits = ctx.deps.limits
     side = int(limits.max_region_pixels**0.5)
@@ -242,11 +245,8 @@ async def ms_options(request: web.Request) -> web.StreamResponse:
         },
         None,
     )
-    if request.method == "OPTIONS":  # doubles as the answer to a CORS preflight
-        response.headers["Allow"] = "GET, HEAD, OPTIONS"
-        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "*"
-        response.headers["Access-Control-Max-Age"] = "86400"
+    if request.method == "OPTIONS":
+        return answer_options(request, response)
     return response
 
 

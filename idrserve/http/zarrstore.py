@@ -1,11 +1,14 @@
 """`/zarr/{id}.zarr/` (NGFF 0.4, Zarr v2) and `/zarr/v3/{id}.zarr/` (NGFF 0.5, Zarr v3).
 
-A read-only store over HTTP that zarr-python (fsspec), dask, ome-zarr-py and napari read
-unchanged: GET and HEAD of store keys, one `Range` per request (206, or 416 when it starts past
-the end), `ETag`/`If-None-Match`, and 404 for any key the store does not hold, which clients
-turn into fill values. The two formats live under separate prefixes because zarr-python 3 asks
-for `zarr.json`, `.zgroup` and `.zattrs` at once and, finding both formats, warns and picks v3:
-serving both at one URL would switch every NGFF 0.4 client to 0.5.
+A read-only store over HTTP that zarr-python (fsspec), dask, ome-zarr-py, napari and browser
+readers such as zarrita.js read unchanged: GET and HEAD of store keys, one `Range` per request
+(206, or 416 when it starts past the end; suffix ranges too), `ETag`/`If-None-Match`, and 404
+for any key the store does not hold, which clients turn into fill values. A range of a stored
+chunk or shard is read from storage alone, without the rest of the object.
+
+The two formats live under separate prefixes because zarr-python 3 asks for `zarr.json`,
+`.zgroup` and `.zattrs` at once and, finding both formats, warns and picks v3: serving both at
+one URL would switch every NGFF 0.4 client to 0.5.
 Keys are parsed, never joined onto file paths, so `..` and encoded separators cannot escape.
 """
 
@@ -23,14 +26,18 @@ from idrserve.http.responses import etag_matches
 from idrserve.http.trace import Trace
 from idrserve.http.urls import link_cache_control, public_base
 from idrserve.zarrview import (
+    CHUNK_TYPE,
     JSON_TYPE,
     Blob,
     ChunkRef,
+    ZarrView,
     ZarrViews,
     digest_tag,
     not_found,
     read_chunk,
+    read_chunk_span,
     resolve_key,
+    stored_tag,
 )
 
 VIEWS = web.AppKey("zarr_views", ZarrViews)
@@ -71,6 +78,8 @@ async def zarr_key(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise not_found(iid, key)
     if isinstance(found, ChunkRef):
+        if view.passthrough and "Range" in request.headers:
+            return await stored_range(request, view, found, key)
         blob = await read_chunk(view, found, deps)
         if blob is None:
             raise not_found(iid, key)
@@ -96,15 +105,37 @@ def _index(request: web.Request, iid: int, zarr_format: int, n_levels: int) -> w
     )
 
 
+async def stored_range(
+    request: web.Request, view: ZarrView, ref: ChunkRef, key: str
+) -> web.StreamResponse:
+    """A Range of a stored chunk or shard (a shard's index by a suffix range, one inner chunk),
+    read without the rest of it; a 304, a stale If-Range or a range to ignore are answered as
+    for the whole object."""
+    deps, cache_control = request.app[DEPS], request.app[SETTINGS].server.cache_control
+    etag = stored_tag(view, ref)
+    headers = _headers(request, etag, cache_control, "off")
+    if etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    wanted = request.headers["Range"]
+    if_range = request.headers.get("If-Range")
+    if if_range is None or if_range.strip() == etag:
+        found = await read_chunk_span(view, ref, lambda size: parse_range(wanted, size))
+        if found is None:
+            raise not_found(view.meta.image_id, key)
+        size, span, body = found
+        if span == UNSATISFIABLE:
+            return _unsatisfiable(request, wanted, size)
+        if span is not None:
+            return _partial(body, span, size, CHUNK_TYPE, headers)
+    blob = await read_chunk(view, ref, deps)
+    if blob is None:
+        raise not_found(view.meta.image_id, key)
+    return bytes_response(request, blob, cache_control)
+
+
 def bytes_response(request: web.Request, blob: Blob, cache_control: str) -> web.Response:
     """200, 206 (one satisfiable range), 304 or 416 for `blob`; HEAD gets the same headers."""
-    headers = {
-        "ETag": blob.etag,
-        "Cache-Control": cache_control,
-        "Accept-Ranges": "bytes",
-        "X-Cache": blob.tier,
-    }
-    request[TRACE] = Trace(blob.tier)
+    headers = _headers(request, blob.etag, cache_control, blob.tier)
     if etag_matches(request.headers.get("If-None-Match"), blob.etag):
         return web.Response(status=304, headers=headers)
     size = len(blob.body)
@@ -113,25 +144,40 @@ def bytes_response(request: web.Request, blob: Blob, cache_control: str) -> web.
     if wanted and (if_range is None or if_range.strip() == blob.etag):
         span = parse_range(wanted, size)
         if span == UNSATISFIABLE:
-            response = error_response(
-                request,
-                416,
-                "range_not_satisfiable",
-                f"Range {wanted!r} starts at or past the end of the {size}-byte object",
-                "Range",
-            )
-            response.headers["Content-Range"] = f"bytes */{size}"
-            return response
+            return _unsatisfiable(request, wanted, size)
         if span is not None:
             start, stop = span
-            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-            return web.Response(
-                status=206,
-                body=blob.body[start:stop],
-                content_type=blob.media_type,
-                headers=headers,
-            )
+            return _partial(blob.body[start:stop], span, size, blob.media_type, headers)
     return web.Response(body=blob.body, content_type=blob.media_type, headers=headers)
+
+
+def _headers(request: web.Request, etag: str, cache_control: str, tier: str) -> dict[str, str]:
+    request[TRACE] = Trace(tier)
+    return {
+        "ETag": etag,
+        "Cache-Control": cache_control,
+        "Accept-Ranges": "bytes",
+        "X-Cache": tier,
+    }
+
+
+def _partial(
+    body: bytes, span: tuple[int, int], size: int, media_type: str, headers: dict[str, str]
+) -> web.Response:
+    headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
+    return web.Response(status=206, body=body, content_type=media_type, headers=headers)
+
+
+def _unsatisfiable(request: web.Request, wanted: str, size: int) -> web.Response:
+    response = error_response(
+        request,
+        416,
+        "range_not_satisfiable",
+        f"Range {wanted!r} starts at or past the end of the {size}-byte object",
+        "Range",
+    )
+    response.headers["Content-Range"] = f"bytes */{size}"
+    return response
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:

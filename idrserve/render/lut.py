@@ -20,9 +20,11 @@ optional), 256 rows, with an optional header line.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,12 @@ OMERO_PNG_LUTS: tuple[str, ...] = (
 )
 # Where OMERO keeps a LUT of a given name; built-ins report the same folder.
 _OMERO_FOLDERS = {p.rsplit("/", 1)[1]: p.rsplit("/", 1)[0] + "/" for p in OMERO_PNG_LUTS[:-1]}
+
+# OMERO.web's LUT sprite (`/webgateway/luts_png/`, which iviewer's LUT picker slices): one
+# 10-pixel band of 256 columns per LUT, in the listing's order, then the channel slider's
+# gradient band: black, its alpha falling from 255 to 0 over the first 180 columns, then 0.
+SPRITE_BAND = 10
+SPRITE_GRADIENT_COLUMNS = 180
 
 _NIH_MAGIC = b"ICOL"
 _NIH_HEADER = 32
@@ -230,11 +238,37 @@ class LutTable:
         """Every entry in OMERO.web's listing order (case-insensitive name)."""
         return sorted(self._entries.values(), key=lambda e: (e.name.lower(), e.name))
 
+    @cached_property
+    def digest(self) -> str:
+        """A digest of the listing (names, folders, order) and every table."""
+        h = hashlib.blake2b(digest_size=16)
+        for entry in self.paths():
+            h.update(f"{entry.path}{entry.name}\0".encode())
+            h.update(entry.rgb.tobytes())
+        return h.hexdigest()
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def lut_sprite(table: LutTable) -> U8:
+    """OMERO.web's LUT sprite as an (H, 256, 4) RGBA array, H = 10 × (LUTs + 1).
+
+    Band i is the i-th LUT of `LutTable.paths` (the `png_index_new` of `luts_json`), opaque;
+    the last band is the slider gradient.
+    """
+    entries = table.paths()
+    band = SPRITE_BAND
+    sprite = np.full((band * (len(entries) + 1), 256, 4), 255, dtype=np.uint8)
+    for i, entry in enumerate(entries):
+        sprite[i * band : (i + 1) * band, :, :3] = entry.rgb
+    sprite[-band:] = 0
+    fade = np.floor(np.linspace(255.0, 0.0, SPRITE_GRADIENT_COLUMNS)).astype(np.uint8)
+    sprite[-band:, :SPRITE_GRADIENT_COLUMNS, 3] = fade
+    return sprite
 
 
 def _folder(file: Path, root: Path, builtin: bool) -> str:

@@ -26,7 +26,15 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from idrserve.model import RGBA, ChannelMeta, ColorModel, Family, ImageMeta, LevelMeta
+from idrserve.model import (
+    RGBA,
+    ChannelMeta,
+    ColorModel,
+    Family,
+    ImageMeta,
+    LevelMeta,
+    StoredLength,
+)
 
 AXES_5D = ("t", "c", "z", "y", "x")
 ROLES = frozenset(AXES_5D)
@@ -53,7 +61,8 @@ _MICROMETRES = {
     "micrometer": 1.0,
     "micron": 1.0,
     "um": 1.0,
-    "µm": 1.0,
+    "µm": 1.0,  # micro sign
+    "μm": 1.0,  # Greek mu (OME-XML from some writers)
     "millimeter": 1e3,
     "mm": 1e3,
     "centimeter": 1e4,
@@ -62,6 +71,27 @@ _MICROMETRES = {
     "meter": 1e6,
     "m": 1e6,
     "kilometer": 1e9,
+}
+
+# OME's name of each length unit above (OMERO.iviewer shows pixel sizes in their stored unit).
+_OME_LENGTH_UNITS = {
+    "angstrom": "ANGSTROM",
+    "picometer": "PICOMETER",
+    "nanometer": "NANOMETER",
+    "nm": "NANOMETER",
+    "micrometer": "MICROMETER",
+    "micron": "MICROMETER",
+    "um": "MICROMETER",
+    "µm": "MICROMETER",
+    "μm": "MICROMETER",
+    "millimeter": "MILLIMETER",
+    "mm": "MILLIMETER",
+    "centimeter": "CENTIMETER",
+    "cm": "CENTIMETER",
+    "decimeter": "DECIMETER",
+    "meter": "METER",
+    "m": "METER",
+    "kilometer": "KILOMETER",
 }
 
 # numpy dtype names for Zarr v3 `data_type` values we can serve.
@@ -132,6 +162,13 @@ class NgffImage:
     dtype: np.dtype[Any]  # level 0 as stored (may be big-endian)
     pixel_size: tuple[float | None, float | None, float | None]  # x, y, z in µm
     omero: Omero | None
+    zarr_format: int = 2
+    # x, y, z as stated: (scale, OME unit name), None where `pixel_size` is None.
+    stored_pixel_size: tuple[StoredLength | None, StoredLength | None, StoredLength | None] = (
+        None,
+        None,
+        None,
+    )
 
     def size(self, role: str, level: int = 0) -> int:
         """Size along `role` at `level`, 1 for a role the array does not have."""
@@ -461,6 +498,8 @@ def build_image(ms: Multiscale, arrays: Sequence[ArrayInfo]) -> NgffImage:
         dtype=levels[0].dtype,
         pixel_size=_pixel_size(ms, axes),
         omero=parse_omero(ms.omero),
+        zarr_format=arrays[0].zarr_format,
+        stored_pixel_size=_stored_pixel_size(ms, axes),
     )
 
 
@@ -476,8 +515,30 @@ def _pixel_size(
         i = axes.index(role)
         factor = _MICROMETRES.get((ms.units[i] or "").lower())
         value = ms.scale[i] * factor if factor is not None else None
-        out.append(value if value is not None and value > 0 else None)
+        # Infinity parses from JSON, and a product of two huge scales overflows to it: JSON
+        # responses cannot carry it, so such a size is as unknown as a missing one.
+        out.append(value if value is not None and 0 < value < math.inf else None)
     return out[0], out[1], out[2]
+
+
+def _stored_pixel_size(
+    ms: Multiscale, axes: tuple[str, ...]
+) -> tuple[StoredLength | None, StoredLength | None, StoredLength | None]:
+    """x, y, z as the metadata states them, for every size `_pixel_size` gives."""
+    out: list[StoredLength | None] = []
+    for role, size in zip(("x", "y", "z"), _pixel_size(ms, axes), strict=True):
+        if size is None or ms.scale is None or ms.units is None:
+            out.append(None)
+            continue
+        i = axes.index(role)
+        out.append((ms.scale[i], _OME_LENGTH_UNITS[(ms.units[i] or "").lower()]))
+    return out[0], out[1], out[2]
+
+
+def to_micrometres(value: float, unit: str) -> float | None:
+    """`value` in `unit` (UDUNITS-2 names, OME's symbols) as µm; None for an unknown unit."""
+    factor = _MICROMETRES.get(unit.strip().lower())
+    return value * factor if factor is not None else None
 
 
 def palette(size_c: int) -> tuple[RGBA, ...]:
@@ -633,6 +694,8 @@ def to_image_meta(
         default_t=default_t if default_t is not None and 0 <= default_t < size_t else 0,
         default_model=model,
         pixel_size=image.pixel_size,
+        stored_pixel_size=image.stored_pixel_size,
         data_version=data_version,
         description=image.description,
+        source_format=f"OME-NGFF {image.version}, Zarr v{image.zarr_format}",
     )

@@ -191,6 +191,7 @@ def facts_to_meta(facts: dict[str, Any], image_id: int) -> ImageMeta:
         pixel_size=(phys.get("x"), phys.get("y"), phys.get("z")),
         data_version=f"omero-{digest}",
         description=str(facts.get("description") or ""),
+        source_format="OMERO",
     )
 
 

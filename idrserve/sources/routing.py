@@ -1,8 +1,10 @@
-"""`RoutingSource`: one `PixelSource` over Zarr and OMERO; the catalog decides per image.
+"""`RoutingSource`: one `PixelSource` over Zarr, TIFF and OMERO; the catalog decides per image.
 
-An image the catalog finds as OME-Zarr is read from Zarr (fast, no OMERO load at all); any
-other image is read from OMERO when OMERO is configured. Without OMERO, everything goes to the
-Zarr source exactly as before (unknown images stay 404).
+An image the catalog finds is read from what it finds: a TIFF-family file (by its name, or a
+local regular file of any other name, which the TIFF source sniffs and refuses with a 415 when
+it is a JPEG, a CZI, …) from the TIFF source, anything else (a `.zarr` directory or URL) from
+Zarr; no OMERO load at all. Any other image is read from OMERO when OMERO is configured, else
+it is unknown (404).
 
 With `omero.ngff_direct` (default), an OMERO image that OMERO itself links to an OME-Zarr
 (ExternalInfo of omero-zarr-pixel-buffer, docs/omero.md) is read from that Zarr directly,
@@ -16,6 +18,7 @@ say None ("take the normal path") for an image not routed yet.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,6 +30,7 @@ from idrserve.lru import BoundedLRU
 from idrserve.model import ImageMeta, Selection
 from idrserve.settings import Settings
 from idrserve.sources.base import PixelSource
+from idrserve.sources.tiff import TiffSource, is_tiff_name
 from idrserve.sources.zarr import ZarrSource
 
 if TYPE_CHECKING:
@@ -64,10 +68,12 @@ class RoutingSource:
         *,
         trust_s: float = 60.0,
         ngff: tuple[PixelSource, NgffCatalog] | None = None,
+        tiff: PixelSource | None = None,
     ) -> None:
         self._catalog = catalog
         self.zarr = zarr
         self.omero = omero
+        self.tiff = tiff
         # Each decision is trusted for `trust_s` after it was made, then made again.
         self._routes: BoundedLRU[int, PixelSource] = BoundedLRU(_MAX_ROUTES, ttl_s=trust_s)
         # Optional: a Zarr source over the OME-Zarr that OMERO links NGFF-backed images to.
@@ -87,16 +93,22 @@ class RoutingSource:
         return result
 
     async def source_for(self, image_id: int) -> PixelSource:
-        """Zarr when the catalog locates the image, else OMERO (if configured), else Zarr."""
-        if self.omero is None:
+        """TIFF or Zarr when the catalog locates the image, else OMERO (if configured), else
+        Zarr (which answers 404)."""
+        if self.omero is None and self.tiff is None:
             return self.zarr
         route = self._routes.peek(image_id)
         if route is not None:
             return route
         location = await self._catalog.locate(image_id)
-        chosen = self.zarr if location is not None else self.omero
-        if location is None and self._ngff is not None:
-            chosen = await self._ngff_or_omero(image_id, self.omero)
+        chosen: PixelSource = self.zarr
+        if location is not None:
+            if self.tiff is not None and await _is_file_image(location):
+                chosen = self.tiff
+        elif self.omero is not None:
+            chosen = self.omero
+            if self._ngff is not None:
+                chosen = await self._ngff_or_omero(image_id, self.omero)
         self._routes.put(image_id, chosen)
         return chosen
 
@@ -118,7 +130,7 @@ class RoutingSource:
         return await (await self.source_for(image_id)).read(image_id, sel)
 
     def _known(self, image_id: int) -> PixelSource | None:
-        if self.omero is None:
+        if self.omero is None and self.tiff is None:
             return self.zarr
         return self._routes.peek(image_id)
 
@@ -133,6 +145,8 @@ class RoutingSource:
     async def aclose(self) -> None:
         try:
             await self.zarr.aclose()
+            if self.tiff is not None:
+                await self.tiff.aclose()
             if self._ngff is not None:
                 await self._ngff[0].aclose()
         finally:
@@ -146,11 +160,22 @@ def _location(found: str) -> Location:
     return Path(found[len("file://") :] if found.startswith("file://") else found)
 
 
+async def _is_file_image(location: Location) -> bool:
+    """True for a TIFF-family name, or a local regular file (not a `.zarr` directory)."""
+    if is_tiff_name(location):
+        return True
+    if not isinstance(location, Path) or location.name.lower().endswith(".zarr"):
+        return False
+    return await asyncio.to_thread(location.is_file)
+
+
 def build_source(settings: Settings, catalog: Catalog) -> PixelSource:
-    """The server's source: Zarr alone, or Zarr and OMERO behind a router when configured."""
+    """The server's source: Zarr and TIFF files behind a router, and OMERO when configured."""
     zarr = ZarrSource(settings.source, catalog)
+    tiff = TiffSource(settings.source, catalog)
+    trust_s = settings.source.rescan_interval_s
     if not settings.omero.enabled:
-        return zarr
+        return RoutingSource(catalog, zarr, None, trust_s=trust_s, tiff=tiff)
     from idrserve.sources.omero import OmeroSource
 
     omero = OmeroSource(settings.omero)
@@ -158,4 +183,4 @@ def build_source(settings: Settings, catalog: Catalog) -> PixelSource:
     if settings.omero.ngff_direct:
         ngff_catalog = NgffCatalog()
         ngff = (ZarrSource(settings.source, ngff_catalog), ngff_catalog)
-    return RoutingSource(catalog, zarr, omero, trust_s=settings.source.rescan_interval_s, ngff=ngff)
+    return RoutingSource(catalog, zarr, omero, trust_s=trust_s, ngff=ngff, tiff=tiff)

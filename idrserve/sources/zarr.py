@@ -52,11 +52,12 @@ from typing import Any, ClassVar
 import numpy as np
 import zarr
 from obstore.exceptions import PermissionDeniedError
+from zarr.abc.store import RangeByteRequest
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.experimental.cache_store import CacheStore
-from zarr.storage import LocalStore, ObjectStore, StorePath
+from zarr.storage import LocalStore, ObjectStore, StorePath, WrapperStore
 
 from idrserve import errors
 from idrserve.catalog import Catalog, Location, Locator, open_object_store
@@ -595,3 +596,54 @@ async def stored_bytes(store: Any, key: str, image_id: int) -> bytes | None:
             exc, image_id, fault, f"reading {key!r} from {_where(str(store))}"
         ) from exc
     return None if buf is None else bytes(buf.to_bytes())
+
+
+# [start, stop) of an object of the given size, or None (as `http/zarrstore.parse_range`).
+SpanOf = Callable[[int], tuple[int, int] | None]
+
+
+async def stored_span(
+    store: Any, key: str, image_id: int, span_of: SpanOf
+) -> tuple[int, tuple[int, int] | None, bytes] | None:
+    """Part of one stored object: its size, the span `span_of(size)` picks and the bytes of
+    that span (none unless 0 ≤ start < stop); None when the object is absent.
+
+    Only the span is read, so a shard's index or one inner chunk costs its own bytes, not the
+    shard's. Local files are read in a thread; other stores are asked the size first.
+    """
+    path = local_file(store, key)
+    try:
+        if path is not None:
+            return await asyncio.to_thread(_local_span, path, span_of)
+        size = await _size_store(store).getsize(key)
+        span = span_of(size)
+        if span is None or not 0 <= span[0] < span[1]:
+            return size, span, b""
+        buf = await store.get(
+            key, prototype=default_buffer_prototype(), byte_range=RangeByteRequest(*span)
+        )
+    except (FileNotFoundError, NotADirectoryError, PermissionDeniedError):
+        return None  # S3 answers 403 for a missing key when listing is not allowed
+    except Exception as exc:
+        fault = "a stored object could not be read"
+        raise read_failure(
+            exc, image_id, fault, f"reading part of {key!r} from {_where(str(store))}"
+        ) from exc
+    return None if buf is None else (size, span, bytes(buf.to_bytes()))
+
+
+def _size_store(store: Any) -> Any:
+    """The store to ask an object's size: a wrapper's (the chunk cache's `CacheStore`) would
+    read the whole object to learn it (zarr's default `Store.getsize`), so its inner store."""
+    while isinstance(store, WrapperStore):
+        store = store._store  # zarr keeps the wrapped store there (no public accessor)
+    return store
+
+
+def _local_span(path: Path, span_of: SpanOf) -> tuple[int, tuple[int, int] | None, bytes]:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        span = span_of(size)
+        if span is None or not 0 <= span[0] < span[1]:
+            return size, span, b""
+        return size, span, os.pread(fh.fileno(), span[1] - span[0], span[0])

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from idrserve.encode import ENCODERS, encode, encode_jpeg, encode_png, encode_tiff, jpeg_quality
+from idrserve.encode import (
+    ENCODERS,
+    encode,
+    encode_jpeg,
+    encode_png,
+    encode_png_rgba,
+    encode_tiff,
+    jpeg_quality,
+)
 from idrserve.model import LOSSY_FORMATS, MEDIA_TYPES, Format
 
 
@@ -147,3 +155,12 @@ def test_webp_round_trip_within_tolerance(shape: tuple[int, int]) -> None:
     assert np.abs(pixels.astype(int) - rgb.astype(int)).mean() < 3
     small = len(encode(rgb, Format.WEBP, 0.3))
     assert small <= len(encode(rgb, Format.WEBP, 0.95))
+
+
+def test_png_rgba_round_trip() -> None:
+    rgba = np.random.default_rng(3).integers(0, 256, size=(20, 256, 4), dtype=np.uint8)
+    image = Image.open(io.BytesIO(encode_png_rgba(rgba[:, ::-1])))
+    assert image.mode == "RGBA"
+    assert (np.asarray(image) == rgba[:, ::-1]).all()
+    with pytest.raises(ValueError, match="4"):
+        encode_png_rgba(rgba[:, :, :3])

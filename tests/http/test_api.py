@@ -78,6 +78,12 @@ async def test_metadata_of_1001(client: TestClient) -> None:
     assert info["levels"][2]["chunks"] == [1, 1, 1, 256, 256]
     assert info["levels"][2]["scale"][3:] == [pytest.approx(1.3), pytest.approx(1.3)]
     assert info["zarr"]["layout"] == "stored" and info["zarr"]["axes"] == ["c", "y", "x"]
+    assert info["source_format"] == "OME-NGFF 0.4, Zarr v2"
+
+
+async def test_source_format_names_the_ngff_version(client: TestClient) -> None:
+    info = await (await client.get("/api/v1/images/1005")).json()
+    assert info["source_format"] == "OME-NGFF 0.5, Zarr v3"
 
 
 S = slice(None)

@@ -421,7 +421,11 @@ async def test_head_and_preflight(client: TestClient) -> None:
     assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
     resp = await client.options(
         f"{V3}/{SQUARES}/info.json",
-        headers={"Origin": "https://viewer.example", "Access-Control-Request-Headers": "x-custom"},
+        headers={
+            "Origin": "https://viewer.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-custom",
+        },
     )
     assert resp.status == 204
     assert resp.headers["Access-Control-Allow-Origin"] == "*"

@@ -44,10 +44,11 @@ async def text(client: TestClient, path: str, headers: dict[str, str]) -> tuple[
     return resp, await resp.text()
 
 
-@pytest.mark.parametrize("path", ["/viewer/", "/", f"/viewer/{P}", "/docs"])
+@pytest.mark.parametrize("path", ["/viewer/", "/", f"/viewer/{P}", "/docs", "/viewer/999999"])
 async def test_every_page_link_keeps_the_prefix(client: TestClient, path: str) -> None:
     resp, body = await text(client, path, FORWARDED | HTML)
-    assert resp.status == 200 and resp.content_type == "text/html"
+    assert resp.status == (404 if "999999" in path else 200)
+    assert resp.content_type == "text/html"
     urls = page_urls(body)
     assert len(urls) >= 3, urls
     # Root-relative: the browser is already on the public scheme and host.
@@ -89,13 +90,15 @@ def test_scripts_build_every_url_from_the_base() -> None:
     server_path = re.compile(
         r"""(?<!base \+ )["'`]/(?:webgateway|webclient|viewer|iiif|zarr|api|deepzoom|docs)"""
     )
-    for name in ("viewer.js", "docs.js"):
+    for name in (*viewer.VIEWER_SCRIPTS, "index.js", "docs.js"):
         source = (viewer.STATIC_DIR / name).read_text()
         assert server_path.search(source) is None, (name, server_path.search(source))
     js = (viewer.STATIC_DIR / "viewer.js").read_text()
     assert 'base + "/webgateway/imgData/"' in js
     assert 'base + "/webgateway/render_image_region/"' in js
-    for name in ("index.html", "viewer.html", "docs.html"):
+    assert 'base + "/iiif/3/"' in js
+    assert 'base + "/webgateway/imgData/"' in (viewer.STATIC_DIR / "index.js").read_text()
+    for name in ("index.html", "viewer.html", "docs.html", "notfound.html"):
         for url in page_urls((viewer.STATIC_DIR / name).read_text()):
             assert url.startswith("{{"), (name, url)
 

@@ -53,9 +53,12 @@ async def test_viewer_page(client: TestClient) -> None:
     assert f'data-image-id="{P}"' in body
     assets = ASSET.findall(body)
     assert any("openseadragon.min.js" in a for a in assets)
-    assert any(a.startswith("/viewer/static/viewer.js?v=") for a in assets)
+    for name in viewer.VIEWER_SCRIPTS:
+        assert any(a.startswith(f"/viewer/static/{name}?v=") for a in assets), name
     assert "{{" not in body
-    for path in ("z", "t", "greyscale", "channels"):
+    for path in ("z", "t", "greyscale", "channels", "projection", "z-play", "t-play", "navigator"):
+        assert f'id="{path}"' in body
+    for path in ("scalebar", "readout", "meta", "links", "snippet", "copy-snippet", "toolbar"):
         assert f'id="{path}"' in body
     # trailing slash form answers the same page
     status, body2 = await page(client, f"/viewer/{P}/")
@@ -68,20 +71,52 @@ async def test_viewer_without_slash_redirects_like_the_webgateway(client: TestCl
 
 
 async def test_viewer_unknown_image_is_json_404(client: TestClient) -> None:
-    resp = await client.get("/viewer/999999")
+    for accept in ("", "*/*", "application/json", "application/json, text/html;q=0.9"):
+        headers = {"Accept": accept} if accept else {}
+        resp = await client.get("/viewer/999999", headers=headers)
+        assert resp.status == 404, accept
+        assert (await resp.json())["error"] == "not_found"
+        resp = await client.get("/viewer/abc", headers=headers)
+        assert resp.status == 404
+        assert resp.content_type == "application/json"
+
+
+@pytest.mark.parametrize(
+    "path", ["/viewer/999999", "/viewer/999999/", "/viewer/abc", "/viewer/1/x"]
+)
+async def test_viewer_unknown_image_is_a_page_for_browsers(client: TestClient, path: str) -> None:
+    resp = await client.get(path, headers={"Accept": BROWSER_ACCEPT})
     assert resp.status == 404
-    assert (await resp.json())["error"] == "not_found"
-    resp = await client.get("/viewer/abc")
+    assert resp.content_type == "text/html"
+    assert resp.headers["Vary"] == "Accept"
+    assert resp.headers["Cache-Control"] == "private, no-cache"
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    body = await resp.text()
+    assert "<title>Not found · idrserve</title>" in body and "{{" not in body
+    detail = "image 999999 not found" if "999999" in path else f"no such page: {path}"
+    assert f'<p id="detail">{detail}.</p>' in body
+    assert 'href="/viewer/"' in body and resp.headers["X-Request-ID"] in body
+    assert EXTERNAL.search(body) is None
+    for url in ASSET.findall(body):
+        assert (await client.get(url)).status == 200
+
+
+async def test_viewer_not_found_page_escapes_the_path(client: TestClient) -> None:
+    resp = await client.get("/viewer/%3Cscript%3Ex", headers={"Accept": "text/html"})
     assert resp.status == 404
-    assert resp.content_type == "application/json"
+    body = await resp.text()
+    assert "<script>x" not in body and "&lt;script&gt;x" in body
 
 
 async def test_index_lists_images_with_thumbnails(client: TestClient) -> None:
     status, body = await page(client, "/viewer/")
     assert status == 200
     for iid in (P, S, Z):
-        assert f'href="/viewer/{iid}"' in body
+        assert f'<li data-image-id="{iid}"><a href="/viewer/{iid}">' in body
         assert f'src="/webgateway/render_thumbnail/{iid}/"' in body
+    # Names and sizes are filled in by the page's script from imgData, card by card.
+    assert any(a.startswith("/viewer/static/index.js?v=") for a in ASSET.findall(body))
+    assert 'data-base=""' in body and body.count('<span class="card-name"></span>') == 3
     # every thumbnail the index links to is a real image
     resp = await client.get(f"/webgateway/render_thumbnail/{S}/")
     assert resp.status == 200 and resp.content_type == "image/jpeg"
@@ -126,10 +161,10 @@ async def test_pages_name_no_external_url(client: TestClient) -> None:
         assert status == 200, path
         assert EXTERNAL.search(body) is None, (path, EXTERNAL.search(body))
     # our own scripts and styles build URLs from the page's origin only
-    for name in ("viewer.js", "viewer.css", "docs.js"):
+    for name in (*viewer.VIEWER_SCRIPTS, "index.js", "viewer.css", "docs.js"):
         text = (viewer.STATIC_DIR / name).read_text()
         assert EXTERNAL.search(text) is None, (name, EXTERNAL.search(text))
-        assert "http" not in text, name
+        assert re.search(r"https?:", text) is None, name
 
 
 async def test_static_assets_are_served_with_long_cache(client: TestClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from idrserve.app import create_app
 from idrserve.http.keys import DEPS
 from idrserve.http.zarrstore import UNSATISFIABLE, parse_range
 from idrserve.model import ImageMeta, LevelMeta
+from idrserve.ngffdocs import axes_doc
 from idrserve.settings import load_settings
-from idrserve.zarrview import ChunkRef, generated_view, resolve_key
+from idrserve.zarrview import AXES_5D, ChunkRef, generated_view, resolve_key
 from tests.http.demo_live import raw_get, serve_in_thread
 from tests.integration.live_server import demo_images
 
@@ -107,6 +109,60 @@ async def test_v3_group_document(client: TestClient) -> None:
     assert (await client.get("/zarr/1006.zarr/zarr.json")).status == 404
 
 
+async def test_omero_block_has_its_document_s_version(client: TestClient) -> None:
+    """NGFF 0.5: the version MUST be consistent within a hierarchy, `omero` included."""
+    for iid in (1002, 1005, V3_IMAGE):
+        resp = await client.get(f"/zarr/v3/{iid}.zarr/zarr.json")
+        ome = json.loads(await resp.read())["attributes"]["ome"]
+        assert ome["version"] == ome["omero"]["version"] == "0.5"
+        assert set(versions(ome)) == {"0.5"}
+        attrs = await get_json(client, f"/zarr/{iid}.zarr/.zattrs")
+        assert attrs["multiscales"][0]["version"] == attrs["omero"]["version"] == "0.4"
+
+
+def versions(doc: Any) -> Iterator[Any]:
+    """Every `version` value in a JSON document, at any depth."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from [value] if key == "version" else versions(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from versions(value)
+
+
+SPACE = {"type": "space", "unit": "micrometer"}
+
+
+async def test_added_axes_get_the_source_s_space_unit(client: TestClient) -> None:
+    """1005 is c,y,x in micrometres: its 5D view adds t (no time unit is known) and a z of one
+    plane, which carries the unit of the source's space axes; channel axes never have one."""
+    axes = (await get_json(client, "/zarr/1005.zarr/.zattrs"))["multiscales"][0]["axes"]
+    assert axes == [
+        {"name": "t", "type": "time"},
+        {"name": "c", "type": "channel"},
+        {"name": "z", **SPACE},
+        {"name": "y", **SPACE},
+        {"name": "x", **SPACE},
+    ]
+    # a source without units gets none on the axes added to it either
+    axes = (await get_json(client, f"/zarr/{V3_IMAGE}.zarr/.zattrs"))["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == list("tczyx")
+    assert not any("unit" in a for a in axes)
+
+
+def test_axes_doc_units() -> None:
+    def units(pixel: tuple[float | None, ...], source: str | None) -> str:
+        meta = replace(META, pixel_size=pixel)
+        doc = axes_doc(meta, AXES_5D, None if source is None else tuple(source))
+        return "".join(a["name"] if "unit" in a else "-" for a in doc)
+
+    assert units((0.5, 0.5, None), "yx") == "--zyx"  # z added: the source's unit
+    assert units((0.5, 0.5, None), "zyx") == "---yx"  # the source's own z: its size is unknown
+    assert units((0.5, 0.5, 2.0), "tczyx") == "--zyx"
+    assert units((None, None, None), "yx") == "-----"
+    assert units((0.5, 0.5, None), None) == "---yx"  # unknown source axes (OMERO): as given
+
+
 @pytest.mark.parametrize(
     ("iid", "keys"),
     [(1001, ["0/0/0/0", "0/2/15/15", "5/1/0/0"]), (1006, ["0/2/1/2/0/0", "1/0/0/0/0/0"])],
@@ -143,8 +199,17 @@ async def test_generated_chunks_decode_to_the_source(client: TestClient) -> None
         assert not chunk[tile.shape[0] :].any() and not chunk[:, tile.shape[1] :].any()
     second = await client.get(f"/zarr/{V3_IMAGE}.zarr/0/0/1/0/2/3")
     assert second.headers["X-Cache"] == "memory"
-    v3 = await client.get(f"/zarr/v3/{V3_IMAGE}.zarr/0/c/0/1/0/2/3")
-    assert await v3.read() == await second.read()
+
+
+async def test_v3_view_of_a_v3_image_is_the_stored_one(client: TestClient, root: Path) -> None:
+    """Its own axes, chunk keys and chunk bytes; `dimension_names` added to its array document
+    (NGFF 0.5 needs them to match the axes), the rest of that document unchanged."""
+    stored = root / "extra" / f"{V3_IMAGE}.zarr" / "0"
+    doc = await get_json(client, f"/zarr/v3/{V3_IMAGE}.zarr/0/zarr.json")
+    assert doc == json.loads((stored / "zarr.json").read_bytes()) | {"dimension_names": list("cyx")}
+    resp = await client.get(f"/zarr/v3/{V3_IMAGE}.zarr/0/c/1/2/3")
+    assert resp.status == 200 and await resp.read() == (stored / "c" / "1" / "2" / "3").read_bytes()
+    assert (await client.get(f"/zarr/v3/{V3_IMAGE}.zarr/0/c/0/1/0/2/3")).status == 404
 
 
 async def test_v3_view_of_a_v2_image_reuses_stored_chunks(client: TestClient, root: Path) -> None:

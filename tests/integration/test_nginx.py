@@ -95,9 +95,15 @@ class Response:
 def get(
     port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10
 ) -> Response:
+    return send(port, "GET", path, headers, timeout)
+
+
+def send(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 10
+) -> Response:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         return Response(resp.status, resp.headers, resp.read())
     finally:
@@ -402,6 +408,59 @@ def test_cors_header_exactly_once(stack: Stack) -> None:
         assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"], path
 
 
+# A browser's preflight for a request with a suffix Range and a token (tests/http/test_cors.py).
+PREFLIGHT = {
+    "Origin": "https://notebook.example",
+    "Access-Control-Request-Method": "GET",
+    "Access-Control-Request-Headers": "authorization, range",
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/webgateway/render_image_region/1002/0/0/?tile=0,0,0", 200),  # the feature probe
+        ("/webgateway/imgData/1002/", 200),
+        ("/omero_ms_image_region/", 200),
+        ("/webclient/render_thumbnail/1002/", 204),
+        ("/iiif/3/1002/info.json", 204),
+        ("/deepzoom/1002.dzi", 204),
+        ("/viewer/1002", 204),
+        ("/zarr/1002.zarr/.zattrs", 204),
+        ("/zarr/v3/1002.zarr/0/zarr.json", 204),
+        ("/api/v1/images/1002", 204),
+        ("/api/v1/images/1002/region", 204),
+    ],
+)
+def test_preflight_reaches_idrserve(stack: Stack, path: str, status: int) -> None:
+    """nginx passes OPTIONS on every idrserve location through (it caches GET and HEAD only),
+    so the preflight is idrserve's: one Access-Control-Allow-Origin, idrserve's other headers."""
+    resp = send(stack.nginx_port, "OPTIONS", path, PREFLIGHT)
+    assert resp.status == status, (path, resp.body[:200])
+    assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"], path
+    assert resp.header("Access-Control-Allow-Methods") == "GET, HEAD, OPTIONS"
+    assert resp.header("Access-Control-Allow-Headers") == "authorization, range"
+    assert resp.header("Access-Control-Max-Age") == "86400"
+    assert resp.header("X-Request-ID"), "answered by nginx, not idrserve"
+    unknown = send(stack.nginx_port, "OPTIONS", "/zarr/1002.zarr-not/x", PREFLIGHT)
+    assert unknown.status == 404 and json.loads(unknown.body)["error"] == "not_found"
+
+
+def test_suffix_range_through_nginx(stack: Stack) -> None:
+    """A Zarr reader's suffix range through the cached /zarr/ location: 206, readable span."""
+    path = "/zarr/1002.zarr/0/0/0/0/0"
+    whole = get(stack.nginx_port, path)
+    assert whole.status == 200
+    for _ in range(2):  # from idrserve, then from nginx's cache
+        resp = get(stack.nginx_port, path, {"Range": "bytes=-100", "Origin": "https://x.example"})
+        assert resp.status == 206 and resp.body == whole.body[-100:]
+        n = len(whole.body)
+        assert resp.header("Content-Range") == f"bytes {n - 100}-{n - 1}/{n}"
+        exposed = resp.header("Access-Control-Expose-Headers") or ""
+        assert "Content-Range" in exposed and "ETag" in exposed
+        assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"]
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -417,6 +476,13 @@ def test_cors_header_exactly_once(stack: Stack) -> None:
         "/webclient/get_thumbnails/?id=1003",
         "/webclient/imgData/1003/",
         "/webgateway/luts/",
+        "/webgateway/luts_png/",
+        "/iviewer/image_data/1003/",
+        "/iviewer/image_data/1003/delta_t/",
+        "/webgateway/get_image_rdefs_json/1003/",
+        "/webgateway/histogram_json/1003/channel/0/?theZ=0&theT=0",
+        "/webgateway/open_with/",
+        "/webgateway/getImgRDef/",
         "/omero_ms_image_region/",
         "/healthz",
         "/api/v1/images/1003",
@@ -444,6 +510,10 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
         "/api/v1/images/",
         "/static/x.js",
         "/metrics",
+        "/iviewer/",
+        "/iviewer/roi/5/image_data/",
+        "/webclient/api/paths_to_object/?image=1003&page_size=50",
+        "/webgateway/copyImgRDef/?imageId=1003&c=1|0:255$FF0000",
     ],
 )
 def test_everything_else_reaches_omeroweb(stack: Stack, path: str) -> None:
@@ -452,6 +522,21 @@ def test_everything_else_reaches_omeroweb(stack: Stack, path: str) -> None:
     assert resp.header("X-Stand-In") == "omeroweb"
     assert resp.body == f"omero.web stand-in: {path}".encode()
     assert resp.header("X-Cache-Status") is None
+
+
+def test_paths_to_object_is_idrserves_for_iviewer_pages_only(stack: Stack) -> None:
+    """iviewer's thumbnail-strip lookup is answered by idrserve (no database walk on OMERO);
+    the webclient's `?show=` navigation keeps OMERO.web's real containers."""
+    path = "/webclient/api/paths_to_object/?image=1003&page_size=10"
+    from_iviewer = get(
+        stack.nginx_port, path, {"Referer": "https://idr.example/iviewer/?images=1003"}
+    )
+    assert from_iviewer.header("X-Stand-In") is None
+    assert json.loads(from_iviewer.body) == {"paths": []}
+    from_webclient = get(
+        stack.nginx_port, path, {"Referer": "https://idr.example/webclient/?show=image-1003"}
+    )
+    assert from_webclient.header("X-Stand-In") == "omeroweb"
 
 
 def test_imgdata_proxied_uncached_and_gzipped(stack: Stack) -> None:
@@ -465,6 +550,38 @@ def test_imgdata_proxied_uncached_and_gzipped(stack: Stack) -> None:
     plain = get(stack.nginx_port, "/webgateway/imgData/1003/")
     assert plain.header("Content-Encoding") is None
     assert json.loads(plain.body)["id"] == 1003
+
+
+def test_iviewer_boot_json_proxied_uncached(stack: Stack) -> None:
+    """iviewer's boot JSON goes to idrserve like imgData: not cached by nginx (a histogram is
+    cached by idrserve itself), gzipped on the way out."""
+    for path in ("/iviewer/image_data/1003/", "/webgateway/histogram_json/1003/channel/0/"):
+        for _ in range(2):
+            resp = get(stack.nginx_port, path, {"Accept-Encoding": "gzip"})
+            assert resp.status == 200, path
+            assert resp.header("X-Cache-Status") is None, path
+            assert resp.header("Content-Encoding") == "gzip", path
+            assert json.loads(gzip.decompress(resp.body)), path
+    assert get(stack.nginx_port, "/webgateway/histogram_json/1003/channel/0/").header(
+        "X-Cache"
+    ) in ("memory", "disk")
+
+
+def test_get_img_rdef_goes_to_omeroweb_after_a_copy(stack: Stack) -> None:
+    """Settings copied with iviewer's Copy live in OMERO.web's session: copyImgRDef's answer
+    marks the browser with a cookie, and its getImgRDef requests then go to OMERO.web."""
+    fresh = get(stack.nginx_port, "/webgateway/getImgRDef/")
+    assert fresh.header("X-Stand-In") is None
+    assert json.loads(fresh.body) == {"rdef": None}
+    assert fresh.header("Set-Cookie") is None
+    copied = get(stack.nginx_port, "/webgateway/copyImgRDef/?imageId=1003&c=1")
+    assert copied.header("X-Stand-In") == "omeroweb"
+    cookie = copied.header("Set-Cookie") or ""
+    assert cookie.startswith("idrserve_rdef_copied=1;") and "Path=/webgateway/" in cookie
+    sent = "sessionid=x; " + cookie.split(";")[0]
+    marked = get(stack.nginx_port, "/webgateway/getImgRDef/", {"Cookie": sent})
+    assert marked.header("X-Stand-In") == "omeroweb"
+    assert marked.body == b"omero.web stand-in: /webgateway/getImgRDef/"
 
 
 def test_stampede_reaches_idrserve_once(stack: Stack) -> None:

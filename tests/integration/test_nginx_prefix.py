@@ -25,12 +25,14 @@ import pytest
 from idrserve import demo
 
 from .test_nginx import (
+    PREFLIGHT,
     Response,
     free_port,
     get,
     nginx_args,
     nginx_binary,
     render_config,
+    send,
     stop,
     wait_until,
 )
@@ -131,9 +133,12 @@ def test_index_page_links(stack: PrefixStack, path: str) -> None:
     thumbnails = [link for link in links if "/render_thumbnail/" in link]
     assert thumbnails
     for link in links:
+        if link == PREFIX:
+            continue  # data-base, from which index.js builds its imgData URLs
         target = follow(stack, link, HTML)
         if "/render_thumbnail/" in link:
             assert target.header("Content-Type") == "image/jpeg"
+    assert f'data-base="{PREFIX}"' in resp.body.decode()
     if "offset=1" in path:  # the pager goes back to the first page, under the prefix
         assert f"{PREFIX}/viewer/?offset=0&amp;limit=1" in resp.body.decode()
 
@@ -270,3 +275,28 @@ def test_prefix_is_nginx_s_alone(stack: PrefixStack) -> None:
     assert json.loads(metrics.body)["error"] == "not_found"
     bare = get(stack.port, PREFIX)
     assert bare.status == 301 and (bare.header("Location") or "").endswith(f"{PREFIX}/")
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/", 204),
+        ("/viewer/", 204),
+        ("/docs", 204),
+        ("/iiif/2/1002/info.json", 204),
+        ("/deepzoom/1002_files/0/0_0.jpg", 204),
+        ("/api/v1/images/1002/region", 204),
+        ("/zarr/v3/1002.zarr/zarr.json", 204),
+        ("/webgateway/render_image_region/1002/0/0/", 200),  # the feature probe
+    ],
+)
+def test_preflight_under_the_prefix(stack: PrefixStack, path: str, status: int) -> None:
+    """The prefix location passes OPTIONS through too: idrserve's preflight on every family."""
+    resp = send(stack.port, "OPTIONS", PREFIX + path, PREFLIGHT)
+    assert resp.status == status, (path, resp.body[:200])
+    assert resp.headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    assert resp.header("Access-Control-Allow-Methods") == "GET, HEAD, OPTIONS"
+    assert (
+        resp.header("Access-Control-Allow-Headers") == PREFLIGHT["Access-Control-Request-Headers"]
+    )
+    assert resp.header("X-Request-ID")

@@ -11,6 +11,7 @@ last tests open the same pages under a path prefix, through the shipped nginx co
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -128,6 +129,13 @@ def write_odd_image(path: Path, width: int, height: int, levels: int = 5) -> Non
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The README's first command, `idrserve demo`, serving its images plus the odd one."""
+    with demo_server(tmp_path_factory) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`idrserve demo` on a free port, with the odd-sized image added; stopped on exit."""
     data = tmp_path_factory.mktemp("viewer_demo")
     write_odd_image(data / f"{ODD}.zarr", *ODD_SIZE)
     port = free_port()
@@ -157,6 +165,13 @@ def test_demo_prints_the_viewer_urls(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    with headless_chromium() as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """Debian's Chromium through its chromedriver, console logging on; quit on exit."""
     chromium, driver_path = _find(CHROMIUM), _find(CHROMEDRIVER)
     if chromium is None or driver_path is None:
         pytest.fail(

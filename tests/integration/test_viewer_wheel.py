@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from idrserve import vendor
+from idrserve.http import viewer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,8 +41,9 @@ def test_wheel_carries_the_vendored_assets(tmp_path: Path) -> None:
                     assert any(n.startswith(base + f) for n in names), base + f
                 else:
                     assert base + f in names, base + f
-        for page in ("viewer.html", "viewer.js", "viewer.css", "index.html", "docs.html"):
-            assert f"idrserve/static/{page}" in names
+        pages = ("viewer.html", "viewer.css", "index.html", "index.js", "notfound.html")
+        for page in (*pages, *viewer.VIEWER_SCRIPTS, "docs.html", "docs.js"):
+            assert f"idrserve/static/{page}" in names, page
         osd = zf.read(
             "idrserve/static/vendor/openseadragon/build/openseadragon/openseadragon.min.js"
         )

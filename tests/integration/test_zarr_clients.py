@@ -24,6 +24,8 @@ import pytest
 import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
+from ome_zarr_models.v04.image import Image as Image04
+from ome_zarr_models.v05.image import Image as Image05
 
 from tests.integration.live_server import demo_images, idrserve
 from tests.sources.conftest import STATIC_SERVER, free_port, wait_for_port
@@ -104,6 +106,26 @@ def test_ome_zarr_reader(served: tuple[str, Path], iid: int, view: str) -> None:
     labels = image.metadata.get("channel_names")
     info = json.loads(urllib.request.urlopen(f"{base}/api/v1/images/{iid}").read())
     assert labels == [ch["label"] for ch in info["channels"]]
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("iid", IDS)
+def test_ome_zarr_models_accept_every_view(served: tuple[str, Path], iid: int, view: str) -> None:
+    """ome-zarr-models' NGFF 0.4 and 0.5 models (group and array metadata, axes against
+    `dimension_names`, one scale per dataset) accept every view; units only on space axes, and
+    on all of them when on any (an added z carries the source's unit), in the document's version.
+    """
+    base, _ = served
+    group = zarr.open_group(f"{base}/{view}/{iid}.zarr", mode="r")
+    model = Image05 if view.endswith("v3") else Image04
+    image = model.from_zarr(group)
+    axes = image.ome_attributes.multiscales[0].axes
+    space = [a.unit for a in axes if a.type == "space"]
+    assert all(a.unit is None for a in axes if a.type != "space"), axes
+    assert space == ["micrometer"] * len(space), (iid, view, axes)  # every demo image has units
+    attrs = group.attrs.asdict()
+    version = "0.5" if view.endswith("v3") else "0.4"
+    assert attrs.get("ome", attrs)["omero"]["version"] == version
 
 
 def test_missing_chunks_read_as_fill_value(tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ async def test_metadata_maps_like_the_zarr_image(
     got = await omero_source.meta(omero_id(zarr_id))
     assert got.image_id == omero_id(zarr_id)
     assert got.data_version.startswith("omero-")
+    assert got.source_format == "OMERO"
     assert got.pixel_size == pytest.approx(want.pixel_size)
     # OMERO reports a level's tile clipped to the level (the tile a read gets); Zarr reports
     # its chunk shape, which may be larger than a small level.
@@ -107,6 +108,10 @@ async def test_metadata_maps_like_the_zarr_image(
         data_version=want.data_version,
         pixel_size=want.pixel_size,
         levels=want.levels,
+        source_format=want.source_format,
+        # The reader worker sends sizes in µm only, not the unit OMERO stored them in
+        # (docs/iviewer.md: image_data's unit fields then say µm).
+        stored_pixel_size=want.stored_pixel_size,
     )
     assert same == want
 
@@ -387,7 +392,9 @@ def test_ngff_locations() -> None:
 async def test_without_omero_settings_nothing_changes(make_client: MakeClient) -> None:
     client = await make_client()
     source = client.app[DEPS].source
-    assert isinstance(source, ZarrSource)
+    # files only: Zarr and TIFF behind the router, no OMERO side
+    assert isinstance(source, RoutingSource) and source.omero is None
+    assert isinstance(source.zarr, ZarrSource)
     await get(client, f"/webgateway/imgData/{omero_id(1003)}/", 404)
     await get(client, f"{RI}/1003/0/0/?tile=0,0,0", 200)
     assert "idrserve_omero_" not in (await get(client, "/metrics")).decode()

@@ -118,8 +118,14 @@ class SourceConformance:
                 Box(sx - 1, 0, 1, sy),  # last column
                 Box(0, sy - 1, sx, 1),  # last row
                 Box(max(0, sx - 37), max(0, sy - 29), min(37, sx), min(29, sy)),
-                # Across the first chunk boundary, as a tile straddling two chunks would.
-                Box(max(0, lv.tile_x - 3), max(0, lv.tile_y - 2), min(6, sx), min(5, sy)),
+                # Across the first chunk boundary, as a tile straddling two chunks would
+                # (a level smaller than its chunk: across its last pixels).
+                Box(
+                    max(0, min(lv.tile_x, sx) - 3),
+                    max(0, min(lv.tile_y, sy) - 2),
+                    min(6, sx),
+                    min(5, sy),
+                ),
             ]
             for b in boxes:
                 w, h = min(b.w, sx - b.x), min(b.h, sy - b.y)

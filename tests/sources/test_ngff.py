@@ -191,6 +191,31 @@ def test_pixel_size_in_micrometres_with_global_scale() -> None:
     attrs["multiscales"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [2, 1, 1]}]
     img = image(attrs, [[3, 40, 50]])
     assert img.pixel_size == pytest.approx((0.25, 1.0, 1.0))
+    # iviewer shows each size in its stored unit, under OME's unit name.
+    assert img.stored_pixel_size == (
+        (0.25, "MICROMETER"),
+        (0.001, "MILLIMETER"),
+        (1000.0, "NANOMETER"),
+    )
+
+
+def test_pixel_size_not_finite_is_unknown() -> None:
+    """JSON parsing gives Infinity, and two huge scales multiply to it; neither is a size."""
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    attrs = attrs_with(axes)
+    attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [2.0, float("inf"), 1e300]}
+    ]
+    attrs["multiscales"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [1.0, 1.0, 1e300]}
+    ]
+    img = image(attrs, [[3, 40, 50]])
+    assert img.pixel_size == (None, None, 2.0)
+    assert img.stored_pixel_size == (None, None, (2.0, "MICROMETER"))
+
+
+def test_every_known_length_unit_has_an_ome_name() -> None:
+    assert set(ngff._OME_LENGTH_UNITS) == set(ngff._MICROMETRES)
 
 
 def test_pixel_size_unknown_without_units() -> None:
@@ -199,6 +224,7 @@ def test_pixel_size_unknown_without_units() -> None:
         {"type": "scale", "scale": [1.0, 1.0]}
     ]
     assert image(attrs, [[40, 50]]).pixel_size == (None, None, None)
+    assert image(attrs, [[40, 50]]).stored_pixel_size == (None, None, None)
 
 
 # ---- omero block: lenient parsing and defaults -----------------------------------------------

@@ -88,6 +88,23 @@ def test_vendors_from_a_file_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (dest / "dist/fake.min.js").read_bytes() == b"kept"
 
 
+def test_scoped_packages(tmp_path: Path) -> None:
+    """`@scope/name`: the registry's tarball path, and a folder per scope (test-time packages
+    such as @zarrita/storage, tests/integration/test_browser_zarr.py)."""
+    data = make_tgz(FILES)
+    pkg = vendor.NpmPackage("@scope/fake", "1.2.3", sri(data), ("dist/fake.min.js",))
+    assert pkg.tarball_url("https://r.example") == "https://r.example/@scope/fake/-/fake-1.2.3.tgz"
+    folder = tmp_path / "mirror" / "@scope" / "fake" / "-"
+    folder.mkdir(parents=True)
+    (folder / "fake-1.2.3.tgz").write_bytes(data)
+    registry = (tmp_path / "mirror").as_uri()
+    root = tmp_path / "vendor"
+    [dest] = vendor.ensure_vendored(root, registry=registry, packages=(pkg,), log=False)
+    assert dest == root / "@scope" / "fake"
+    assert (dest / "dist/fake.min.js").read_bytes() == b"window.Fake = 1;"
+    assert vendor.is_vendored(pkg, root)
+
+
 def test_tampered_tarball_is_refused_and_nothing_written(tmp_path: Path) -> None:
     data = make_tgz(FILES)
     pkg = fake_package(data)
