@@ -105,7 +105,18 @@ def is_ome_zarr(path: Path) -> bool:
 
 
 def open_input(path: Path, series: int, workers: int) -> InputImage:
-    """The reader for `path`: an OME-Zarr directory, or anything tifffile opens."""
+    """The reader for `path`: an OME-Zarr directory, or anything tifffile opens.
+
+    `path` may end in `#series=N`, as a catalog location does, when no file has that name.
+    """
+    if not path.exists():
+        from idrserve.sources.tiff import split_location
+
+        file, named = split_location(path)
+        if file != path and file.is_file():
+            if series not in (0, named):
+                raise ConvertError(f"--series {series} and {path.name} name different series")
+            path, series = file, named
     if not path.exists():
         raise ConvertError(f"{path}: no such file or directory")
     if path.is_dir():

@@ -22,6 +22,7 @@ import zarr
 from idrserve.convert import metadata as md
 from idrserve.convert.inputs import ROLE_OF_AXIS, InputImage, InputShape, Unit, check_dtype, native
 from idrserve.convert.options import ConvertError
+from idrserve.sources.tiff import SUPPORTED, sniff_format
 
 # Series names tifffile gives when the file names nothing.
 _GENERIC_NAMES = frozenset({"", "Baseline", "Unnamed", "Series", "Image0"})
@@ -58,6 +59,7 @@ class TiffInput(InputImage):
     def __init__(self, path: Path, series: int, workers: int) -> None:
         self._path = path
         self._workers = workers
+        _check_format(path)
         try:
             self._tif = tifffile.TiffFile(path)
         except (tifffile.TiffFileError, ValueError, EOFError, OSError) as exc:
@@ -272,6 +274,22 @@ class TiffInput(InputImage):
             os.close(self._fd)
             self._fd = None
         self._tif.close()
+
+
+def _check_format(path: Path) -> None:
+    """Name a format that is not TIFF by its magic number (as the server's 415 does), with
+    the formats read here and the converter for the others."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    found = sniff_format(head)
+    if found not in ("TIFF", "BigTIFF", "unknown"):
+        raise ConvertError(
+            f"{path}: a {found} file, not a TIFF; idrserve convert reads OME-Zarr and"
+            f" {SUPPORTED} (bioformats2raw converts other formats to OME-Zarr)"
+        )
 
 
 def _short(exc: BaseException) -> str:

@@ -232,10 +232,13 @@ def test_rechunk_ome_zarr_keeps_values_and_metadata(tmp_path: Path) -> None:
     assert zarr.open_array(second / "0", mode="r").chunks == (1, 1, 128, 128)
 
 
-def test_series_option_picks_an_svs_associated_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["--series", "#series="])
+def test_series_picks_an_svs_associated_image(tmp_path: Path, how: str) -> None:
+    """`--series 2`, or the input named as a catalog location names a series."""
     src = tmp_path / "slide.svs"
     write_svs_like(src, np.moveaxis(pattern((3, 600, 900), "uint8"), 0, -1).copy())
-    out = convert(src, tmp_path / "label.zarr", "--series", "2")
+    args = ["--series", "2"] if how == "--series" else []
+    out = convert(Path(f"{src}#series=2" if not args else src), tmp_path / "label.zarr", *args)
     check(out, expected_levels(src, "cyx", 1, series=2), "0.4")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simplejpeg
 import tifffile
 
 from idrserve.cli import main
@@ -32,6 +33,18 @@ def tiled(path: Path) -> Path:
 def not_a_tiff(d: Path) -> Path:
     (d / "notes.tif").write_text("these are not pixels\n" * 20)
     return d / "notes.tif"
+
+
+def jpeg(d: Path) -> Path:
+    rgb = np.ascontiguousarray(pattern((64, 96, 3), "uint8"))
+    (d / "photo.tif").write_bytes(simplejpeg.encode_jpeg(rgb))  # a TIFF name does not help
+    return d / "photo.tif"
+
+
+def czi(d: Path) -> Path:
+    # The start of a Zeiss CZI file: its first segment's id, then a header tifffile cannot use.
+    (d / "stack.czi").write_bytes(b"ZISRAWFILE".ljust(16, b"\0") + bytes(512))
+    return d / "stack.czi"
 
 
 def empty(d: Path) -> Path:
@@ -77,6 +90,13 @@ def missing(d: Path) -> Path:
 
 CASES: list[tuple[Callable[[Path], Path], str]] = [
     (not_a_tiff, "not a readable TIFF file"),
+    (jpeg, "a JPEG file, not a TIFF; idrserve convert reads OME-Zarr and OME-TIFF, SVS"),
+    (
+        czi,
+        "a Zeiss CZI file, not a TIFF; idrserve convert reads OME-Zarr and OME-TIFF, SVS, NDPI,"
+        " SCN, BIF, QPTIFF and tiled or pyramidal TIFF (bioformats2raw converts other formats to"
+        " OME-Zarr)",
+    ),
     (empty, "not a readable TIFF file"),
     (cut_header, "not a readable TIFF file"),
     (truncated, "truncated"),
@@ -112,7 +132,9 @@ def test_bad_input(
 
 
 @pytest.mark.parametrize(
-    ("make", "message"), [CASES[0], CASES[3], CASES[5]], ids=["not_a_tiff", "truncated", "set"]
+    ("make", "message"),
+    [CASES[0], CASES[1], CASES[5], CASES[7]],
+    ids=["not_a_tiff", "jpeg", "truncated", "set"],
 )
 def test_bad_input_from_the_command_line(
     tmp_path: Path, make: Callable[[Path], Path], message: str
@@ -196,3 +218,13 @@ def test_output_directory_missing(tmp_path: Path, capsys: pytest.CaptureFixture[
     src = tiled(tmp_path / "a.tif")
     assert main(["convert", str(src), str(tmp_path / "no" / "out.zarr")]) == 1
     assert "no such directory" in one_line(capsys.readouterr().err)
+
+
+def test_series_named_twice_differently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tiled(tmp_path / "a.tif")
+    out = tmp_path / "out.zarr"
+    assert main(["convert", f"{src}#series=0", str(out), "--series", "1"]) == 1
+    assert "--series 1 and a.tif#series=0 name different series" in one_line(
+        capsys.readouterr().err
+    )
+    assert_nothing_written(out)
