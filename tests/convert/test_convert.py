@@ -4,7 +4,15 @@ read (levels from the file's pyramid) or an independent 2×2 mean (levels comput
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +138,18 @@ def test_ome_5d_with_z_and_t(tmp_path: Path) -> None:
     src = tmp_path / "timelapse.ome.tif"
     write_ome_5d(src, pattern((3, 2, 4, 140, 150), "float32"))  # uncompressed, contiguous
     out = convert(src, tmp_path / "t.zarr", "--chunks", "64", "--levels", "2")
-    attrs = check(out, expected_levels(src, "tczyx", 2), "0.4")
+    levels = expected_levels(src, "tczyx", 2)
+    attrs = check(out, levels, "0.4")
     assert [a["name"] for a in attrs["multiscales"][0]["axes"]] == list("tczyx")
     assert axes_units(attrs)["t"] == "second"
     assert level0_scale(attrs) == [30.0, 1.0, 2.0, 0.5, 0.5]
     assert [channel(attrs, c)["label"] for c in (0, 1)] == ["Moving", "Still"]
-    window = channel(attrs, 0)["window"]
-    assert window["start"] < window["end"] and window["min"] <= window["start"]
+    for c in range(2):  # 0.1/99.9 percentiles of the coarsest level's t 0, middle z plane
+        plane = levels[-1][0, c, 2].astype(np.float64)
+        start, end = np.percentile(plane[plane != 0], [0.1, 99.9])
+        window = channel(attrs, c)["window"]
+        assert (window["start"], window["end"]) == (start, end)
+        assert (window["min"], window["max"]) == (plane.min(), plane.max())
     assert attrs["omero"]["rdefs"]["defaultZ"] == 2
 
 
@@ -270,3 +283,29 @@ def test_progress_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     summary = json.loads(out)
     assert summary["shape"] == [1, 100, 120] and summary["levels"] == [[100, 120, 0]]
     assert summary["peak_rss_mb"] > 0
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, stderr shows tqdm's bar: bytes done of the total, throughput and ETA."""
+    src = tmp_path / "x.tif"
+    tifffile.imwrite(src, pattern((600, 800), "uint16"), tile=(64, 64))
+    main_fd, term_fd = pty.openpty()
+    # A new pty is 0 × 0, where tqdm hides every bar: size it as a terminal window.
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "idrserve", "convert", str(src), str(tmp_path / "x.zarr")]
+    with os.fdopen(main_fd, "rb", buffering=0) as term:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=term_fd)
+        os.close(term_fd)
+        shown = b""
+        while True:
+            try:
+                piece = term.read(4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not piece:
+                break
+            shown += piece
+        assert proc.wait(timeout=120) == 0
+    last = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert re.fullmatch(r"converting: 100%\|.*\| 938k/938k \[\d\d:\d\d<00:00, .*B/s\]", last), last
