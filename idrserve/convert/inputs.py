@@ -124,9 +124,7 @@ def open_input(path: Path, series: int, workers: int) -> InputImage:
             raise ConvertError(f"{path}: a directory that is not an OME-Zarr image")
         from idrserve.convert.zarrin import ZarrInput
 
-        if series:
-            raise ConvertError(f"--series {series}: an OME-Zarr image has one series (0)")
-        return ZarrInput(path)
+        return ZarrInput(path, series)
     from idrserve.convert.tiffin import TiffInput
 
     return TiffInput(path, series, workers)

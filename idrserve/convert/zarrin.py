@@ -21,14 +21,23 @@ from idrserve.sources import ngff
 
 
 class ZarrInput(InputImage):
-    def __init__(self, path: Path) -> None:
+    """One image of an OME-Zarr: the group itself, or series N of a bioformats2raw layout."""
+
+    def __init__(self, path: Path, series: int = 0) -> None:
         self._path = path
+        label = path.name.removesuffix(".zarr").removesuffix(".ome")
         try:
             group = zarr.open_group(path, mode="r")
-            attrs = dict(group.attrs)
-            if group.metadata.zarr_format == 3:
-                ome = attrs.get("ome")
-                attrs = dict(ome) if isinstance(ome, Mapping) else attrs
+            attrs = _ome_attrs(group)
+            if "multiscales" not in attrs and "bioformats2raw.layout" in attrs:
+                # bioformats2raw writes each series of a file as a group named by its number.
+                if str(series) not in group:
+                    raise ConvertError(f"--series {series}: {path.name} has no series {series}")
+                path = path / str(series)
+                group = zarr.open_group(path, mode="r")
+                attrs = _ome_attrs(group)
+            elif series:
+                raise ConvertError(f"--series {series}: an OME-Zarr image has one series (0)")
             ms = ngff.parse_multiscale(attrs)
             self._arrays: list[Any] = [group[p] for p in ms.paths]
         except (ngff.NgffError, KeyError, ValueError, OSError) as exc:
@@ -56,7 +65,7 @@ class ZarrInput(InputImage):
             level_sizes=tuple(level_sizes),
         )
         info = md.ImageInfo(
-            name=ms.name or path.name.removesuffix(".zarr").removesuffix(".ome"),
+            name=ms.name or label,
             sizes=_sizes(ms, self._roles),
             omero=ms.omero,
         )
@@ -78,6 +87,13 @@ class ZarrInput(InputImage):
         index |= {"y": slice(start, stop), "x": slice(None)}
         data = self._arrays[level][tuple(index[r] for r in self._roles)]
         return native(np.asarray(data))[np.newaxis]
+
+
+def _ome_attrs(group: Any) -> dict[str, Any]:
+    """The NGFF keys of a group: its attributes (0.4), or their `ome` object (0.5)."""
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome") if group.metadata.zarr_format == 3 else None
+    return dict(ome) if isinstance(ome, Mapping) else attrs
 
 
 def _sizes(ms: ngff.Multiscale, roles: tuple[str, ...]) -> dict[str, md.PhysicalSize]:

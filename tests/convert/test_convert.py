@@ -245,6 +245,24 @@ def test_rechunk_ome_zarr_keeps_values_and_metadata(tmp_path: Path) -> None:
     assert zarr.open_array(second / "0", mode="r").chunks == (1, 1, 128, 128)
 
 
+def test_bioformats2raw_layout_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bioformats2raw's output holds each series as a group named by its number."""
+    layout = tmp_path / "b2r.zarr"
+    layout.mkdir()
+    (layout / ".zgroup").write_text('{"zarr_format": 2}')
+    (layout / ".zattrs").write_text('{"bioformats2raw.layout": 3}')
+    for n, size in enumerate([(200, 300), (150, 170)]):
+        tifffile.imwrite(tmp_path / f"{n}.tif", pattern(size, "uint16"))
+        convert(tmp_path / f"{n}.tif", layout / str(n), "--chunks", "64")
+    out = convert(layout, tmp_path / "one.zarr", "--series", "1", "--chunks", "128")
+    check(out, [np.asarray(zarr.open_array(layout / "1" / "0", mode="r")[:])], "0.4")
+    assert ngff(out)["omero"]["name"] == "1"  # the series' own name, as its group has it
+    assert run(str(layout), str(tmp_path / "two.zarr"), "--series", "2") == 1
+    assert "--series 2: b2r.zarr has no series 2" in capsys.readouterr().err
+    assert run(str(out), str(tmp_path / "three.zarr"), "--series", "1") == 1
+    assert "an OME-Zarr image has one series (0)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("how", ["--series", "#series="])
 def test_series_picks_an_svs_associated_image(tmp_path: Path, how: str) -> None:
     """`--series 2`, or the input named as a catalog location names a series."""
