@@ -10,6 +10,7 @@ whole plane.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,7 +111,12 @@ class TiffInput(InputImage):
             dtype=check_dtype(np.dtype(s.dtype), self._path.name),
             level_sizes=tuple(level_sizes),
         )
-        return shape, self._info(index, shape)
+        info = self._info(index, shape)
+        if "z" in info.sizes and "z" not in axes:
+            # One plane with a z spacing (OME-XML PhysicalSizeZ): a z axis of 1 keeps it, as
+            # the TIFF source reports it.
+            shape = dataclasses.replace(shape, axes=axes.replace("c", "cz"))
+        return shape, info
 
     def _info(self, index: int, shape: InputShape) -> md.ImageInfo:
         tif, s = self._tif, self._series
