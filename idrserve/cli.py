@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from idrserve import __version__
+from idrserve.convert.cli import add_convert_parser
 from idrserve.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     info = catalog_sub.add_parser("info", help="check an index file and print what it holds")
     info.add_argument("index", type=Path)
+
+    add_convert_parser(sub)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("action", choices=["show"])
@@ -375,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level="WARNING", format="%(message)s")
         return catalog_command(args)
+    if args.command == "convert":
+        from idrserve.convert.cli import convert_command
+
+        return convert_command(args)
     try:
         if args.command == "config":
             return _config_show(args)
