@@ -17,7 +17,18 @@ from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
 from idrserve.catalog.metrics import CatalogCollector
-from idrserve.http import api, deepzoom, iiif, iviewer, ops, urls, viewer, webgateway, zarrstore
+from idrserve.http import (
+    api,
+    deepzoom,
+    iiif,
+    iviewer,
+    ops,
+    plate_images,
+    urls,
+    viewer,
+    webgateway,
+    zarrstore,
+)
 from idrserve.http import plates as plates_http
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.keys import ADMISSION, CATALOG, DEPS, PLATES, REGISTRY, SETTINGS, STATE
@@ -190,5 +201,6 @@ def create_app(settings: Settings) -> web.Application:
     zarrstore.add_routes(app)
     api.add_routes(app)
     plates_http.add_routes(app)
+    plate_images.add_routes(app)
     ops.add_routes(app)
     return app
