@@ -23,13 +23,12 @@ from idrserve.http import (
     iiif,
     iviewer,
     ops,
-    plate_images,
+    plate_routes,
     urls,
     viewer,
     webgateway,
     zarrstore,
 )
-from idrserve.http import plates as plates_http
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.keys import ADMISSION, CATALOG, DEPS, PLATES, REGISTRY, SETTINGS, STATE
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
@@ -200,7 +199,6 @@ def create_app(settings: Settings) -> web.Application:
     viewer.add_routes(app, lambda request, offset, limit: request.app[CATALOG].page(offset, limit))
     zarrstore.add_routes(app)
     api.add_routes(app)
-    plates_http.add_routes(app)
-    plate_images.add_routes(app)
+    plate_routes.add_routes(app)
     ops.add_routes(app)
     return app

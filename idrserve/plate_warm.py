@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import aiohttp
 
-# The thumbnail side the viewer's plate page asks for (idrserve/static/plate.js).
+# The thumbnail side the viewer's plate page asks for (docs/plates.md).
 VIEWER_THUMBNAIL = 64
 
 

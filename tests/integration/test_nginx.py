@@ -507,6 +507,8 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
         "/webgateway/plate/424242/montage.jpg",
         "/webgateway/well/424242/children/",
         "/api/v1/plates/424242",
+        "/zarr/plates/424242.zarr/.zattrs",
+        "/zarr/v3/plates/424242.zarr/zarr.json",
     ],
 )
 def test_plate_routes_reach_idrserve(stack: Stack, path: str) -> None:
