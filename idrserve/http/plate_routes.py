@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from idrserve.http import plate_images, plate_zarr, plates
+from idrserve.http import plate_iiif, plate_images, plate_zarr, plates
 
 
 def add_routes(app: web.Application) -> None:
     plates.add_routes(app)  # the grid, the well list, /api/v1/plates/{id}
     plate_images.add_routes(app)  # the montage
     plate_zarr.add_routes(app)  # /zarr/plates/{id}.zarr/ and /zarr/v3/plates/{id}.zarr/
+    plate_iiif.add_routes(app)  # /iiif/plates/{id}/manifest.json

@@ -509,6 +509,7 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
         "/api/v1/plates/424242",
         "/zarr/plates/424242.zarr/.zattrs",
         "/zarr/v3/plates/424242.zarr/zarr.json",
+        "/iiif/plates/424242/manifest.json",
     ],
 )
 def test_plate_routes_reach_idrserve(stack: Stack, path: str) -> None:
