@@ -196,9 +196,9 @@ def create_app(settings: Settings) -> web.Application:
     iviewer.add_routes(app)
     iiif.add_routes(app)
     deepzoom.add_routes(app)
+    plate_routes.add_routes(app)  # HCS plates (docs/plates.md); before the viewer's catch-all
     viewer.add_routes(app, lambda request, offset, limit: request.app[CATALOG].page(offset, limit))
     zarrstore.add_routes(app)
     api.add_routes(app)
-    plate_routes.add_routes(app)
     ops.add_routes(app)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from idrserve.http import plate_iiif, plate_images, plate_zarr, plates
+from idrserve.http import plate_iiif, plate_images, plate_viewer, plate_zarr, plates
 
 
 def add_routes(app: web.Application) -> None:
@@ -12,3 +12,4 @@ def add_routes(app: web.Application) -> None:
     plate_images.add_routes(app)  # the montage
     plate_zarr.add_routes(app)  # /zarr/plates/{id}.zarr/ and /zarr/v3/plates/{id}.zarr/
     plate_iiif.add_routes(app)  # /iiif/plates/{id}/manifest.json
+    plate_viewer.add_routes(app)  # /viewer/plate/{id} (before the viewer's catch-all)

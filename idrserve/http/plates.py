@@ -8,6 +8,7 @@ grid names are ordinary webgateway thumbnails of the field images (cached like a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -81,16 +82,24 @@ async def plate_grid(request: web.Request) -> web.StreamResponse:
     plate = await load_plate(request, pid)
     if acquisition is not None and all(a.id != acquisition for a in plate.acquisitions):
         raise NotFound(f"plate {pid} has no acquisition {acquisition}", param="acquisition")
-    key = (id(plate), pid, field, acquisition, size, layout, public_prefix(request))
+    key = (plate.serial, pid, field, acquisition, size, layout, public_prefix(request))
     grids = request.app[GRIDS]
-    doc = grids.get(key)
-    if doc is None:
+    text = grids.get(key)
+    if text is None:
         doc, first = plategrid.grid(
             plate, field, acquisition, layout, thumb_url_maker(request, size)
         )
         doc["image_sizes"] = await _image_sizes(request, first)
-        grids.put(key, doc)
-    return json_or_jsonp(doc, callback, link_cache_control(request, "no-cache"))
+        # Kept serialised: a 384-well grid is ~100 kB of JSON, and dumping it was most of a
+        # warm request (bench/bench_plate.py).
+        text = json.dumps(doc, separators=(", ", ": "), allow_nan=False)
+        grids.put(key, text)
+    headers = {"Cache-Control": link_cache_control(request, "no-cache")}
+    if callback:
+        return web.Response(
+            text=f"{callback}({text})", content_type="application/javascript", headers=headers
+        )
+    return web.Response(text=text, content_type="application/json", headers=headers)
 
 
 async def well_children(request: web.Request) -> web.StreamResponse:

@@ -94,6 +94,8 @@ class Plate:
     image_ids: dict[tuple[int, int, int], int] = field(default_factory=dict)
     explicit_ids: bool = False
     problems: list[str] = field(default_factory=list)
+    # Unique per load in this process: what caches built from this plate are keyed on.
+    serial: int = 0
 
     def well_at(self, row: int, column: int) -> Well | None:
         for w in self.wells:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ from idrserve.sources.zarr import _open_store as open_store
 log = logging.getLogger("idrserve.plates")
 
 MAX_PLATES_CACHED = 256
+_SERIALS = itertools.count(1)
 WELL_READS_IN_FLIGHT = 32
 
 
@@ -229,6 +231,7 @@ class PlateCatalog:
 
         wells = await asyncio.gather(*(read_well(w) for w in plate.wells))
         plate.wells = tuple(wells)
+        plate.serial = next(_SERIALS)
         plate.problems.extend(f"well {w.path}: {w.problem}" for w in wells if w.problem)
         if fields is not None:
             mapped = fields.for_plate(plate_id)
