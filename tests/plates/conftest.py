@@ -29,6 +29,7 @@ from ome_zarr.writer import write_multiscale, write_plate_metadata, write_well_m
 
 from idrserve.app import create_app
 from idrserve.settings import load_settings
+from tests.sources.conftest import http_root  # noqa: F401  (a plate over HTTP)
 
 P96, P384, P05, PEDGE, PMAP = 2551, 3001, 5005, 4004, 7
 MAPPED_BASE = 900_000  # field image ids of plate 7 in the mapping file

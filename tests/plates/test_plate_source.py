@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
+from idrserve.app import create_app
+from idrserve.settings import load_settings
 from idrserve.sources.plate import (
     FIELD_BASE,
     decode_scheme_id,
@@ -187,3 +192,40 @@ async def test_sparse_plate_lists_only_its_wells(
     api = await (await client.get(f"/api/v1/plates/{plate}")).json()
     assert len(api["wells"]) == 40 and len(api["rows"]) == 16 and len(api["columns"]) == 24
     assert api["image_ids"] == "scheme" and api["problems"] == []
+
+
+async def test_plates_over_http(
+    plate_data: PlateData,
+    http_root: tuple[Path, str],
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The same plates read from an HTTP server (Range-capable, a subprocess) answer as from
+    local disk: the 0.4 plate and the 0.5 (Zarr v3) one."""
+    served, url = http_root
+    for pid, src in (
+        (P96, plate_data.root / "screen" / f"{P96}.zarr"),
+        (P05, plate_data.root / f"{P05}.zarr"),
+    ):
+        shutil.copytree(src, served / f"plate-{pid}.zarr", dirs_exist_ok=True)
+    plates = tmp_path / "plates.csv"
+    plates.write_text(
+        f"plate_id,path\n{P96},{url}/plate-{P96}.zarr\n{P05},{url}/plate-{P05}.zarr\n"
+    )
+    remote: TestClient = await aiohttp_client(
+        create_app(load_settings({"source": {"plates": str(plates)}}))
+    )
+    local: TestClient = await aiohttp_client(
+        create_app(load_settings({"source": {"zarr_root": str(plate_data.root)}}))
+    )
+    for pid in (P96, P05):
+        a = await (await remote.get(f"/webgateway/plate/{pid}/1/")).json()
+        b = await (await local.get(f"/webgateway/plate/{pid}/1/")).json()
+        assert a == b and a["image_sizes"]
+    for iid in (sid(P96, 1, 6, 1), sid(P05, 1, 2, 0)):
+        url_ = f"/webgateway/render_image_region/{iid}/0/0/?region=0,0,64,64&{GREY}"
+        ra, rb = await remote.get(url_), await local.get(url_)
+        assert ra.status == rb.status == 200
+        assert await ra.read() == await rb.read()
+    broken = await remote.get(f"/webgateway/imgData/{sid(P96, 4, 4, 0)}/")
+    assert broken.status == 502
