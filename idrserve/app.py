@@ -17,9 +17,20 @@ from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
 from idrserve.catalog.metrics import CatalogCollector
-from idrserve.http import api, deepzoom, iiif, iviewer, ops, urls, viewer, webgateway, zarrstore
+from idrserve.http import (
+    api,
+    deepzoom,
+    iiif,
+    iviewer,
+    ops,
+    plate_routes,
+    urls,
+    viewer,
+    webgateway,
+    zarrstore,
+)
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
-from idrserve.http.keys import ADMISSION, CATALOG, DEPS, REGISTRY, SETTINGS, STATE
+from idrserve.http.keys import ADMISSION, CATALOG, DEPS, PLATES, REGISTRY, SETTINGS, STATE
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
 from idrserve.http.params import parse_page
 from idrserve.http.viewer import page_links
@@ -27,6 +38,7 @@ from idrserve.render import kernels
 from idrserve.render.lut import LutTable
 from idrserve.service import Deps
 from idrserve.settings import Settings
+from idrserve.sources.plate_catalog import PlateCatalog
 from idrserve.sources.routing import build_source
 
 log = logging.getLogger("idrserve")
@@ -146,13 +158,16 @@ def create_app(settings: Settings) -> web.Application:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(catalog.wait_loaded(), INLINE_WAIT_S)
         app[REGISTRY].register(CatalogCollector(catalog))
-        source = build_source(settings, catalog)  # Zarr, plus OMERO when configured
+        # HCS plates (docs/plates.md): their fields are located before the image catalog.
+        plates = PlateCatalog(settings.source, catalog)
+        source = build_source(settings, plates)  # Zarr, plus OMERO when configured
         for collector in getattr(source, "collectors", list)():
             app[REGISTRY].register(collector)  # idrserve_omero_* when OMERO is configured
         luts = LutTable(settings.source.lut_dir)
         cache = TieredCache(settings.cache, registry=app[REGISTRY])
         await cache.start()
         app[CATALOG] = catalog
+        app[PLATES] = plates
         app[DEPS] = Deps(
             source=source,
             luts=luts,
@@ -169,6 +184,7 @@ def create_app(settings: Settings) -> web.Application:
             app[STATE]["ready"] = False
             await cache.aclose()  # drains pending cache writes
             await source.aclose()
+            await plates.aclose()
             await catalog.aclose()
             cpu_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -180,6 +196,7 @@ def create_app(settings: Settings) -> web.Application:
     iviewer.add_routes(app)
     iiif.add_routes(app)
     deepzoom.add_routes(app)
+    plate_routes.add_routes(app)  # HCS plates (docs/plates.md); before the viewer's catch-all
     viewer.add_routes(app, lambda request, offset, limit: request.app[CATALOG].page(offset, limit))
     zarrstore.add_routes(app)
     api.add_routes(app)

@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="thumbnails and low-resolution levels of this image",
     )
+    warm.add_argument(
+        "--plate",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="an HCS plate's grids, every field's thumbnails and its montage (docs/plates.md)",
+    )
     warm.add_argument("--access-log", type=Path, help="replay rendering URLs of an access log")
     warm.add_argument(
         "--max-side",

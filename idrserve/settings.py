@@ -85,6 +85,10 @@ class SourceSettings(_Group):
     # Image id -> location: a built index (`idrserve catalog index`) or a CSV/JSON file
     # (indexed at start-up; see idrserve/catalog/). Loaded once, never per request.
     catalog: Path | None = None
+    # HCS plates: a CSV of `plate_id,path` rows, and one of `image_id,plate_id,row,column,field`
+    # naming field images (docs/plates.md); plates are also found by the catalog and scans.
+    plates: Path | None = None
+    plate_fields: Path | None = None
     # Where indexes built from CSV/JSON catalogs are kept (reused while the file is unchanged);
     # unset: $XDG_CACHE_HOME/idrserve/catalog (~/.cache/idrserve/catalog).
     catalog_index_dir: Path | None = None

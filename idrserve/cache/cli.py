@@ -29,6 +29,11 @@ async def _warm(args: argparse.Namespace, settings: Settings) -> int:
         if args.image:
             async with aiohttp.ClientSession() as session:
                 urls += await urls_for_images(session, base, args.image, args.max_side)
+        if getattr(args, "plate", None):
+            from idrserve.plate_warm import urls_for_plates
+
+            async with aiohttp.ClientSession() as session:
+                urls += await urls_for_plates(session, base, args.plate)
     except aiohttp.ClientConnectionError as exc:  # before OSError: it is one
         print(
             f"idrserve cache warm: cannot reach {base} ({exc}): is idrserve running there?"
@@ -41,7 +46,8 @@ async def _warm(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if not urls:
         print(
-            "idrserve cache warm: nothing to warm (give --image or --access-log)", file=sys.stderr
+            "idrserve cache warm: nothing to warm (give --image, --plate or --access-log)",
+            file=sys.stderr,
         )
         return 2
     report = await warm(base, urls, concurrency=args.concurrency)

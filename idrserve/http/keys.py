@@ -15,12 +15,15 @@ from idrserve.catalog import Catalog
 from idrserve.http.trace import Trace, UrlMemo
 from idrserve.service import Deps
 from idrserve.settings import Settings
+from idrserve.sources.plate_catalog import PlateCatalog
 
 # --- the app ----------------------------------------------------------------------------------
 SETTINGS = web.AppKey("settings", Settings)
 # Sources, LUTs, pools, cache tiers and admission: opened and closed by `app.lifecycle`.
 DEPS = web.AppKey("deps", Deps)
 CATALOG = web.AppKey("catalog", Catalog)
+# HCS plates and the image ids of their fields (sources/plate_catalog.py).
+PLATES = web.AppKey("plates", PlateCatalog)
 ADMISSION = web.AppKey("admission", Admission)
 # One Prometheus registry per app, so several apps (tests, workers) never share counters.
 REGISTRY = web.AppKey("registry", CollectorRegistry)

@@ -49,6 +49,10 @@ PATH_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "row": (_str(r"^\d{1,9}$", examples=["0"]), "tile row"),
     "ext": (_str(r"^[A-Za-z]{1,8}$", examples=["jpg"]), "tile format: jpg, jpeg or png"),
     "path": (_str(r"^.+$", examples=["viewer.js"]), "file under the static directory"),
+    "pid": (_str(r"^\d{1,19}$", examples=["2551"]), "plate id (docs/plates.md)"),
+    "field": (_str(r"^\d{1,4}$", examples=["0"]), "field index within each well (0-based)"),
+    "acq": (_str(r"^\d{1,19}$", examples=["0"]), "acquisition (run) id of the plate"),
+    "wid": (_str(r"^\d{1,19}$", examples=["7000025510000000"]), "well id (docs/plates.md)"),
 }
 
 
@@ -348,6 +352,64 @@ OPS: list[_Op] = [
             },
             "304": {"description": "not modified"},
         },
+    ),
+    _Op(
+        r"^GET /webgateway/plate/\{pid\}/(?:\{field\}/)?(?:\{acq\}/)?$",
+        "An HCS plate's well grid for one field (OMERO.web plateGrid_json)",
+        "webgateway",
+        [
+            _q("size", "thumbnail size written into each thumb_url (1-4096)", _str(r"^\d+$")),
+            _q("layout", "expand (default), trim or shrink", _str(examples=["trim"])),
+            CALLBACK,
+        ],
+        _json_ok("{grid, rowlabels, collabels, image_sizes}", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /webgateway/plate/\{pid\}/montage\.jpg$",
+        "One field of every well at thumbnail size, as one JPEG",
+        "webgateway",
+        [
+            _q("field", "field index (default 0)", _str(r"^\d+$")),
+            _q("acquisition", "only this acquisition's fields", _str(r"^\d+$")),
+            _q("size", "side of a well in pixels (8-256, default 64)", _str(r"^\d+$")),
+        ],
+        {
+            "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+            "304": {"description": "not modified"},
+        },
+    ),
+    _Op(
+        r"^GET /webgateway/well/\{wid\}/children/$",
+        "The field images of one well (OMERO.web listWellImages_json)",
+        "webgateway",
+        [_q("run", "only this acquisition's fields", _str(r"^\d+$")), CALLBACK],
+        _json_ok("a list of images", (JSON, "application/javascript")),
+    ),
+    _Op(
+        r"^GET /api/v1/plates/\{pid\}$",
+        "An HCS plate: rows, columns, acquisitions, wells and their field image ids",
+        "api",
+        [],
+        _json_ok("the plate description"),
+    ),
+    _Op(
+        r"^GET /zarr/(?:v3/)?plates/\{pid\}\.zarr/\{key\}$",
+        "A key of the plate as a read-only HCS Zarr store (v2 under /zarr/, v3 under /zarr/v3/)",
+        "zarr",
+        [],
+        {
+            "200": {"description": "metadata JSON or chunk bytes"},
+            "304": {"description": "not modified"},
+        },
+        "Plate, row and well groups, and every field's own image store below ROW/COL/FIELD/.",
+        {"key": (_str(r"^.*$", examples=[".zattrs", "A/1/.zattrs"]), "store key")},
+    ),
+    _Op(
+        r"^GET /iiif/plates/\{pid\}/manifest\.json$",
+        "A IIIF Presentation 3 manifest of a plate: one canvas per well",
+        "iiif",
+        [],
+        _json_ok("the manifest", ("application/ld+json",)),
     ),
     _Op(
         r"^GET /zarr/(?:v3/)?\{iid\}\.zarr/\{key\}$",

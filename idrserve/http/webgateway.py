@@ -32,6 +32,7 @@ from idrserve.http.plan import (
     plan_webgateway_plane,
     plan_webgateway_region,
 )
+from idrserve.http.plates import annotate_image_data
 from idrserve.http.responses import json_or_jsonp, respond_rendered
 from idrserve.model import Format, ImageMeta, RegionRequest
 from idrserve.render.lut import luts_json
@@ -212,6 +213,7 @@ async def img_data(request: web.Request) -> web.StreamResponse:
     iid = _path_int(request, "iid")
     meta = await ctx.deps.source.meta(iid)
     data: Any = image_data(meta, ctx.settings.viewer)
+    await annotate_image_data(request, iid, data)  # a plate field's well (docs/plates.md)
     key = request.match_info.get("key")
     if key is not None:
         data = select_key(data, key)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from idrserve.catalog import Catalog, Location, Locator, is_url
+from idrserve.catalog import Location, Locator, is_url
 from idrserve.lru import BoundedLRU
 from idrserve.model import ImageMeta, Selection
 from idrserve.settings import Settings
@@ -169,7 +169,7 @@ async def _is_file_image(location: Location) -> bool:
     return await asyncio.to_thread(location.is_file)
 
 
-def build_source(settings: Settings, catalog: Catalog) -> PixelSource:
+def build_source(settings: Settings, catalog: Locator) -> PixelSource:
     """The server's source: Zarr and TIFF files behind a router, and OMERO when configured."""
     zarr = ZarrSource(settings.source, catalog)
     tiff = TiffSource(settings.source, catalog)

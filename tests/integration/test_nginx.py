@@ -501,6 +501,29 @@ def test_routes_to_idrserve(stack: Stack, path: str) -> None:
 @pytest.mark.parametrize(
     "path",
     [
+        "/webgateway/plate/424242/",
+        "/webgateway/plate/424242/1/",
+        "/webgateway/plate/424242/0/3/?size=64",
+        "/webgateway/plate/424242/montage.jpg",
+        "/webgateway/well/424242/children/",
+        "/api/v1/plates/424242",
+        "/zarr/plates/424242.zarr/.zattrs",
+        "/zarr/v3/plates/424242.zarr/zarr.json",
+        "/iiif/plates/424242/manifest.json",
+    ],
+)
+def test_plate_routes_reach_idrserve(stack: Stack, path: str) -> None:
+    """HCS plate URLs (docs/plates.md) go to idrserve, which knows no plate 424242 here."""
+    resp = get(stack.nginx_port, path)
+    assert resp.status == 404, path
+    assert resp.header("X-Stand-In") is None
+    assert resp.header("X-Request-ID") is not None
+    assert json.loads(resp.body)["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
         "/",
         "/webclient/",
         "/webclient/?show=image-1003",
