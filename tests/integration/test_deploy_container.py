@@ -9,6 +9,7 @@ hatchling as the image's `pip install /src` would, build hook and vendored asset
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from idrserve.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "compose" / "Dockerfile"
@@ -170,3 +173,34 @@ def test_build_stage_files_make_the_wheel_with_the_viewer_assets(tmp_path: Path)
         "idrserve/static/viewer.html",
     ):
         assert asset in names, asset
+
+
+def test_image_and_compose_settings_load_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's IDRSERVE_* defaults plus compose's environment are valid settings, and
+    compose gives a stopping container at least the drain those settings ask for."""
+    *_, runtime = stages(DOCKERFILE.read_text())
+    image_env = {
+        name: value
+        for keyword, arg in runtime
+        if keyword == "ENV"
+        for name, value in (pair.split("=", 1) for pair in arg.split())
+        if name.startswith("IDRSERVE_")
+    }
+    assert image_env["IDRSERVE_SERVER__HOST"] == "0.0.0.0"
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
+    service = compose["services"]["idrserve"]
+    for var in list(os.environ):
+        if var.startswith("IDRSERVE_"):
+            monkeypatch.delenv(var)
+    for name, value in {**image_env, **service["environment"]}.items():
+        monkeypatch.setenv(name, str(value))
+    server = load_settings().server
+    grace = re.fullmatch(r"(\d+)s", service["stop_grace_period"])
+    assert grace is not None
+    assert int(grace.group(1)) >= server.shutdown_timeout_s + server.drain_grace_s + 5
+    # The image's port is the one compose's healthcheck and the HEALTHCHECK ask.
+    assert f"127.0.0.1:{server.port}/healthz" in " ".join(service["healthcheck"]["test"])
+    # Paths the image creates for the service user are the settings' cache paths.
+    (run,) = [arg for keyword, arg in runtime if keyword == "RUN"]
+    settings = load_settings()
+    assert str(settings.cache.dir) in run and str(settings.source.catalog_index_dir) in run
