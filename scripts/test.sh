@@ -12,6 +12,11 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 # ... and verify the systemd units with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The Kubernetes manifest tests render deploy/k8s/ with kustomize v5: kubectl's built-in one (on
+# the project's machine image) or a standalone kustomize. Debian has neither in a usable version
+# (its kubernetes-client bundles kustomize v2), so say so here instead of failing deep in pytest.
+command -v kubectl >/dev/null || command -v kustomize >/dev/null \
+    || echo "scripts/test.sh: no kubectl or kustomize on PATH: tests/integration/test_deploy_k8s.py will fail" >&2
 # The viewer tests drive Debian's headless Chromium through its chromedriver (no browser download).
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)

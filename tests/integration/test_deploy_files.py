@@ -194,25 +194,16 @@ def test_redis_unit_runs_the_repository_redis_conf() -> None:
     assert (ROOT / "cache" / "redis.conf").is_file()
 
 
-def test_units_verify_with_systemd_analyze(tmp_path: Path) -> None:
-    """`systemd-analyze verify` (scripts/test.sh installs systemd when it is missing)."""
+def systemd_verify(units: dict[str, str], tmp_path: Path) -> None:
+    """`systemd-analyze verify` of unit texts by name; fails on any complaint about them.
+
+    verify checks that ExecStart binaries exist: the caller points them at real ones."""
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None, "systemd-analyze missing: run the tests through scripts/test.sh"
-    # verify checks that ExecStart binaries exist; point them at executables that do.
-    redis = shutil.which("redis-server") or "/bin/true"
-    for unit in ("idrserve.service", "redis-idrserve.service"):
-        text = (UNITS / unit).read_text()
-        text = text.replace("/opt/idrserve/bin/idrserve", sys.executable)
-        text = text.replace("/usr/bin/redis-server", redis)
-        (tmp_path / unit).write_text(text)
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
     result = subprocess.run(
-        [
-            analyze,
-            "verify",
-            "--man=no",
-            str(tmp_path / "idrserve.service"),
-            str(tmp_path / "redis-idrserve.service"),
-        ],
+        [analyze, "verify", "--man=no", *(str(tmp_path / name) for name in units)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -226,6 +217,17 @@ def test_units_verify_with_systemd_analyze(tmp_path: Path) -> None:
         if str(tmp_path) in line or "idrserve" in line
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_units_verify_with_systemd_analyze(tmp_path: Path) -> None:
+    """`systemd-analyze verify` (scripts/test.sh installs systemd when it is missing)."""
+    redis = shutil.which("redis-server") or "/bin/true"
+    units = {}
+    for unit in ("idrserve.service", "redis-idrserve.service"):
+        text = (UNITS / unit).read_text()
+        text = text.replace("/opt/idrserve/bin/idrserve", sys.executable)
+        units[unit] = text.replace("/usr/bin/redis-server", redis)
+    systemd_verify(units, tmp_path)
 
 
 # ---- compose -------------------------------------------------------------------------------
