@@ -17,14 +17,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis, RedisCluster
 
 from idrserve.cache.breaker import CircuitBreaker
 from idrserve.cache.entry import CacheEntry, pack_value, unpack_value
 from idrserve.cache.metrics import TierStats
+from idrserve.cache.redis_url import connect
 from idrserve.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -79,18 +77,10 @@ class RedisTier:
         self._max_value = settings.redis_max_value_bytes
         self._lock_ttl_ms = settings.lock_ttl_ms
         self._timeout_s = settings.redis_timeout_s
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_pool_size,
-            timeout=settings.redis_timeout_s,  # wait for a free connection
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            # One immediate retry on a dropped connection (a restarted Redis leaves every
-            # pooled connection dead); a timeout is never retried.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            client_name="idrserve-cache",
-        )
-        self._client: Redis = Redis.from_pool(pool)
+        self._client, self.mode = connect(settings)
+        # The cluster and sentinel pools refuse a connection beyond redis_pool_size rather
+        # than wait for one: bound the commands in flight here instead (inside the timeout).
+        self._slots = asyncio.Semaphore(settings.redis_pool_size) if self.mode != "single" else None
         self._release = self._client.register_script(_RELEASE)
         self._bump = self._client.register_script(_BUMP)
         self._get_or_lock = self._client.register_script(_GET_OR_LOCK)
@@ -100,11 +90,15 @@ class RedisTier:
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
 
+    # A value and its render lock share a hash tag (the response key), so on a cluster the
+    # GET-or-lock script and the value+lock MGET of `poll` stay in one slot, while different
+    # responses still spread over all slots (a tag per image would pin a popular image's
+    # tiles to one node).
     def value_key(self, key: str) -> str:
-        return f"{self.prefix}r:{key}"
+        return f"{self.prefix}r:{{{key}}}"
 
     def lock_key(self, key: str) -> str:
-        return f"{self.prefix}lock:{key}"
+        return f"{self.prefix}lock:{{{key}}}"
 
     def generation_key(self, image_id: int) -> str:
         return f"{self.prefix}gen:{image_id}"
@@ -114,7 +108,7 @@ class RedisTier:
         """False while the breaker skips Redis (a cheap check before scheduling work)."""
         return not self.breaker.is_open
 
-    async def _call(self, fn: Callable[[Redis], Awaitable[T]], *, write: bool = False) -> T:
+    async def _call(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
         if not self.breaker.allow():
             if write:
                 self.stats.dropped_writes += 1
@@ -123,7 +117,11 @@ class RedisTier:
             raise RedisUnavailable("circuit open")
         try:
             async with asyncio.timeout(self._timeout_s):
-                result = await fn(self._client)
+                if self._slots is None:
+                    result = await fn(self._client)
+                else:
+                    async with self._slots:
+                        result = await fn(self._client)
         except Exception as exc:
             if write:
                 self.stats.write_errors += 1
@@ -197,7 +195,7 @@ class RedisTier:
     async def _mget(self, batch: dict[str, list[asyncio.Future[bytes | str | None]]]) -> None:
         keys = list(batch)
         try:
-            values = await self._call(lambda r: r.mget(keys))
+            values = await self._call(partial(_mget_any, keys=keys))
         except BaseException as exc:
             failure = exc if isinstance(exc, RedisUnavailable) else RedisUnavailable(repr(exc))
             for waiters in batch.values():
@@ -303,9 +301,10 @@ class RedisTier:
 
         `count_keys` SCANs the keyspace for this prefix: O(keys), for the stats command only.
         """
-        mem = await self._call(lambda r: r.info("memory"))
-        st = await self._call(lambda r: r.info("stats"))
+        mem = await self._call(partial(_info, section="memory"))
+        st = await self._call(partial(_info, section="stats"))
         out: dict[str, Any] = {
+            "mode": self.mode,
             "used_memory": mem.get("used_memory"),
             "maxmemory": mem.get("maxmemory"),
             "maxmemory_policy": mem.get("maxmemory_policy"),
@@ -320,13 +319,21 @@ class RedisTier:
         return out
 
     async def _count(self, pattern: str) -> int:
+        if isinstance(self._client, RedisCluster):
+            nodes: list[Any] = self._client.get_primaries()
+        else:
+            nodes = [None]
         n = 0
-        cursor = 0
-        while True:
-            cursor, keys = await self._call(partial(_scan_page, cursor=cursor, pattern=pattern))
-            n += len(keys)
-            if cursor == 0:
-                return n
+        for node in nodes:
+            cursor = 0
+            while True:
+                cursor, keys = await self._call(
+                    partial(_scan_page, cursor=cursor, pattern=pattern, node=node)
+                )
+                n += len(keys)
+                if cursor == 0:
+                    break
+        return n
 
     async def aclose(self) -> None:
         for task in list(self._batches):
@@ -338,8 +345,40 @@ class RedisTier:
             log.debug("closing the redis cache pool: %s", exc)
 
 
-async def _scan_page(r: Redis, cursor: int, pattern: str) -> tuple[int, list[bytes | str]]:
-    return await r.scan(cursor=cursor, match=pattern, count=1000)
+async def _scan_page(
+    r: Redis | RedisCluster, cursor: int, pattern: str, node: Any
+) -> tuple[int, list[bytes | str]]:
+    if node is None:
+        return await r.scan(cursor=cursor, match=pattern, count=1000)
+    # A cluster answers {node: next cursor} and the keys.
+    cursors: Any
+    cursors, keys = await r.scan(cursor=cursor, match=pattern, count=1000, target_nodes=node)
+    return int(cursors[node.name]), keys
+
+
+async def _mget_any(r: Redis | RedisCluster, keys: list[str]) -> list[bytes | str | None]:
+    """MGET on one server; on a cluster one MGET per slot, pipelined per node."""
+    if isinstance(r, RedisCluster):
+        return await r.mget_nonatomic(keys)
+    return await r.mget(keys)
+
+
+# Summed over a cluster's primaries (the policy is the same on every node).
+_SUMMED = ("used_memory", "maxmemory", "evicted_keys", "keyspace_hits", "keyspace_misses")
+
+
+async def _info(r: Redis | RedisCluster, section: str) -> dict[str, Any]:
+    if not isinstance(r, RedisCluster):
+        return dict(await r.info(section))
+    per_node: dict[str, dict[str, Any]] = await r.info(section, target_nodes=RedisCluster.PRIMARIES)
+    merged: dict[str, Any] = {}
+    for info in per_node.values():
+        for name, value in info.items():
+            if name in _SUMMED:
+                merged[name] = merged.get(name, 0) + value
+            else:
+                merged.setdefault(name, value)
+    return merged
 
 
 def _as_bytes(value: bytes | str) -> bytes:
