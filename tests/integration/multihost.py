@@ -184,23 +184,27 @@ class MultiHost:
             )  # fmt: skip
             self._procs.append(proc)
             self.hosts.append(Host(addr, host_port, proc))
-        self.nginx_port = free_port()
-        self._start_nginx()
         for host in self.hosts:
             wait_ready(lambda h=host: h.get("/healthz").status == 200, host.proc, "idrserve host")
+        self._start_nginx()
 
     def _start_nginx(self) -> None:
-        first, *others = self.hosts
+        self.nginx_port = self.add_nginx(self.hosts, "nginx")
+
+    def add_nginx(self, hosts: list[Host], name: str) -> int:
+        """The shipped nginx with `hosts` as its upstreams, under `workdir/name`; its port."""
+        first, *others = hosts
         upstreams = "\n    ".join(
             f"server {h.addr}:{h.port} max_fails=1 fail_timeout=5s;" for h in others
         )
-        prefix = self.workdir / "nginx"
+        prefix = self.workdir / name
+        port = free_port()
         render_config(
             prefix,
-            listen=self.nginx_port,
+            listen=port,
             idrserve=first.port,
             omeroweb=free_port(),  # nothing there: no OMERO.web route is asked for
-            cache=self.workdir / "nginx-cache",
+            cache=self.workdir / f"{name}-cache",
             extra={
                 FIRST.format(port=first.port): (
                     f"server {first.addr}:{first.port} max_fails=1 fail_timeout=5s;"
@@ -212,7 +216,10 @@ class MultiHost:
             nginx_args(prefix, "daemon off;"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self._procs.append(nginx)
-        wait_ready(lambda: self.get("/healthz").status == 200, nginx, "nginx")
+        wait_ready(
+            lambda: fetch("127.0.0.1", port, "/healthz").status == 200, nginx, f"nginx {name}"
+        )
+        return port
 
     def get(self, path: str, timeout: float = 10) -> Answer:
         """A request through nginx."""
