@@ -82,8 +82,9 @@ def test_purge_reaches_every_host_within_generation_ttl(stack: MultiHost) -> Non
     before = stack.renders()
     assert first.get(path).headers["X-Cache"] == "miss"  # a new generation: rendered again
     for host in others:
-        # Not "memory": the old entry is unreachable on every host; the new one is shared.
-        assert host.get(path).headers["X-Cache"] == "redis"
+        # Not "memory": the old entry is unreachable on every host; the new one is shared
+        # (read from Redis, or waited for while the first host's write held the lock).
+        assert host.get(path).headers["X-Cache"] in ("redis", "coalesced")
     assert stack.renders() - before == 1
 
 
@@ -141,7 +142,8 @@ def test_redis_primary_killed_under_load_fails_no_request(stack: MultiHost) -> N
             for path in probe:
                 live[0].get(path)
             time.sleep(0.3)  # background writes
-            return all(live[1].get(p).headers["X-Cache"] == "redis" for p in probe)
+            shared = ("redis", "coalesced")
+            return all(live[1].get(p).headers["X-Cache"] in shared for p in probe)
 
         wait_for(back_in_service, "the shared tier to serve again", timeout_s=30)
     finally:
