@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -176,9 +176,12 @@ class CacheSettings(_Group):
     # Recently read cache files kept open (like nginx's open_file_cache) so a hot disk hit is
     # one read; capped at a quarter of the process's open-file limit. 0 disables it.
     dir_open_files: int = Field(1024, ge=0)
-    # Shared Redis tier (also IDRSERVE_REDIS_URL), e.g. redis://127.0.0.1:6379/0.
+    # Shared Redis tier (also IDRSERVE_REDIS_URL), e.g. redis://127.0.0.1:6379/0, or a
+    # cluster or sentinels: redis+cluster://h1:6379,h2:6379 or
+    # redis+sentinel://h1:26379,h2:26379/SERVICE/0 (idrserve/cache/redis_url.py).
     redis_url: str | None = None
-    redis_prefix: str = "idrs:"
+    # Braces are not allowed: they would change the keys' cluster hash tags.
+    redis_prefix: str = Field("idrs:", pattern=r"^[^{}]*$")
     redis_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     redis_max_value_bytes: int = Field(4 * 1024 * 1024, ge=1)
     # Per-command timeout; a slow Redis must never slow a tile down by more than this.
@@ -201,6 +204,16 @@ class CacheSettings(_Group):
     url_index_entries: int = Field(100_000, ge=0)
     # ... and at most this many bytes of them (URLs up to 4 KiB are remembered).
     url_index_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: str | None) -> str | None:
+        if value:
+            # Imported here: the cache package imports this module.
+            from idrserve.cache.redis_url import parse_redis_url
+
+            parse_redis_url(value)
+        return value
 
 
 class OmeroSettings(_Group):

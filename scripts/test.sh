@@ -8,6 +8,9 @@ PY=${PYTHON:-python3}
 need_apt=()
 # The cache tests talk to a real redis-server (tests/cache/conftest.py starts it).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# ... and build a Redis Cluster with redis-cli (tests/cache/topology.py); Debian's redis-server
+# depends on redis-tools, which holds it, but a hand-built redis-server may come without it.
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 # The deployment tests run the project's nginx configuration in a real nginx.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 # ... and verify the systemd units with systemd-analyze.

@@ -40,6 +40,8 @@ class CacheGauges:
     pending_writes: int
     breaker_open: Mapping[str, bool]
     sized_tiers: tuple[str, ...]  # tiers whose `bytes` / `entries` are known
+    # Renders this process ran for the cache (misses everywhere, lock taken or not).
+    renders: int = 0
 
 
 class CacheCollector(Collector):
@@ -91,9 +93,15 @@ class CacheCollector(Collector):
             "Requests answered by a render another request started (in this or another process).",
             value=g.coalesced,
         )
+        # Summed over hosts, this is what a cluster-wide single flight keeps at one per key.
+        renders = CounterMetricFamily(
+            "idrserve_cache_renders",
+            "Responses rendered by this process after a miss in every cache tier.",
+            value=g.renders,
+        )
         pending = GaugeMetricFamily(
             "idrserve_cache_pending_writes",
             "Background cache writes queued or running.",
             value=g.pending_writes,
         )
-        return [requests, writes, size, entries, breaker, coalesced, pending]
+        return [requests, writes, size, entries, breaker, coalesced, renders, pending]

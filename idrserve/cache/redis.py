@@ -13,18 +13,17 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import zlib
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis, RedisCluster
 
 from idrserve.cache.breaker import CircuitBreaker
 from idrserve.cache.entry import CacheEntry, pack_value, unpack_value
 from idrserve.cache.metrics import TierStats
+from idrserve.cache.redis_url import connect
 from idrserve.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +60,24 @@ return n
 
 # Keys per MGET: replies of a few hundred KB to a few MB for tiles.
 MAX_BATCH = 64
+# Slots per image on a cluster: an image's responses spread over this many hash tags.
+TAG_SHARDS = 4
+
+
+def hash_tag(key: str) -> str:
+    """`{<image>.<shard>}` for a response key: the cluster slot of its value and its lock.
+
+    Per image, so that a viewer's burst of tiles of one image, one MGET on a single server,
+    costs at most TAG_SHARDS per-slot MGETs on a cluster rather than one per tile: redis-py
+    spends its client CPU per command, and a tag per response made a cluster hit about 2x
+    dearer than a single-server one, 4 shards about 1.2x (docs/redis.md#keys-and-hash-slots).
+    Sharded, so that one popular or huge image still spreads over several nodes. Any other
+    string is its own tag.
+    """
+    image, sep, rest = key.partition(":")
+    if not sep or not image.isdigit():
+        return "{" + key.replace("{", "").replace("}", "") + "}"
+    return f"{{{image}.{zlib.crc32(rest.encode()) % TAG_SHARDS}}}"
 
 
 class RedisUnavailable(Exception):
@@ -79,18 +96,10 @@ class RedisTier:
         self._max_value = settings.redis_max_value_bytes
         self._lock_ttl_ms = settings.lock_ttl_ms
         self._timeout_s = settings.redis_timeout_s
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_pool_size,
-            timeout=settings.redis_timeout_s,  # wait for a free connection
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            # One immediate retry on a dropped connection (a restarted Redis leaves every
-            # pooled connection dead); a timeout is never retried.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            client_name="idrserve-cache",
-        )
-        self._client: Redis = Redis.from_pool(pool)
+        self._client, self.mode = connect(settings)
+        # The cluster and sentinel pools refuse a connection beyond redis_pool_size rather
+        # than wait for one: bound the commands in flight here instead (inside the timeout).
+        self._slots = asyncio.Semaphore(settings.redis_pool_size) if self.mode != "single" else None
         self._release = self._client.register_script(_RELEASE)
         self._bump = self._client.register_script(_BUMP)
         self._get_or_lock = self._client.register_script(_GET_OR_LOCK)
@@ -100,11 +109,13 @@ class RedisTier:
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
 
+    # A value and its render lock share a hash tag, so on a cluster the GET-or-lock script
+    # and the value+lock MGET of `poll` stay in one slot (docs/redis.md#keys-and-hash-slots).
     def value_key(self, key: str) -> str:
-        return f"{self.prefix}r:{key}"
+        return f"{self.prefix}r:{hash_tag(key)}{key}"
 
     def lock_key(self, key: str) -> str:
-        return f"{self.prefix}lock:{key}"
+        return f"{self.prefix}lock:{hash_tag(key)}{key}"
 
     def generation_key(self, image_id: int) -> str:
         return f"{self.prefix}gen:{image_id}"
@@ -114,7 +125,7 @@ class RedisTier:
         """False while the breaker skips Redis (a cheap check before scheduling work)."""
         return not self.breaker.is_open
 
-    async def _call(self, fn: Callable[[Redis], Awaitable[T]], *, write: bool = False) -> T:
+    async def _call(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
         if not self.breaker.allow():
             if write:
                 self.stats.dropped_writes += 1
@@ -123,7 +134,11 @@ class RedisTier:
             raise RedisUnavailable("circuit open")
         try:
             async with asyncio.timeout(self._timeout_s):
-                result = await fn(self._client)
+                if self._slots is None:
+                    result = await fn(self._client)
+                else:
+                    async with self._slots:
+                        result = await fn(self._client)
         except Exception as exc:
             if write:
                 self.stats.write_errors += 1
@@ -197,7 +212,7 @@ class RedisTier:
     async def _mget(self, batch: dict[str, list[asyncio.Future[bytes | str | None]]]) -> None:
         keys = list(batch)
         try:
-            values = await self._call(lambda r: r.mget(keys))
+            values = await self._call(partial(_mget_any, keys=keys))
         except BaseException as exc:
             failure = exc if isinstance(exc, RedisUnavailable) else RedisUnavailable(repr(exc))
             for waiters in batch.values():
@@ -303,9 +318,10 @@ class RedisTier:
 
         `count_keys` SCANs the keyspace for this prefix: O(keys), for the stats command only.
         """
-        mem = await self._call(lambda r: r.info("memory"))
-        st = await self._call(lambda r: r.info("stats"))
+        mem = await self._call(partial(_info, section="memory"))
+        st = await self._call(partial(_info, section="stats"))
         out: dict[str, Any] = {
+            "mode": self.mode,
             "used_memory": mem.get("used_memory"),
             "maxmemory": mem.get("maxmemory"),
             "maxmemory_policy": mem.get("maxmemory_policy"),
@@ -320,13 +336,21 @@ class RedisTier:
         return out
 
     async def _count(self, pattern: str) -> int:
+        if isinstance(self._client, RedisCluster):
+            nodes: list[Any] = self._client.get_primaries()
+        else:
+            nodes = [None]
         n = 0
-        cursor = 0
-        while True:
-            cursor, keys = await self._call(partial(_scan_page, cursor=cursor, pattern=pattern))
-            n += len(keys)
-            if cursor == 0:
-                return n
+        for node in nodes:
+            cursor = 0
+            while True:
+                cursor, keys = await self._call(
+                    partial(_scan_page, cursor=cursor, pattern=pattern, node=node)
+                )
+                n += len(keys)
+                if cursor == 0:
+                    break
+        return n
 
     async def aclose(self) -> None:
         for task in list(self._batches):
@@ -338,8 +362,40 @@ class RedisTier:
             log.debug("closing the redis cache pool: %s", exc)
 
 
-async def _scan_page(r: Redis, cursor: int, pattern: str) -> tuple[int, list[bytes | str]]:
-    return await r.scan(cursor=cursor, match=pattern, count=1000)
+async def _scan_page(
+    r: Redis | RedisCluster, cursor: int, pattern: str, node: Any
+) -> tuple[int, list[bytes | str]]:
+    if node is None:
+        return await r.scan(cursor=cursor, match=pattern, count=1000)
+    # A cluster answers {node: next cursor} and the keys.
+    cursors: Any
+    cursors, keys = await r.scan(cursor=cursor, match=pattern, count=1000, target_nodes=node)
+    return int(cursors[node.name]), keys
+
+
+async def _mget_any(r: Redis | RedisCluster, keys: list[str]) -> list[bytes | str | None]:
+    """MGET on one server; on a cluster one MGET per slot, pipelined per node."""
+    if isinstance(r, RedisCluster):
+        return await r.mget_nonatomic(keys)
+    return await r.mget(keys)
+
+
+# Summed over a cluster's primaries (the policy is the same on every node).
+_SUMMED = ("used_memory", "maxmemory", "evicted_keys", "keyspace_hits", "keyspace_misses")
+
+
+async def _info(r: Redis | RedisCluster, section: str) -> dict[str, Any]:
+    if not isinstance(r, RedisCluster):
+        return dict(await r.info(section))
+    per_node: dict[str, dict[str, Any]] = await r.info(section, target_nodes=RedisCluster.PRIMARIES)
+    merged: dict[str, Any] = {}
+    for info in per_node.values():
+        for name, value in info.items():
+            if name in _SUMMED:
+                merged[name] = merged.get(name, 0) + value
+            else:
+                merged.setdefault(name, value)
+    return merged
 
 
 def _as_bytes(value: bytes | str) -> bytes:

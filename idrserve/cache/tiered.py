@@ -104,6 +104,7 @@ class TieredCache:
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = False
         self.coalesced = 0
+        self.renders = 0
         self._collector = CacheCollector(self._stats, self._gauges)
         self.registry.register(self._collector)
 
@@ -246,6 +247,7 @@ class TieredCache:
             if token is not None and self.redis is not None:
                 self._jobs.submit(partial(self.redis.release_lock, key, token))
             raise
+        self.renders += 1
         self._store(key, entry, token)
         return entry, "miss"
 
@@ -416,6 +418,7 @@ class TieredCache:
             out["redis"]["breaker_opened"] = self.redis.breaker.opened
         out["coalesce"] = {
             "renders_coalesced": self.coalesced,
+            "renders": self.renders,
             "in_flight": len(self._flights),
             "pending_writes": self._jobs.pending,
             "failed_jobs": self._jobs.failed,
@@ -429,7 +432,7 @@ class TieredCache:
         if self.redis is not None:
             breakers["redis"] = not self.redis.available
         sized = tuple(t for t in ("memory", "disk") if t in self._stats)
-        return CacheGauges(self.coalesced, self._jobs.pending, breakers, sized)
+        return CacheGauges(self.coalesced, self._jobs.pending, breakers, sized, self.renders)
 
     async def disk_stats(self) -> dict[str, Any]:
         """A fresh walk of the cache dir (for `idrserve cache stats`); {} without a disk tier."""

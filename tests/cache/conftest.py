@@ -34,12 +34,21 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process that a test can kill, restart (same port) and pause."""
 
-    def __init__(self, executable: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        executable: str,
+        workdir: Path,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        conf: Path = REDIS_CONF,
+    ) -> None:
         self.executable = executable
         self.workdir = workdir
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "redis.log"
+        self.extra_args = extra_args
+        self.conf = conf
 
     @property
     def url(self) -> str:
@@ -51,7 +60,7 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [
                     self.executable,
-                    str(REDIS_CONF),
+                    str(self.conf),
                     "--port",
                     str(self.port),
                     "--bind",
@@ -62,6 +71,7 @@ class RedisServer:
                     "no",
                     "--maxmemory",
                     "256mb",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -104,14 +114,19 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    executable = shutil.which("redis-server")
+def redis_executable(name: str = "redis-server") -> str:
+    executable = shutil.which(name)
     if executable is None:
         pytest.fail(
-            "redis-server is not on PATH: the cache tests need a real Redis. "
-            "Run scripts/test.sh, which installs it (apt-get install redis-server)."
+            f"{name} is not on PATH: the cache tests need a real Redis. Run scripts/test.sh, "
+            "which installs it (apt-get install redis-server redis-tools)."
         )
+    return executable
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    executable = redis_executable()
     workdir = tmp_path / "redis"
     workdir.mkdir()
     server = RedisServer(executable, workdir)

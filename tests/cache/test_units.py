@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 from hypothesis import given
@@ -177,14 +178,16 @@ async def test_prometheus_metrics_names() -> None:
         await cache.get("1:0:a")
         cache.put("1:0:a", CacheEntry(b"abc", "image/png"))
         await cache.get("1:0:a")
+        await cache.get_or_render("1:0:b", partial(_entry, b"b"))
         text = generate_latest(registry).decode()
     finally:
         await cache.aclose()
     assert 'idrserve_cache_requests_total{result="hit",tier="memory"} 1.0' in text
-    assert 'idrserve_cache_requests_total{result="miss",tier="memory"} 1.0' in text
-    assert 'idrserve_cache_writes_total{result="ok",tier="memory"} 1.0' in text
+    assert 'idrserve_cache_requests_total{result="miss",tier="memory"} 2.0' in text
+    assert 'idrserve_cache_writes_total{result="ok",tier="memory"} 2.0' in text
     assert 'idrserve_cache_bytes{tier="memory"}' in text
     assert "idrserve_cache_renders_coalesced_total 0.0" in text
+    assert "idrserve_cache_renders_total 1.0" in text
     # Closing unregisters, so an app can build a new cache on the same registry.
     assert "idrserve_cache_requests_total" not in generate_latest(registry).decode()
     TieredCache(CacheSettings(), registry=registry)
@@ -223,3 +226,7 @@ async def test_a_cache_with_every_tier_disabled_still_coalesces() -> None:
         assert set(cache.stats()) == {"coalesce"}
     finally:
         await cache.aclose()
+
+
+async def _entry(body: bytes) -> CacheEntry:
+    return CacheEntry(body, "image/png")

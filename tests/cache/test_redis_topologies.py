@@ -1,0 +1,217 @@
+"""The shared tier on a Redis Cluster (3 primaries + 3 replicas) and on Sentinel (1 + 1, 3
+sentinels).
+
+The same cache behaviour as on one server — hits between processes, batched GETs, the
+cross-process render lock, purge generations — and a primary SIGKILLed under load: no call
+fails, the replica is promoted, and the tier serves again once the client has found it.
+The failover test of each topology runs last, as it leaves that topology changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from redis.crc import key_slot
+
+from idrserve.cache import CacheEntry, response_key
+from tests.cache.conftest import CacheFactory, RedisServer
+from tests.cache.test_redis_failures import load
+from tests.cache.test_single_flight import Renderer
+from tests.cache.topology import RedisClusterNodes, RedisSentinelSet, cli, wait_for
+
+ENTRY = CacheEntry(b"\xff\xd8" + bytes(range(256)) * 8, "image/jpeg")
+
+
+@dataclass
+class Topology:
+    kind: str
+    url: str
+    primaries: Callable[[], list[RedisServer]]
+    cluster: RedisClusterNodes | None = None
+    sentinels: RedisSentinelSet | None = None
+
+
+@pytest.fixture(scope="module", params=["cluster", "sentinel"])
+def topology(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Topology]:
+    workdir = tmp_path_factory.mktemp(request.param)
+    if request.param == "cluster":
+        cluster = RedisClusterNodes(workdir)
+        try:
+            cluster.start()
+            yield Topology("cluster", cluster.url, cluster.primaries, cluster=cluster)
+        finally:
+            cluster.stop()
+    else:
+        sentinels = RedisSentinelSet(workdir)
+        try:
+            sentinels.start()
+            yield Topology(
+                "sentinel", sentinels.url, lambda: [sentinels.primary], sentinels=sentinels
+            )
+        finally:
+            sentinels.stop()
+
+
+def commandstat(server: RedisServer, command: str) -> int:
+    for line in cli("-p", str(server.port), "info", "commandstats").splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_hit_between_processes_and_miss(topology: Topology, make_cache: CacheFactory) -> None:
+    a = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    b = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    key = response_key(1, 0, "hit")
+    assert await b.get(key) == (None, "miss")
+    a.put(key, ENTRY)
+    assert await a.flush(5)
+    assert await b.get(key) == (ENTRY, "redis")
+    assert b.stats()["redis"]["hits"] == 1
+    assert b.stats()["redis"]["misses"] == 1
+    assert a.stats()["redis"]["errors"] + b.stats()["redis"]["errors"] == 0
+    info = await b.redis_stats(count_keys=True)
+    assert info["mode"] == topology.kind
+    assert info["prefix_keys"] >= 1
+
+
+async def test_batched_gets_span_slots(topology: Topology, make_cache: CacheFactory) -> None:
+    """One event-loop iteration of GETs goes out as MGETs: one per hash slot on a cluster (in
+    one pipeline per node), one per batch of 64 on a single primary."""
+    # What is tested is the batching, not timeouts: a generous command timeout, so that new
+    # connections (a sentinel lookup each) on a busy machine cannot turn hits into misses.
+    slow_ok = {"memory_max_bytes": 0, "redis_url": topology.url, "redis_timeout_s": 5.0}
+    writer = await make_cache(**slow_ok)
+    reader = await make_cache(**slow_ok)
+    keys = [response_key(20 + i % 10, 0, f"batch-{i}") for i in range(150)]  # 10 images
+    for key in keys:
+        writer.put(key, ENTRY)
+    assert await writer.flush(10)
+    assert await reader.redis.ping()  # type: ignore[union-attr]  # topology learnt first
+    primaries = topology.primaries()
+    before = sum(commandstat(p, "mget") for p in primaries)
+    gets_before = sum(commandstat(p, "get") for p in primaries)
+    results = await asyncio.gather(*(reader.get(key) for key in keys))
+    assert all(r == (ENTRY, "redis") for r in results)
+    mgets = sum(commandstat(p, "mget") for p in primaries) - before
+    assert sum(commandstat(p, "get") for p in primaries) == gets_before  # no single GETs
+    batches = [keys[i : i + 64] for i in range(0, len(keys), 64)]
+    if topology.kind == "cluster":
+        assert reader.redis is not None
+        slots = [{key_slot(reader.redis.value_key(k).encode()) for k in b} for b in batches]
+        assert mgets == sum(len(s) for s in slots)
+        per_node = [commandstat(p, "mget") for p in primaries]
+        assert all(n > 0 for n in per_node), per_node  # the keys spread over every primary
+    else:
+        assert mgets == len(batches)
+
+
+async def test_render_lock_across_processes(topology: Topology, make_cache: CacheFactory) -> None:
+    a = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    b = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    key = response_key(3, 0, "cold")
+    assert a.redis is not None
+    # A value and its lock hash to one slot, so the Lua script may touch both on a cluster.
+    assert key_slot(a.redis.value_key(key).encode()) == key_slot(a.redis.lock_key(key).encode())
+    render = Renderer(delay=0.2)
+    results = await asyncio.gather(
+        *(cache.get_or_render(key, render) for _ in range(10) for cache in (a, b))
+    )
+    assert render.calls == 1
+    assert len({entry.body for entry, _ in results}) == 1
+    assert Counter(tier for _, tier in results)["miss"] == 1
+    assert a.stats()["redis"]["errors"] + b.stats()["redis"]["errors"] == 0
+
+
+async def test_purge_reaches_other_processes(topology: Topology, make_cache: CacheFactory) -> None:
+    a = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    b = await make_cache(redis_url=topology.url)  # with a memory tier to invalidate
+    image = 4
+    old = response_key(image, await b.generation(image), "tile")
+    b.put(old, ENTRY)
+    assert await b.flush(5)
+    assert await a.get(old) == (ENTRY, "redis")
+    assert await a.purge_image(image) == 1
+    assert await a.purge_image(image) == 2  # the counter lives in Redis: bumps add up
+    assert a.redis is not None and await a.redis.get_generation(image) == 2
+    await asyncio.sleep(a.settings.generation_ttl_s + 0.1)
+    assert await b.generation(image) == 2  # seen by the other process within the TTL
+    new = response_key(image, 2, "tile")
+    assert await b.get(new) == (None, "miss")
+
+
+def promoted(topology: Topology, killed: RedisServer, replica: RedisServer) -> bool:
+    if topology.cluster is not None:
+        roles = topology.cluster.roles()
+        return roles.get(replica.port) == "master" and roles.get(killed.port) == "fail"
+    assert topology.sentinels is not None
+    return topology.sentinels.current_primary_port() == replica.port
+
+
+async def test_primary_killed_under_load(topology: Topology, make_cache: CacheFactory) -> None:
+    cache = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(load(cache, stop, w)) for w in range(8)]
+    await wait_until_async(lambda: cache.stats()["redis"]["hits"] > 0, "traffic to reach redis")
+    if topology.cluster is not None:
+        killed = topology.cluster.primaries()[0]
+        replica = topology.cluster.replica_of(killed)
+    else:
+        assert topology.sentinels is not None
+        killed, replica = topology.sentinels.primary, topology.sentinels.replica
+    killed.kill()
+    await asyncio.to_thread(wait_for, lambda: promoted(topology, killed, replica), "promotion")
+    # Back in service: every key, including those of the failed-over primary's slots, is
+    # stored and read again through the promoted replica.
+    keys = [response_key(50 + i % 10, 0, f"after-{i}") for i in range(30)]
+
+    async def serving() -> bool:
+        for key in keys:
+            cache.put(key, ENTRY)
+        await cache.flush(2)
+        found = [await cache.get(key) for key in keys]
+        return all(f == (ENTRY, "redis") for f in found)
+
+    for _ in range(200):
+        if await serving():
+            break
+        await asyncio.sleep(0.1)
+    assert await serving()
+    stop.set()
+    results = await asyncio.gather(*workers)
+    assert sum(f for _, f in results) == 0  # no call ever raised
+    assert sum(c for c, _ in results) > 100
+    stats = cache.stats()["redis"]
+    assert stats["errors"] + stats["write_errors"] > 0  # the outage was real, and absorbed
+    if topology.cluster is not None:
+        assert cache.redis is not None
+        moved = {key_slot(cache.redis.value_key(k).encode()) for k in keys}
+        assert moved & slots_served_by(topology.cluster, replica)
+
+
+def slots_served_by(cluster: RedisClusterNodes, node: RedisServer) -> set[int]:
+    for line in cli("-p", str(node.port), "cluster", "nodes").splitlines():
+        fields = line.split()
+        if "myself" in fields[2]:
+            out: set[int] = set()
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue
+                lo, _, hi = part.partition("-")
+                out.update(range(int(lo), int(hi or lo) + 1))
+            return out
+    return set()
+
+
+async def wait_until_async(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
