@@ -319,7 +319,7 @@ def _describe(
             f"{CONVERT_HINT}",
         )
     levels = tuple(_level(image_id, lv) for lv in s.levels)
-    image = _as_ngff(tif, s, levels, samples, path)
+    image = _as_ngff(tif, s, series, levels, samples, path)
     digest = hashlib.blake2b(f"{path}:{series}:{fingerprint}".encode(), digest_size=6).hexdigest()
     meta = ngff.to_image_meta(
         image, image_id, stats={}, data_version=digest, fallback_name=path.name
@@ -381,7 +381,12 @@ def _level(image_id: int, level: Any) -> _Level:
 
 
 def _as_ngff(
-    tif: tifffile.TiffFile, series: Any, levels: Sequence[_Level], samples: int, path: Path
+    tif: tifffile.TiffFile,
+    series: Any,
+    index: int,
+    levels: Sequence[_Level],
+    samples: int,
+    path: Path,
 ) -> ngff.NgffImage:
     """The series described as a 5D (t, c, z, y, x) image, so OME-Zarr's defaults apply."""
     roles = dict(zip(levels[0].plane_roles, levels[0].plane_shape, strict=True))
@@ -397,7 +402,7 @@ def _as_ngff(
         )
         for i, lv in enumerate(levels)
     )
-    ome = _ome_channels(tif, size_c)
+    ome = _ome_channels(tif, size_c, index, series.name)
     px = ome.pixel_size if ome is not None else _vendor_pixel_size(tif)
     name = (ome.name if ome is not None else None) or series.name or path.name
     omero = None
@@ -425,8 +430,15 @@ class _OmeFacts:
     pixel_size: tuple[float | None, float | None, float | None]
 
 
-def _ome_channels(tif: tifffile.TiffFile, size_c: int) -> _OmeFacts | None:
-    """Channel names and colours and physical sizes from the OME-XML, when there is one."""
+def _ome_channels(
+    tif: tifffile.TiffFile, size_c: int, index: int, name: str | None
+) -> _OmeFacts | None:
+    """Channel names and colours and physical sizes from the OME-XML, when there is one.
+
+    tifffile makes one series per OME `Image`, in document order, so series N is described by
+    the N-th `Image` (the one of the series' name if tifffile skipped some); always taking the
+    first served `#series=1` with series 0's channels and pixel size.
+    """
     xml = tif.ome_metadata if tif.is_ome else None
     if not xml:
         return None
@@ -437,7 +449,12 @@ def _ome_channels(tif: tifffile.TiffFile, size_c: int) -> _OmeFacts | None:
         return None
     ns = {"ome": root.tag.partition("}")[0].lstrip("{")} if root.tag.startswith("{") else {}
     prefix = "ome:" if ns else ""
-    image = root.find(f"{prefix}Image", ns)
+    images = root.findall(f"{prefix}Image", ns)
+    image = images[index] if 0 <= index < len(images) else None
+    if name and (image is None or image.get("Name") != name):
+        image = next((im for im in images if im.get("Name") == name), image)
+    if image is None and len(images) == 1:
+        image = images[0]
     pixels = image.find(f"{prefix}Pixels", ns) if image is not None else None
     if pixels is None:
         return None

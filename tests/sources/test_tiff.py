@@ -270,3 +270,31 @@ def test_names_and_series() -> None:
     assert split_location("/d/x.tif") == (Path("/d/x.tif"), 0)
     assert sniff_format(b"MM\x00+\x00\x08") == "BigTIFF"
     assert sniff_format(b"\x00\x01") == "unknown"
+
+
+async def test_each_series_of_an_ome_tiff_has_its_own_metadata(tmp_path: Path) -> None:
+    """tifffile makes one series per OME `Image`: `#series=1` is described by the second
+    `Image` (its name, channels and pixel size), never by the first."""
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for name, labels, size in (("first", ["A0", "A1"], 1.0), ("second", ["B0", "B1"], 2.0)):
+            meta = {"axes": "CYX", "Name": name, "Channel": {"Name": labels}}
+            meta |= {"PhysicalSizeX": size, "PhysicalSizeY": size}
+            tw.write(ramp((2, 32, 32), "uint16"), tile=(16, 16), metadata=meta)
+    (tmp_path / "c.csv").write_text("id,path\n1,two.ome.tif\n2,two.ome.tif#series=1\n")
+    settings = SourceSettings(zarr_root=str(tmp_path), catalog=str(tmp_path / "c.csv"))
+    catalog = Catalog(settings)
+    source = TiffSource(settings, catalog)
+    try:
+        described = {}
+        for image_id in (1, 2):
+            meta = await source.meta(image_id)
+            described[image_id] = (
+                meta.name,
+                [c.label for c in meta.channels],
+                meta.pixel_size[0],
+            )
+    finally:
+        await source.aclose()
+        await catalog.aclose()
+    assert described == {1: ("first", ["A0", "A1"], 1.0), 2: ("second", ["B0", "B1"], 2.0)}
