@@ -282,7 +282,16 @@ class ZarrSource:
                 internal=f"no OME-Zarr metadata (zarr.json, .zattrs) at {_where(location)}",
             )
         try:
-            ms = ngff.parse_multiscale(ngff.ngff_attrs(json.loads(group_raw), fmt))
+            attrs = ngff.ngff_attrs(json.loads(group_raw), fmt)
+            if "plate" in attrs and "multiscales" not in attrs:
+                # An HCS plate is not an image: say where its grid is rather than a 502.
+                raise errors.NotFound(
+                    f"image {image_id} not found: its location holds an HCS plate, "
+                    "whose grid is /webgateway/plate/<plate id>/",
+                    param="image_id",
+                    internal=f"plate metadata at {_where(location)}",
+                )
+            ms = ngff.parse_multiscale(attrs)
         except (ValueError, TypeError, AttributeError) as exc:
             raise errors.SourceError(
                 f"image {image_id}: bad OME-NGFF metadata",

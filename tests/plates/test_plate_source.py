@@ -147,6 +147,10 @@ async def test_unknown_and_not_a_plate_are_404(plate_client: Callable[..., Any])
     assert resp.status == 404
     resp = await client.get(f"/webgateway/imgData/{sid(424242, 0, 0, 0)}/")
     assert resp.status == 404
+    # a plate's own id asked for as an image: a 404 that says it is a plate, not a 502
+    resp = await client.get(f"/webgateway/imgData/{P96}/")
+    body = await resp.json()
+    assert resp.status == 404 and "HCS plate" in body["detail"], body
 
 
 async def test_broken_field_fails_alone(plate_client: Callable[..., Any]) -> None:
