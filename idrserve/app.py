@@ -17,7 +17,18 @@ from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
 from idrserve.catalog.metrics import CatalogCollector
-from idrserve.http import api, deepzoom, iiif, iviewer, ops, urls, viewer, webgateway, zarrstore
+from idrserve.http import (
+    api,
+    deepzoom,
+    iiif,
+    iviewer,
+    ops,
+    reqmetrics,
+    urls,
+    viewer,
+    webgateway,
+    zarrstore,
+)
 from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
 from idrserve.http.keys import ADMISSION, CATALOG, DEPS, REGISTRY, SETTINGS, STATE
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
@@ -126,6 +137,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # One registry per app, so several apps (tests, workers) never share counters.
     app[REGISTRY] = CollectorRegistry()
+    reqmetrics.install(app, app[REGISTRY])  # idrserve_http_* (summed over workers)
     app[STATE] = {"ready": False}  # /readyz reads it too, plus "draining" at shutdown
     app[ADMISSION] = admission
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
