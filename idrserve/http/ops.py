@@ -230,11 +230,11 @@ class AccessLog(AbstractAccessLogger):
             # body bytes (nginx's $body_bytes_sent); for streamed responses whose length was
             # not known up front, what went on the wire
             size = length if length is not None else response.body_length
-            reqmetrics.observe(request, response.status, size, time_s)
-            if not self._write:  # log.access_log off: counted on /metrics only
-                return
             trace = request.get(TRACE)
             tier = "-" if trace is None else trace.tier
+            reqmetrics.observe(request, response.status, size, time_s, tier)
+            if not self._write:  # log.access_log off: counted on /metrics only
+                return
             if self.log_format == "text":
                 record: dict[str, Any] = {
                     "ts": round(time.time(), 3),

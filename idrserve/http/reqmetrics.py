@@ -4,6 +4,8 @@
   and the histogram `idrserve_http_request_duration_seconds{family}`: one observation per
   request, taken where the access-log line is made (so the two always agree), with the
   families of `idrserve logs report` (logs/classify.py).
+* `idrserve_http_cache_answers_total{family,tier}`: which cache tier answered (X-Cache), a
+  render being `miss`.
 * `idrserve_readyz_total{status}`: `/readyz` answers by status, for the flapping alert.
 
 The request path only bumps plain integers (prometheus-client's own metrics take a lock per
@@ -48,10 +50,13 @@ class RequestMetrics:
         self.bytes: dict[str, int] = {}
         self.durations: dict[str, Histogram] = {}
         self.readyz: dict[str, int] = {}
+        self.tiers: dict[tuple[str, str], int] = {}
         self.shared_dir = shared_dir
         self._families: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
-    def observe(self, request: Any, status: int, size: int | None, seconds: float) -> None:
+    def observe(
+        self, request: Any, status: int, size: int | None, seconds: float, tier: str
+    ) -> None:
         match_info = getattr(request, "match_info", None)
         resource = None if match_info is None else match_info.route.resource
         if resource is None:
@@ -67,6 +72,9 @@ class RequestMetrics:
         if hist is None:
             hist = self.durations[fam] = Histogram(BUCKETS)
         hist.observe(seconds)
+        if tier != "-":
+            answer = (fam, tier)
+            self.tiers[answer] = self.tiers.get(answer, 0) + 1
 
     def note_readyz(self, status: str) -> None:
         self.readyz[status] = self.readyz.get(status, 0) + 1
@@ -77,6 +85,7 @@ class RequestMetrics:
             "bytes": self.bytes,
             "durations": {f: [h.counts, h.total_s] for f, h in self.durations.items()},
             "readyz": self.readyz,
+            "tiers": [[f, t, n] for (f, t), n in self.tiers.items()],
         }
 
     def write_snapshot(self) -> None:
@@ -106,6 +115,7 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     size: dict[str, int] = {}
     durations: dict[str, list[Any]] = {}
     readyz: dict[str, int] = {}
+    tiers: dict[tuple[str, str], int] = {}
     for doc in docs:
         for f, c, n in doc["requests"]:
             requests[(f, c)] = requests.get((f, c), 0) + n
@@ -117,11 +127,14 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             have[1] += total
         for s, n in doc["readyz"].items():
             readyz[s] = readyz.get(s, 0) + n
+        for f, t, n in doc["tiers"]:
+            tiers[(f, t)] = tiers.get((f, t), 0) + n
     return {
         "requests": [[f, c, n] for (f, c), n in requests.items()],
         "bytes": size,
         "durations": durations,
         "readyz": readyz,
+        "tiers": [[f, t, n] for (f, t), n in tiers.items()],
     }
 
 
@@ -161,6 +174,15 @@ class RequestCollector(Collector):
             hist = Histogram(BUCKETS, list(counts), total)
             durations.add_metric([f], hist.cumulative(), sum_value=total)
         yield durations
+        answers = CounterMetricFamily(
+            "idrserve_http_cache_answers",
+            "Image requests by the cache tier that answered (X-Cache: memory, disk, redis, "
+            "coalesced; miss is a render), by route family (every worker)",
+            labels=["family", "tier"],
+        )
+        for f, t, n in sorted(doc["tiers"]):
+            answers.add_metric([f, t], n)
+        yield answers
         readyz = CounterMetricFamily(
             "idrserve_readyz", "/readyz answers by status (every worker)", labels=["status"]
         )
@@ -180,11 +202,11 @@ def share_across_workers(directory: Path) -> None:
     _shared_dir = directory
 
 
-def observe(request: Any, status: int, size: int | None, seconds: float) -> None:
+def observe(request: Any, status: int, size: int | None, seconds: float, tier: str) -> None:
     """One finished request (called by the access logger, whether it writes lines or not)."""
     metrics = request.app.get(REQUEST_METRICS) if hasattr(request, "app") else None
     if metrics is not None:
-        metrics.observe(request, status, size, seconds)
+        metrics.observe(request, status, size, seconds, tier)
 
 
 def note_readyz(app: web.Application, status: str) -> None:
