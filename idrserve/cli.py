@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="thumbnails and low-resolution levels of this image",
     )
     warm.add_argument("--access-log", type=Path, help="replay rendering URLs of an access log")
+    warm.add_argument("--from-report", type=Path, help="hottest images of a logs report.json")
+    warm.add_argument("--from-log", type=Path, nargs="+", help="the same, reading logs first")
+    warm.add_argument("--top", type=int, default=20, help="images to warm (--from-report/-log)")
+    warm.add_argument("--max-bytes", type=int, help="stop once this many bytes were fetched")
     warm.add_argument(
         "--max-side",
         type=int,

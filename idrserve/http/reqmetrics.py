@@ -226,7 +226,10 @@ def install(app: web.Application, registry: Any) -> None:
                 await asyncio.sleep(SNAPSHOT_S)
                 metrics.write_snapshot()
 
-        task = asyncio.create_task(loop()) if metrics.shared_dir is not None else None
+        task = None
+        if metrics.shared_dir is not None:
+            metrics.write_snapshot()  # counted as a worker from its start
+            task = asyncio.create_task(loop())
         yield
         if task is not None:
             task.cancel()

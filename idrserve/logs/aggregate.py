@@ -26,6 +26,7 @@ TIER_HITS = frozenset({"memory", "disk", "redis", "coalesced"})
 TIER_LOOKUPS = TIER_HITS | {"miss"}
 TOP_IMAGES_CAP = 100_000
 WARM_URLS_CAP = 50_000
+MAX_SECONDS = 3600
 
 
 def percentiles(counts: list[int], qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, Any]:
@@ -84,13 +85,15 @@ class SourceAggregate:
         self.first = math.inf
         self.last = -math.inf
         self.minutes: dict[int, list[int]] = {}
+        # per second too while the log spans few of them (short runs, benchmarks)
+        self.seconds: dict[int, list[int]] | None = {}
         self.families: dict[str, _Group] = {}
         self.tiers: dict[str, _Group] = {}
         self.clients: dict[str, list[int]] = {}
         self.status: dict[int, int] = {}
         self.edge: dict[str, dict[str, int]] = {}
         self.tier_counts: dict[str, dict[str, int]] = {}
-        self.images = TopCounter(TOP_IMAGES_CAP, width=3)
+        self.images = TopCounter(TOP_IMAGES_CAP, width=4)
         self.warm = TopCounter(WARM_URLS_CAP, width=2)
         self.replay = CacheReplay(capacities, max_keys) if capacities else None
         self.hours: dict[int, Distinct] = {}
@@ -118,6 +121,17 @@ class SourceAggregate:
         if ts > self.last:
             self.last = ts
         error = status >= 500
+        if self.seconds is not None:
+            second = self.seconds.get(int(ts))
+            if second is None:
+                if len(self.seconds) >= MAX_SECONDS:
+                    self.seconds = None  # a long log: minutes are enough
+                else:
+                    second = self.seconds[int(ts)] = [0, 0, 0]
+            if second is not None:
+                second[0] += 1
+                second[1] += size
+                second[2] += error
         minute = self.minutes.get(int(ts // 60))
         if minute is None:
             minute = self.minutes[int(ts // 60)] = [0, 0, 0]
@@ -155,7 +169,7 @@ class SourceAggregate:
         iid = image_id(target)
         cold = tier == "miss" or (not tier and edge in ("MISS", "EXPIRED", "BYPASS"))
         if iid is not None:
-            self.images.add(iid, 1, cold, size)
+            self.images.add(iid, 1, cold, size, kind == "crawler")
         if status != 200 or method != "GET" or fam not in CACHEABLE:
             if status == 200 and fam == "imgdata" and kind != "crawler":
                 self.warm.add(cache_key(target), 1, size)
@@ -179,9 +193,13 @@ class SourceAggregate:
         step, name = (60, "minute") if span <= 6 * 3600 else (3600, "hour")
         if span > 14 * 86400:
             step, name = 86400, "day"
+        base, unit = self.minutes, 60
+        if span <= 30 * 60 and self.seconds is not None:
+            step, name = (1, "second") if span <= 5 * 60 else (10, "10 seconds")
+            base, unit = self.seconds, 1
         buckets: dict[int, list[int]] = {}
-        for minute, (n, size, errors) in self.minutes.items():
-            b = buckets.setdefault(minute * 60 // step * step, [0, 0, 0])
+        for t, (n, size, errors) in base.items():
+            b = buckets.setdefault(t * unit // step * step, [0, 0, 0])
             b[0] += n
             b[1] += size
             b[2] += errors

@@ -81,8 +81,12 @@ def line_chart(
     for s, (name, values) in enumerate(series):
         colour = COLOURS[s % len(COLOURS)]
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
-        if len(values) == 1:
-            parts.append(f'<circle cx="{x(0):.1f}" cy="{y(values[0]):.1f}" r="4" fill="{colour}"/>')
+        if len(values) == 1:  # one point in time: a column, not a lone dot
+            left, width = x(0) - 20 + 24 * s, 20
+            parts.append(
+                f'<rect x="{left:.1f}" y="{y(values[0]):.1f}" width="{width}" '
+                f'height="{PAD_T + ph - y(values[0]):.1f}" fill="{colour}"/>'
+            )
         parts.append(
             f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
             f'<rect x="{PAD_L + 10 + 120 * s}" y="{H - 14}" width="10" height="10" '

@@ -84,7 +84,14 @@ def _tiers(agg: SourceAggregate) -> dict[str, Any]:
 def _images(agg: SourceAggregate, top: int, study: StudyLookup) -> dict[str, Any]:
     def rows(column: int) -> list[dict[str, Any]]:
         return [
-            {"image": iid, "requests": v[0], "cold": v[1], "bytes": v[2], "study": study(iid)}
+            {
+                "image": iid,
+                "requests": v[0],
+                "cold": v[1],
+                "bytes": v[2],
+                "crawler_requests": v[3],
+                "study": study(iid),
+            }
             for iid, v in agg.images.top(top, column)
             if v[column]
         ]
@@ -162,7 +169,7 @@ def source_report(agg: SourceAggregate, top: int, study: StudyLookup) -> dict[st
         "distinct_bytes": replay.distinct_bytes() if replay else None,
         "bytes_for_top": replay.bytes_for_top(TOP_SHARES) if replay else [],
     }
-    out["warm"] = _warm(agg, 20 * top)
+    out["warm"] = _warm(agg, max(1000, 50 * top))
     return out
 
 
