@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import IO, Any
 
 # Everything after the user agent's closing quote is the tail (`rt=… cache=… xcache=…`).
+# nginx writes a `"` inside a value as \x22, so quoted fields hold no quote.
 _COMBINED = re.compile(
-    r'^(\S+) \S+ \S+ \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-) '
-    r'"(?:[^"\\]|\\.)*" "((?:[^"\\]|\\.)*)"(.*)$'
+    r'^(\S+) \S+ \S+ \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+|-) "[^"]*" "([^"]*)"(.*)$'
 )
 _COMBINED_START = re.compile(r"^\S+ \S+ \S+ \[")
 JSON_FIELDS = frozenset(
