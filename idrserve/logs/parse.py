@@ -87,19 +87,31 @@ def _open(path: Path) -> tuple[IO[bytes], IO[str]]:
 
 
 class _TimeParser:
-    """nginx's `$time_local` to Unix time, memoised per second (lines come in bursts)."""
+    """nginx's `$time_local` (`04/Dec/2026:18:43:49 +0000`) to Unix time: strptime once per
+    day and zone, then the time of day by arithmetic (strptime per second was 7 % of a run)."""
 
-    __slots__ = ("_last", "_value")
+    __slots__ = ("_day", "_midnight")
 
     def __init__(self) -> None:
-        self._last = ""
-        self._value = 0.0
+        self._day = ""
+        self._midnight = 0.0
 
     def __call__(self, text: str) -> float:
-        if text != self._last:
-            self._value = datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()
-            self._last = text
-        return self._value
+        try:
+            return self._parse(text)
+        except ValueError:
+            raise ValueError(f"not an nginx time: {text!r}") from None
+
+    def _parse(self, text: str) -> float:
+        day = text[:11] + text[20:]
+        if day != self._day:
+            self._midnight = datetime.strptime(
+                text[:12] + "00:00:00" + text[20:], "%d/%b/%Y:%H:%M:%S %z"
+            ).timestamp()
+            self._day = day
+        if len(text) != 26 or text[14] != ":" or text[17] != ":":
+            raise ValueError
+        return self._midnight + int(text[12:14]) * 3600 + int(text[15:17]) * 60 + int(text[18:20])
 
 
 class LogReader:

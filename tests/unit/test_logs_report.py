@@ -291,3 +291,20 @@ def test_top_counter_keeps_heavy_keys_and_states_its_error() -> None:
     assert set(got) == set(heavy)
     for k, n in heavy.items():
         assert n - top.error_bound <= got[k] <= n
+
+
+def test_nginx_times_in_any_zone_and_bad_ones() -> None:
+    from idrserve.logs.parse import _TimeParser
+
+    parse = _TimeParser()
+    for text in (
+        "04/Dec/2026:18:43:49 +0000",
+        "04/Dec/2026:23:59:59 +0200",
+        "05/Dec/2026:00:00:01 +0200",
+        "31/Mar/2026:02:30:00 -0500",
+    ):
+        expected = datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z").timestamp()
+        assert parse(text) == expected, text
+    for bad in ("04/Dec/2026:1x:43:49 +0000", "04/Dec/2026:18:43 +0000", "yesterday"):
+        with pytest.raises(ValueError, match="not an nginx time"):
+            parse(bad)
