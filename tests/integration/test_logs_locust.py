@@ -248,3 +248,13 @@ def test_warm_from_the_report(run: Run) -> None:
     for iid in hot:
         again = get(run.nginx_port, f"/webgateway/render_thumbnail/{iid}/")
         assert again.header("X-Cache-Status") == "HIT"
+    # one request at a time and a 1-byte budget: the first URL spends it, the rest wait
+    budget = subprocess.run(
+        [sys.executable, "-m", "idrserve", "cache", "warm", "--server",
+         f"http://127.0.0.1:{run.nginx_port}", "--from-report", str(run.out / "report.json"),
+         "--top", "2", "--concurrency", "1", "--max-bytes", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")},
+    )  # fmt: skip
+    spent = json.loads(budget.stdout.strip().splitlines()[-1])
+    assert spent["skipped_over_budget"] == spent["urls"] - 1, spent

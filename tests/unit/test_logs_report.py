@@ -308,3 +308,18 @@ def test_nginx_times_in_any_zone_and_bad_ones() -> None:
     for bad in ("04/Dec/2026:1x:43:49 +0000", "04/Dec/2026:18:43 +0000", "yesterday"):
         with pytest.raises(ValueError, match="not an nginx time"):
             parse(bad)
+
+
+def test_warm_from_a_report_without_nginx_is_refused(tmp_path: Path, capsys: Any) -> None:
+    log = tmp_path / "idrserve.log"
+    log.write_text(json_line(T0, TILE) * 3)
+    out = tmp_path / "out"
+    assert main(["logs", "report", str(log), "--out", str(out), "--quiet"]) == 0
+    report = str(out / "report.json")
+    args = ["cache", "warm", "--server", "http://127.0.0.1:9", "--from-report", report]
+    assert main(args) == 2
+    assert "per-image figures need nginx's log" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    args[-1] = str(tmp_path / "other.json")
+    assert main(args) == 2
+    assert "not an idrserve logs report" in capsys.readouterr().err
