@@ -24,6 +24,7 @@ from idrserve.http import (
     iviewer,
     ops,
     plate_routes,
+    reqmetrics,
     urls,
     viewer,
     webgateway,
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # One registry per app, so several apps (tests, workers) never share counters.
     app[REGISTRY] = CollectorRegistry()
+    reqmetrics.install(app, app[REGISTRY])  # idrserve_http_* (summed over workers)
     app[STATE] = {"ready": False}  # /readyz reads it too, plus "draining" at shutdown
     app[ADMISSION] = admission
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))

@@ -1,4 +1,4 @@
-"""`idrserve demo | serve | config show | cache | catalog`: settings from flags, then run."""
+"""`idrserve demo | serve | config show | cache | catalog | logs`: settings from flags, then run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -119,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="an HCS plate's grids, every field's thumbnails and its montage (docs/plates.md)",
     )
     warm.add_argument("--access-log", type=Path, help="replay rendering URLs of an access log")
+    warm.add_argument("--from-report", type=Path, help="hottest images of a logs report.json")
+    warm.add_argument("--from-log", type=Path, nargs="+", help="the same, reading logs first")
+    warm.add_argument("--top", type=int, default=20, help="images to warm (--from-report/-log)")
+    warm.add_argument("--max-bytes", type=int, help="stop once this many bytes were fetched")
     warm.add_argument(
         "--max-side",
         type=int,
@@ -142,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("index", type=Path)
 
     add_convert_parser(sub)
+
+    from idrserve.logs.cli import add_parser as add_logs_parser
+
+    add_logs_parser(sub)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("action", choices=["show"])
@@ -203,16 +213,19 @@ def _tune_malloc() -> None:
         return
 
 
-def _run_one(settings: Settings, reuse_port: bool) -> None:
+def _run_one(settings: Settings, reuse_port: bool, metrics_dir: str | None = None) -> None:
     from idrserve.app import create_app, reload_catalog_on_sighup
     from idrserve.http.keys import ADMISSION
     from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
+    from idrserve.http.reqmetrics import share_across_workers
     from idrserve.http.server import serve
 
     _tune_malloc()
     _install_uvloop()
     # Worker processes are spawned: they inherit no logging configuration from the parent.
     logging.basicConfig(level=settings.log.level, format="%(asctime)s %(name)s %(message)s")
+    if metrics_dir is not None:
+        share_across_workers(Path(metrics_dir))  # /metrics sums every worker's requests
     app = create_app(settings)
     app.on_startup.append(reload_catalog_on_sighup)
     serve(
@@ -243,7 +256,11 @@ def run(settings: Settings) -> None:
         _run_one(settings, reuse_port=False)
         return
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_run_one, args=(settings, True), daemon=False) for _ in range(n)]
+    metrics_dir = tempfile.mkdtemp(prefix="idrserve-metrics-")
+    procs = [
+        ctx.Process(target=_run_one, args=(settings, True, metrics_dir), daemon=False)
+        for _ in range(n)
+    ]
     for p in procs:
         p.start()
 
@@ -257,6 +274,7 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGHUP, forward)  # workers re-read the catalog
     for p in procs:
         p.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _cannot_start(settings: Settings) -> str | None:
@@ -390,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         from idrserve.convert.cli import convert_command
 
         return convert_command(args)
+    if args.command == "logs":
+        from idrserve.logs.cli import logs_command
+
+        return logs_command(args)
     try:
         if args.command == "config":
             return _config_show(args)

@@ -28,6 +28,8 @@ _WARMABLE = re.compile(
 class WarmReport:
     done: int = 0
     failed: int = 0
+    bytes: int = 0
+    skipped: int = 0  # not fetched: the byte budget was spent
     seconds: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)
 
@@ -85,8 +87,12 @@ async def warm(
     timeout_s: float = 60.0,
     progress: bool = True,
     session: aiohttp.ClientSession | None = None,
+    max_bytes: int | None = None,
 ) -> WarmReport:
-    """GET every URL with bounded concurrency; report counts (bodies are discarded)."""
+    """GET every URL with bounded concurrency; report counts (bodies are discarded).
+
+    With `max_bytes`, URLs not started once that many body bytes have arrived are skipped:
+    the list is in priority order, so the budget goes to the most wanted ones."""
     report = WarmReport()
     sem = asyncio.Semaphore(concurrency)
     started = time.monotonic()
@@ -96,9 +102,13 @@ async def warm(
 
     async def one(url: str) -> None:
         async with sem:
+            if max_bytes is not None and report.bytes >= max_bytes:
+                report.skipped += 1
+                report.done += 1
+                return
             try:
                 async with client.get(base + url) as resp:
-                    await resp.read()
+                    report.bytes += len(await resp.read())
                     report.statuses[resp.status] = report.statuses.get(resp.status, 0) + 1
                     if resp.status >= 400:
                         report.failed += 1
@@ -108,7 +118,8 @@ async def warm(
             if progress and (tty or report.done % 100 == 0 or report.done == len(urls)):
                 end = "\r" if tty and report.done < len(urls) else "\n"
                 print(
-                    f"warm: {report.done}/{len(urls)} ({report.failed} failed)",
+                    f"warm: {report.done}/{len(urls)} ({report.failed} failed, "
+                    f"{report.bytes} bytes)",
                     end=end,
                     file=sys.stderr,
                     flush=True,

@@ -29,6 +29,12 @@ if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+# The monitoring tests check deploy/prometheus/ with promtool, from Debian's prometheus package
+# (19 MB; without its recommended node exporter; its service is not started in a container).
+if ! command -v promtool >/dev/null; then
+    ((${#need_apt[@]})) || apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
 
 "$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # The iviewer session test runs OMERO.iviewer's own bundle, from its PyPI wheel (pinned by

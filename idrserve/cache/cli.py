@@ -24,6 +24,8 @@ async def _warm(args: argparse.Namespace, settings: Settings) -> int:
     base = (args.server or settings.server.local_url()).rstrip("/")
     urls: list[str] = []
     try:
+        if args.from_report or args.from_log:
+            urls += _learned_urls(args)
         if args.access_log:
             urls += urls_from_access_log(args.access_log)
         if args.image:
@@ -42,23 +44,48 @@ async def _warm(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     except OSError as exc:
-        print(f"idrserve cache warm: --access-log {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"idrserve cache warm: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a report that is no report, or without nginx's figures
+        print(f"idrserve cache warm: {exc}", file=sys.stderr)
         return 2
     if not urls:
         print(
-            "idrserve cache warm: nothing to warm (give --image, --plate or --access-log)",
+            "idrserve cache warm: nothing to warm (give --image, --plate, --access-log,"
+            " --from-report or --from-log)",
             file=sys.stderr,
         )
         return 2
-    report = await warm(base, urls, concurrency=args.concurrency)
+    report = await warm(base, urls, concurrency=args.concurrency, max_bytes=args.max_bytes)
     summary = {
         "urls": len(urls),
+        "done": report.done,
+        "bytes": report.bytes,
+        "skipped_over_budget": report.skipped,
         "failed": report.failed,
         "seconds": round(report.seconds, 2),
         "statuses": report.statuses,
     }
     print(json.dumps(summary))
     return 1 if report.failed else 0
+
+
+def _learned_urls(args: argparse.Namespace) -> list[str]:
+    """The hottest images' URLs from a usage report, or from logs read now."""
+    from idrserve.logs.warmplan import warm_urls
+
+    if args.from_report:
+        try:
+            doc = json.loads(args.from_report.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--from-report {args.from_report}: not JSON ({exc})") from exc
+        if not isinstance(doc, dict) or "sources" not in doc:
+            raise ValueError(f"--from-report {args.from_report}: not an idrserve logs report")
+    else:
+        from idrserve.logs.cli import run_report
+
+        doc = run_report(args.from_log, top=max(args.top, 20), quiet=False)
+    return warm_urls(doc, args.top)
 
 
 async def _cache(args: argparse.Namespace, settings: Settings) -> int:

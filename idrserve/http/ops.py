@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from idrserve import __version__
 from idrserve.admission import Admission
 from idrserve.errors import Overloaded, redact_credentials
+from idrserve.http import reqmetrics
 from idrserve.http.bodies import large_body, send_large
 from idrserve.http.keys import (
     ADMISSION,
@@ -214,10 +215,11 @@ class AccessLog(AbstractAccessLogger):
     left at shutdown.
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_handle")
+    __slots__ = ("__weakref__", "_buffer", "_handle", "_write")
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
+        self._write = logger.isEnabledFor(logging.INFO)
         self._buffer: list[str] = []
         self._handle: asyncio.TimerHandle | None = None
         _LIVE_LOGGERS.add(self)
@@ -230,6 +232,9 @@ class AccessLog(AbstractAccessLogger):
             size = length if length is not None else response.body_length
             trace = request.get(TRACE)
             tier = "-" if trace is None else trace.tier
+            reqmetrics.observe(request, response.status, size, time_s, tier)
+            if not self._write:  # log.access_log off: counted on /metrics only
+                return
             if self.log_format == "text":
                 record: dict[str, Any] = {
                     "ts": round(time.time(), 3),
@@ -283,15 +288,18 @@ class AccessLog(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+        return True  # called for every request: it also counts them on /metrics
 
 
-def configure_access_log(settings: Settings) -> logging.Logger | None:
-    """The access logger with its own bare handler (the line is the whole message), or None
-    when `log.access_log` is off. Lines go to stdout, apart from the diagnostic log."""
-    if not settings.log.access_log:
-        return None
+def configure_access_log(settings: Settings) -> logging.Logger:
+    """The access logger with its own bare handler (the line is the whole message); with
+    `log.access_log` off it writes nothing (requests are still counted on /metrics). Lines go
+    to stdout, apart from the diagnostic log."""
     logger = logging.getLogger(ACCESS_LOGGER)
+    logger.propagate = False
+    if not settings.log.access_log:
+        logger.setLevel(logging.WARNING)
+        return logger
     if not any(getattr(h, "_idrserve_access", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -400,6 +408,13 @@ async def _disk_health(cache: Any) -> dict[str, Any]:
 
 async def readyz(request: web.Request) -> web.Response:
     """Each dependency's state; 503 only when this process cannot serve at all."""
+    response = await _readiness(request)
+    assert isinstance(response.body, bytes)
+    reqmetrics.note_readyz(request.app, json.loads(response.body)["status"])
+    return response
+
+
+async def _readiness(request: web.Request) -> web.Response:
     app = request.app
     state = app[STATE]
     body: dict[str, Any] = {"version": __version__, "pid": os.getpid()}

@@ -134,6 +134,7 @@ def render_config(
         "127.0.0.1:8080": f"127.0.0.1:{idrserve}",
         "127.0.0.1:8000": f"127.0.0.1:{omeroweb}",
         "/var/cache/nginx/idrserve": str(cache),
+        "/var/log/nginx/idrserve.access.log": str(out_dir / "logs" / "idrserve.access.log"),
     }
     if rate_limit:
         replacements["# switch on;"] = "switch on;"

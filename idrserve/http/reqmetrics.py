@@ -1,0 +1,238 @@
+"""Requests per route family on /metrics, summed over every worker of `serve --workers N`.
+
+* `idrserve_http_requests_total{family,code}`, `idrserve_http_response_bytes_total{family}`
+  and the histogram `idrserve_http_request_duration_seconds{family}`: one observation per
+  request, taken where the access-log line is made (so the two always agree), with the
+  families of `idrserve logs report` (logs/classify.py).
+* `idrserve_http_cache_answers_total{family,tier}`: which cache tier answered (X-Cache), a
+  render being `miss`.
+* `idrserve_readyz_total{status}`: `/readyz` answers by status, for the flapping alert.
+
+The request path only bumps plain integers (prometheus-client's own metrics take a lock per
+call: 6 µs a request in its multiprocess mode, a tenth of a memory hit). With several
+workers each one writes its counts to `<dir>/<pid>.json` every `SNAPSHOT_S` and whenever it
+answers a scrape, and the scraped worker sums every file: whichever worker the kernel hands
+the scrape to, the counters cover all of them (the other workers' part at most `SNAPSHOT_S`
+old). The other metrics on /metrics stay those of the answering process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from idrserve.histogram import Histogram
+from idrserve.logs.classify import family
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SNAPSHOT_S = 1.0
+
+
+class RequestMetrics:
+    """One app's counts; `shared_dir` is set in workers of a multi-process server."""
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.bytes: dict[str, int] = {}
+        self.durations: dict[str, Histogram] = {}
+        self.readyz: dict[str, int] = {}
+        self.tiers: dict[tuple[str, str], int] = {}
+        self.shared_dir = shared_dir
+        self._families: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+    def observe(
+        self, request: Any, status: int, size: int | None, seconds: float, tier: str
+    ) -> None:
+        match_info = getattr(request, "match_info", None)
+        resource = None if match_info is None else match_info.route.resource
+        if resource is None:
+            fam = "other"
+        else:
+            fam = self._families.get(resource)  # type: ignore[assignment]
+            if fam is None:
+                fam = self._families[resource] = family(str(resource.canonical))
+        key = (fam, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.bytes[fam] = self.bytes.get(fam, 0) + (size or 0)
+        hist = self.durations.get(fam)
+        if hist is None:
+            hist = self.durations[fam] = Histogram(BUCKETS)
+        hist.observe(seconds)
+        if tier != "-":
+            answer = (fam, tier)
+            self.tiers[answer] = self.tiers.get(answer, 0) + 1
+
+    def note_readyz(self, status: str) -> None:
+        self.readyz[status] = self.readyz.get(status, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": [[f, c, n] for (f, c), n in self.requests.items()],
+            "bytes": self.bytes,
+            "durations": {f: [h.counts, h.total_s] for f, h in self.durations.items()},
+            "readyz": self.readyz,
+            "tiers": [[f, t, n] for (f, t), n in self.tiers.items()],
+        }
+
+    def write_snapshot(self) -> None:
+        if self.shared_dir is None:
+            return
+        path = self.shared_dir / f"{os.getpid()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        tmp.replace(path)
+
+    def totals(self) -> tuple[dict[str, Any], int]:
+        """The counts of every worker (this one's fresh), and how many workers they cover."""
+        if self.shared_dir is None:
+            return self.snapshot(), 1
+        self.write_snapshot()
+        docs = []
+        for path in self.shared_dir.glob("*.json"):
+            try:
+                docs.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # a worker replacing its file right now
+                continue
+        return merge(docs), len(docs)
+
+
+def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    requests: dict[tuple[str, int], int] = {}
+    size: dict[str, int] = {}
+    durations: dict[str, list[Any]] = {}
+    readyz: dict[str, int] = {}
+    tiers: dict[tuple[str, str], int] = {}
+    for doc in docs:
+        for f, c, n in doc["requests"]:
+            requests[(f, c)] = requests.get((f, c), 0) + n
+        for f, n in doc["bytes"].items():
+            size[f] = size.get(f, 0) + n
+        for f, (counts, total) in doc["durations"].items():
+            have = durations.setdefault(f, [[0] * len(counts), 0.0])
+            have[0] = [a + b for a, b in zip(have[0], counts, strict=True)]
+            have[1] += total
+        for s, n in doc["readyz"].items():
+            readyz[s] = readyz.get(s, 0) + n
+        for f, t, n in doc["tiers"]:
+            tiers[(f, t)] = tiers.get((f, t), 0) + n
+    return {
+        "requests": [[f, c, n] for (f, c), n in requests.items()],
+        "bytes": size,
+        "durations": durations,
+        "readyz": readyz,
+        "tiers": [[f, t, n] for (f, t), n in tiers.items()],
+    }
+
+
+REQUEST_METRICS = web.AppKey("request_metrics", RequestMetrics)
+# Set in each worker of `serve --workers N` (cli.py) before its app is made.
+_shared_dir: Path | None = None
+
+
+class RequestCollector(Collector):
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        doc, workers = self.metrics.totals()
+        requests = CounterMetricFamily(
+            "idrserve_http_requests",
+            "Requests answered, by route family and status (every worker of this server)",
+            labels=["family", "code"],
+        )
+        for f, c, n in sorted(doc["requests"]):
+            requests.add_metric([f, str(c)], n)
+        yield requests
+        size = CounterMetricFamily(
+            "idrserve_http_response_bytes",
+            "Response body bytes sent, by route family (every worker)",
+            labels=["family"],
+        )
+        for f, n in sorted(doc["bytes"].items()):
+            size.add_metric([f], n)
+        yield size
+        durations = HistogramMetricFamily(
+            "idrserve_http_request_duration_seconds",
+            "Time from request start to response end, by route family (every worker)",
+            labels=["family"],
+        )
+        for f, (counts, total) in sorted(doc["durations"].items()):
+            hist = Histogram(BUCKETS, list(counts), total)
+            durations.add_metric([f], hist.cumulative(), sum_value=total)
+        yield durations
+        answers = CounterMetricFamily(
+            "idrserve_http_cache_answers",
+            "Image requests by the cache tier that answered (X-Cache: memory, disk, redis, "
+            "coalesced; miss is a render), by route family (every worker)",
+            labels=["family", "tier"],
+        )
+        for f, t, n in sorted(doc["tiers"]):
+            answers.add_metric([f, t], n)
+        yield answers
+        readyz = CounterMetricFamily(
+            "idrserve_readyz", "/readyz answers by status (every worker)", labels=["status"]
+        )
+        for s in ("ok", "degraded", "starting", "loading", "draining", "down"):
+            readyz.add_metric([s], doc["readyz"].get(s, 0))
+        yield readyz
+        yield GaugeMetricFamily(
+            "idrserve_http_workers_reporting",
+            "Worker processes whose request counts the idrserve_http_* metrics sum",
+            value=workers,
+        )
+
+
+def share_across_workers(directory: Path) -> None:
+    """Called in each worker of a multi-process server, before its app is made."""
+    global _shared_dir
+    _shared_dir = directory
+
+
+def observe(request: Any, status: int, size: int | None, seconds: float, tier: str) -> None:
+    """One finished request (called by the access logger, whether it writes lines or not)."""
+    metrics = request.app.get(REQUEST_METRICS) if hasattr(request, "app") else None
+    if metrics is not None:
+        metrics.observe(request, status, size, seconds, tier)
+
+
+def note_readyz(app: web.Application, status: str) -> None:
+    metrics = app.get(REQUEST_METRICS)
+    if metrics is not None:
+        metrics.note_readyz(status)
+
+
+def install(app: web.Application, registry: Any) -> None:
+    """Count the app's requests on its registry; with workers, keep the snapshot fresh."""
+    metrics = app[REQUEST_METRICS] = RequestMetrics(_shared_dir)
+    registry.register(RequestCollector(metrics))
+
+    async def snapshots(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(SNAPSHOT_S)
+                metrics.write_snapshot()
+
+        task = None
+        if metrics.shared_dir is not None:
+            metrics.write_snapshot()  # counted as a worker from its start
+            task = asyncio.create_task(loop())
+        yield
+        if task is not None:
+            task.cancel()
+            metrics.write_snapshot()
+
+    app.cleanup_ctx.append(snapshots)
