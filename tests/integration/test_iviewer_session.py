@@ -105,6 +105,7 @@ def write_image(path: Path, image_id: int, size: int, levels: int) -> None:
 class Site:
     base: str  # nginx
     stub: OmeroWebStub
+    idrserve: str  # the idrserve behind it, for the built-in viewer's screenshot
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def site(wheel_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 )
                 try:
                     wait_until(port, "/healthz", proc, "nginx")
-                    yield Site(f"http://127.0.0.1:{port}", stub)
+                    yield Site(f"http://127.0.0.1:{port}", stub, upstream)
                 finally:
                     stop(proc)
     finally:
@@ -460,6 +461,20 @@ def test_iviewer_session_reaches_omero_web_only_where_nginx_keeps_it(
         f"{len(unexpected)} request(s) reached OMERO.web that idrserve should answer, "
         f"{len(errors)} console error(s)\n{s.report()}"
     )
+    if shot:
+        # The built-in viewer on the same image, for docs/iviewer.md's side-by-side pair; from
+        # idrserve directly, after the count (nginx sends /viewer/ to OMERO.web in this site).
+        driver.get(f"{site.idrserve}/viewer/{TILED}")
+        s.wait(
+            "the built-in viewer's tiles",
+            lambda: driver.execute_script(
+                "return performance.getEntriesByType('resource').filter("
+                f"e => e.name.includes('/render_image_region/{TILED}/')"
+                " || e.name.includes('/render_image_tile/')).length >= 4;"
+            ),
+        )
+        time.sleep(1.0)  # let OpenSeadragon finish blending the tiles it has in
+        save_screenshot(driver, Path(shot).with_name("viewer-same-image.png"))
     # The kept list only shrinks: once idrserve answers one of them and nginx routes it there,
     # it must leave KEPT (and docs/iviewer.md's table).
     assert {r.kept for r in work} == {name for name, _, _ in KEPT}, s.report()
