@@ -121,7 +121,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--conns", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument(
+        "--out", type=Path, default=BENCH / "results", help="a directory, or a file ending .md"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -204,8 +206,12 @@ def main() -> int:
         rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
         lines.append(f"| {a} / {b} | {statistics.median(ratios):.2f} | {rounds_text} | {target} |")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"tiff-{host}-{stamp}.md"
+    if args.out.suffix == ".md":
+        out = args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / f"tiff-{host}-{stamp}.md"
     out.write_text("\n".join(lines))
     print("\n".join(lines[: lines.index("Raw rounds:")]))
     print(f"written to {out}")
