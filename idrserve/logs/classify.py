@@ -50,6 +50,9 @@ _WEBGATEWAY = {
     "luts_png": "metadata",
     "open_with": "metadata",
     "api": "metadata",
+    # HCS plates (docs/plates.md): the well grid, a well's fields, the montage
+    "plate": "metadata",
+    "well": "metadata",
 }
 _TOP = {
     "iiif": "iiif",
