@@ -1,10 +1,11 @@
 """Cluster MGET without redis-py's cluster command machinery on the hot path.
 
 A warm hit on a cluster cost about 1.3x the client CPU of one on a single server (27.9 vs
-21.5 µs, docs/redis.md#client-cpu): `mget_nonatomic` builds a cluster pipeline per call
-(command policies, slot lookup per key, per-node task, reply reordering) around what is, for a
-burst of tiles of one image, one to four MGETs. Here the slot of each hash tag is computed once
-and remembered, and the MGETs of one node go straight to that node's connection in one write.
+21.5 µs, docs/redis.md#cost-cluster-hits-against-one-server): `mget_nonatomic` builds a cluster
+pipeline per call (command policies, slot lookup per key, per-node task, reply reordering)
+around what is, for a burst of tiles of one image, one to four MGETs. Here the slot of each hash
+tag is computed once and remembered, each primary's MGETs are written on one of its pooled
+connections at once, and the replies read after all are written.
 
 Only the path that works is short-cut: the first reply that is not a plain answer (MOVED, ASK,
 TRYAGAIN, CLUSTERDOWN, a lost connection, a topology refresh pending) sends the whole lookup
