@@ -216,6 +216,10 @@ async def test_primary_killed_under_load(topology: Topology, make_cache: CacheFa
             break
         await asyncio.sleep(0.1)
     assert await serving()
+    if cache.redis is not None and cache.redis.cluster_mget is not None:
+        fast = cache.redis.cluster_mget.fast
+        assert await serving()
+        assert cache.redis.cluster_mget.fast > fast  # lookups go straight to nodes again
     stop.set()
     results = await asyncio.gather(*workers)
     assert sum(f for _, f in results) == 0  # no call ever raised
