@@ -22,6 +22,9 @@ from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
+# The redis-py internals the fast path uses (present in 8.x; `redis[hiredis]>=5` is allowed).
+_NEEDED = ("acquire_connection", "disconnect_if_needed", "parse_response", "release")
+
 # Hash tags remembered; an image has TAG_SHARDS of them, so this is thousands of images.
 _MAX_TAGS = 65_536
 
@@ -34,6 +37,10 @@ class ClusterMget:
         self._tag_slots: dict[str, int] = {}
         self.fast = 0  # lookups answered by the fast path
         self.fallbacks = 0  # lookups sent through mget_nonatomic after a fast-path miss
+        # An older redis-py without these: every lookup takes the normal path.
+        self.enabled = all(hasattr(ClusterNode, name) for name in _NEEDED) and hasattr(
+            client, "_initialize"
+        )
 
     def slot(self, key: str) -> int:
         """The key's cluster slot; CRC16 once per hash tag rather than once per key and call."""
@@ -52,8 +59,8 @@ class ClusterMget:
     async def mget(self, keys: list[str]) -> list[Any]:
         client = self._client
         # Not yet connected, or a refresh of the slot map is asked for: the normal path
-        # runs it (private flag of redis-py's RedisCluster; read defensively).
-        if getattr(client, "_initialize", True):
+        # runs it (a private flag of redis-py's RedisCluster, checked for in __init__).
+        if not self.enabled or client._initialize:
             return await client.mget_nonatomic(keys)
         by_node: dict[str, tuple[ClusterNode, dict[int, list[int]]]] = {}
         try:
