@@ -16,6 +16,12 @@ primary is SIGKILLed: failed requests, the longest gap with no answer (and the s
 kill), time to promotion and until every host's breaker is closed again.
 
     python bench/bench_cluster.py [--rounds 3] [--duration 5] [--tiles 120] [--threads 8]
+
+`--cpu-only` runs only the client-CPU-per-hit measurement (below), against one redis-server and
+a 3+3 cluster started for it: no hosts, nginx or S3, and a result that the other load on a
+shared machine disturbs far less than throughput.
+
+    python bench/bench_cluster.py --cpu-only [--rounds 5]
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # the multi-host harness lives with the tests
 
 from bench_http import run_wrk  # noqa: E402
+from redis import __version__ as redis_version  # noqa: E402
 
 import idrserve.cache.redis as redis_tier  # noqa: E402
 from idrserve.cache import CacheEntry, TieredCache, response_key  # noqa: E402
 from idrserve.settings import CacheSettings  # noqa: E402
+from tests.cache.topology import RedisClusterNodes, node  # noqa: E402
 from tests.integration.multihost import (  # noqa: E402
     Host,
     MultiHost,
@@ -119,16 +127,75 @@ async def client_cpu(url: str, shards: int, gets: int) -> float:
     return cpu / hits * 1e6
 
 
-def cpu_rounds(stacks: dict[str, MultiHost], rounds: int) -> list[dict[str, object]]:
+def cpu_rounds(urls: dict[str, str], rounds: int) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for r in range(rounds):
         for shards in CPU_SHARDS:
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                us = asyncio.run(client_cpu(stacks[mode].redis_url, shards, 100))
+                us = asyncio.run(client_cpu(urls[mode], shards, 100))
                 out.append({"round": r, "redis": mode, "shards": shards, "cpu_us_per_hit": us})
                 print(json.dumps(out[-1]), flush=True)
     redis_tier.TAG_SHARDS = SHIPPED_SHARDS
     return out
+
+
+def cpu_only(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="bench-cluster-cpu-"))
+    single = node(work / "single")
+    cluster = RedisClusterNodes(work / "cluster")
+    load_start = os.getloadavg()
+    try:
+        single.start()
+        cluster.start()
+        urls = {"single": single.url, "cluster": cluster.url}
+        cpu = cpu_rounds(urls, args.rounds)
+    finally:
+        single.kill()
+        cluster.stop()
+    lines = [
+        f"# idrserve Redis client CPU per hit: one Redis vs a Redis Cluster ({dt.date.today()})",
+        "",
+        f"Command: `python bench/bench_cluster.py --cpu-only --rounds {args.rounds}`",
+        "",
+        f"Machine: {os.cpu_count()} cores, shared (load average {load_start[0]:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end), {platform.python_version()}, redis-py "
+        f"{redis_version}. {args.rounds} interleaved rounds; median (min–max).",
+        "",
+        *cpu_table(cpu),
+        "",
+        "```json",
+        json.dumps(cpu, indent=1),
+        "```",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"cluster-cpu-vm-{dt.date.today()}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:-4]))
+    print(f"wrote {path}")
+    return 0
+
+
+def cpu_table(cpu: list[dict[str, object]]) -> list[str]:
+    lines = [
+        "| shards | single µs/hit | cluster µs/hit | single / cluster (≈ hit-rate ratio) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for shards in CPU_SHARDS:
+
+        def of(mode: str, shards: int = shards) -> list[float]:
+            return [
+                float(c["cpu_us_per_hit"])  # type: ignore[arg-type]
+                for c in cpu
+                if c["shards"] == shards and c["redis"] == mode
+            ]
+
+        one, clu = of("single"), of("cluster")
+        per = [a / b for a, b in zip(one, clu, strict=True)]
+        lines.append(
+            f"| {shards} | {statistics.median(one):.1f} | {statistics.median(clu):.1f} | "
+            f"{statistics.median(per):.2f} ({min(per):.2f}–{max(per):.2f}) |"
+        )
+    return lines
 
 
 def failover(stack: MultiHost, args: argparse.Namespace) -> dict[str, float]:
@@ -188,7 +255,10 @@ def main() -> int:
     parser.add_argument("--failover-before", type=float, default=3.0)
     parser.add_argument("--failover-after", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=BENCH / "results")
+    parser.add_argument("--cpu-only", action="store_true", help="client CPU per hit only")
     args = parser.parse_args()
+    if args.cpu_only:
+        return cpu_only(args)
     os.environ["PYTHONPATH"] = str(BENCH.parent)  # the hosts import this checkout
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     no_memory = {"IDRSERVE_CACHE__MEMORY_MAX_BYTES": "0"}
@@ -213,7 +283,7 @@ def main() -> int:
                     m = measure(stacks[mode].hosts[:n], ports[mode, n], urls, args, work)
                     rows.append({"round": r, "hosts": n, "redis": mode, **m})
                     print(json.dumps(rows[-1]), flush=True)
-        cpu = cpu_rounds(stacks, args.rounds)
+        cpu = cpu_rounds({m: s.redis_url for m, s in stacks.items()}, args.rounds)
         fo = failover(stacks["cluster"], args)
         print(json.dumps(fo), flush=True)
     finally:
@@ -289,25 +359,8 @@ def report(
         "disturbed by the other load on this machine than throughput), by hash-tag shards "
         f"per image (shipped: {SHIPPED_SHARDS}; 16384 = a slot per response):",
         "",
-        "| shards | single µs/hit | cluster µs/hit | single / cluster (≈ hit-rate ratio) |",
-        "|---:|---:|---:|---:|",
+        *cpu_table(cpu),
     ]
-    for shards in CPU_SHARDS:
-        one = [
-            float(c["cpu_us_per_hit"])
-            for c in cpu
-            if c["shards"] == shards and c["redis"] == "single"
-        ]  # type: ignore[arg-type]
-        clu = [
-            float(c["cpu_us_per_hit"])
-            for c in cpu
-            if c["shards"] == shards and c["redis"] == "cluster"
-        ]  # type: ignore[arg-type]
-        per = [a / b for a, b in zip(one, clu, strict=True)]
-        lines.append(
-            f"| {shards} | {statistics.median(one):.1f} | {statistics.median(clu):.1f} | "
-            f"{statistics.median(per):.2f} ({min(per):.2f}–{max(per):.2f}) |"
-        )
     lines += [
         "",
         "Failover (cluster, 3 hosts, mixed warm/cold load through nginx, one primary SIGKILLed "

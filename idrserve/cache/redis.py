@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis, RedisCluster
 
 from idrserve.cache.breaker import CircuitBreaker
+from idrserve.cache.cluster_mget import ClusterMget
 from idrserve.cache.entry import CacheEntry, pack_value, unpack_value
 from idrserve.cache.metrics import TierStats
 from idrserve.cache.redis_url import connect
@@ -104,6 +105,10 @@ class RedisTier:
         self._bump = self._client.register_script(_BUMP)
         self._get_or_lock = self._client.register_script(_GET_OR_LOCK)
         self._raise = self._client.register_script(_RAISE)
+        # Cluster lookups skip redis-py's cluster pipeline while the slot map holds.
+        self.cluster_mget = (
+            ClusterMget(self._client) if isinstance(self._client, RedisCluster) else None
+        )
         # GETs waiting for this iteration's MGET (see `_batched_get`).
         self._pending: dict[str, list[asyncio.Future[bytes | str | None]]] = {}
         self._flush_scheduled = False
@@ -212,7 +217,11 @@ class RedisTier:
     async def _mget(self, batch: dict[str, list[asyncio.Future[bytes | str | None]]]) -> None:
         keys = list(batch)
         try:
-            values = await self._call(partial(_mget_any, keys=keys))
+            fast = self.cluster_mget
+            if fast is None:
+                values = await self._call(lambda r: r.mget(keys))
+            else:
+                values = await self._call(lambda _: fast.mget(keys))
         except BaseException as exc:
             failure = exc if isinstance(exc, RedisUnavailable) else RedisUnavailable(repr(exc))
             for waiters in batch.values():
@@ -371,13 +380,6 @@ async def _scan_page(
     cursors: Any
     cursors, keys = await r.scan(cursor=cursor, match=pattern, count=1000, target_nodes=node)
     return int(cursors[node.name]), keys
-
-
-async def _mget_any(r: Redis | RedisCluster, keys: list[str]) -> list[bytes | str | None]:
-    """MGET on one server; on a cluster one MGET per slot, pipelined per node."""
-    if isinstance(r, RedisCluster):
-        return await r.mget_nonatomic(keys)
-    return await r.mget(keys)
 
 
 # Summed over a cluster's primaries (the policy is the same on every node).

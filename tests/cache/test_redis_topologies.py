@@ -146,6 +146,39 @@ async def test_purge_reaches_other_processes(topology: Topology, make_cache: Cac
     assert await b.get(new) == (None, "miss")
 
 
+async def test_cluster_fast_path_follows_slot_migration(
+    topology: Topology, make_cache: CacheFactory
+) -> None:
+    """Lookups go straight to the node of a slot (idrserve/cache/cluster_mget.py); when the
+    slot moves, the ASK while it migrates and the MOVED after are followed through redis-py's
+    cluster path, and the next lookup goes straight to the new owner."""
+    if topology.cluster is None:
+        pytest.skip("slots and their redirections exist only on a cluster")
+    cache = await make_cache(memory_max_bytes=0, redis_url=topology.url, redis_timeout_s=5.0)
+    assert cache.redis is not None and cache.redis.cluster_mget is not None
+    fast = cache.redis.cluster_mget
+    key = response_key(60, 0, "migrating")
+    cache.put(key, ENTRY)
+    assert await cache.flush(5)
+    assert await cache.get(key) == (ENTRY, "redis")
+    assert (fast.fast, fast.fallbacks) == (1, 0)
+    slot = key_slot(cache.redis.value_key(key).encode())
+    src = topology.cluster.owner(slot)
+    dst = next(p for p in topology.primaries() if p is not src)
+
+    await asyncio.to_thread(topology.cluster.start_migration, slot, src, dst)
+    assert await cache.get(key) == (ENTRY, "redis")  # ASK from src, answered by dst
+    assert fast.fallbacks == 1
+    await asyncio.to_thread(topology.cluster.finish_migration, slot, dst)
+    assert await cache.get(key) == (ENTRY, "redis")  # MOVED from src
+    assert fast.fallbacks == 2
+    before = commandstat(dst, "mget")
+    assert await cache.get(key) == (ENTRY, "redis")
+    assert (fast.fast, fast.fallbacks) == (2, 2)  # straight to dst now
+    assert commandstat(dst, "mget") == before + 1
+    assert cache.stats()["redis"]["errors"] == 0
+
+
 def promoted(topology: Topology, killed: RedisServer, replica: RedisServer) -> bool:
     if topology.cluster is not None:
         roles = topology.cluster.roles()
@@ -183,6 +216,10 @@ async def test_primary_killed_under_load(topology: Topology, make_cache: CacheFa
             break
         await asyncio.sleep(0.1)
     assert await serving()
+    if cache.redis is not None and cache.redis.cluster_mget is not None:
+        fast = cache.redis.cluster_mget.fast
+        assert await serving()
+        assert cache.redis.cluster_mget.fast > fast  # lookups go straight to nodes again
     stop.set()
     results = await asyncio.gather(*workers)
     assert sum(f for _, f in results) == 0  # no call ever raised

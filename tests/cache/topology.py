@@ -140,9 +140,39 @@ class RedisClusterNodes:
         roles = self.roles()
         return [n for n in self.nodes if roles.get(n.port) == "master"]
 
+    def owner(self, slot: int) -> RedisServer:
+        """The primary serving `slot`, as the cluster sees it."""
+        for line in cli("-p", str(self.primaries()[0].port), "cluster", "nodes").splitlines():
+            fields = line.split()
+            for part in fields[8:]:
+                lo, _, hi = part.partition("-")
+                if not part.startswith("[") and int(lo) <= slot <= int(hi or lo):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"slot {slot} has no primary")
+
+    def start_migration(self, slot: int, src: RedisServer, dst: RedisServer) -> None:
+        """Mark `slot` migrating from `src` to `dst` and MIGRATE its keys, as
+        `redis-cli --cluster reshard` does: `src` then answers ASK for them."""
+        cli("-p", str(dst.port), "cluster", "setslot", str(slot), "importing", node_id(src))
+        cli("-p", str(src.port), "cluster", "setslot", str(slot), "migrating", node_id(dst))
+        keys = cli("-p", str(src.port), "cluster", "getkeysinslot", str(slot), "1000").split()
+        assert keys, f"no keys in slot {slot}"
+        cli("-p", str(src.port), "migrate", "127.0.0.1", str(dst.port), "", "0", "5000",
+            "keys", *keys)  # fmt: skip
+
+    def finish_migration(self, slot: int, dst: RedisServer) -> None:
+        """Give `slot` to `dst` on every primary: the old owner then answers MOVED."""
+        for primary in [dst, *(p for p in self.primaries() if p is not dst)]:
+            cli("-p", str(primary.port), "cluster", "setslot", str(slot), "node", node_id(dst))
+
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def node_id(server: RedisServer) -> str:
+    return cli("-p", str(server.port), "cluster", "myid").strip()
 
 
 SENTINEL_CONF = """port {port}
