@@ -146,14 +146,14 @@ async def test_purge_reaches_other_processes(topology: Topology, make_cache: Cac
     assert await b.get(new) == (None, "miss")
 
 
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)  # slots exist only there
 async def test_cluster_fast_path_follows_slot_migration(
     topology: Topology, make_cache: CacheFactory
 ) -> None:
     """Lookups go straight to the node of a slot (idrserve/cache/cluster_mget.py); when the
     slot moves, the ASK while it migrates and the MOVED after are followed through redis-py's
     cluster path, and the next lookup goes straight to the new owner."""
-    if topology.cluster is None:
-        pytest.skip("slots and their redirections exist only on a cluster")
+    assert topology.cluster is not None
     cache = await make_cache(memory_max_bytes=0, redis_url=topology.url, redis_timeout_s=5.0)
     assert cache.redis is not None and cache.redis.cluster_mget is not None
     fast = cache.redis.cluster_mget
