@@ -214,7 +214,7 @@ def _tune_malloc() -> None:
 
 
 def _run_one(settings: Settings, reuse_port: bool, metrics_dir: str | None = None) -> None:
-    from idrserve.app import create_app, reload_catalog_on_sighup
+    from idrserve.app import create_app, freeze_heap_when_warm, reload_catalog_on_sighup
     from idrserve.http.keys import ADMISSION
     from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
     from idrserve.http.reqmetrics import share_across_workers
@@ -228,6 +228,7 @@ def _run_one(settings: Settings, reuse_port: bool, metrics_dir: str | None = Non
         share_across_workers(Path(metrics_dir))  # /metrics sums every worker's requests
     app = create_app(settings)
     app.on_startup.append(reload_catalog_on_sighup)
+    app.on_startup.append(freeze_heap_when_warm)
     serve(
         app,
         host=settings.server.host,
