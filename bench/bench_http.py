@@ -8,13 +8,22 @@ to core 1: 256² tiles from 256² chunks and 512² tiles from 512² chunks. With
 in front, every request reads, decodes, renders and encodes. Results are compared with the
 targets of issue 2 (≥ 900 and ≥ 240 tiles/s on one core) and written as markdown.
 
-    python bench/bench_http.py [--duration 8] [--rounds 3]
+Each round also runs the kernel (bench/_kernel.py) pinned to the same core for the same time:
+the same tiles read, decoded, rendered and encoded by the server's own function with no HTTP
+around them, after checking that it makes byte-identical bodies. `idrserve / kernel` is the
+share of a core the request handling leaves to the work itself (issue 19 target: ≥ 0.9). The
+server's event-loop lag p99 under the load comes from its /metrics histogram
+(`idrserve_event_loop_lag_seconds`, before/after each run), next to wrk's p99 / p50.
+
+    python bench/bench_http.py [--duration 8] [--rounds 3] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -157,6 +166,53 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
     }
 
 
+LAG = "idrserve_event_loop_lag_seconds_bucket"
+
+
+def lag_buckets(base: str) -> dict[float, float] | None:
+    """The loop-lag histogram's cumulative buckets on /metrics (None: a server without it)."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    out = {}
+    for m in re.finditer(LAG + r'\{le="([^"]+)"\} ([\d.e+-]+)', text):
+        out[float(m.group(1))] = float(m.group(2))
+    return out or None
+
+
+def lag_p99_ms(before: dict[float, float] | None, after: dict[float, float] | None) -> float:
+    """Upper bound of the bucket holding the 99th percentile of the samples in between."""
+    if not before or not after:
+        return float("nan")
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if counts[-1] <= 0:
+        return float("nan")
+    i = bisect.bisect_left(counts, 0.99 * counts[-1])
+    return bounds[min(i, len(bounds) - 1)] * 1e3
+
+
+def run_kernel(data: Path, urls: list[str], duration: float, tmp: Path) -> dict[str, object]:
+    """bench/_kernel.py on core 0 (the server's core, idle meanwhile): tiles/s and digests."""
+    url_file = tmp / "kernel-urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "_kernel.py")]
+    cmd += [str(data), str(url_file), str(duration)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out))
+
+
+def check_bytes(base: str, digests: dict[str, str]) -> int:
+    """How many URLs the server answers with other bytes than the kernel makes (0 expected)."""
+    bad = 0
+    for url, digest in digests.items():
+        with urllib.request.urlopen(base + url, timeout=10) as resp:
+            bad += hashlib.sha256(resp.read()).hexdigest() != digest
+    return bad
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0)
@@ -223,13 +279,20 @@ def main() -> int:
                     time.sleep(0.1)
             for urls in cases.values():  # warm-up: opens arrays, fills the OS page cache
                 run_wrk(base, urls, 3, args.conns, tmp)
+        mismatched = {}
+        for name, urls in cases.items():
+            digests = run_kernel(data, urls, 0.0, tmp)["sha256"]
+            mismatched[name] = check_bytes(servers["idrserve"][1], digests)  # type: ignore[arg-type]
         for _ in range(args.rounds):
             for name, urls in cases.items():
                 for label, (_proc, base) in servers.items():
                     row = f"{name} ({label})"
-                    results.setdefault(row, []).append(
-                        run_wrk(base, urls, args.duration, args.conns, tmp)
-                    )
+                    before = lag_buckets(base)
+                    result = run_wrk(base, urls, args.duration, args.conns, tmp)
+                    result["lag_p99_ms"] = lag_p99_ms(before, lag_buckets(base))
+                    results.setdefault(row, []).append(result)
+                kernel = run_kernel(data, urls, args.duration, tmp)
+                results.setdefault(f"{name} (kernel)", []).append({"rps": kernel["rps"]})  # type: ignore[dict-item]
     finally:
         for proc, _base in servers.values():
             proc.terminate()
@@ -249,21 +312,41 @@ def main() -> int:
         "decodes (blosc lz4), renders 3 uint16 channels and encodes JPEG q85. "
         f"loadavg at end: {os.getloadavg()[0]:.2f}; nproc {os.cpu_count()}.",
         "",
-        "| case | median tiles/s | min–max | p50 ms | p99 ms | target | ratio | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | median tiles/s | min–max | p50 ms | p99 ms | p99 / p50 | loop lag p99 ms "
+        "| target | ratio | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    summary = {}
+
+    def med(rounds: list[dict[str, float]], field: str) -> float:
+        return statistics.median(r[field] for r in rounds)
+
     for name, rounds in results.items():
         target = targets[name.split(" (")[0]]
         rps = [r["rps"] for r in rounds]
-        med = statistics.median(rps)
-        summary[name] = med
-        lines.append(
-            f"| {name} | {med:.0f} | {min(rps):.0f}–{max(rps):.0f} | "
-            f"{statistics.median(r['p50_ms'] for r in rounds):.1f} | "
-            f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {target:.0f} | "
-            f"{med / target:.2f} | {sum(r['non2xx'] for r in rounds):.0f} |"
-        )
+        cells = [f"{statistics.median(rps):.0f}", f"{min(rps):.0f}–{max(rps):.0f}"]
+        if "p50_ms" in rounds[0]:
+            p50, p99 = med(rounds, "p50_ms"), med(rounds, "p99_ms")
+            lag = med(rounds, "lag_p99_ms") if "lag_p99_ms" in rounds[0] else float("nan")
+            non2xx = sum(r["non2xx"] for r in rounds)
+            cells += [f"{p50:.1f}", f"{p99:.1f}", f"{p99 / p50:.2f}", f"{lag:.2f}"]
+        else:  # the kernel: no HTTP, no latency
+            cells += ["–", "–", "–", "–"]
+            non2xx = 0
+        cells += [f"{target:.0f}", f"{statistics.median(rps) / target:.2f}", f"{non2xx:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Server / kernel (issue 19 target ≥ 0.9), median of per-round ratios:", ""]
+    for name in cases:
+        kernel = results[f"{name} (kernel)"]
+        for label in servers:
+            served = results[f"{name} ({label})"]
+            ratios = [a["rps"] / b["rps"] for a, b in zip(served, kernel, strict=True)]
+            lines.append(f"- {name}, {label}: {statistics.median(ratios):.2f}×")
+    lines += [
+        "",
+        "Bodies that differ between the server and the kernel (0 expected): "
+        + ", ".join(f"{name}: {n} of {len(cases[name])}" for name, n in mismatched.items())
+        + ".",
+    ]
     title = (
         f"This tree vs the baseline ({args.baseline})"
         if args.baseline
@@ -279,7 +362,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"http-{host}-{stamp}.md"
     out.write_text("\n".join(lines))
-    print("\n".join(lines[: 12 + len(results)]))
+    print("\n".join(lines[: 20 + len(results)]))
     print(f"written to {out}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

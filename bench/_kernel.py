@@ -1,0 +1,91 @@
+"""The cold tile's kernel, without HTTP: what the server could reach if requests cost nothing.
+
+`python bench/_kernel.py ZARR_ROOT URL_FILE DURATION` (run pinned to the server's core by
+bench/bench_http.py, in the same interleaved rounds as the server) plans every URL of the file
+the way the webgateway handler does, once, outside the timing; then, for DURATION seconds,
+cycles through them doing only the per-tile work the server's cold path cannot avoid: read the
+chunk files, decode them (numcodecs Blosc), render the channels (idrserve's LUT kernels) and
+encode the JPEG (simplejpeg): `service._read_render_encode`, the very function the server's
+inline path calls. It prints one JSON line: tiles/s, and the SHA-256 of each URL's body so the
+caller can check that the kernel made the server's bytes (a kernel that skipped work would be
+fast for the wrong reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from idrserve.http import params  # noqa: E402
+from idrserve.http.plan import Output, RegionAsk, plan_webgateway_region  # noqa: E402
+from idrserve.model import Selection  # noqa: E402
+from idrserve.render import kernels  # noqa: E402
+from idrserve.render.lut import LutTable  # noqa: E402
+from idrserve.service import Deps, _read_render_encode  # noqa: E402
+from idrserve.settings import Settings  # noqa: E402
+from idrserve.sources import open_source  # noqa: E402
+
+
+async def _plan(root: Path, urls: list[str]) -> tuple[Deps, list[tuple[object, ...]]]:
+    settings = Settings(source={"zarr_root": str(root)})  # type: ignore[arg-type]
+    source = open_source(settings.source)
+    deps = Deps(source, LutTable(None), settings.limits, cpu_pool=None)  # type: ignore[arg-type]
+    jobs = []
+    for url in urls:
+        parts = urlsplit(url)
+        segs = [s for s in parts.path.split("/") if s]
+        iid, z, t = int(segs[-3]), int(segs[-2]), int(segs[-1])
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        output = Output(
+            params.parse_render_overrides(
+                query, max_active_channels=settings.limits.max_active_channels, strict=False
+            ),
+            fmt=params.parse_format(query),
+            quality=params.parse_quality(query, settings.limits.default_jpeg_quality),
+        )
+        meta = await source.meta(iid)
+        req = plan_webgateway_region(
+            RegionAsk(iid, z, t, query.get("tile"), query.get("region"), output),
+            meta,
+            settings.limits,
+        )
+        sel = Selection(req.level, req.t, req.z, req.z + 1, req.render.active_indices(), req.box)
+        read = source.sync_reader(iid, sel)
+        if read is None:
+            raise SystemExit(f"{url}: not a direct-read tile; the kernel covers those only")
+        jobs.append((req, meta, read, req.key()))
+    return deps, jobs
+
+
+def main() -> int:
+    root, url_file, duration = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    urls = url_file.read_text().split()
+    deps, jobs = asyncio.run(_plan(root, urls))
+    kernels.warm()
+    digests = {}
+    for url, (req, meta, read, key) in zip(urls, jobs, strict=True):
+        body = _read_render_encode(req, meta, deps, read, key).body  # type: ignore[arg-type]
+        digests[url] = hashlib.sha256(body).hexdigest()
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + duration
+    while time.perf_counter() < end:
+        for req, meta, read, key in jobs:
+            _read_render_encode(req, meta, deps, read, key)  # type: ignore[arg-type]
+        n += len(jobs)
+    rate = n / (time.perf_counter() - t0)
+    print(json.dumps({"rps": rate, "sha256": digests}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
