@@ -167,6 +167,7 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
 
 
 LAG = "idrserve_event_loop_lag_seconds_bucket"
+REQUEST_PATH = "request path only"
 
 
 def lag_buckets(base: str) -> dict[float, float] | None:
@@ -225,6 +226,12 @@ def main() -> int:
         help="a checkout of another revision (e.g. `git worktree add /tmp/base REV`): its "
         "server replaces the zarr-python variant and runs interleaved, reported as a ratio",
     )
+    parser.add_argument(
+        "--request-path",
+        action="store_true",
+        help="also run bench/_request_path.py (the server with a constant body instead of the "
+        "kernel), to split a cold tile into request handling and work",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -238,6 +245,8 @@ def main() -> int:
     # With --baseline, the other variant is the same default server from another checkout.
     other = "baseline" if args.baseline else "idrserve, zarr-python reads"
     variants = {"idrserve": "true", other: "true" if args.baseline else "false"}
+    if args.request_path:
+        variants[REQUEST_PATH] = "true"
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     for label, direct in variants.items():
         port = free_port()
@@ -251,7 +260,9 @@ def main() -> int:
         )
         if label == "baseline":
             env["PYTHONPATH"] = str(args.baseline.resolve())
-        cmd = ["taskset", "-c", "0", sys.executable, "-m", "idrserve", "serve"]
+        cmd = ["taskset", "-c", "0", sys.executable]
+        cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
+        cmd += ["serve"]
         cmd += ["--zarr-root", str(data), "--port", str(port)]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         servers[label] = (proc, f"http://127.0.0.1:{port}")
@@ -338,9 +349,21 @@ def main() -> int:
     for name in cases:
         kernel = results[f"{name} (kernel)"]
         for label in servers:
+            if label == REQUEST_PATH:
+                continue
             served = results[f"{name} ({label})"]
             ratios = [a["rps"] / b["rps"] for a, b in zip(served, kernel, strict=True)]
             lines.append(f"- {name}, {label}: {statistics.median(ratios):.2f}×")
+        if REQUEST_PATH in servers:
+            # Time per tile = kernel time + request time, if the two only add up.
+            path = results[f"{name} ({REQUEST_PATH})"]
+            k_us = 1e6 / statistics.median(r["rps"] for r in kernel)
+            p_us = 1e6 / statistics.median(r["rps"] for r in path)
+            s_us = 1e6 / statistics.median(r["rps"] for r in results[f"{name} (idrserve)"])
+            lines.append(
+                f"- {name}: kernel {k_us:.0f} µs + request path {p_us:.0f} µs = "
+                f"{k_us + p_us:.0f} µs a tile, against {s_us:.0f} µs measured"
+            )
     lines += [
         "",
         "Bodies that differ between the server and the kernel (0 expected): "
