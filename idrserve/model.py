@@ -8,6 +8,7 @@ be keyed, logged and replayed exactly.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -116,6 +117,9 @@ class RenderSettings:
 
     channels: tuple[ChannelRender, ...]
     model: ColorModel = ColorModel.COLOR
+    # `canonical()`, made once: the same settings object serves every request that takes an
+    # image's saved settings (`ImageMeta.saved_render`). Not part of equality or hashing.
+    _canonical: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def active_indices(self) -> tuple[int, ...]:
         """Channel indices that contribute pixels: all active ones, or the first for greyscale."""
@@ -127,6 +131,11 @@ class RenderSettings:
     def canonical(self) -> str:
         # Only contributing channels change the output bytes; inactive ones are left out so
         # that iviewer 0.16 (all channels listed) and 0.18 (active only) share a key.
+        if self._canonical is None:
+            object.__setattr__(self, "_canonical", self._make_canonical())
+        return self._canonical  # type: ignore[return-value]
+
+    def _make_canonical(self) -> str:
         parts = []
         for i in self.active_indices():
             ch = self.channels[i]
@@ -230,8 +239,28 @@ class ImageMeta:
     def pixels_type(self) -> str:
         return PIXELS_TYPES.get(self.dtype, self.dtype)
 
+    # Settings derived from the image's saved ones, made on first use and kept with the
+    # metadata (a cold tile spent ~20 µs of its request path remaking and re-keying them;
+    # bench/bench_http.py --request-path). `init=False`: `replace()` starts them afresh.
+    _default_render: RenderSettings | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
+    _saved_render: RenderSettings | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
+
     def default_render(self) -> RenderSettings:
-        return RenderSettings(tuple(ch.render() for ch in self.channels), self.default_model)
+        if self._default_render is None:
+            made = RenderSettings(tuple(ch.render() for ch in self.channels), self.default_model)
+            object.__setattr__(self, "_default_render", made)
+        return self._default_render  # type: ignore[return-value]
+
+    def saved_render(self, make: Callable[[ImageMeta], RenderSettings]) -> RenderSettings:
+        """`make(self)` (the saved settings as a request without overrides resolves them),
+        made once per metadata object."""
+        if self._saved_render is None:
+            object.__setattr__(self, "_saved_render", make(self))
+        return self._saved_render  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,12 +72,13 @@ def resolve_render(meta: ImageMeta, ov: RenderOverrides) -> RenderSettings:
     an element without `inverted` (``{}``) removes it. `maps` without `c` is ignored.
     A channel listed twice: the last entry wins.
     """
+    if ov.channels is None:
+        saved = meta.saved_render(_resolve_saved)  # one object for every such request
+        if ov.model is None or ov.model is saved.model:
+            return saved
+        return RenderSettings(saved.channels, ov.model)
     base = meta.default_render()
     model = ov.model if ov.model is not None else base.model
-    if ov.channels is None:
-        return RenderSettings(
-            tuple(_resolve_channel(ch, None, None) for ch in base.channels), model
-        )
     count = len(base.channels)
     listed: dict[int, tuple[ChannelOverride, MapOverride | None]] = {}
     for pos, entry in enumerate(ov.channels):
@@ -99,6 +100,10 @@ def resolve_thumbnail(meta: ImageMeta) -> RenderSettings:
 
     As on OMERO.web: docs/webgateway.md#thumbnails.
     """
+    return meta.saved_render(_resolve_saved)
+
+
+def _resolve_saved(meta: ImageMeta) -> RenderSettings:
     base = meta.default_render()
     channels = tuple(_resolve_channel(ch, None, None) for ch in base.channels)
     return RenderSettings(channels, base.model)

@@ -236,3 +236,27 @@ def test_integer_and_negative_zero_windows_normalise() -> None:
     b = resolve((ch(0, start=0.0, end=5.0),)).canonical()
     assert a == b
     assert all(type(c.start) is float for c in resolve_thumbnail(meta).channels)
+
+
+def test_saved_settings_are_made_once_per_metadata_and_never_go_stale() -> None:
+    """Requests without overrides share one settings object (and its canonical string); new
+    metadata made with `replace` (settings saved again) never inherits them."""
+    meta = replace(META)
+    none = RenderOverrides()
+    first = resolve_render(meta, none)
+    assert resolve_render(meta, none) is first
+    assert resolve_thumbnail(meta) is first
+    assert first.canonical() is first.canonical()
+    greyscale = resolve_render(meta, RenderOverrides(model=ColorModel.GREYSCALE))
+    assert greyscale.model is ColorModel.GREYSCALE and greyscale.channels == first.channels
+    # A cached canonical string is not part of equality or hashing.
+    fresh = RenderSettings(first.channels, first.model)
+    assert fresh == first and hash(fresh) == hash(first)
+    assert fresh.canonical() == first.canonical()
+    assert meta == META and hash(meta) == hash(META)
+
+    resaved = replace(meta, channels=(meta.channels[1], meta.channels[0], meta.channels[2]))
+    again = resolve_render(resaved, none)
+    assert again is not first
+    assert again.channels[0].color == GREEN and again.canonical() != first.canonical()
+    assert resaved.default_render().channels[0].color == GREEN
