@@ -30,6 +30,7 @@ from idrserve.errors import (
     SourceUnavailable,
     UpstreamTimeout,
 )
+from idrserve.http.deadlines import Deadlines
 from idrserve.http.keys import REQUEST_ID
 
 log = logging.getLogger("idrserve.http")
@@ -109,6 +110,8 @@ def log_error(request: web.Request, exc: IdrServeError) -> None:
 
 
 def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Middleware:
+    deadlines = Deadlines(timeout_s)  # one sweeping timer, not one per request
+
     @web.middleware
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id(request)
@@ -120,9 +123,18 @@ def make_error_middleware(timeout_s: float, max_url_length: int = 16384) -> Midd
                 f"the URL has {len(request.raw_path)} characters, over the limit of "
                 f"{max_url_length}; send fewer channels or shorter settings",
             )
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines.start(task)
         try:
-            async with asyncio.timeout(timeout_s):
+            try:
                 return await handler(request)
+            except asyncio.CancelledError:
+                if deadlines.expired(task):
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadlines.stop(task)
         except IdrServeError as exc:
             response = error_response(request, exc.status, exc.code, exc.detail, exc.param)
             if isinstance(exc, SourceUnavailable | Overloaded):
