@@ -219,9 +219,9 @@ class RedisTier:
         try:
             fast = self.cluster_mget
             if fast is None:
-                values = await self._call(lambda r: r.mget(keys))
+                groups = [(keys, await self._call(lambda r: r.mget(keys)))]
             else:
-                values = await self._call(lambda _: fast.mget(keys))
+                groups = await self._call(lambda _: fast.mget(keys))
         except BaseException as exc:
             failure = exc if isinstance(exc, RedisUnavailable) else RedisUnavailable(repr(exc))
             for waiters in batch.values():
@@ -231,10 +231,11 @@ class RedisTier:
             if not isinstance(exc, Exception):
                 raise  # cancelled (shutdown): the waiters have their answer
             return
-        for key, value in zip(keys, values, strict=True):
-            for waiter in batch[key]:
-                if not waiter.done():
-                    waiter.set_result(value)
+        for group, values in groups:
+            for key, value in zip(group, values, strict=True):
+                for waiter in batch[key]:
+                    if not waiter.done():
+                        waiter.set_result(value)
 
     def storable(self, entry: CacheEntry) -> bool:
         return len(entry.body) + len(entry.media_type) + 2 <= self._max_value
