@@ -23,8 +23,8 @@ shared machine disturbs far less than throughput.
 
     python bench/bench_cluster.py --cpu-only [--rounds 5] [--uvloop]
 
-`--label b` names the results `cluster-vm-<date>-b.md` / `cluster-cpu-vm-<date>-b.md`, so that
-a second run of the day does not replace the first.
+`--label b` adds `-b` after the date in the results file's name, so that a second run of the
+day does not replace the first.
 """
 
 from __future__ import annotations
