@@ -70,8 +70,9 @@ def hash_tag(key: str) -> str:
 
     Per image, so that a viewer's burst of tiles of one image, one MGET on a single server,
     costs at most TAG_SHARDS per-slot MGETs on a cluster rather than one per tile: redis-py
-    spends its client CPU per command, and a tag per response made a cluster hit about 2x
-    dearer than a single-server one, 4 shards about 1.2x (docs/redis.md#keys-and-hash-slots).
+    spends its client CPU per command: with the cluster fast path a tag per response makes a
+    cluster hit about 1.3x dearer than a single-server one, 4 shards about 1.1x, 1 shard
+    about the same (docs/redis.md#keys-and-hash-slots).
     Sharded, so that one popular or huge image still spreads over several nodes. Any other
     string is its own tag.
     """
