@@ -208,7 +208,10 @@ async def test_cluster_lookups_without_redis_py_internals(
     missed = await asyncio.gather(*(cache.get(response_key(75, 0, f"none-{i}")) for i in range(8)))
     assert missed == [(None, "miss")] * 8
     assert fast.fallbacks == 0
-    assert fast.fast == (0 if missing == "_NEEDED" else 4)
+    if missing == "_NEEDED":
+        assert fast.fast == 0
+    else:  # four batches, or more if a busy loop split one over iterations
+        assert fast.fast >= 4
     assert cache.stats()["redis"]["errors"] == 0
 
 
