@@ -21,7 +21,10 @@ kill), time to promotion and until every host's breaker is closed again.
 a 3+3 cluster started for it: no hosts, nginx or S3, and a result that the other load on a
 shared machine disturbs far less than throughput.
 
-    python bench/bench_cluster.py --cpu-only [--rounds 5]
+    python bench/bench_cluster.py --cpu-only [--rounds 5] [--uvloop]
+
+`--label b` adds `-b` after the date in the results file's name, so that a second run of the
+day does not replace the first.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ from tests.integration.multihost import (  # noqa: E402
 
 MODES = ("single", "cluster")
 SHIPPED_SHARDS = redis_tier.TAG_SHARDS
-# Hash-tag shards per image compared for client CPU: one slot per image, the shipped value,
-# and (16 384: every response its own slot) a tag per response.
-CPU_SHARDS = (1, SHIPPED_SHARDS, 16384)
+# Hash-tag shards per image compared for client CPU: one slot per image, two, the shipped
+# value, and (16 384: every response its own slot) a tag per response.
+CPU_SHARDS = tuple(sorted({1, 2, SHIPPED_SHARDS, 16384}))
 
 
 def p99(values: list[float]) -> float:
@@ -127,12 +130,18 @@ async def client_cpu(url: str, shards: int, gets: int) -> float:
     return cpu / hits * 1e6
 
 
-def cpu_rounds(urls: dict[str, str], rounds: int) -> list[dict[str, object]]:
+def cpu_rounds(urls: dict[str, str], rounds: int, uvloop: bool = False) -> list[dict[str, object]]:
+    """`uvloop`: on the event loop `idrserve serve` runs on, rather than asyncio's own."""
+    run = asyncio.run
+    if uvloop:
+        import uvloop as loop_module
+
+        run = loop_module.run
     out: list[dict[str, object]] = []
     for r in range(rounds):
         for shards in CPU_SHARDS:
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                us = asyncio.run(client_cpu(urls[mode], shards, 100))
+                us = run(client_cpu(urls[mode], shards, 100))
                 out.append({"round": r, "redis": mode, "shards": shards, "cpu_us_per_hit": us})
                 print(json.dumps(out[-1]), flush=True)
     redis_tier.TAG_SHARDS = SHIPPED_SHARDS
@@ -148,18 +157,20 @@ def cpu_only(args: argparse.Namespace) -> int:
         single.start()
         cluster.start()
         urls = {"single": single.url, "cluster": cluster.url}
-        cpu = cpu_rounds(urls, args.rounds)
+        cpu = cpu_rounds(urls, args.rounds, args.uvloop)
     finally:
         single.kill()
         cluster.stop()
     lines = [
         f"# idrserve Redis client CPU per hit: one Redis vs a Redis Cluster ({dt.date.today()})",
         "",
-        f"Command: `python bench/bench_cluster.py --cpu-only --rounds {args.rounds}`",
+        f"Command: `python bench/bench_cluster.py --cpu-only --rounds {args.rounds}"
+        f"{' --uvloop' if args.uvloop else ''}{label_flag(args)}`",
         "",
         f"Machine: {os.cpu_count()} cores, shared (load average {load_start[0]:.1f} at start, "
         f"{os.getloadavg()[0]:.1f} at end), {platform.python_version()}, redis-py "
-        f"{redis_version}. {args.rounds} interleaved rounds; median (min–max).",
+        f"{redis_version}, event loop {'uvloop' if args.uvloop else 'asyncio'}. "
+        f"{args.rounds} interleaved rounds; median (min–max).",
         "",
         *cpu_table(cpu),
         "",
@@ -168,11 +179,19 @@ def cpu_only(args: argparse.Namespace) -> int:
         "```",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"cluster-cpu-vm-{dt.date.today()}.md"
+    path = args.out / f"cluster-cpu-vm-{dt.date.today()}{label_suffix(args)}.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:-4]))
     print(f"wrote {path}")
     return 0
+
+
+def label_suffix(args: argparse.Namespace) -> str:
+    return f"-{args.label}" if args.label else ""
+
+
+def label_flag(args: argparse.Namespace) -> str:
+    return f" --label {args.label}" if args.label else ""
 
 
 def cpu_table(cpu: list[dict[str, object]]) -> list[str]:
@@ -256,6 +275,8 @@ def main() -> int:
     parser.add_argument("--failover-after", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument("--cpu-only", action="store_true", help="client CPU per hit only")
+    parser.add_argument("--uvloop", action="store_true", help="client CPU on uvloop")
+    parser.add_argument("--label", default="", help="suffix of the results file names")
     args = parser.parse_args()
     if args.cpu_only:
         return cpu_only(args)
@@ -283,7 +304,7 @@ def main() -> int:
                     m = measure(stacks[mode].hosts[:n], ports[mode, n], urls, args, work)
                     rows.append({"round": r, "hosts": n, "redis": mode, **m})
                     print(json.dumps(rows[-1]), flush=True)
-        cpu = cpu_rounds({m: s.redis_url for m, s in stacks.items()}, args.rounds)
+        cpu = cpu_rounds({m: s.redis_url for m, s in stacks.items()}, args.rounds, args.uvloop)
         fo = failover(stacks["cluster"], args)
         print(json.dumps(fo), flush=True)
     finally:
@@ -311,7 +332,8 @@ def report(
         f"# idrserve multi-host benchmark: one Redis vs a Redis Cluster ({dt.date.today()}, vm)",
         "",
         f"Command: `python bench/bench_cluster.py --rounds {args.rounds} --duration "
-        f"{args.duration:g} --tiles {args.tiles} --threads {args.threads} --conns {args.conns}`",
+        f"{args.duration:g} --tiles {args.tiles} --threads {args.threads} --conns {args.conns}"
+        f"{' --uvloop' if args.uvloop else ''}{label_flag(args)}`",
         "",
         f"Machine: {os.cpu_count()} cores, **shared with other engineers' test runs** (load "
         f"average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end), "
@@ -355,6 +377,7 @@ def report(
     lines += [
         "",
         "Client CPU per Redis hit (µs of the benchmark process's CPU, in-process TieredCache, "
+        f"on {'uvloop' if args.uvloop else 'asyncio'}, "
         "64 concurrent lookups over 256 responses of one image; CPU time is far less "
         "disturbed by the other load on this machine than throughput), by hash-tag shards "
         f"per image (shipped: {SHIPPED_SHARDS}; 16384 = a slot per response):",
@@ -380,7 +403,7 @@ def report(
         "```",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"cluster-vm-{dt.date.today()}.md"
+    path = args.out / f"cluster-vm-{dt.date.today()}{label_suffix(args)}.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 

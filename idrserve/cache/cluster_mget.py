@@ -5,7 +5,8 @@ A warm hit on a cluster cost about 1.3x the client CPU of one on a single server
 pipeline per call (command policies, slot lookup per key, per-node task, reply reordering)
 around what is, for a burst of tiles of one image, one to four MGETs. Here the slot of each hash
 tag is computed once and remembered, each primary's MGETs are written on one of its pooled
-connections at once, and the replies read after all are written.
+connections at once, and the replies read after all are written, with no timer per write or
+read and no reordering of the replies.
 
 Only the path that works is short-cut: the first reply that is not a plain answer (MOVED, ASK,
 TRYAGAIN, CLUSTERDOWN, a lost connection, a topology refresh pending) sends the whole lookup
@@ -15,15 +16,21 @@ that the next fast lookup reads.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 
-# The redis-py internals the fast path uses (present in 8.x; `redis[hiredis]>=5` is allowed).
-_NEEDED = ("acquire_connection", "disconnect_if_needed", "parse_response", "release")
+# redis-py internals the fast path uses, as in redis-py 8.2 (pyproject pins <9): the pool
+# methods of a ClusterNode, and RedisCluster's `_initialize` flag. Without any of them every
+# lookup takes `mget_nonatomic`.
+_NEEDED = ("acquire_connection", "disconnect_if_needed", "release")
+# A connection's StreamWriter: written to directly, without redis-py's `wait_for` per write.
+# Without it every write takes the public `send_packed_command` (slower, as correct).
+_WRITER = "_writer"
 
 # Hash tags remembered; an image has TAG_SHARDS of them, so this is thousands of images.
 _MAX_TAGS = 65_536
@@ -34,7 +41,8 @@ class ClusterMget:
 
     def __init__(self, client: RedisCluster) -> None:
         self._client = client
-        self._tag_slots: dict[str, int] = {}
+        # Key text up to the end of its hash tag ("idrs:r:{1002.3") -> slot.
+        self._head_slots: dict[str, int] = {}
         self.fast = 0  # lookups answered by the fast path
         self.fallbacks = 0  # lookups sent through mget_nonatomic after a fast-path miss
         # An older redis-py without these: every lookup takes the normal path.
@@ -43,85 +51,107 @@ class ClusterMget:
         )
 
     def slot(self, key: str) -> int:
-        """The key's cluster slot; CRC16 once per hash tag rather than once per key and call."""
-        start = key.find("{")
-        end = key.find("}", start + 1) if start >= 0 else -1
-        if end <= start + 1:
-            return key_slot(key.encode())  # no tag: the whole key is hashed
-        tag = key[start + 1 : end]
-        slot = self._tag_slots.get(tag)
-        if slot is None:
-            if len(self._tag_slots) >= _MAX_TAGS:
-                self._tag_slots.clear()
-            slot = self._tag_slots[tag] = key_slot(tag.encode())
+        """The key's cluster slot; CRC16 once per hash tag rather than once per key and call.
+
+        Remembered by the key's text up to the first `}`: when that text holds a `{` followed
+        by at least one character, those characters are the tag, so every key with the same
+        head is in the same slot. Any other key is hashed whole, every time (none of ours).
+        """
+        head = key.partition("}")[0]
+        slot = self._head_slots.get(head)
+        if slot is not None:
+            return slot
+        start = head.find("{")
+        if start < 0 or start == len(head) - 1 or len(head) == len(key):
+            return key_slot(key.encode())
+        if len(self._head_slots) >= _MAX_TAGS:
+            self._head_slots.clear()
+        slot = self._head_slots[head] = key_slot(head[start + 1 :].encode())
         return slot
 
-    async def mget(self, keys: list[str]) -> list[Any]:
+    async def mget(self, keys: list[str]) -> list[tuple[list[str], list[Any]]]:
+        """The values of `keys`, as (keys, their values) groups: one group per slot, so that
+        no per-key reordering is needed to hand them back."""
         client = self._client
         # Not yet connected, or a refresh of the slot map is asked for: the normal path
         # runs it (a private flag of redis-py's RedisCluster, checked for in __init__).
         if not self.enabled or client._initialize:
-            return await client.mget_nonatomic(keys)
-        by_node: dict[str, tuple[ClusterNode, dict[int, list[int]]]] = {}
+            return [(keys, await client.mget_nonatomic(keys))]
+        by_slot: dict[int, list[str]] = {}
+        heads = self._head_slots
+        for key in keys:
+            slot = heads.get(key.partition("}")[0])
+            if slot is None:
+                slot = self.slot(key)
+            group = by_slot.get(slot)
+            if group is None:
+                by_slot[slot] = [key]
+            else:
+                group.append(key)
+        by_node: dict[str, tuple[ClusterNode, list[list[str]]]] = {}
         try:
             manager = client.nodes_manager
-            for i, key in enumerate(keys):
-                slot = self.slot(key)
+            for slot, group in by_slot.items():
                 node = manager.get_node_from_slot(slot)
                 entry = by_node.get(node.name)
                 if entry is None:
-                    entry = by_node[node.name] = (node, {})
-                entry[1].setdefault(slot, []).append(i)
+                    by_node[node.name] = (node, [group])
+                else:
+                    entry[1].append(group)
         except RedisError:  # a slot without a primary (mid-failover)
             self.fallbacks += 1
-            return await client.mget_nonatomic(keys)
+            return [(keys, await client.mget_nonatomic(keys))]
         try:
-            parts = await _node_mgets(list(by_node.values()), keys)
+            parts = await _node_mgets(list(by_node.values()))
         except RedisError:
             self.fallbacks += 1
-            return await client.mget_nonatomic(keys)
+            return [(keys, await client.mget_nonatomic(keys))]
         self.fast += 1
-        if len(parts) == 1:
-            return list(parts[0][1])  # one slot: the reply is already in key order
-        out: list[Any] = [None] * len(keys)
-        for indexes, values in parts:
-            for i, value in zip(indexes, values, strict=True):
-                out[i] = value
-        return out
+        return parts
 
 
 async def _node_mgets(
-    nodes: list[tuple[ClusterNode, dict[int, list[int]]]], keys: list[str]
-) -> list[tuple[list[int], Any]]:
+    nodes: list[tuple[ClusterNode, list[list[str]]]],
+) -> list[tuple[list[str], list[Any]]]:
     """One MGET per slot: each node's written at once on one of its connections, every node's
     written before any reply is read (round trips in parallel, without a task per node).
 
-    Every reply of a connection is read before an error is raised, so it goes back to the pool
-    in step; one left with replies unread (a lost connection, a timeout) is disconnected.
+    No timer per write or read (redis-py's own send wraps each write in `wait_for`, a task on
+    Python 3.11, and each read in a timeout scope): the caller's one `redis_timeout_s` scope
+    bounds the whole lookup. Every reply of a connection is read before an error is raised,
+    so it goes back to the pool in step; one left with replies unread (a lost connection, a
+    timeout) is disconnected.
     """
-    taken: list[tuple[ClusterNode, Any, list[list[int]]]] = []
-    unread: set[int] = set()
-    replies: list[tuple[list[int], Any]] = []
+    taken: list[tuple[ClusterNode, Any, list[list[str]]]] = []
+    read = 0  # connections of `taken` whose replies have all been read
+    replies: list[tuple[list[str], list[Any]]] = []
     error: ResponseError | None = None
     try:
-        for node, slots in nodes:
+        for node, groups in nodes:
             connection = node.acquire_connection()
-            groups = list(slots.values())
             taken.append((node, connection, groups))
-            unread.add(id(connection))
             await node.disconnect_if_needed(connection)
-            commands = [("MGET", *(keys[i] for i in indexes)) for indexes in groups]
-            await connection.send_packed_command(connection.pack_commands(commands))
-        for node, connection, groups in taken:
-            for indexes in groups:
+            packed = connection.pack_commands([("MGET", *group) for group in groups])
+            writer = getattr(connection, _WRITER, None)
+            if writer is None or writer.transport.is_closing():
+                await connection.send_packed_command(packed)  # connects first
+                continue
+            try:
+                writer.writelines(packed)
+                if writer.transport.get_write_buffer_size():
+                    await writer.drain()  # not all sent at once: wait for the socket
+            except (OSError, TypeError, AttributeError) as exc:
+                raise ConnectionError(f"writing to {node.name}: {exc!r}") from exc
+        for _node, connection, groups in taken:
+            for group in groups:
                 try:
-                    replies.append((indexes, await node.parse_response(connection, "MGET")))
+                    replies.append((group, await connection.read_response(timeout=math.inf)))
                 except ResponseError as exc:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: read on
                     error = error or exc
-            unread.discard(id(connection))
+            read += 1
     finally:
-        for node, connection, _ in taken:
-            if id(connection) in unread:
+        for i, (node, connection, _) in enumerate(taken):
+            if i >= read:
                 await connection.disconnect(nowait=True)
             node.release(connection)
     if error is not None:

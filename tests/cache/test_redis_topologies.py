@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 from redis.crc import key_slot
 
-from idrserve.cache import CacheEntry, response_key
+from idrserve.cache import CacheEntry, cluster_mget, response_key
 from tests.cache.conftest import CacheFactory, RedisServer
 from tests.cache.test_redis_failures import load
 from tests.cache.test_single_flight import Renderer
@@ -179,12 +179,40 @@ async def test_cluster_fast_path_follows_slot_migration(
     assert cache.stats()["redis"]["errors"] == 0
 
 
-def promoted(topology: Topology, killed: RedisServer, replica: RedisServer) -> bool:
-    if topology.cluster is not None:
-        roles = topology.cluster.roles()
-        return roles.get(replica.port) == "master" and roles.get(killed.port) == "fail"
-    assert topology.sentinels is not None
-    return topology.sentinels.current_primary_port() == replica.port
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
+@pytest.mark.parametrize("missing", ["_NEEDED", "_WRITER"])
+async def test_cluster_lookups_without_redis_py_internals(
+    topology: Topology, make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    """A redis-py without the internals the fast path uses still answers every lookup:
+    without a ClusterNode pool method (`_NEEDED`) through `mget_nonatomic`, without a
+    connection's writer (`_WRITER`) straight to the nodes through redis-py's public write."""
+    if missing == "_NEEDED":
+        monkeypatch.setattr(cluster_mget, "_NEEDED", (*cluster_mget._NEEDED, "gone_in_redis_9"))
+    else:
+        monkeypatch.setattr(cluster_mget, "_WRITER", "_writer_gone_in_redis_9")
+    cache = await make_cache(memory_max_bytes=0, redis_url=topology.url, redis_timeout_s=5.0)
+    assert cache.redis is not None and cache.redis.cluster_mget is not None
+    fast = cache.redis.cluster_mget
+    assert fast.enabled is (missing != "_NEEDED")
+    keys = [response_key(70 + i % 5, 0, f"internals-{i}") for i in range(40)]  # 5 images
+    entries = {key: CacheEntry(key.encode() * 50, "image/jpeg") for key in keys}
+    for key, entry in entries.items():
+        cache.put(key, entry)
+    assert await cache.flush(5)
+    slots = {key_slot(cache.redis.value_key(k).encode()) for k in keys}
+    assert len({topology.cluster.owner(s).port for s in slots}) > 1  # type: ignore[union-attr]
+    for _ in range(3):  # the same batch, on connections new and reused
+        results = await asyncio.gather(*(cache.get(key) for key in keys))
+        assert results == [(entries[key], "redis") for key in keys]
+    missed = await asyncio.gather(*(cache.get(response_key(75, 0, f"none-{i}")) for i in range(8)))
+    assert missed == [(None, "miss")] * 8
+    assert fast.fallbacks == 0
+    if missing == "_NEEDED":
+        assert fast.fast == 0
+    else:  # four batches, or more if a busy loop split one over iterations
+        assert fast.fast >= 4
+    assert cache.stats()["redis"]["errors"] == 0
 
 
 async def test_primary_killed_under_load(topology: Topology, make_cache: CacheFactory) -> None:
@@ -192,14 +220,11 @@ async def test_primary_killed_under_load(topology: Topology, make_cache: CacheFa
     stop = asyncio.Event()
     workers = [asyncio.create_task(load(cache, stop, w)) for w in range(8)]
     await wait_until_async(lambda: cache.stats()["redis"]["hits"] > 0, "traffic to reach redis")
-    if topology.cluster is not None:
-        killed = topology.cluster.primaries()[0]
-        replica = topology.cluster.replica_of(killed)
-    else:
-        assert topology.sentinels is not None
-        killed, replica = topology.sentinels.primary, topology.sentinels.replica
+    redis = topology.cluster or topology.sentinels
+    assert redis is not None
+    killed, replica = redis.primary_and_replica()
     killed.kill()
-    await asyncio.to_thread(wait_for, lambda: promoted(topology, killed, replica), "promotion")
+    await asyncio.to_thread(wait_for, lambda: redis.promoted(killed, replica), "promotion")
     # Back in service: every key, including those of the failed-over primary's slots, is
     # stored and read again through the promoted replica.
     keys = [response_key(50 + i % 10, 0, f"after-{i}") for i in range(30)]

@@ -140,6 +140,16 @@ class RedisClusterNodes:
         roles = self.roles()
         return [n for n in self.nodes if roles.get(n.port) == "master"]
 
+    def primary_and_replica(self) -> tuple[RedisServer, RedisServer]:
+        """A primary to kill, and the replica that should take over its slots."""
+        primary = self.primaries()[0]
+        return primary, self.replica_of(primary)
+
+    def promoted(self, killed: RedisServer, replica: RedisServer) -> bool:
+        """`replica` serves as a primary and the cluster has marked `killed` as failed."""
+        roles = self.roles()
+        return roles.get(replica.port) == "master" and roles.get(killed.port) == "fail"
+
     def owner(self, slot: int) -> RedisServer:
         """The primary serving `slot`, as the cluster sees it."""
         for line in cli("-p", str(self.primaries()[0].port), "cluster", "nodes").splitlines():
@@ -244,6 +254,14 @@ class RedisSentinelSet:
     def current_primary_port(self) -> int:
         out = cli("-p", str(self.sentinels[0].port), "sentinel", "get-master-addr-by-name", SERVICE)
         return int(out.split()[1])
+
+    def primary_and_replica(self) -> tuple[RedisServer, RedisServer]:
+        """The primary to kill, and the replica the sentinels should promote."""
+        return self.primary, self.replica
+
+    def promoted(self, killed: RedisServer, replica: RedisServer) -> bool:
+        """The sentinels name `replica` as the service's primary (`killed` is not asked)."""
+        return self.current_primary_port() == replica.port
 
     def stop(self) -> None:
         for server in (*self.sentinels, self.replica, self.primary):

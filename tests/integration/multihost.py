@@ -1,5 +1,6 @@
 """Several idrserve "hosts" on this machine: the shipped nginx in front, one shared Redis (a
-3+3 Redis Cluster, or one server for comparison), OME-Zarr on moto's S3 server.
+3+3 Redis Cluster, a Sentinel-managed primary and replica, or one server for comparison),
+OME-Zarr on moto's S3 server.
 
 Each host is one `idrserve serve` process on its own loopback address (127.0.0.2, .3, .4, …;
 all of 127/8 is local on Linux) and the same port, as distinct machines would be on one
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from idrserve import demo
 from tests.cache.conftest import RedisServer, free_port, redis_executable
-from tests.cache.topology import RedisClusterNodes
+from tests.cache.topology import RedisClusterNodes, RedisSentinelSet
 from tests.integration.test_nginx import nginx_args, render_config, stop
 from tests.sources.conftest import upload_tree, wait_for_port
 
@@ -104,20 +105,26 @@ class MultiHost:
 
     workdir: Path
     hosts_n: int = 3
-    redis: str = "cluster"  # or "single"
+    redis: str = "cluster"  # or "sentinel", "single"
     extra_env: dict[str, str] = field(default_factory=dict)
     hosts: list[Host] = field(default_factory=list)
     cluster: RedisClusterNodes | None = None
+    sentinels: RedisSentinelSet | None = None
     single: RedisServer | None = None
     nginx_port: int = 0
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def redis_url(self) -> str:
-        if self.cluster is not None:
-            return self.cluster.url
+        if self.replicated is not None:
+            return self.replicated.url
         assert self.single is not None
         return self.single.url
+
+    @property
+    def replicated(self) -> RedisClusterNodes | RedisSentinelSet | None:
+        """The cluster or the sentinel set: a Redis with a primary to kill and a replica."""
+        return self.cluster or self.sentinels
 
     @property
     def distinct_addresses(self) -> bool:
@@ -159,6 +166,9 @@ class MultiHost:
         if self.redis == "cluster":
             self.cluster = RedisClusterNodes(self.workdir / "redis-cluster")
             self.cluster.start()
+        elif self.redis == "sentinel":
+            self.sentinels = RedisSentinelSet(self.workdir / "redis-sentinel")
+            self.sentinels.start()
         else:
             (self.workdir / "redis").mkdir()
             self.single = RedisServer(redis_executable(), self.workdir / "redis")
@@ -246,8 +256,8 @@ class MultiHost:
     def stop(self) -> None:
         for proc in reversed(self._procs):
             stop(proc)
-        if self.cluster is not None:
-            self.cluster.stop()
+        if self.replicated is not None:
+            self.replicated.stop()
         if self.single is not None:
             self.single.kill()
 

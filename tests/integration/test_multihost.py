@@ -1,9 +1,11 @@
-"""Three idrserve hosts behind the shipped nginx, sharing a 3+3 Redis Cluster, reading S3.
+"""Three idrserve hosts behind the shipped nginx, reading S3, sharing a 3+3 Redis Cluster
+and then a Sentinel-managed primary and replica (three sentinels).
 
-One cold tile asked of every host at once is rendered once in all; a host SIGKILLed under
-load and then a Redis primary SIGKILLed under load cost no client request; a purge made with
-`idrserve cache purge` reaches every host within `cache.generation_ttl_s`. The two kills run
-last, in that order, as they change the set-up for what follows.
+On both: one cold tile asked of every host at once is rendered once in all; a purge made with
+`idrserve cache purge` reaches every host within `cache.generation_ttl_s`; a Redis primary
+SIGKILLed under load costs no client request and its replica is promoted. On the cluster
+also a host SIGKILLed under load (nginx's retry, the same whatever the Redis). The kills run
+last, as they change the set-up for what follows.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from tests.integration.multihost import (
 from tests.integration.test_nginx import nginx_binary
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
+@pytest.fixture(scope="module", params=["cluster", "sentinel"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MultiHost]:
     nginx_binary()
-    stack = MultiHost(tmp_path_factory.mktemp("multihost"))
+    stack = MultiHost(tmp_path_factory.mktemp(f"multihost-{request.param}"), redis=request.param)
     stack.start()
     try:
         yield stack
@@ -88,6 +92,7 @@ def test_purge_reaches_every_host_within_generation_ttl(stack: MultiHost) -> Non
     assert stack.renders() - before == 1
 
 
+@pytest.mark.parametrize("stack", ["cluster"], indirect=True)  # nginx's part: once is enough
 def test_host_killed_under_load_fails_no_request(stack: MultiHost) -> None:
     victim = stack.hosts[-1]
     started = victim.metric("idrserve_cache_renders_total")
@@ -110,10 +115,10 @@ def test_host_killed_under_load_fails_no_request(stack: MultiHost) -> None:
 
 
 def test_redis_primary_killed_under_load_fails_no_request(stack: MultiHost) -> None:
-    assert stack.cluster is not None
+    redis = stack.replicated
+    assert redis is not None
     live = [h for h in stack.hosts if h.alive]
-    victim = stack.cluster.primaries()[0]
-    replica = stack.cluster.replica_of(victim)
+    victim, replica = redis.primary_and_replica()
     stop = threading.Event()
     warmed = threading.Event()
     result: list[object] = []
@@ -127,14 +132,10 @@ def test_redis_primary_killed_under_load_fails_no_request(stack: MultiHost) -> N
     try:
         assert warmed.wait(60)
         victim.kill()
-        wait_for(
-            lambda: (
-                stack.cluster is not None and stack.cluster.roles().get(replica.port) == "master"
-            ),
-            "the replica's promotion",
-        )
+        wait_for(lambda: redis.promoted(victim, replica), "the replica's promotion")
         # The shared tier serves again on every live host: a tile rendered by one host is
-        # a Redis hit on the other, for keys in every slot range (30 keys, 3 primaries).
+        # a Redis hit on the other (on a cluster, for keys in every slot range: 30 keys,
+        # 3 primaries).
         attempts = iter(range(5, 1000))
 
         def back_in_service() -> bool:
