@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from idrserve.logs.aggregate import SourceAggregate
+from idrserve.logs.columnar import BlockParser, lines_of, read_blocks
 from idrserve.logs.parse import LogReader, order_logs, progress_bar
 from idrserve.logs.render_html import human_bytes, render
 from idrserve.logs.report import build_report
@@ -68,14 +69,18 @@ def run_report(
         "idrserve": SourceAggregate("idrserve", [], max_keys),
     }
     files = order_logs(paths)
-    total = sum(p.stat().st_size for p in files)
+    total = sum(p.stat().st_size for p in files if p.is_file())
     update, close = progress_bar(total, quiet or not sys.stderr.isatty())
-    reader = LogReader(aggregates["nginx"].add, aggregates["idrserve"].add, update)
+    reader = LogReader()
+    parser = BlockParser(reader)
     try:
-        stats = reader.read(files)
+        for block, done in read_blocks(files, reader.stats):
+            for source, frame in parser.parse(lines_of(block)).items():
+                aggregates[source].add_frame(frame)
+            update(done)
     finally:
         close()
-    return build_report(aggregates, stats, top=top, catalog=catalog)
+    return build_report(aggregates, reader.stats, top=top, catalog=catalog)
 
 
 def logs_command(args: argparse.Namespace) -> int:

@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from idrserve.cli import main
 from idrserve.logs.classify import cache_key, client_kind, family, image_id
 from idrserve.logs.cli import run_report
 from idrserve.logs.parse import order_logs
-from idrserve.logs.replay import CacheReplay, Distinct, TopCounter, key_hash
+from idrserve.logs.replay import CacheReplay, Distinct, TopTable, key_hash
 
 T0 = 1_796_000_000.0  # 2026-11-30
 UA = {
@@ -279,14 +280,17 @@ def test_distinct_is_exact_then_close() -> None:
     assert large.count() == pytest.approx(n, rel=0.05)
 
 
-def test_top_counter_keeps_heavy_keys_and_states_its_error() -> None:
-    top = TopCounter(cap=100)
+def test_top_table_keeps_heavy_keys_and_states_its_error() -> None:
+    top = TopTable(cap=100, columns=("requests",))
     heavy = {f"h{i}": 50 + i for i in range(10)}
     rng = random.Random(2)
     stream = [k for k, n in heavy.items() for _ in range(n)] + [f"l{i}" for i in range(5000)]
     rng.shuffle(stream)
-    for k in stream:
-        top.add(k, 1)
+    for start in range(0, len(stream), 250):  # batches, each summed per key
+        block = pl.DataFrame({"key": stream[start : start + 250]})
+        top.add(block.group_by("key").agg(requests=pl.len()))
+    assert top.frame.height <= 100
+    assert top.error_bound > 0  # the light keys did not all fit
     got = dict((k, v[0]) for k, v in top.top(10))
     assert set(got) == set(heavy)
     for k, n in heavy.items():
