@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from idrserve.logs.aggregate import SourceAggregate
-from idrserve.logs.columnar import BlockParser, lines_of, read_blocks
 from idrserve.logs.parse import LogReader, order_logs, progress_bar
-from idrserve.logs.render_html import human_bytes, render
-from idrserve.logs.report import build_report
 
 # Without --cache-bytes the replay draws a curve over these capacities (16 MB to 64 GB).
 DEFAULT_CAPACITIES = tuple(16_000_000 * 4**i for i in range(7))
@@ -63,6 +60,11 @@ def run_report(
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Read the logs in one pass and return the `report.json` document."""
+    # polars and numba load here, not with the `idrserve` command line every command builds
+    from idrserve.logs.aggregate import SourceAggregate
+    from idrserve.logs.columnar import BlockParser, lines_of, read_blocks
+    from idrserve.logs.report import build_report
+
     caps = capacities(cache_bytes)
     aggregates = {
         "nginx": SourceAggregate("nginx", caps, max_keys),
@@ -73,11 +75,26 @@ def run_report(
     update, close = progress_bar(total, quiet or not sys.stderr.isatty())
     reader = LogReader()
     parser = BlockParser(reader)
+
+    def parse(block: bytes) -> dict[str, Any]:
+        return parser.parse(lines_of(block))
+
+    def add(parsed: Future[dict[str, Any]], done: int) -> None:
+        for source, frame in parsed.result().items():
+            aggregates[source].add_frame(frame)
+        update(done)
+
+    # One block is parsed (polars, mostly without the GIL) while the one before is summed.
     try:
-        for block, done in read_blocks(files, reader.stats):
-            for source, frame in parser.parse(lines_of(block)).items():
-                aggregates[source].add_frame(frame)
-            update(done)
+        with ThreadPoolExecutor(1, thread_name_prefix="idrserve-logs-parse") as pool:
+            ahead: tuple[Future[dict[str, Any]], int] | None = None
+            for block, done in read_blocks(files, reader.stats):
+                parsing = pool.submit(parse, block)
+                if ahead is not None:
+                    add(*ahead)
+                ahead = (parsing, done)
+            if ahead is not None:
+                add(*ahead)
     finally:
         close()
     return build_report(aggregates, reader.stats, top=top, catalog=catalog)
@@ -91,6 +108,8 @@ def logs_command(args: argparse.Namespace) -> int:
     if args.catalog is not None and not args.catalog.is_file():
         print(f"idrserve logs report: --catalog {args.catalog}: no such file", file=sys.stderr)
         return 2
+    from idrserve.logs.render_html import human_bytes, render
+
     report = run_report(
         args.logs,
         cache_bytes=args.cache_bytes,

@@ -76,9 +76,10 @@ _NGINX_FAST = (
 
 
 def read_blocks(
-    paths: list[Path], stats: ParseStats, block_bytes: int = BLOCK_BYTES
+    paths: list[Path], stats: ParseStats, block_bytes: int | None = None
 ) -> Iterator[tuple[bytes, int]]:
     """(whole lines, bytes of the files read so far), from a reader thread."""
+    block_bytes = block_bytes or BLOCK_BYTES
     out: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()
 

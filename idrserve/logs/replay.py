@@ -91,28 +91,41 @@ class Distinct:
 
 class TopTable:
     """Per-key sums of the given columns (the first is the request count), at most `cap`
-    keys; see the module docstring. Fed per batch with one row per key."""
+    keys; see the module docstring. Fed per batch with one row per key; batches wait until
+    they hold 4 × `cap` rows between them, then are merged at once (re-sorting the kept
+    keys after every small batch was a third of a report's time)."""
 
     def __init__(self, cap: int, columns: Sequence[str], key_dtype: Any = pl.String) -> None:
         self.cap = cap
         self.columns = list(columns)
-        self.error_bound = 0
-        self.frame = pl.DataFrame(
+        self._error_bound = 0
+        self._kept = pl.DataFrame(
             schema={"key": key_dtype, **dict.fromkeys(self.columns, pl.Int64), "err": pl.Int64}
         )
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
 
     def add(self, batch: pl.DataFrame) -> None:
         """`batch`: `key` and the columns, summed per key."""
         if batch.is_empty():
             return
-        fresh = batch.select(
-            pl.col("key").cast(self.frame.schema["key"]),
+        self._pending.append(batch)
+        self._pending_rows += batch.height
+        if self._pending_rows >= 4 * self.cap:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        fresh = pl.concat(self._pending).select(
+            pl.col("key").cast(self._kept.schema["key"]),
             *(pl.col(c).cast(pl.Int64) for c in self.columns),
-            err=pl.lit(self.error_bound, pl.Int64),
+            err=pl.lit(self._error_bound, pl.Int64),
         )
+        self._pending, self._pending_rows = [], 0
         # a key already kept has an `err` no larger than the bound now: min keeps its own
         merged = (
-            pl.concat([self.frame, fresh])
+            pl.concat([self._kept, fresh])
             .group_by("key")
             .agg(*(pl.col(c).sum() for c in self.columns), pl.col("err").min())
         )
@@ -120,9 +133,21 @@ class TopTable:
             merged = merged.sort([self.columns[0], "key"], descending=[True, False])
             dropped = merged.slice(self.cap)
             worst = dropped.select((pl.col(self.columns[0]) + pl.col("err")).max()).item()
-            self.error_bound = max(self.error_bound, int(worst))
+            self._error_bound = max(self._error_bound, int(worst))
             merged = merged.head(self.cap)
-        self.frame = merged
+        self._kept = merged
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """The kept keys: `key`, the columns, `err` (what a key may have had before it was
+        dropped and came back)."""
+        self._merge()
+        return self._kept
+
+    @property
+    def error_bound(self) -> int:
+        self._merge()
+        return self._error_bound
 
     def rows(self) -> list[tuple[Any, list[int]]]:
         """Every kept key with its sums, then its possible shortfall."""
@@ -185,8 +210,8 @@ class CacheReplay:
         if not len(pos):
             return
         table, free = self.keys, self._free
-        ids = np.empty(len(pos), dtype=np.int64)
-        for j, i in enumerate(pos.tolist()):
+        id_list = []
+        for i in pos.tolist():
             k = table.get(keys[i])
             if k is None:
                 if free:
@@ -195,7 +220,8 @@ class CacheReplay:
                     k = self._next
                     self._next += 1
                 table[keys[i]] = k
-            ids[j] = k
+            id_list.append(k)
+        ids = np.array(id_list, dtype=np.int64)
         if self._next > len(self._arrays[0]):
             self._arrays, self._caches = lru.grown(
                 self._arrays, self._caches, max(self._next, 2 * len(self._arrays[0]))

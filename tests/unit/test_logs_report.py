@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import random
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -327,3 +328,91 @@ def test_warm_from_a_report_without_nginx_is_refused(tmp_path: Path, capsys: Any
     args[-1] = str(tmp_path / "other.json")
     assert main(args) == 2
     assert "not an idrserve logs report" in capsys.readouterr().err
+
+
+def _exact_quantile(values: list[float], q: float) -> float:
+    """The smallest value with at least q of all values at or below it, in ms."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+def test_columnar_reader_agrees_with_a_plain_count(tmp_path: Path, monkeypatch: Any) -> None:
+    """A generated log read by the report (small blocks, so requests cross block edges) and
+    counted here line by line: the same requests per family, status, client and cache
+    status, and latency percentiles within the histogram's stated 5 %. Lines the column
+    reader takes and lines it hands back to the line reader are mixed."""
+    from idrserve.logs import columnar
+
+    monkeypatch.setattr(columnar, "BLOCK_BYTES", 4096)
+    rng = random.Random(20)
+    targets = {
+        "tile": lambda i: tile(i, rng.randint(0, 3)),
+        "thumbnail": lambda i: f"/webgateway/render_thumbnail/{i}/",
+        "imgdata": lambda i: f"/webgateway/imgData/{i}/?_={rng.randint(0, 9)}",
+        "iiif": lambda i: f"/iiif/3/{i}/full/max/0/default.jpg",
+        "zarr": lambda i: f"/zarr/{i}.zarr/0/0.0",
+        "ops": lambda i: "/metrics",
+    }
+    routes = {"tile": TILE, "thumbnail": "/webgateway/render_thumbnail/{iid}/", "ops": "/readyz"}
+    lines: list[str] = []
+    want: dict[str, dict[str, Any]] = {
+        src: {"family": {}, "status": {}, "client": {}, "edge": {}, "latency": {}}
+        for src in ("nginx", "idrserve")
+    }
+
+    def count(src: str, table: str, key: Any) -> None:
+        want[src][table][key] = want[src][table].get(key, 0) + 1
+
+    for n in range(3000):
+        ts = T0 + rng.uniform(0, 7200)  # two hours, out of order
+        status = rng.choice([200] * 12 + [404, 503, 504])
+        seconds = rng.lognormvariate(-4, 1.2)
+        if rng.random() < 0.7:
+            fam = rng.choice(list(targets))
+            kind = rng.choice(list(UA))
+            cache = rng.choice(["HIT", "MISS", "EXPIRED", ""])
+            line = nginx_line(
+                ts, targets[fam](rng.randint(1, 40)), status, rng.randint(100, 9000),
+                seconds, cache, "miss" if cache == "MISS" else "", UA[kind],
+            )  # fmt: skip
+            if n % 7 == 0:  # an extra field after the deploy format: the line reader's
+                line = line.rstrip("\n") + " upstream=10.0.0.2:8080\n"
+            lines.append(line)
+            count("nginx", "family", fam)
+            count("nginx", "client", kind)
+            if cache:
+                count("nginx", "edge", cache)
+            want["nginx"]["latency"].setdefault(fam, []).append(round(seconds, 3))
+            src = "nginx"
+        else:
+            fam = rng.choice(list(routes))
+            doc = json_line(ts, routes[fam], status, rng.randint(100, 9000))
+            doc = doc.replace('"duration_ms": 12.5', f'"duration_ms": {seconds * 1000:.3f}')
+            if n % 5 == 0:  # idrserve's own compact form: the column reader's
+                doc = json.dumps(json.loads(doc), separators=(",", ":")) + "\n"
+            if n % 11 == 0:  # an escaped character: the line reader's
+                doc = doc.replace('"client": "127.0.0.1"', '"client": "a\\"b"')
+            lines.append(doc)
+            count("idrserve", "family", fam)
+            want["idrserve"]["latency"].setdefault(fam, []).append(round(seconds * 1000, 3) / 1000)
+            src = "idrserve"
+        count(src, "status", str(status))
+        if n % 500 == 0:
+            lines.append("garbage that is no log line\n")
+    log = tmp_path / "access.log"
+    log.write_text("".join(lines))
+    r = report(log)
+    assert r["input"]["lines"] == len(lines)
+    assert r["input"]["skipped"] == {"not_a_log_line": 6}
+    for src, tables in want.items():
+        got = r["sources"][src]
+        assert {f: g["requests"] for f, g in got["families"].items()} == tables["family"]
+        assert got["status"] == tables["status"]
+        for fam, values in tables["latency"].items():
+            for q in (0.5, 0.95, 0.99):
+                reported = got["families"][fam]["latency_ms"][f"p{round(q * 100)}"]
+                assert reported == pytest.approx(_exact_quantile(values, q), rel=0.05)
+    nginx = r["sources"]["nginx"]
+    assert {k: v["requests"] for k, v in nginx["clients"].items()} == want["nginx"]["client"]
+    assert nginx["tiers"]["nginx"]["counts"] == want["nginx"]["edge"]
+    assert sum(p["requests"] for p in nginx["timeseries"]["points"]) == nginx["requests"]
