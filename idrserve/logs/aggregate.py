@@ -274,11 +274,10 @@ class SourceAggregate:
             (pl.col("status") == 200) & (pl.col("family") == "imgdata") & ~crawler
         )
         keys = cache_keys(replayed["target"])
-        key_list = keys.to_list()
-        hashes = key_hashes(key_list)
-        self.replayed += len(key_list)
+        hashes = key_hashes(keys.to_list())
+        self.replayed += len(keys)
         if self.replay is not None:
-            self.replay.add_batch(key_list, hashes, replayed["size"].to_list())
+            self.replay.add_batch(keys, hashes, replayed["size"].to_numpy())
         hour = (replayed["ts"].floor().cast(pl.Int64) // 3600).to_numpy()
         for h in np.unique(hour).tolist():
             distinct = self.hours.get(h)

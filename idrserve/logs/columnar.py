@@ -27,7 +27,7 @@ import polars as pl
 
 from idrserve.logs.parse import LogReader, ParseStats
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 _READ = 1 << 20
 FRAME_SCHEMA: dict[str, Any] = {
     "pos": pl.Int64,  # the line's place in its block: fallback lines are put back in order
@@ -80,7 +80,7 @@ def read_blocks(
 ) -> Iterator[tuple[bytes, int]]:
     """(whole lines, bytes of the files read so far), from a reader thread."""
     block_bytes = block_bytes or BLOCK_BYTES
-    out: queue.Queue[Any] = queue.Queue(maxsize=2)
+    out: queue.Queue[Any] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def work() -> None:
@@ -160,12 +160,12 @@ def _file_blocks(path: Path, stats: ParseStats, block_bytes: int) -> Iterator[tu
 
 
 def lines_of(block: bytes) -> pl.Series:
-    """The lines of a block as a string column (undecodable bytes become U+FFFD)."""
-    if not block.isascii():
-        block = block.decode("utf-8", "replace").encode("utf-8")
-    if block.endswith(b"\n"):
-        block = block[:-1]
-    return pl.read_lines(block).to_series() if block else pl.Series("line", [""])
+    """The lines of a block as a string column (undecodable bytes become U+FFFD). Split by
+    Python: `pl.read_lines` was faster but kept 2.5× the memory."""
+    text = block.decode("utf-8", "replace")
+    if text.endswith("\n"):
+        text = text[:-1]
+    return pl.Series("line", text.split("\n"))
 
 
 class BlockParser:

@@ -169,21 +169,16 @@ class CacheReplay:
         self.capacities = sorted(set(capacities))
         self.max_keys = max_keys
         self._caps = np.array(self.capacities, dtype=np.float64)
-        # threshold (every key sampled until the table is full), live keys, max_keys,
-        # insertion counter, refs
-        self._meta = np.array([HASH_SPACE, 0, max_keys, 0, 0], dtype=np.int64)
+        self._meta = np.zeros(6, dtype=np.int64)
+        self._meta[lru.THRESHOLD] = HASH_SPACE  # every key sampled until the table is full
+        self._meta[lru.MAX_KEYS] = max_keys
         self._hits = np.zeros(len(self.capacities), dtype=np.int64)
         self.expected = 0  # sum of the sampling threshold over every request (SHARDS-adj)
-        # sampled key -> its id in the arrays (count, last size, hash, order; the caches)
-        self.keys: dict[str, int] = {}
-        self._free: list[int] = []
-        self._next = 0
-        self._arrays = lru.new_keys(1024)
-        self._caches = lru.new_caches(len(self.capacities), 1024)
+        self._state = lru.State(len(self.capacities), min(max_keys + 1, 1 << 12))
 
     @property
     def threshold(self) -> int:
-        return int(self._meta[0])
+        return int(self._meta[lru.THRESHOLD])
 
     @property
     def rate(self) -> float:
@@ -191,16 +186,21 @@ class CacheReplay:
 
     @property
     def refs(self) -> int:
-        return int(self._meta[4])
+        return int(self._meta[lru.REFS])
 
     @property
     def hits(self) -> list[int]:
         return self._hits.tolist()
 
-    def add(self, key: str, h: int, size: int) -> None:
-        self.add_batch([key], np.array([h], dtype=np.uint32), [size])
+    @property
+    def sampled_keys(self) -> int:
+        """Distinct keys in the sample now (at most `max_keys`)."""
+        return int(self._meta[lru.LIVE])
 
-    def add_batch(self, keys: Sequence[str], hashes: np.ndarray, sizes: Sequence[int]) -> None:
+    def add(self, key: str, h: int, size: int) -> None:
+        self.add_batch(pl.Series([key]), np.array([h], dtype=np.uint32), np.array([size]))
+
+    def add_batch(self, keys: pl.Series, hashes: np.ndarray, sizes: np.ndarray) -> None:
         """Each request in turn, as an LRU cache would see it; only the sampled ones (hash
         under the threshold) are looked at."""
         n = len(keys)
@@ -209,37 +209,21 @@ class CacheReplay:
         pos = np.flatnonzero(hashes < threshold)
         if not len(pos):
             return
-        table, free = self.keys, self._free
-        id_list = []
-        for i in pos.tolist():
-            k = table.get(keys[i])
-            if k is None:
-                if free:
-                    k = free.pop()
-                else:
-                    k = self._next
-                    self._next += 1
-                table[keys[i]] = k
-            id_list.append(k)
-        ids = np.array(id_list, dtype=np.int64)
-        if self._next > len(self._arrays[0]):
-            self._arrays, self._caches = lru.grown(
-                self._arrays, self._caches, max(self._next, 2 * len(self._arrays[0]))
-            )
-        size_of = np.asarray(sizes, dtype=np.int64)[pos]
+        need = min(self.max_keys + 1, self.sampled_keys + len(pos))
+        if need > self._state.ids:
+            self._state = self._state.grown(min(self.max_keys + 1, max(need, 2 * self._state.ids)))
+        idents = keys.gather(pos).hash(seed=20).to_numpy()
+        state = self._state
         self.expected -= lru.replay(
-            pos, ids, hashes[pos].astype(np.int64), size_of, n, self._meta, self._caps,
-            self._arrays, self._caches, self._hits,
+            pos, idents, hashes[pos].astype(np.int64), np.asarray(sizes, dtype=np.int64)[pos],
+            n, self._meta, self._caps, state.keys, state.caches, self._hits, state.table,
+            state.free,
         )  # fmt: skip
-        if self.threshold != threshold or len(table) > self._meta[1]:
-            count = self._arrays[0]
-            for key in [key for key, k in table.items() if count[k] == 0]:
-                free.append(table.pop(key))
 
     def _live(self) -> tuple[np.ndarray, np.ndarray]:
         """Requests and last sizes of the sampled keys, most requested first (ties: the
         first sampled first)."""
-        count, last, _, order = self._arrays
+        count, last, _, order, _ = self._state.keys
         live = np.flatnonzero(count > 0)
         ranked = live[np.lexsort((order[live], -count[live]))]
         return count[ranked], last[ranked]

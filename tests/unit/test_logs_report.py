@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -256,12 +257,19 @@ def test_lru_replay_matches_an_exact_lru_and_sampling_stays_close() -> None:
     caps = [2_000_000, 8_000_000, 32_000_000]
     exact = CacheReplay(caps, max_keys=1_000_000)
     sampled = CacheReplay(caps, max_keys=3000)
-    for key, size in stream:
-        h = key_hash(key)
-        exact.add(key, h, size)
-        sampled.add(key, h, size)
+    for start in range(0, len(stream), 7000):  # as the report feeds it: a block at a time
+        block = stream[start : start + 7000]
+        keys = pl.Series([k for k, _ in block])
+        hashes = np.array([key_hash(k) for k, _ in block], dtype=np.uint32)
+        sizes = np.array([size for _, size in block])
+        exact.add_batch(keys, hashes, sizes)
+        sampled.add_batch(keys, hashes, sizes)
+    one = CacheReplay(caps)  # and a request at a time
+    for key, size in stream[:500]:
+        one.add(key, key_hash(key), size)
+    assert one.result()[0]["hit_ratio"] == pytest.approx(_exact_lru(stream[:500], caps[0]))
     assert sampled.rate <= 0.25  # the bound forced sampling
-    assert len(sampled.keys) <= 3000
+    assert sampled.sampled_keys <= 3000
     for i, cap in enumerate(caps):
         truth = _exact_lru(stream, cap)
         assert exact.result()[i]["hit_ratio"] == pytest.approx(truth, abs=1e-4)
