@@ -148,6 +148,47 @@ def _add_counts(into: dict[Any, dict[Any, int]], rows: pl.DataFrame) -> None:
         counts[inner] = counts.get(inner, 0) + n
 
 
+class Derive:
+    """The columns the sums group by, added to a block of requests: route family, client
+    kind, latency bucket, error, second and minute; for nginx also the image, a cold flag,
+    the cache key and its sampling hash for the replayed requests. Run in the parse thread
+    (idrserve/logs/cli.py), so that the summing thread only sums."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, str] = {"": "other"}
+
+    def __call__(self, frame: pl.DataFrame, source: str) -> pl.DataFrame:
+        for agent in frame["agent"].unique().to_list():
+            if agent not in self._kinds:
+                self._kinds[agent] = client_kind(agent)
+        duration = frame["duration"].to_numpy()
+        bucket = np.where(duration >= 0, np.searchsorted(_BOUNDS, duration, side="left"), -1)
+        frame = frame.with_columns(
+            family=families_of(frame["target"]),
+            kind=frame["agent"].replace_strict(self._kinds, return_dtype=pl.String),
+            bucket=pl.Series(bucket),
+            error=(pl.col("status") >= 500).cast(pl.Int64),
+            second=pl.col("ts").cast(pl.Int64),  # int(): towards zero, as the seconds were
+            minute=pl.col("ts").floor().cast(pl.Int64) // 60,
+        )
+        if source != "nginx":
+            return frame  # route templates name no image and no URL
+        ok = (pl.col("status") == 200) & (pl.col("method") == "GET")
+        frame = frame.with_columns(
+            image=image_ids(frame["target"]),
+            cold=(
+                (pl.col("tier") == "miss")
+                | ((pl.col("tier") == "") & pl.col("edge").is_in(_COLD_EDGE))
+            ).cast(pl.Int64),
+            replay=ok & pl.col("family").is_in(CACHEABLE),
+            key=cache_keys(frame["target"]),
+        )
+        replayed = frame["replay"].to_numpy()
+        crc = np.zeros(frame.height, dtype=np.uint32)
+        crc[replayed] = key_hashes(frame["key"].filter(frame["replay"]).to_list())
+        return frame.with_columns(crc=pl.Series(crc))
+
+
 class SourceAggregate:
     """Everything the report shows about one log kind."""
 
@@ -173,32 +214,15 @@ class SourceAggregate:
         self.replayed = 0
         self.requests = 0
         self.bytes = 0
-        self._kinds: dict[str, str] = {"": "other"}
 
     def add_frame(self, frame: pl.DataFrame) -> None:
-        """A block of requests (idrserve/logs/columnar.py's FRAME_SCHEMA), in log order."""
+        """A block of requests in log order, as `Derive` returns it."""
         if frame.is_empty():
             return
         self.requests += frame.height
         self.bytes += int(frame["size"].sum())
         self.first = min(self.first, float(frame["ts"].min()))  # type: ignore[arg-type]
         self.last = max(self.last, float(frame["ts"].max()))  # type: ignore[arg-type]
-        agents = frame["agent"].unique().to_list()
-        for agent in agents:
-            if agent not in self._kinds:
-                self._kinds[agent] = client_kind(agent)
-        duration = frame["duration"].to_numpy()
-        timed = duration >= 0
-        bucket = np.where(timed, np.searchsorted(_BOUNDS, duration, side="left"), -1)
-        second = frame["ts"].cast(pl.Int64)  # int(): towards zero, as the seconds were
-        frame = frame.with_columns(
-            family=families_of(frame["target"]),
-            kind=frame["agent"].replace_strict(self._kinds, return_dtype=pl.String),
-            bucket=pl.Series(bucket),
-            error=(pl.col("status") >= 500).cast(pl.Int64),
-            second=second,
-            minute=pl.col("ts").floor().cast(pl.Int64) // 60,
-        )
         lazy = frame.lazy()
         sums = (pl.len(), pl.col("size").sum(), pl.col("error").sum())
         edge = pl.col("edge") != ""
@@ -247,48 +271,33 @@ class SourceAggregate:
 
     def _nginx(self, frame: pl.DataFrame) -> None:
         crawler = pl.col("kind") == "crawler"
-        cold = (pl.col("tier") == "miss") | (
-            (pl.col("tier") == "") & pl.col("edge").is_in(_COLD_EDGE)
-        )
         images = (
-            frame.select(
-                key=image_ids(frame["target"]),
-                cold=cold.cast(pl.Int64),
-                size="size",
-                crawler=crawler.cast(pl.Int64),
-            )
-            .drop_nulls("key")
-            .group_by("key")
+            frame.filter(pl.col("image").is_not_null())
+            .group_by("image")
             .agg(
                 requests=pl.len(),
                 cold=pl.col("cold").sum(),
                 bytes=pl.col("size").sum(),
-                crawler=pl.col("crawler").sum(),
+                crawler=crawler.sum(),
             )
+            .rename({"image": "key"})
         )
         self.images.add(images)
-        ok = (pl.col("status") == 200) & (pl.col("method") == "GET")
-        replayed = frame.filter(ok & pl.col("family").is_in(CACHEABLE))
-        # imgData is not cached by nginx, but warming asks for what viewers open first
-        imgdata = frame.filter(
-            (pl.col("status") == 200) & (pl.col("family") == "imgdata") & ~crawler
-        )
-        keys = cache_keys(replayed["target"])
-        hashes = key_hashes(keys.to_list())
-        self.replayed += len(keys)
+        replayed = frame.filter(pl.col("replay"))
+        hashes = replayed["crc"].to_numpy()
+        self.replayed += replayed.height
         if self.replay is not None:
-            self.replay.add_batch(keys, hashes, replayed["size"].to_numpy())
-        hour = (replayed["ts"].floor().cast(pl.Int64) // 3600).to_numpy()
+            self.replay.add_batch(replayed["key"], hashes, replayed["size"].to_numpy())
+        hour = (replayed["minute"] // 60).to_numpy()
         for h in np.unique(hour).tolist():
             distinct = self.hours.get(h)
             if distinct is None:
                 distinct = self.hours[h] = Distinct()
             distinct.add_many(hashes[hour == h])
-        warm = pl.concat(
-            [
-                replayed.with_columns(key=keys).filter(~crawler).select("key", "size"),
-                imgdata.select(key=cache_keys(imgdata["target"]), size="size"),
-            ]
+        # imgData is not cached by nginx, but warming asks for what viewers open first
+        warm = frame.filter(
+            (pl.col("replay") | ((pl.col("status") == 200) & (pl.col("family") == "imgdata")))
+            & ~crawler
         )
         self.warm.add(warm.group_by("key").agg(requests=pl.len(), bytes=pl.col("size").sum()))
 

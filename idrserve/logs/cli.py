@@ -66,7 +66,7 @@ def run_report(
         # per thread: on a 10 M-line log that was 100 MB of the peak RSS
         os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0")
     # polars and numba load here, not with the `idrserve` command line every command builds
-    from idrserve.logs.aggregate import SourceAggregate
+    from idrserve.logs.aggregate import Derive, SourceAggregate
     from idrserve.logs.columnar import BlockParser, lines_of, read_blocks
     from idrserve.logs.report import build_report
 
@@ -81,8 +81,11 @@ def run_report(
     reader = LogReader()
     parser = BlockParser(reader)
 
+    derive = Derive()
+
     def parse(block: bytes) -> dict[str, Any]:
-        return parser.parse(lines_of(block))
+        frames = parser.parse(lines_of(block))
+        return {source: derive(frame, source) for source, frame in frames.items()}
 
     def add(parsed: Future[dict[str, Any]], done: int) -> None:
         for source, frame in parsed.result().items():

@@ -92,7 +92,7 @@ class Distinct:
 class TopTable:
     """Per-key sums of the given columns (the first is the request count), at most `cap`
     keys; see the module docstring. Fed per batch with one row per key; batches wait until
-    they hold 4 × `cap` rows between them, then are merged at once (re-sorting the kept
+    they hold 2 × `cap` rows between them, then are merged at once (re-sorting the kept
     keys after every small batch was a third of a report's time)."""
 
     def __init__(self, cap: int, columns: Sequence[str], key_dtype: Any = pl.String) -> None:
@@ -111,7 +111,7 @@ class TopTable:
             return
         self._pending.append(batch)
         self._pending_rows += batch.height
-        if self._pending_rows >= 4 * self.cap:
+        if self._pending_rows >= 2 * self.cap:
             self._merge()
 
     def _merge(self) -> None:
