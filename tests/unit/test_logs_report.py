@@ -142,6 +142,21 @@ def test_gzip_that_ends_early_is_read_up_to_the_break(tmp_path: Path) -> None:
     assert r["input"]["lines"] - n <= 1
 
 
+def test_gzip_members_one_after_another_are_all_read(tmp_path: Path) -> None:
+    """`cat access.log.2.gz access.log.1.gz > all.gz` is one valid gzip file of two members."""
+    first = gzip.compress("".join(nginx_line(T0 + i, tile(3, i)) for i in range(300)).encode())
+    second = gzip.compress("".join(nginx_line(T0 + i, tile(4, i)) for i in range(200)).encode())
+    log = tmp_path / "all.log.gz"
+    log.write_bytes(first + second)
+    r = report(log)
+    assert r["sources"]["nginx"]["requests"] == 500
+    assert r["input"]["warnings"] == []
+    log.write_bytes(first + b"not gzip")
+    r = report(log)
+    assert r["sources"]["nginx"]["requests"] == 300
+    assert any("corrupt" in w for w in r["input"]["warnings"])
+
+
 def test_timestamps_out_of_order(tmp_path: Path) -> None:
     times = [T0 + 60 * m + s for m in range(10) for s in (1, 7)]
     random.Random(4).shuffle(times)
