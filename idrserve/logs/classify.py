@@ -32,6 +32,9 @@ CLIENT_KINDS = ("browser", "library", "crawler", "other")
 
 # A webclient share id is a number in a URL and `{share}` in a route template.
 _PREFIX = re.compile(r"^/(?:webgateway|webclient)(?:/(?:\d+|\{share\}))?/([A-Za-z_]+)|^/([a-z_.]+)")
+# The same without groups, for the columnar reader (idrserve/logs/columnar.py): what it
+# matches is a prefix whose family is the whole path's (tested on every family).
+FAMILY_PREFIX = r"^/(?:webgateway|webclient)(?:/(?:\d+|\{share\}))?/[A-Za-z_]+|^/[a-z_.]+"
 _WEBGATEWAY = {
     "render_thumbnail": "thumbnail",
     "render_birds_eye_view": "thumbnail",
@@ -122,6 +125,13 @@ _IMAGE_ID = re.compile(
     r"|^/(?:iiif/[23]|api/v1/images|viewer)/(\d{1,19})"
     r"|^/zarr/(?:v3/)?(\d{1,19})\.zarr/"
     r"|^/deepzoom/(\d{1,19})[._/]"
+)
+# The same without groups (columnar reader): the id is the last digits of what it matches.
+IMAGE_PREFIX = (
+    r"^/(?:webgateway|webclient)(?:/\d+)?/[A-Za-z_]+/\d{1,19}/"
+    r"|^/(?:iiif/[23]|api/v1/images|viewer)/\d{1,19}"
+    r"|^/zarr/(?:v3/)?\d{1,19}\.zarr/"
+    r"|^/deepzoom/\d{1,19}[._/]"
 )
 
 

@@ -1,9 +1,10 @@
-"""Read idrserve's JSON access log and nginx's combined log, line by line, in one pass.
+"""Read idrserve's JSON access log and nginx's combined log, one line at a time.
 
 Each line is recognised on its own (a `{` starts idrserve's JSON, anything else is tried as
 nginx's combined format), so one file may mix both. Lines that cannot be read are counted by
-kind and skipped; a gzip file that ends early is read up to where it ends. Nothing is kept
-per line: every request is handed straight to a sink, which is what bounds the memory.
+kind and skipped. The bulk of a log is read by columns (idrserve/logs/columnar.py); every
+line that reader does not take in its fast path comes here, so this is where the rules for
+odd lines live, and each request read is handed to a sink.
 
 nginx's format is the shipped one (deploy/nginx/idrserve.conf, `idrserve_combined`): the
 combined format followed by `rt=$request_time cache=$upstream_cache_status
@@ -13,17 +14,15 @@ xcache=$upstream_http_x_cache`; plain combined lines are read too (no timing, no
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
 import json
+import math
 import re
 import sys
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 # Everything after the user agent's closing quote is the tail (`rt=… cache=… xcache=…`).
 # nginx writes a `"` inside a value as \x22, so quoted fields hold no quote.
@@ -79,13 +78,6 @@ def order_logs(paths: Iterable[Path]) -> list[Path]:
     return sorted(dict.fromkeys(files), key=rank)
 
 
-def _open(path: Path) -> tuple[IO[bytes], IO[str]]:
-    raw = path.open("rb")
-    head = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
-    stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw
-    return raw, io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
-
-
 class _TimeParser:
     """nginx's `$time_local` (`04/Dec/2026:18:43:49 +0000`) to Unix time: strptime once per
     day and zone, then the time of day by arithmetic (strptime per second was 7 % of a run)."""
@@ -114,47 +106,19 @@ class _TimeParser:
         return self._midnight + int(text[12:14]) * 3600 + int(text[15:17]) * 60 + int(text[18:20])
 
 
-class LogReader:
-    """Feeds every request line of the given files to the sink of its log kind;
-    `progress(done_bytes)` is called every few thousand lines with the bytes read so far."""
+def _ignore(*_request: Any) -> None:
+    pass
 
-    def __init__(
-        self, nginx: Sink, idrserve: Sink, progress: Callable[[int], None] | None = None
-    ) -> None:
+
+class LogReader:
+    """Feeds each request line to the sink of its log kind, counting in `stats` what was read
+    and what was skipped."""
+
+    def __init__(self, nginx: Sink = _ignore, idrserve: Sink = _ignore) -> None:
         self.nginx = nginx
         self.idrserve = idrserve
-        self.progress = progress
         self.stats = ParseStats()
         self._time = _TimeParser()
-        self._done = 0
-
-    def read(self, paths: Iterable[Path]) -> ParseStats:
-        for path in paths:
-            self.stats.files.append(str(path))
-            try:
-                self._read_file(path)
-            except OSError as exc:
-                self.stats.warnings.append(f"{path}: {exc.strerror or exc}")
-        return self.stats
-
-    def _read_file(self, path: Path) -> None:
-        raw, text = _open(path)
-        with raw, text:
-            start = self._done
-            try:
-                for n, line in enumerate(text, 1):
-                    self.line(line)
-                    if n & 0x3FFF == 0 and self.progress is not None:
-                        self._done = start + raw.tell()
-                        self.progress(self._done)
-            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-                self.stats.warnings.append(
-                    f"{path}: compressed data ends early or is corrupt ({exc}); "
-                    "read up to that point"
-                )
-            self._done = start + raw.tell()
-            if self.progress is not None:
-                self.progress(self._done)
 
     def line(self, line: str) -> None:
         """One line of either format."""
@@ -177,6 +141,8 @@ class LogReader:
             return
         try:
             ts = float(doc["ts"])
+            if not math.isfinite(ts):
+                raise ValueError(ts)
             status = int(doc["status"])
             size = int(doc.get("bytes") or 0)
             duration = float(doc.get("duration_ms", -1000.0)) / 1000.0

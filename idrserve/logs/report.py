@@ -98,7 +98,7 @@ def _images(agg: SourceAggregate, top: int, study: StudyLookup) -> dict[str, Any
 
     studies: dict[str, list[int]] = {}
     if study.index is not None:
-        for iid, v in agg.images.entries.items():
+        for iid, v in agg.images.rows():
             name = study(iid)
             if name is not None:
                 s = studies.setdefault(name, [0, 0, 0])
