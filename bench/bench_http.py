@@ -315,6 +315,7 @@ def main() -> int:
         "",
         f"Command: `python bench/bench_http.py --duration {args.duration:g} --rounds "
         f"{args.rounds} --conns {args.conns}"
+        f"{' --request-path' if args.request_path else ''}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}`",
         "",
         f"Server: `idrserve serve` pinned to core 0 (`taskset -c 0`, 1 cpu thread); wrk -t1 "
