@@ -139,15 +139,16 @@ def cold_urls(round_no: int, n_urls: int) -> list[str]:
     return tile_urls(spellings)
 
 
-def write_iip_tiff(path: Path, base: str) -> None:
-    """idrserve's 256 level-0 tiles at q=0.9 as a pyramidal JPEG TIFF (iipsrv's layout)."""
+def write_iip_tiff(path: Path, base: str, size: int = SIZE) -> None:
+    """idrserve's level-0 tiles of a `size`² image at q=0.9 as a pyramidal JPEG TIFF (iipsrv's
+    layout); lower levels are Lanczos reductions of level 0."""
     import numpy as np
     import tifffile
     from PIL import Image
 
-    rgb = np.zeros((SIZE, SIZE, 3), np.uint8)
-    for y in range(TILES):
-        for x in range(TILES):
+    rgb = np.zeros((size, size, 3), np.uint8)
+    for y in range(size // 256):
+        for x in range(size // 256):
             body, _ = get(
                 f"{base}/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256&q=0.9"
             )

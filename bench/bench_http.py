@@ -45,12 +45,12 @@ ROOT = Path(__file__).resolve().parent
 SIZE = 4096
 
 
-def write_image(path: Path, chunk: int, seed: int) -> None:
-    """A fluorescence-like 3-channel uint16 pyramid (blobs + noise), NGFF 0.4, blosc lz4."""
+def write_image(path: Path, chunk: int, seed: int, size: int = SIZE) -> None:
+    """A fluorescence-like 3-channel uint16 `size`² pyramid (blobs + noise), NGFF 0.4, blosc lz4."""
     from numcodecs import Blosc
 
     rng = np.random.default_rng(seed)
-    small = rng.gamma(2.0, 300.0, size=(3, SIZE // 16, SIZE // 16)).astype(np.float32)
+    small = rng.gamma(2.0, 300.0, size=(3, size // 16, size // 16)).astype(np.float32)
     base = np.repeat(np.repeat(small, 16, axis=1), 16, axis=2)
     noise = rng.normal(0, 60, size=base.shape).astype(np.float32)
     data = np.clip(base + noise + 100, 0, 65535).astype(np.uint16)
@@ -120,6 +120,11 @@ end
 """
 
 
+def wrk_seconds(duration: float) -> int:
+    """What wrk runs for `duration`: whole seconds (its unit), at least one."""
+    return max(1, round(duration))
+
+
 def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) -> dict[str, float]:
     url_file = tmp / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
@@ -132,7 +137,7 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
         "wrk",
         "-t1",
         f"-c{conns}",
-        f"-d{round(duration)}s",
+        f"-d{wrk_seconds(duration)}s",
         "--timeout",
         "5s",
         "--latency",
