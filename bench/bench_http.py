@@ -200,6 +200,16 @@ def lag_p99_ms(before: dict[float, float] | None, after: dict[float, float] | No
     return bounds[min(i, len(bounds) - 1)] * 1e3
 
 
+def lag_share(
+    before: dict[float, float] | None, after: dict[float, float] | None, bound: float
+) -> float:
+    """The share of the loop-lag samples in between that waited at most `bound` seconds."""
+    if not before or not after or bound not in after:
+        return float("nan")
+    total = after[float("inf")] - before.get(float("inf"), 0.0)
+    return (after[bound] - before.get(bound, 0.0)) / total if total > 0 else float("nan")
+
+
 def run_kernel(data: Path, urls: list[str], duration: float, tmp: Path) -> dict[str, object]:
     """bench/_kernel.py on core 0 (the server's core, idle meanwhile): tiles/s and digests."""
     url_file = tmp / "kernel-urls.txt"
@@ -237,7 +247,26 @@ def main() -> int:
         help="also run bench/_request_path.py (the server with a constant body instead of the "
         "kernel), to split a cold tile into request handling and work",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+        help="also run this tree's server with these IDRSERVE_* settings, interleaved, as "
+        "row LABEL (e.g. `'1 per turn:IDRSERVE_SERVER__INLINE_RENDERS_PER_TURN=1'`)",
+    )
     args = parser.parse_args()
+    extra_env: dict[str, dict[str, str]] = {}
+    for spec in args.variant:
+        label, _, assignments = spec.partition(":")
+        pairs = [a.partition("=") for a in assignments.split(",") if a]
+        if (
+            not label
+            or not pairs
+            or any(not k.startswith("IDRSERVE_") or not eq for k, eq, _ in pairs)
+        ):
+            parser.error(f"--variant {spec!r}: expected LABEL:IDRSERVE_VAR=VALUE[,…]")
+        extra_env[label] = {k: v for k, _, v in pairs}
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
@@ -250,6 +279,7 @@ def main() -> int:
     # With --baseline, the other variant is the same default server from another checkout.
     other = "baseline" if args.baseline else "idrserve, zarr-python reads"
     variants = {"idrserve": "true", other: "true" if args.baseline else "false"}
+    variants.update(dict.fromkeys(extra_env, "true"))
     if args.request_path:
         variants[REQUEST_PATH] = "true"
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
@@ -263,13 +293,20 @@ def main() -> int:
             # Cold means cold: no response cache, every request renders.
             IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
         )
+        env.update(extra_env.get(label, {}))
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run
+        # each server from its own checkout, or a baseline run from this one imports this tree.
+        cwd = ROOT.parent
         if label == "baseline":
-            env["PYTHONPATH"] = str(args.baseline.resolve())
+            cwd = args.baseline.resolve()
+            env["PYTHONPATH"] = str(cwd)
         cmd = ["taskset", "-c", "0", sys.executable]
         cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
         cmd += ["serve"]
         cmd += ["--zarr-root", str(data), "--port", str(port)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         servers[label] = (proc, f"http://127.0.0.1:{port}")
     cases = {
         "256² tiles, 256² chunks": [
@@ -305,7 +342,9 @@ def main() -> int:
                     row = f"{name} ({label})"
                     before = lag_buckets(base)
                     result = run_wrk(base, urls, args.duration, args.conns, tmp)
-                    result["lag_p99_ms"] = lag_p99_ms(before, lag_buckets(base))
+                    after = lag_buckets(base)
+                    result["lag_p99_ms"] = lag_p99_ms(before, after)
+                    result["lag_le_2ms"] = lag_share(before, after, 0.002)
                     results.setdefault(row, []).append(result)
                 kernel = run_kernel(data, urls, args.duration, tmp)
                 results.setdefault(f"{name} (kernel)", []).append({"rps": kernel["rps"]})  # type: ignore[dict-item]
@@ -321,7 +360,9 @@ def main() -> int:
         f"Command: `python bench/bench_http.py --duration {args.duration:g} --rounds "
         f"{args.rounds} --conns {args.conns}"
         f"{' --request-path' if args.request_path else ''}"
-        f"{f' --baseline {args.baseline}' if args.baseline else ''}`",
+        f"{f' --baseline {args.baseline}' if args.baseline else ''}"
+        + "".join(f" --variant '{v}'" for v in args.variant)
+        + "`",
         "",
         f"Server: `idrserve serve` pinned to core 0 (`taskset -c 0`, 1 cpu thread); wrk -t1 "
         f"-c{args.conns} pinned to core 1; {args.rounds} interleaved rounds of "
@@ -330,8 +371,8 @@ def main() -> int:
         f"loadavg at end: {os.getloadavg()[0]:.2f}; nproc {os.cpu_count()}.",
         "",
         "| case | median tiles/s | min–max | p50 ms | p99 ms | p99 / p50 | loop lag p99 ms "
-        "| target | ratio | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| lag ≤ 2 ms | target | ratio | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def med(rounds: list[dict[str, float]], field: str) -> float:
@@ -345,9 +386,11 @@ def main() -> int:
             p50, p99 = med(rounds, "p50_ms"), med(rounds, "p99_ms")
             lag = med(rounds, "lag_p99_ms") if "lag_p99_ms" in rounds[0] else float("nan")
             non2xx = sum(r["non2xx"] for r in rounds)
+            share = med(rounds, "lag_le_2ms") if "lag_le_2ms" in rounds[0] else float("nan")
             cells += [f"{p50:.1f}", f"{p99:.1f}", f"{p99 / p50:.2f}", f"{lag:.2f}"]
+            cells += [f"{share:.0%}"]
         else:  # the kernel: no HTTP, no latency
-            cells += ["–", "–", "–", "–"]
+            cells += ["–", "–", "–", "–", "–"]
             non2xx = 0
         cells += [f"{target:.0f}", f"{statistics.median(rps) / target:.2f}", f"{non2xx:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -387,11 +430,21 @@ def main() -> int:
         slow = results[f"{name} ({other})"]
         ratios = [a["rps"] / b["rps"] for a, b in zip(fast, slow, strict=True)]
         lines.append(f"- {name}: {statistics.median(ratios):.2f}×")
+    for label in extra_env:
+        lines += ["", f"{label} vs idrserve, median of per-round ratios:", ""]
+        for name in cases:
+            ratios = [
+                a["rps"] / b["rps"]
+                for a, b in zip(
+                    results[f"{name} ({label})"], results[f"{name} (idrserve)"], strict=True
+                )
+            ]
+            lines.append(f"- {name}: {statistics.median(ratios):.2f}×")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"http-{host}-{stamp}.md"
     out.write_text("\n".join(lines))
-    print("\n".join(lines[: 20 + len(results)]))
+    print("\n".join(lines[: lines.index("Raw rounds:")]))
     print(f"written to {out}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
