@@ -43,6 +43,7 @@ from idrserve.service import Deps
 from idrserve.settings import Settings
 from idrserve.sources.plate_catalog import PlateCatalog
 from idrserve.sources.routing import build_source
+from idrserve.turns import InlineTurns
 
 log = logging.getLogger("idrserve")
 
@@ -206,6 +207,7 @@ def create_app(settings: Settings) -> web.Application:
             cache=cache,
             admission=admission,
             inline_pixels=settings.server.inline_pixels(),
+            inline_turns=InlineTurns(settings.server.inline_renders_per_turn),
         )
         app[STATE]["ready"] = True
         try:

@@ -38,6 +38,7 @@ from idrserve.render.project import project
 from idrserve.render.resample import downsample_area, flip, resize_nearest, rotate, to_tone
 from idrserve.settings import LimitSettings
 from idrserve.sources.base import PixelSource
+from idrserve.turns import InlineTurns
 
 T = TypeVar("T")
 
@@ -55,6 +56,8 @@ class Deps:
     admission: Admission | None = None
     # Direct reads of at most this many raw pixels render inline (server.inline_render_pixels).
     inline_pixels: int = 0
+    # Inline renders take turns, one per event-loop iteration (turns.py).
+    inline_turns: InlineTurns = field(default_factory=InlineTurns)
 
 
 @dataclass(slots=True)
@@ -199,7 +202,9 @@ async def _render_region(
         direct = deps.source.sync_reader(req.image_id, sel)
         if direct is not None and req.projection is Projection.NORMAL:
             if len(indices) * box.w * box.h <= deps.inline_pixels:
-                # A small job on a one-core worker: no thread hand-off at all.
+                # A small job on a one-core worker: no thread hand-off at all, but one
+                # render per loop iteration so the loop stays responsive (turns.py).
+                await deps.inline_turns.turn()
                 return _read_render_encode(req, meta, deps, direct, key)
             # Read, render and encode in one executor job: each hop costs about as much as
             # encoding a small tile (bench/results/http-*.md).

@@ -55,6 +55,11 @@ class ServerSettings(_Group):
     # per core the pool's thread hand-offs cost more than they overlap (+13 % cold tiles/s,
     # bench/bench_iiif.py). 0: always the pool; unset: 3 × 256² when cpu_threads is 1, else 0.
     inline_render_pixels: int | None = Field(None, ge=0)
+    # Inline renders per event-loop iteration when more are waiting (idrserve/turns.py): 1
+    # keeps the loop's lag p99 under 2 ms at 16 connections but costs 12 % of cold 256²
+    # tiles/s; 3 halves the lag p99 of unbounded batches and lowers the request p99 for 3 %
+    # (bench/results/http-turns-vm-2026-12-05.md).
+    inline_renders_per_turn: int = Field(3, ge=1, le=64)
     cors_origin: str = "*"
     # `Cache-Control` on rendered images; public so that nginx in front may cache them.
     cache_control: str = "public, max-age=86400"

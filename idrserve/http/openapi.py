@@ -489,7 +489,10 @@ OPS: list[_Op] = [
         "Readiness: every dependency's state; 200 while serving (degraded included)",
         "operations",
         [],
-        {**_json_ok("ready or degraded"), "503": _error("starting, draining or no source")},
+        {
+            **_json_ok("ready or degraded"),
+            "503": _error("starting, warming, draining or no source"),
+        },
     ),
     _Op(
         r"^GET /metrics$",

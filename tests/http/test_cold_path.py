@@ -8,6 +8,7 @@ able to tell which one answered except by `X-Cache` and `Server-Timing`, which s
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from idrserve.app import freeze_heap_when_warm
-from idrserve.http.keys import STATE
+from idrserve.http.keys import DEPS, STATE
 from tests.http.conftest import P, S, Z
 
 MakeClient = Callable[..., Any]
@@ -70,3 +71,26 @@ async def test_heap_is_frozen_once_the_kernels_are_warm(make_client: MakeClient)
         assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("per_turn", [1, 3])
+async def test_concurrent_inline_renders_take_turns(make_client: MakeClient, per_turn: int) -> None:
+    """A burst of cold tiles on a one-thread server renders a few per loop iteration
+    (idrserve/turns.py) and every one of them still answers, with the same bytes as alone."""
+    client = await make_client(
+        server__cpu_threads=1,
+        server__inline_render_pixels=3 * 256 * 256,
+        server__inline_renders_per_turn=per_turn,
+    )
+    assert client.app[DEPS].inline_turns.per_turn == per_turn
+    urls = [
+        f"/webgateway/render_image_region/{P}/0/0/?tile=0,{x},{y},256,256&q=0.7"
+        for x in range(2)
+        for y in range(2)
+    ]
+    answers = await asyncio.gather(*(answer(client, url) for url in urls))
+    assert [a[0] for a in answers] == [200] * len(urls)
+    assert client.app[DEPS].inline_turns.queued >= 1
+    alone = await make_client(server__cpu_threads=1, server__inline_render_pixels=3 * 256 * 256)
+    for url, together in zip(urls, answers, strict=True):
+        assert (await answer(alone, url))[1] == together[1], url

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from idrserve.app import create_app
 from idrserve.http import openapi
+from idrserve.http.keys import STATE
 from idrserve.http.ops import ACCESS_LOGGER, AccessLog
 from idrserve.settings import load_settings
 from tests.cache.conftest import RedisServer
@@ -115,6 +116,20 @@ async def test_readyz_ok_with_every_dependency(
     assert deps["disk_cache"]["status"] == "ok"
     assert deps["data_roots"]["status"] == "ok"
     assert body["admission"]["max_concurrent_renders"] == 32
+
+
+async def test_readyz_warming_until_the_kernels_are_loaded(make: Callable[..., Any]) -> None:
+    """A served process is not ready until its start-up warm-up (kernels, heap freeze) is
+    done, so a load balancer does not route the requests that would wait behind it."""
+    client, _ = await make()
+    warm_up = asyncio.get_running_loop().create_future()
+    client.app[STATE]["freeze"] = warm_up
+    resp = await client.get("/readyz")
+    body = await resp.json()
+    assert (resp.status, body["status"], resp.headers["Retry-After"]) == (503, "warming", "1")
+    warm_up.set_result(None)
+    resp = await client.get("/readyz")
+    assert (resp.status, (await resp.json())["status"]) == (200, "ok")
 
 
 async def test_readyz_degraded_but_200_without_redis(

@@ -1,0 +1,76 @@
+"""Inline renders take turns, a few per event-loop iteration, the rest waiting in arrival order.
+
+A cold tile small enough renders on the event-loop thread (`server.inline_render_pixels`):
+with one worker per core, a thread hand-off costs more than it overlaps. But asyncio runs every
+callback that is ready at the start of an iteration before it polls its sockets again, so when
+16 requests arrive together their 16 renders (0.6 ms each at 256²) run back to back in one
+iteration, and everything else on the loop (a cache hit, a health check, the lag sampler,
+a client's next bytes) waits for all of them: the event-loop lag's p99 was 5–10 ms at 16
+connections for a 0.6 ms render.
+
+`InlineTurns.turn()` bounds that: the first render of an iteration goes at once; later ones
+queue (FIFO) and are let through `per_turn` at a time in the following iterations
+(`server.inline_renders_per_turn`), so the loop polls its sockets and runs whatever became
+ready between any two groups. Measured at 16 connections on one core
+(bench/results/http-turns-vm-2026-12-05.md): one per iteration keeps the lag p99 under 2 ms
+but costs 12 % of cold 256² tiles/s (each render's memory traffic evicts the parsing that
+preceded it); three, the default, halve the lag p99 of unbounded batches (5 vs 10 ms) and cut
+the request p99 from 20.7 to 17.1 ms for 3 % of the throughput. A render that is alone costs
+nothing (no await); one that queues costs one future and one loop iteration. A waiter
+cancelled (deadline, client gone) is skipped and never stalls the queue. Loop-thread only, no
+locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class InlineTurns:
+    """The queue for inline renders; one per process (service.Deps)."""
+
+    __slots__ = ("_armed", "_busy", "_loop", "_waiters", "per_turn", "queued")
+
+    def __init__(self, per_turn: int = 3) -> None:
+        self.per_turn = per_turn  # renders let through per loop iteration once some wait
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._busy = False  # a render has had this iteration's turn
+        self._armed = False  # `_next` is scheduled for the next iteration
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.queued = 0  # renders that had to wait a turn (for tests and metrics)
+
+    async def turn(self) -> None:
+        """Return when the caller may render inline in the current loop iteration."""
+        loop = asyncio.get_running_loop()
+        if not self._busy and not self._waiters:
+            self._busy = True
+            self._arm(loop)
+            return
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        self.queued += 1
+        self._arm(loop)
+        # Cancelled while waiting: asyncio cancels `waiter` too, and `_next` skips it.
+        await waiter
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._armed:
+            self._armed = True
+            self._loop = loop
+            loop.call_soon(self._next)
+
+    def _next(self) -> None:
+        """A new iteration: let the oldest live waiters through, `per_turn` of them."""
+        self._armed = False
+        self._busy = False
+        woken = 0
+        while self._waiters and woken < self.per_turn:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # it runs in the next iteration, and so does `_next`
+                woken += 1
+        if woken:
+            self._busy = True
+            assert self._loop is not None
+            self._arm(self._loop)
