@@ -219,6 +219,7 @@ def _run_one(settings: Settings, reuse_port: bool, metrics_dir: str | None = Non
     from idrserve.http.ops import AccessLog, configure_access_log, mark_draining
     from idrserve.http.reqmetrics import share_across_workers
     from idrserve.http.server import serve
+    from idrserve.http.speedups import log_fallbacks
 
     _tune_malloc()
     _install_uvloop()
@@ -229,6 +230,7 @@ def _run_one(settings: Settings, reuse_port: bool, metrics_dir: str | None = Non
     app = create_app(settings)
     app.on_startup.append(reload_catalog_on_sighup)
     app.on_startup.append(freeze_heap_when_warm)
+    app.on_startup.append(log_fallbacks)
     serve(
         app,
         host=settings.server.host,

@@ -104,3 +104,20 @@ async def test_per_turn_lets_that_many_through_each_iteration() -> None:
     per_iteration = Counter(it for _, it in log)
     # r0 at once, then r1–r9 three per iteration
     assert sorted(per_iteration.values()) == [1, 3, 3, 3], per_iteration
+
+
+def test_turns_hold_under_uvloop() -> None:
+    """Served processes run on uvloop (cli._install_uvloop), whose iterations must give the
+    same one-group-per-iteration schedule as asyncio's."""
+    import uvloop
+
+    async def scenario() -> list[tuple[str, int]]:
+        turns, clock, log = InlineTurns(per_turn=1), IterationClock(), []
+        clock.start()
+        await asyncio.gather(*(_render(turns, clock, f"r{i}", log) for i in range(5)))
+        clock.stop()
+        return log
+
+    log = uvloop.run(scenario())
+    assert [name for name, _ in log] == [f"r{i}" for i in range(5)]
+    assert len({it for _, it in log}) == 5, log
