@@ -105,11 +105,12 @@ def main() -> int:
     ]
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def start(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         procs.append(
             subprocess.Popen(
                 ["taskset", "-c", "0", *cmd],
                 env=env,
+                cwd=cwd,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -158,6 +159,8 @@ def main() -> int:
                     str(port),
                 ],
                 env={**base_env, **extra, "PYTHONPATH": path},
+                # `-m` puts the working directory ahead of PYTHONPATH: start in the tree.
+                cwd=tree,
             )
             bases[tier + suffix] = f"http://127.0.0.1:{port}"
     try:

@@ -357,7 +357,11 @@ def test_sigterm_with_a_drain_grace_keeps_serving_while_readyz_says_draining(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc)
-        assert fetch(f"{base}/readyz")[0] == 200
+        # /readyz says "warming" for about a second while the kernels load (ops._readiness).
+        deadline = time.monotonic() + 30
+        while fetch(f"{base}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         draining = 0
