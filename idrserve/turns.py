@@ -30,14 +30,13 @@ from collections import deque
 class InlineTurns:
     """The queue for inline renders; one per process (service.Deps)."""
 
-    __slots__ = ("_armed", "_busy", "_loop", "_waiters", "per_turn", "queued")
+    __slots__ = ("_armed", "_busy", "_waiters", "per_turn", "queued")
 
     def __init__(self, per_turn: int = 3) -> None:
         self.per_turn = per_turn  # renders let through per loop iteration once some wait
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy = False  # a render has had this iteration's turn
         self._armed = False  # `_next` is scheduled for the next iteration
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.queued = 0  # renders that had to wait a turn (for tests and metrics)
 
     async def turn(self) -> None:
@@ -57,7 +56,6 @@ class InlineTurns:
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._armed:
             self._armed = True
-            self._loop = loop
             loop.call_soon(self._next)
 
     def _next(self) -> None:
@@ -72,5 +70,4 @@ class InlineTurns:
                 woken += 1
         if woken:
             self._busy = True
-            assert self._loop is not None
-            self._arm(self._loop)
+            self._arm(asyncio.get_running_loop())  # `_next` runs as a loop callback
