@@ -25,8 +25,8 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 # redis-py internals the fast path uses, as in redis-py 8.2 (pyproject pins <9): the pool
-# methods of a ClusterNode, and RedisCluster's `_initialize` flag. Without any of them every
-# lookup takes `mget_nonatomic`.
+# methods of a ClusterNode, and RedisCluster's `_initialize` flag (with `_initialize_due`
+# where present). Without any of the first two every lookup takes `mget_nonatomic`.
 _NEEDED = ("acquire_connection", "disconnect_if_needed", "release")
 # A connection's StreamWriter: written to directly, without redis-py's `wait_for` per write.
 # Without it every write takes the public `send_packed_command` (slower, as correct).
@@ -49,6 +49,14 @@ class ClusterMget:
         self.enabled = all(hasattr(ClusterNode, name) for name in _NEEDED) and hasattr(
             client, "_initialize"
         )
+
+    def _refresh_due(self) -> bool:
+        """Whether the normal path has a slot-map refresh to run now (private redis-py
+        API, checked for in __init__; an older client without `_initialize_due` refreshes
+        whenever `_initialize` is set)."""
+        client = self._client
+        due = getattr(client, "_initialize_due", None)
+        return bool(due()) if due is not None else bool(client._initialize)
 
     def slot(self, key: str) -> int:
         """The key's cluster slot; CRC16 once per hash tag rather than once per key and call.
@@ -73,9 +81,12 @@ class ClusterMget:
         """The values of `keys`, as (keys, their values) groups: one group per slot, so that
         no per-key reordering is needed to hand them back."""
         client = self._client
-        # Not yet connected, or a refresh of the slot map is asked for: the normal path
-        # runs it (a private flag of redis-py's RedisCluster, checked for in __init__).
-        if not self.enabled or client._initialize:
+        # Not yet connected, or a refresh of the slot map is due: the normal path runs it.
+        # A refresh asked for but not due yet (redis-py spaces them out, longer after ones
+        # that failed, as during a failover) leaves the current slot map serving, and so
+        # does this path: keyed on the raw `_initialize` flag instead, lookups stayed on
+        # the slow path after a failover until some later command ran the refresh.
+        if not self.enabled or self._refresh_due():
             return [(keys, await client.mget_nonatomic(keys))]
         by_slot: dict[int, list[str]] = {}
         heads = self._head_slots
