@@ -31,7 +31,7 @@ from idrserve.http import (
     webgateway,
     zarrstore,
 )
-from idrserve.http.fastpath import UrlIndex, make_fastpath_middleware
+from idrserve.http.fastpath import DIRECT_HITS, DirectHits, UrlIndex, make_fastpath_middleware
 from idrserve.http.keys import ADMISSION, CATALOG, DEPS, PLATES, REGISTRY, SETTINGS, STATE
 from idrserve.http.looplag import LoopLag
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
@@ -172,6 +172,15 @@ def create_app(settings: Settings) -> web.Application:
     app[STATE] = {"ready": False}  # /readyz reads it too, plus "draining" at shutdown
     app[ADMISSION] = admission
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
+    if settings.server.direct_hits and url_index.max_entries > 0:
+        # Read by http/server.py's connection handler (`start_server`).
+        app[DIRECT_HITS] = DirectHits(
+            url_index,
+            lambda: app.get(DEPS),
+            settings.server.cache_control,
+            settings.server.cors_origin,
+            app[reqmetrics.REQUEST_METRICS],
+        )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         cpu_pool = ThreadPoolExecutor(settings.server.cpu_threads, thread_name_prefix="idrs-cpu")

@@ -60,6 +60,10 @@ class ServerSettings(_Group):
     # tiles/s; 3 halves the lag p99 of unbounded batches and lowers the request p99 for 3 %
     # (bench/results/http-turns-vm-2026-12-05.md).
     inline_renders_per_turn: int = Field(3, ge=1, le=64)
+    # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
+    # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):
+    # same bytes, several times the hits/s (bench/bench_cache.py). Off: the middleware path.
+    direct_hits: bool = True
     cors_origin: str = "*"
     # `Cache-Control` on rendered images; public so that nginx in front may cache them.
     cache_control: str = "public, max-age=86400"

@@ -61,10 +61,17 @@ def new_request_id() -> str:
 def request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
-        rid = request.headers.get("X-Request-ID", "")[:64]
-        if not rid or not rid.isascii() or not rid.replace("-", "").isalnum():
-            rid = new_request_id()
-        request[REQUEST_ID] = rid
+        rid = request[REQUEST_ID] = chosen_request_id(request.headers.get("X-Request-ID"))
+    return rid
+
+
+def chosen_request_id(sent: str | None) -> str:
+    """The client's `X-Request-ID` when it is a plain token (letters, digits, dashes; cut to 64
+    characters), so its logs and ours share the id; a new one otherwise. Being that plain, it
+    needs no escaping in a header or a log line."""
+    rid = (sent or "")[:64]
+    if not rid or not rid.isascii() or not rid.replace("-", "").isalnum():
+        return new_request_id()
     return rid
 
 

@@ -62,6 +62,7 @@ from idrserve.http.keys import (
 from idrserve.http.middleware import answer_options, request_id, serves_get
 from idrserve.http.openapi import build_spec
 from idrserve.http.responses import overloaded, refusal
+from idrserve.http.trace import Trace
 from idrserve.http.urls import link_cache_control, public_base
 from idrserve.http.webgateway import ms_options
 from idrserve.settings import Settings, SourceSettings
@@ -148,11 +149,16 @@ def make_admission_middleware(
 
 def route_template(request: BaseRequest) -> str:
     """The matched route's template (`/webgateway/imgData/{iid}/`), never the raw path."""
+    return _template(_resource(request))
+
+
+def _resource(request: BaseRequest) -> Any:
     match_info = getattr(request, "match_info", None)
-    resource = None if match_info is None else match_info.route.resource
-    if resource is None:
-        return "-"
-    return str(resource.canonical)
+    return None if match_info is None else match_info.route.resource
+
+
+def _template(resource: Any) -> str:
+    return "-" if resource is None else str(resource.canonical)
 
 
 # JSON literal of each route's template, by resource (weak: apps come and go in tests).
@@ -161,14 +167,12 @@ _ROUTE_JSON: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary(
 _CACHE_JSON = {v: f'"{v}"' for v in ("memory", "disk", "redis", "coalesced", "miss", "off", "-")}
 
 
-def _route_json(request: BaseRequest) -> str:
-    match_info = getattr(request, "match_info", None)
-    resource = None if match_info is None else match_info.route.resource
+def _route_json(resource: Any) -> str:
     if resource is None:
         return '"-"'
     literal = _ROUTE_JSON.get(resource)
     if literal is None:
-        literal = _ROUTE_JSON[resource] = _s(route_template(request))
+        literal = _ROUTE_JSON[resource] = _s(_template(resource))
     return literal
 
 
@@ -233,44 +237,72 @@ class AccessLog(AbstractAccessLogger):
             trace = request.get(TRACE)
             tier = "-" if trace is None else trace.tier
             reqmetrics.observe(request, response.status, size, time_s, tier)
-            if not self._write:  # log.access_log off: counted on /metrics only
-                return
-            if self.log_format == "text":
-                record: dict[str, Any] = {
-                    "ts": round(time.time(), 3),
-                    "request_id": request.get(REQUEST_ID) or "-",
-                    "method": request.method,
-                    "route": route_template(request),
-                    "status": response.status,
-                    "bytes": size,
-                    "duration_ms": round(time_s * 1000, 3),
-                    "cache": tier,
-                    "client": request.remote,
-                }
-                if trace is not None and trace.timings:
-                    record.update(trace.log_fields())
-                line = format_line(record, "text")
-            else:
-                extra = ""
-                if trace is not None and trace.timings:
-                    extra = "".join(f',"{k}":{v}' for k, v in trace.log_fields().items())
-                line = (
-                    # request ids are validated to [A-Za-z0-9-] (middleware.request_id) and
-                    # aiohttp only accepts token characters in a method: no escaping needed
-                    f'{{"ts":{time.time():.3f},"request_id":"{request.get(REQUEST_ID) or "-"}"'
-                    f',"method":"{request.method}","route":{_route_json(request)}'
-                    f',"status":{response.status},"bytes":{size}'
-                    f',"duration_ms":{time_s * 1000:.3f}'
-                    f',"cache":{_CACHE_JSON.get(tier) or _s(tier)}'
-                    f',"client":{_s(request.remote or "-")}{extra}}}'
-                )
-            self._buffer.append(line)
-            if len(self._buffer) >= FLUSH_LINES:
-                self.flush()
-            elif self._handle is None:
-                self._handle = asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self.flush)
+            if self._write:  # else log.access_log is off: counted on /metrics only
+                rid = request.get(REQUEST_ID) or "-"
+                self._line(
+                    rid, request.method, _resource(request), response.status, size, time_s,
+                    tier, request.remote, trace,
+                )  # fmt: skip
         except Exception:  # never let logging break serving
             logging.getLogger("idrserve.http").exception("access log failed")
+
+    def log_hit(
+        self, request_id: str, resource: Any, size: int, time_s: float, client: str | None
+    ) -> None:
+        """The line of a memory hit answered before any request object was made (a direct
+        hit, http/fastpath.py); /metrics counts it there."""
+        if self._write:
+            try:
+                self._line(request_id, "GET", resource, 200, size, time_s, "memory", client, None)
+            except Exception:  # never let logging break serving
+                logging.getLogger("idrserve.http").exception("access log failed")
+
+    def _line(
+        self,
+        rid: str,
+        method: str,
+        resource: Any,
+        status: int,
+        size: int | None,
+        time_s: float,
+        tier: str,
+        client: str | None,
+        trace: Trace | None,
+    ) -> None:
+        if self.log_format == "text":
+            record: dict[str, Any] = {
+                "ts": round(time.time(), 3),
+                "request_id": rid,
+                "method": method,
+                "route": _template(resource),
+                "status": status,
+                "bytes": size,
+                "duration_ms": round(time_s * 1000, 3),
+                "cache": tier,
+                "client": client,
+            }
+            if trace is not None and trace.timings:
+                record.update(trace.log_fields())
+            line = format_line(record, "text")
+        else:
+            extra = ""
+            if trace is not None and trace.timings:
+                extra = "".join(f',"{k}":{v}' for k, v in trace.log_fields().items())
+            line = (
+                # request ids are validated to [A-Za-z0-9-] (middleware.request_id) and
+                # aiohttp only accepts token characters in a method: no escaping needed
+                f'{{"ts":{time.time():.3f},"request_id":"{rid}"'
+                f',"method":"{method}","route":{_route_json(resource)}'
+                f',"status":{status},"bytes":{size}'
+                f',"duration_ms":{time_s * 1000:.3f}'
+                f',"cache":{_CACHE_JSON.get(tier) or _s(tier)}'
+                f',"client":{_s(client or "-")}{extra}}}'
+            )
+        self._buffer.append(line)
+        if len(self._buffer) >= FLUSH_LINES:
+            self.flush()
+        elif self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self.flush)
 
     def flush(self) -> None:
         """Hand the buffered lines to the logger as one record."""

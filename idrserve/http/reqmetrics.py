@@ -59,6 +59,12 @@ class RequestMetrics:
     ) -> None:
         match_info = getattr(request, "match_info", None)
         resource = None if match_info is None else match_info.route.resource
+        self.observe_resource(resource, status, size, seconds, tier)
+
+    def observe_resource(
+        self, resource: Any, status: int, size: int | None, seconds: float, tier: str
+    ) -> None:
+        """`observe` for a request known by its route alone (http/fastpath.py's direct hits)."""
         if resource is None:
             fam = "other"
         else:

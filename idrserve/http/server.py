@@ -1,4 +1,4 @@
-"""The process's HTTP server: aiohttp's, with three behaviours stock aiohttp lacks.
+"""The process's HTTP server: aiohttp's, with four behaviours stock aiohttp lacks.
 
 1. Requests aiohttp's parser refuses (a header over `max_field_size`, a control character in a
    header, a malformed request line or Content-Length) get idrserve's JSON error body, CORS and
@@ -14,6 +14,9 @@
 3. A client that takes no response data for `limits.send_timeout_s` is disconnected (nginx's
    `send_timeout`), which drops what was buffered for it and cancels the handler, so its
    admission slot and body bytes are released (`http/bodies.py`). aiohttp has no such limit.
+4. A plain memory hit is answered in `data_received`, as its request is parsed
+   (`fastpath.DirectHits`; `server.direct_hits`): aiohttp's request object, task, router,
+   middlewares and response cost two thirds of a hit.
 
 Public API only, for 3: the kernel enforces it (TCP_USER_TIMEOUT on the listening sockets,
 `_limit_untaken_data`), for small responses left in the socket buffers as for large ones; the
@@ -26,7 +29,9 @@ Private, and confined to `JsonErrorRequestHandler` (aiohttp 3.x has no hook for 
 handler's constructor (`manager`, then `loop` and the options as keywords, as
 `web.Server.__call__` calls it), `handle_error(request, status, exc, message)`, and two pieces
 of its state read after `data_received`: `_messages` (requests parsed, not yet handled) and
-`_request_in_progress` (hence aiohttp >= 3.10.11 in pyproject.toml).
+`_request_in_progress` (hence aiohttp >= 3.10.11 in pyproject.toml); for 4 also `_waiter`,
+the parser's `message_consumed`, `_keepalive_timeout`, `_next_keepalive_close_time` and
+`access_logger` (docs/operations.md#the-aiohttp-seam says how each is used).
 `tests/http/test_server.py::test_aiohttp_private_api_relied_on` fails when any of them changes.
 What would remove them (aiohttp 4's middleware dispatch of parser errors for 1, a proposed
 `header_timeout` option for 2): docs/operations.md#the-aiohttp-seam.
@@ -39,15 +44,18 @@ import json
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from idrserve.http.fastpath import DIRECT_HITS, DirectHits
 from idrserve.http.middleware import (
     HTTP_ERROR_CODES,
     error_body,
@@ -58,13 +66,20 @@ from idrserve.http.middleware import (
 
 log = logging.getLogger("idrserve.http")
 
+# Bytes waiting in a connection's send buffer above which a direct hit (fastpath.py) is left
+# to the usual path, whose writer waits for the client to take them first.
+DIRECT_MAX_BUFFERED = 256 * 1024
+
 
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its own error responses in idrserve's JSON shape."""
 
     __slots__ = (
         "_head_timer",
+        "_log_hit",
+        "_peer_host",
         "cors_origin",
+        "direct",
         "header_timeout_s",
         "on_send_timeout",
         "send_timeout_s",
@@ -79,9 +94,19 @@ class JsonErrorRequestHandler(RequestHandler):
         header_timeout_s: float | None = None,
         send_timeout_s: float | None = None,
         on_send_timeout: Callable[[], None] | None = None,
+        direct: DirectHits | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
+        # Direct hits are logged and counted by idrserve's own access logger (`log_hit`);
+        # with another one they take the usual path, so that it sees every request.
+        self._log_hit: Callable[[str, object, int, float, str], None] | None = getattr(
+            self.access_logger, "log_hit", None
+        )
+        if self.access_logger is not None and self._log_hit is None:
+            direct = None
+        self.direct = direct
+        self._peer_host: str | None = None
         self.cors_origin = cors_origin
         self.header_timeout_s = header_timeout_s
         self.send_timeout_s = send_timeout_s
@@ -89,12 +114,34 @@ class JsonErrorRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
+        answered = False
+        waiter = self._waiter
+        if (
+            self.direct is not None
+            and waiter is not None
+            and not waiter.done()
+            and not self._messages
+            and not self._request_in_progress
+        ):
+            # The handler task waits for a request: let aiohttp parse and queue what arrived
+            # without waking it, answer a lone plain memory hit here, wake it for the rest.
+            start = time.perf_counter()
+            self._waiter = None
+            try:
+                super().data_received(data)
+            finally:
+                self._waiter = waiter
+            if self._messages:
+                answered = len(self._messages) == 1 and self._answer_direct(start)
+                if not answered:
+                    waiter.set_result(None)
+        else:
+            super().data_received(data)
         # A timer per request head that does not arrive whole: started when bytes leave the
         # parser with a partial head while no request is being handled, stopped once the head
         # is complete. A head in one read, the usual case, never creates a timer. (Bytes
         # pipelined behind a request in progress are left to the keep-alive timeout.)
-        super().data_received(data)
-        if self._messages or self._request_in_progress:
+        if answered or self._messages or self._request_in_progress:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
@@ -102,6 +149,48 @@ class JsonErrorRequestHandler(RequestHandler):
             self._head_timer = asyncio.get_running_loop().call_later(
                 self.header_timeout_s, self._head_timed_out
             )
+
+    def _answer_direct(self, start: float) -> bool:
+        """Write the queued request's response here when it is a direct hit (fastpath.py)."""
+        message = self._messages[0][0]
+        transport = self.transport
+        if (
+            not isinstance(message, RawRequestMessage)  # else a parser error, answered as usual
+            or transport is None
+            or transport.is_closing()
+            # a client slow to take earlier responses: the usual path waits for it to drain
+            or transport.get_write_buffer_size() > DIRECT_MAX_BUFFERED
+        ):
+            return False
+        assert self.direct is not None
+        try:
+            hit = self.direct.answer(message)
+        except Exception:  # the usual path answers it, with the error middleware's care
+            log.exception("direct hit failed for %s", message.path[:200])
+            return False
+        if hit is None:
+            return False
+        self._messages.popleft()
+        consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
+        if consumed is not None:
+            consumed()  # what the handler task does for each request it takes
+        transport.writelines((hit.head, hit.body))
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        if self._keepalive_timeout > 0:  # the keep-alive timer counts from the last answer
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        log_hit = self._log_hit
+        if log_hit is not None:
+            elapsed = time.perf_counter() - start
+            metrics = self.direct.metrics
+            if metrics is not None:
+                metrics.observe_resource(hit.resource, 200, len(hit.body), elapsed, "memory")
+            if self._peer_host is None:
+                peer = transport.get_extra_info("peername")
+                self._peer_host = str(peer[0]) if isinstance(peer, list | tuple) else str(peer)
+            log_hit(hit.request_id, hit.resource, len(hit.body), elapsed, self._peer_host)
+        return True
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -209,6 +298,8 @@ async def start_server(
     assert manager is not None
     loop = asyncio.get_running_loop()
 
+    direct = app.get(DIRECT_HITS)  # set by create_app unless server.direct_hits is off
+
     def connection() -> RequestHandler:
         # What web.Server.__call__ does, with our subclass; the handler registers with
         # `manager`, so the runner's graceful shutdown covers its connections.
@@ -219,6 +310,7 @@ async def start_server(
             header_timeout_s=header_timeout_s,
             send_timeout_s=send_timeout_s,
             on_send_timeout=on_send_timeout,
+            direct=direct,
             **handler_kwargs,
         )
 

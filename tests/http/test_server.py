@@ -61,6 +61,23 @@ async def test_aiohttp_private_api_relied_on() -> None:
     # 3. The head timer reads, after data_received: `_messages`, the requests parsed and not
     #    yet handled (empty while a head is incomplete), and `_request_in_progress`.
     assert {"_messages", "_request_in_progress"} <= set(RequestHandler.__slots__), version
+    # 4. Direct hits (http/fastpath.py) are answered in data_received: it queues parsed
+    #    requests without waking the handler task (`_waiter`, the future it awaits, is set
+    #    aside meanwhile), takes one from `_messages` as the task would (with the parser's
+    #    `message_consumed` where it has one), and pushes the keep-alive deadline
+    #    (`_next_keepalive_close_time`, `_keepalive_timeout`) as an answered request does.
+    direct_state = {
+        "_waiter",
+        "_parser",
+        "_manager",
+        "_loop",
+        "_keepalive_timeout",
+        "_next_keepalive_close_time",
+        "access_logger",
+    }
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert direct_state <= slots, version
+    assert hasattr(web.Server(lambda r: None), "requests_count"), version  # type: ignore[arg-type,return-value]
     assert callable(RequestHandler.force_close), version
 
     async def ok(request: web.BaseRequest) -> web.Response:
