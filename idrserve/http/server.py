@@ -131,10 +131,13 @@ class JsonErrorRequestHandler(RequestHandler):
                 super().data_received(data)
             finally:
                 self._waiter = waiter
-            if self._messages:
-                answered = len(self._messages) == 1 and self._answer_direct(start)
-                if not answered:
-                    waiter.set_result(None)
+            if len(self._messages) == 1:
+                try:
+                    answered = self._answer_direct(start)
+                except Exception:  # never leave a request queued with the task asleep
+                    log.exception("direct hit failed")
+            if self._messages and not answered:
+                waiter.set_result(None)
         else:
             super().data_received(data)
         # A timer per request head that does not arrive whole: started when bytes leave the
@@ -170,11 +173,11 @@ class JsonErrorRequestHandler(RequestHandler):
             return False
         if hit is None:
             return False
+        transport.writelines((hit.head, hit.body))  # if it raises, the task answers instead
         self._messages.popleft()
         consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
         if consumed is not None:
             consumed()  # what the handler task does for each request it takes
-        transport.writelines((hit.head, hit.body))
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1

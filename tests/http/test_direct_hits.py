@@ -323,3 +323,21 @@ async def test_a_client_slow_to_read_gets_the_usual_path(serve: Callable[..., An
     await conn.get(TILE)
     assert served.answered == 1
     conn.close()
+
+
+async def test_a_failing_direct_hit_is_answered_by_the_usual_path(
+    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    served = await serve()
+    conn = await Conn.open(served.port)
+    _, _, body = await conn.get(TILE)
+
+    def broken(message: Any) -> DirectHit | None:
+        raise RuntimeError("boom")
+
+    assert served.direct is not None
+    served.direct.answer = broken  # type: ignore[method-assign]
+    status, headers, again = await conn.get(TILE)
+    assert (status, again, _value(headers, "X-Cache")) == (200, body, "memory")
+    assert "direct hit failed" in caplog.text
+    conn.close()
