@@ -99,6 +99,15 @@ def _cost(url: str, memo: _Memo) -> int:
     return len(url) + len(memo.key) + len(memo.data_version) + extra + MEMO_OVERHEAD
 
 
+def _still_valid(memo: _Memo, deps: Any) -> bool:
+    """Whether the key a URL resolved to still answers it: the image is neither purged
+    (cache generation) nor changed (data version) since. `deps.cache` is not None."""
+    return bool(
+        deps.cache.fresh_generation(memo.image_id) == memo.generation
+        and deps.source.fresh_data_version(memo.image_id) == memo.data_version
+    )
+
+
 def make_fastpath_middleware(
     index: UrlIndex,
     deps_getter: Callable[[web.Request], Any],
@@ -119,11 +128,7 @@ def make_fastpath_middleware(
         if memo is not None:
             deps = deps_getter(request)
             cache = deps.cache
-            if (
-                cache is not None
-                and cache.fresh_generation(memo.image_id) == memo.generation
-                and deps.source.fresh_data_version(memo.image_id) == memo.data_version
-            ):
+            if cache is not None and _still_valid(memo, deps):
                 tier = "memory"
                 entry = cache.memory.get(memo.key) if cache.memory is not None else None
                 if entry is None:
@@ -227,12 +232,7 @@ class DirectHits:
             return None
         deps = self._deps()
         cache = None if deps is None else deps.cache
-        if (
-            cache is None
-            or cache.memory is None
-            or cache.fresh_generation(memo.image_id) != memo.generation
-            or deps.source.fresh_data_version(memo.image_id) != memo.data_version
-        ):
+        if cache is None or cache.memory is None or not _still_valid(memo, deps):
             return None
         entry = cache.memory.get(memo.key)
         if entry is None or len(entry.body) > LARGE_BODY_BYTES:

@@ -149,12 +149,7 @@ def make_admission_middleware(
 
 def route_template(request: BaseRequest) -> str:
     """The matched route's template (`/webgateway/imgData/{iid}/`), never the raw path."""
-    return _template(_resource(request))
-
-
-def _resource(request: BaseRequest) -> Any:
-    match_info = getattr(request, "match_info", None)
-    return None if match_info is None else match_info.route.resource
+    return _template(reqmetrics.route_resource(request))
 
 
 def _template(resource: Any) -> str:
@@ -239,8 +234,9 @@ class AccessLog(AbstractAccessLogger):
             reqmetrics.observe(request, response.status, size, time_s, tier)
             if self._write:  # else log.access_log is off: counted on /metrics only
                 rid = request.get(REQUEST_ID) or "-"
+                route = reqmetrics.route_resource(request)
                 self._line(
-                    rid, request.method, _resource(request), response.status, size, time_s,
+                    rid, request.method, route, response.status, size, time_s,
                     tier, request.remote, trace,
                 )  # fmt: skip
         except Exception:  # never let logging break serving

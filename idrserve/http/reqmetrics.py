@@ -42,6 +42,13 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 SNAPSHOT_S = 1.0
 
 
+def route_resource(request: Any) -> Any:
+    """The aiohttp resource of the route a request matched (shared by all its URLs), or None;
+    requests are counted and logged by it (ops.AccessLog too)."""
+    match_info = getattr(request, "match_info", None)
+    return None if match_info is None else match_info.route.resource
+
+
 class RequestMetrics:
     """One app's counts; `shared_dir` is set in workers of a multi-process server."""
 
@@ -57,9 +64,7 @@ class RequestMetrics:
     def observe(
         self, request: Any, status: int, size: int | None, seconds: float, tier: str
     ) -> None:
-        match_info = getattr(request, "match_info", None)
-        resource = None if match_info is None else match_info.route.resource
-        self.observe_resource(resource, status, size, seconds, tier)
+        self.observe_resource(route_resource(request), status, size, seconds, tier)
 
     def observe_resource(
         self, resource: Any, status: int, size: int | None, seconds: float, tier: str
