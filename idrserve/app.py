@@ -31,7 +31,14 @@ from idrserve.http import (
     webgateway,
     zarrstore,
 )
-from idrserve.http.fastpath import DIRECT_HITS, DirectHits, UrlIndex, make_fastpath_middleware
+from idrserve.http.coldpath import COLD_RENDERS, ColdRenders
+from idrserve.http.fastpath import (
+    DIRECT_HITS,
+    DirectHits,
+    ImageHeads,
+    UrlIndex,
+    make_fastpath_middleware,
+)
 from idrserve.http.keys import ADMISSION, CATALOG, DEPS, PLATES, REGISTRY, SETTINGS, STATE
 from idrserve.http.looplag import LoopLag
 from idrserve.http.middleware import make_error_middleware, make_on_prepare
@@ -172,14 +179,11 @@ def create_app(settings: Settings) -> web.Application:
     app[STATE] = {"ready": False}  # /readyz reads it too, plus "draining" at shutdown
     app[ADMISSION] = admission
     app.on_response_prepare.append(make_on_prepare(settings.server.cors_origin))
+    heads = ImageHeads(settings.server.cache_control, settings.server.cors_origin)
     if settings.server.direct_hits and url_index.max_entries > 0:
         # Read by http/server.py's connection handler (`start_server`).
         app[DIRECT_HITS] = DirectHits(
-            url_index,
-            lambda: app.get(DEPS),
-            settings.server.cache_control,
-            settings.server.cors_origin,
-            app[reqmetrics.REQUEST_METRICS],
+            url_index, lambda: app.get(DEPS), heads, app[reqmetrics.REQUEST_METRICS]
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -243,4 +247,18 @@ def create_app(settings: Settings) -> web.Application:
     zarrstore.add_routes(app)
     api.add_routes(app)
     ops.add_routes(app)
+    if settings.server.direct_renders:
+        # Read by http/server.py's connection handler, like DIRECT_HITS.
+        app[COLD_RENDERS] = ColdRenders(
+            settings,
+            lambda: app.get(DEPS),
+            admission,
+            url_index if url_index.max_entries > 0 else None,
+            heads,
+            (
+                app.router.named_resources()["webgateway_render_image_region"],
+                app.router.named_resources()["iiif"],
+            ),
+            app[reqmetrics.REQUEST_METRICS],
+        )
     return app

@@ -85,6 +85,18 @@ async def cache_key(req: RegionRequest | HistogramRequest, deps: Deps) -> tuple[
     return response_key(req.image_id, generation, digest), generation
 
 
+def fresh_cache_key(req: RegionRequest, deps: Deps) -> tuple[str, int] | None:
+    """`cache_key` without I/O, for callers that cannot await (http/coldpath.py); None when
+    the image's purge generation must be looked up first."""
+    digest = req.key()
+    if deps.cache is None:
+        return digest, 0
+    generation = deps.cache.fresh_generation(req.image_id)
+    if generation is None:
+        return None
+    return response_key(req.image_id, generation, digest), generation
+
+
 async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Rendered:
     """Answer from the cheapest cache tier, or render once (single-flight) and store."""
     if deps.cache is None:

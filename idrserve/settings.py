@@ -64,6 +64,11 @@ class ServerSettings(_Group):
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):
     # same bytes, several times the hits/s (bench/bench_cache.py). Off: the middleware path.
     direct_hits: bool = True
+    # A cold webgateway tile (render_image_region) planned as its request is parsed and
+    # rendered in one task, without aiohttp's request, middlewares and response
+    # (http/coldpath.py): same bytes, fewer µs per tile (bench/bench_http.py). Off: the
+    # middleware path.
+    direct_renders: bool = True
     cors_origin: str = "*"
     # `Cache-Control` on rendered images; public so that nginx in front may cache them.
     cache_control: str = "public, max-age=86400"

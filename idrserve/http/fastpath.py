@@ -199,37 +199,22 @@ class DirectHits:
         self,
         index: UrlIndex,
         deps: Callable[[], Any],
-        cache_control: str,
-        cors_origin: str,
+        heads: ImageHeads,
         metrics: RequestMetrics | None,
     ) -> None:
         self._index = index
         self._deps = deps
-        self._cache_control = cache_control
-        self._after_type = (
-            f"Server: {SERVER_SOFTWARE}\r\nAccess-Control-Allow-Origin: {cors_origin}\r\n"
-            f"Access-Control-Expose-Headers: {EXPOSE_HEADERS}\r\nX-Request-ID: "
-        )
+        self.heads = heads
         self.metrics = metrics
-        self._date_second = -1
-        self._date = ""
 
     def answer(self, message: RawRequestMessage) -> DirectHit | None:
         """The response to `message` when it is a plain memory hit, else None."""
-        if (
-            message.method != "GET"
-            or message.version != HttpVersion11
-            or message.should_close
-            or message.upgrade
-            or message.chunked
-        ):
+        if not plain_get(message):
             return None
         memo = self._index.lookup(message.path)
         if memo is None or memo.resource is None:
             return None
         headers = message.headers
-        if "If-None-Match" in headers or "Content-Length" in headers:
-            return None
         deps = self._deps()
         cache = None if deps is None else deps.cache
         if cache is None or cache.memory is None or not _still_valid(memo, deps):
@@ -237,23 +222,74 @@ class DirectHits:
         entry = cache.memory.get(memo.key)
         if entry is None or len(entry.body) > LARGE_BODY_BYTES:
             return None
-        own = ""
-        if memo.headers:
-            # aiohttp refuses a header value with a line break; so does this path.
-            own = "".join(f"{k}: {v}\r\n" for k, v in memo.headers)
-            if own.count("\n") != len(memo.headers) or own.count("\r") != len(memo.headers):
-                return None
         rid = chosen_request_id(headers.get("X-Request-ID"))
+        head = self.heads.head(
+            memo.key, "memory", None, memo.headers, entry.media_type, len(entry.body), rid
+        )
+        if head is None:
+            return None
+        return DirectHit(head, entry.body, memo.resource, rid)
+
+
+def plain_get(message: RawRequestMessage) -> bool:
+    """A GET over HTTP/1.1 keep-alive with no body and no `If-None-Match`: the only requests
+    answered before aiohttp builds a request (here and http/coldpath.py); a 304, HTTP/1.0,
+    a closing connection or a body are the usual path's."""
+    if (
+        message.method != "GET"
+        or message.version != HttpVersion11
+        or message.should_close
+        or message.upgrade
+        or message.chunked
+    ):
+        return False
+    headers = message.headers
+    return "If-None-Match" not in headers and "Content-Length" not in headers
+
+
+class ImageHeads:
+    """The head of a 200 image response written without aiohttp (direct hits here, cold
+    tiles in http/coldpath.py): the headers `image_response` and the app's on-prepare hook
+    set, in the order aiohttp writes them (tests/http/test_direct_hits.py and
+    tests/http/test_coldpath.py compare them byte for byte with the usual path's)."""
+
+    def __init__(self, cache_control: str, cors_origin: str) -> None:
+        self._cache_control = cache_control
+        self._after_type = (
+            f"Server: {SERVER_SOFTWARE}\r\nAccess-Control-Allow-Origin: {cors_origin}\r\n"
+            f"Access-Control-Expose-Headers: {EXPOSE_HEADERS}\r\nX-Request-ID: "
+        )
+        self._date_second = -1
+        self._date = ""
+
+    def head(
+        self,
+        key: str,
+        tier: str,
+        timing: str | None,
+        own_headers: tuple[tuple[str, str], ...],
+        media_type: str,
+        length: int,
+        rid: str,
+    ) -> bytes | None:
+        """None when a header value holds a line break (aiohttp refuses those too)."""
+        own = ""
+        if timing:
+            own = f"Server-Timing: {timing}\r\n"
+        if own_headers:
+            own += "".join(f"{k}: {v}\r\n" for k, v in own_headers)
+            lines = len(own_headers) + (1 if timing else 0)
+            if own.count("\n") != lines or own.count("\r") != lines:
+                return None
         now = int(time.time())
         if now != self._date_second:
             self._date_second, self._date = now, formatdate(now, usegmt=True)
-        head = (
-            f"HTTP/1.1 200 OK\r\nETag: {etag_for(memo.key)}\r\n"
-            f"Cache-Control: {self._cache_control}\r\nX-Cache: memory\r\n{own}"
-            f"Content-Type: {entry.media_type}\r\nContent-Length: {len(entry.body)}\r\n"
+        return (
+            f"HTTP/1.1 200 OK\r\nETag: {etag_for(key)}\r\n"
+            f"Cache-Control: {self._cache_control}\r\nX-Cache: {tier}\r\n{own}"
+            f"Content-Type: {media_type}\r\nContent-Length: {length}\r\n"
             f"Date: {self._date}\r\n{self._after_type}{rid}\r\n\r\n"
-        )
-        return DirectHit(head.encode(), entry.body, memo.resource, rid)
+        ).encode()
 
 
 # Here rather than in http/keys.py, which this module imports.

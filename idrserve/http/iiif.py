@@ -217,18 +217,24 @@ def _decode(segment: str) -> str:
         return "\ufffd"
 
 
-async def _image(request: web.Request, version: Version, segments: list[str]) -> web.StreamResponse:
-    deps = request.app[DEPS]
+def image_ask(version: Version, segments: list[str], limits: LimitSettings) -> IiifAsk:
+    """The five segments of an image request, parsed (400 for any malformed one); also what
+    http/coldpath.py plans a tile with."""
     # Clients may percent-encode `^`, `!`, `,` or `:` (yarl and some browsers encode `^`).
     region_text, size_text, rotation_text, last = (_decode(s) for s in segments[1:])
     # Syntax first (400 for any malformed segment), then the image (404), then semantics.
-    ident = parse_identifier(segments[0], deps.limits.max_active_channels)
+    ident = parse_identifier(segments[0], limits.max_active_channels)
     region, size = parse_region(region_text), parse_size(size_text, version)
     mirror, degrees = parse_rotation(rotation_text)
     tone, fmt = parse_quality_format(last)
     quality, _, ext = last.rpartition(".")
-    ask = IiifAsk(version, ident, region, size, mirror, degrees, tone, fmt, quality, ext)
-    meta = await deps.source.meta(ident.image_id)
+    return IiifAsk(version, ident, region, size, mirror, degrees, tone, fmt, quality, ext)
+
+
+async def _image(request: web.Request, version: Version, segments: list[str]) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    ask = image_ask(version, segments, deps.limits)
+    meta = await deps.source.meta(ask.identifier.image_id)
     req, canonical = plan_iiif(ask, meta, deps.limits)
     return await respond_rendered(request, req, meta, link_headers(version, canonical))
 

@@ -243,13 +243,21 @@ class AccessLog(AbstractAccessLogger):
             logging.getLogger("idrserve.http").exception("access log failed")
 
     def log_hit(
-        self, request_id: str, resource: Any, size: int, time_s: float, client: str | None
+        self,
+        request_id: str,
+        resource: Any,
+        size: int,
+        time_s: float,
+        client: str | None,
+        tier: str = "memory",
+        trace: Trace | None = None,
+        status: int = 200,
     ) -> None:
-        """The line of a memory hit answered before any request object was made (a direct
-        hit, http/fastpath.py); /metrics counts it there."""
+        """The line of a GET answered before any request object was made (a direct hit,
+        http/fastpath.py, or a cold tile, http/coldpath.py); /metrics counts it there."""
         if self._write:
             try:
-                self._line(request_id, "GET", resource, 200, size, time_s, "memory", client, None)
+                self._line(request_id, "GET", resource, status, size, time_s, tier, client, trace)
             except Exception:  # never let logging break serving
                 logging.getLogger("idrserve.http").exception("access log failed")
 

@@ -1,4 +1,4 @@
-"""The process's HTTP server: aiohttp's, with four behaviours stock aiohttp lacks.
+"""The process's HTTP server: aiohttp's, with five behaviours stock aiohttp lacks.
 
 1. Requests aiohttp's parser refuses (a header over `max_field_size`, a control character in a
    header, a malformed request line or Content-Length) get idrserve's JSON error body, CORS and
@@ -17,6 +17,9 @@
 4. A plain memory hit is answered in `data_received`, as its request is parsed
    (`fastpath.DirectHits`; `server.direct_hits`): aiohttp's request object, task, router,
    middlewares and response cost two thirds of a hit.
+5. A plain cold tile is planned there too and rendered in one task of the handler's own
+   (`coldpath.ColdRenders`; `server.direct_renders`), which writes its response or hands the
+   request back to the handler task (a failure, the deadline).
 
 Public API only, for 3: the kernel enforces it (TCP_USER_TIMEOUT on the listening sockets,
 `_limit_untaken_data`), for small responses left in the socket buffers as for large ones; the
@@ -31,7 +34,9 @@ handler's constructor (`manager`, then `loop` and the options as keywords, as
 of its state read after `data_received`: `_messages` (requests parsed, not yet handled) and
 `_request_in_progress` (hence aiohttp >= 3.10.11 in pyproject.toml); for 4 also `_waiter`,
 the parser's `message_consumed`, `_keepalive_timeout`, `_next_keepalive_close_time` and
-`access_logger` (docs/operations.md#the-aiohttp-seam says how each is used).
+`access_logger`; for 5 also `_task_handler`, `_request_factory` (wrapped) and
+`_handle_request` (extended), `_process_keepalive` and `shutdown` (extended) and the
+Server's `handler_cancellation` (docs/operations.md#the-aiohttp-seam says how each is used).
 `tests/http/test_server.py::test_aiohttp_private_api_relied_on` fails when any of them changes.
 What would remove them (aiohttp 4's middleware dispatch of parser errors for 1, a proposed
 `header_timeout` option for 2): docs/operations.md#the-aiohttp-seam.
@@ -45,6 +50,7 @@ import logging
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
@@ -55,6 +61,7 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from idrserve.http.coldpath import COLD_RENDERS, ColdAnswer, ColdJob, ColdRenders
 from idrserve.http.fastpath import DIRECT_HITS, DirectHits
 from idrserve.http.middleware import (
     HTTP_ERROR_CODES,
@@ -69,15 +76,23 @@ log = logging.getLogger("idrserve.http")
 # Bytes waiting in a connection's send buffer above which a direct hit (fastpath.py) is left
 # to the usual path, whose writer waits for the client to take them first.
 DIRECT_MAX_BUFFERED = 256 * 1024
+# Requests a client may pipeline behind a cold tile before its connection stops being read.
+MAX_HELD = 16
 
 
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its own error responses in idrserve's JSON shape."""
 
     __slots__ = (
+        "_cold_task",
         "_head_timer",
+        "_held",
+        "_held_paused",
         "_log_hit",
         "_peer_host",
+        "_plain_request_factory",
+        "_usual",
+        "cold",
         "cors_origin",
         "direct",
         "header_timeout_s",
@@ -95,17 +110,23 @@ class JsonErrorRequestHandler(RequestHandler):
         send_timeout_s: float | None = None,
         on_send_timeout: Callable[[], None] | None = None,
         direct: DirectHits | None = None,
+        cold: ColdRenders | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
         # Direct hits are logged and counted by idrserve's own access logger (`log_hit`);
         # with another one they take the usual path, so that it sees every request.
-        self._log_hit: Callable[[str, object, int, float, str], None] | None = getattr(
-            self.access_logger, "log_hit", None
-        )
+        self._log_hit: Callable[..., None] | None = getattr(self.access_logger, "log_hit", None)
         if self.access_logger is not None and self._log_hit is None:
-            direct = None
+            direct = cold = None
         self.direct = direct
+        self.cold = cold
+        self._cold_task: asyncio.Task[None] | None = None
+        self._held: deque[Any] = deque()  # requests pipelined behind a cold tile
+        self._held_paused = False
+        self._usual = 0
+        self._plain_request_factory = self._request_factory
+        self._request_factory = self._make_request_counted
         self._peer_host: str | None = None
         self.cors_origin = cors_origin
         self.header_timeout_s = header_timeout_s
@@ -113,18 +134,49 @@ class JsonErrorRequestHandler(RequestHandler):
         self.on_send_timeout = on_send_timeout
         self._head_timer: asyncio.TimerHandle | None = None
 
+    def _make_request_counted(self, *args: Any) -> BaseRequest:
+        # Called by the handler task as it takes a request from the queue, before the
+        # request's own task starts: from here until `_handle_request` ends, a request of
+        # this connection is on the usual path and no direct answer may overtake it.
+        self._usual += 1
+        factory = self._plain_request_factory
+        assert factory is not None  # None only after connection_lost
+        return factory(*args)
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            self._usual -= 1
+
     def data_received(self, data: bytes) -> None:
         answered = False
         waiter = self._waiter
-        if (
-            self.direct is not None
-            and waiter is not None
-            and not waiter.done()
+        if self._cold_task is not None:
+            # A cold tile is being rendered for this connection (coldpath.py): requests
+            # pipelined behind it wait aside, unseen by the handler task, until it is sent.
+            self._waiter = None
+            try:
+                super().data_received(data)
+            finally:
+                self._waiter = waiter
+            self._held.extend(self._messages)
+            self._messages.clear()
+            if len(self._held) >= MAX_HELD and not self._held_paused and self.transport:
+                self._held_paused = True
+                self.transport.pause_reading()
+            answered = True  # for the head timer below: a request is in progress
+        elif (
+            (self.direct is not None or self.cold is not None)
+            and self._usual == 0
             and not self._messages
-            and not self._request_in_progress
+            and self._task_handler is not None
+            and (waiter is None or not waiter.done())
         ):
-            # The handler task waits for a request: let aiohttp parse and queue what arrived
-            # without waking it, answer a lone plain memory hit here, wake it for the rest.
+            # No request of this connection is being handled (the handler task waits for
+            # one, or is about to): let aiohttp parse and queue what arrived without waking
+            # the task, answer a lone plain memory hit or cold tile here, wake it for the
+            # rest (asleep or not, the task takes what is queued before it waits again).
             start = time.perf_counter()
             self._waiter = None
             try:
@@ -133,10 +185,12 @@ class JsonErrorRequestHandler(RequestHandler):
                 self._waiter = waiter
             if len(self._messages) == 1:
                 try:
-                    answered = self._answer_direct(start)
+                    answered = self.direct is not None and self._answer_direct(start)
+                    if not answered and self.cold is not None:
+                        answered = self._start_cold(start)
                 except Exception:  # never leave a request queued with the task asleep
-                    log.exception("direct hit failed")
-            if self._messages and not answered:
+                    log.exception("direct answer failed")
+            if self._messages and not answered and waiter is not None:
                 waiter.set_result(None)
         else:
             super().data_received(data)
@@ -155,15 +209,9 @@ class JsonErrorRequestHandler(RequestHandler):
 
     def _answer_direct(self, start: float) -> bool:
         """Write the queued request's response here when it is a direct hit (fastpath.py)."""
-        message = self._messages[0][0]
+        message = self._answerable()
         transport = self.transport
-        if (
-            not isinstance(message, RawRequestMessage)  # else a parser error, answered as usual
-            or transport is None
-            or transport.is_closing()
-            # a client slow to take earlier responses: the usual path waits for it to drain
-            or transport.get_write_buffer_size() > DIRECT_MAX_BUFFERED
-        ):
+        if message is None or transport is None:
             return False
         assert self.direct is not None
         try:
@@ -189,15 +237,135 @@ class JsonErrorRequestHandler(RequestHandler):
             metrics = self.direct.metrics
             if metrics is not None:
                 metrics.observe_resource(hit.resource, 200, len(hit.body), elapsed, "memory")
-            if self._peer_host is None:
-                peer = transport.get_extra_info("peername")
-                self._peer_host = str(peer[0]) if isinstance(peer, list | tuple) else str(peer)
-            log_hit(hit.request_id, hit.resource, len(hit.body), elapsed, self._peer_host)
+            log_hit(hit.request_id, hit.resource, len(hit.body), elapsed, self._peer())
         return True
+
+    def _answerable(self) -> RawRequestMessage | None:
+        """The lone queued request, when it may be answered here rather than by the task."""
+        message = self._messages[0][0]
+        transport = self.transport
+        if (
+            not isinstance(message, RawRequestMessage)  # else a parser error, answered as usual
+            or transport is None
+            or transport.is_closing()
+            # a client slow to take earlier responses: the usual path waits for it to drain
+            or transport.get_write_buffer_size() > DIRECT_MAX_BUFFERED
+        ):
+            return None
+        return message
+
+    def _start_cold(self, start: float) -> bool:
+        """Take the queued request as a cold tile when coldpath.py plans it: the handler
+        task sleeps on, and `_cold` answers, or hands the request back to it."""
+        message = self._answerable()
+        if message is None:
+            return False
+        payload = self._messages[0][1]
+        assert self.cold is not None
+        try:
+            job = self.cold.plan(message)
+        except Exception:  # the usual path answers it, with the error middleware's care
+            log.exception("cold tile planning failed for %s", message.path[:200])
+            return False
+        if job is None:
+            return False
+        self._messages.popleft()
+        consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
+        if consumed is not None:
+            consumed()
+        self._cold_task = self._loop.create_task(self._cold(job, message, payload, start))
+        return True
+
+    async def _cold(
+        self, job: ColdJob, message: RawRequestMessage, payload: Any, start: float
+    ) -> None:
+        cold = self.cold
+        assert cold is not None
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines = cold.deadlines
+        answer: ColdAnswer | None = None
+        deadlines.start(task)
+        try:
+            answer = await cold.render(job)
+        except asyncio.CancelledError:
+            if not deadlines.expired(task):
+                # The client went away (handler_cancellation): as the admission middleware
+                # counts and logs it.
+                cold.admission.cancelled += 1
+                self._cold_task = None
+                if self._log_hit is not None:
+                    elapsed = time.perf_counter() - start
+                    self._log_hit(job.request_id, job.resource, 0, elapsed, self._peer(),
+                                  tier="-", status=499)  # fmt: skip
+                return
+        except Exception:
+            log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
+        finally:
+            deadlines.stop(task)
+            cold.admission.request_done()
+        self._cold_task = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._held.clear()
+            return  # the connection is gone: nobody to answer
+        queued = self._messages  # empty: what arrived meanwhile is held
+        queued.extend(self._held)
+        self._held.clear()
+        if self._held_paused:
+            self._held_paused = False
+            transport.resume_reading()
+        if answer is None:
+            # Handed back: aiohttp's handler answers it through the middlewares.
+            queued.appendleft((message, payload))
+        else:
+            transport.writelines((answer.head, answer.body))
+            manager = self._manager
+            if manager is not None:
+                manager.requests_count += 1
+            if self._keepalive_timeout > 0:
+                self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            log_hit = self._log_hit
+            if log_hit is not None:
+                elapsed = time.perf_counter() - start
+                metrics = cold.metrics
+                size = len(answer.body)
+                if metrics is not None:
+                    metrics.observe_resource(job.resource, 200, size, elapsed, answer.tier)
+                log_hit(job.request_id, job.resource, size, elapsed, self._peer(),
+                        tier=answer.tier, trace=answer.trace)  # fmt: skip
+        waiter = self._waiter
+        if self._messages and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _peer(self) -> str | None:
+        if self._peer_host is None and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            self._peer_host = str(peer[0]) if isinstance(peer, list | tuple) else str(peer)
+        return self._peer_host
+
+    def _process_keepalive(self) -> None:
+        # A connection waiting for its cold tile is not idle: look again a timeout later.
+        if self._cold_task is not None and self._keepalive_timeout > 0:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        super()._process_keepalive()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        # A cold tile in progress is a request in progress: let it finish first, as aiohttp
+        # lets its own handler finish.
+        task = self._cold_task
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
+        await super().shutdown(timeout)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._messages or self._request_in_progress or self.transport is None:
+        if (
+            self._messages
+            or self._request_in_progress
+            or self._cold_task is not None
+            or self.transport is None
+        ):
             return
         rid, peer = new_request_id(), self.transport.get_extra_info("peername")
         detail = f"request line and headers not complete within {self.header_timeout_s:g} s"
@@ -219,6 +387,9 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        manager = self._manager
+        if self._cold_task is not None and manager is not None and manager.handler_cancellation:
+            self._cold_task.cancel()  # as aiohttp cancels its handler task
         if isinstance(exc, TimeoutError) and self.send_timeout_s is not None:
             # ETIMEDOUT: the kernel gave up on data the client left unacknowledged, or a zero
             # window it kept shut, for send_timeout_s (TCP_USER_TIMEOUT, set in start_server).
@@ -302,6 +473,7 @@ async def start_server(
     loop = asyncio.get_running_loop()
 
     direct = app.get(DIRECT_HITS)  # set by create_app unless server.direct_hits is off
+    cold = app.get(COLD_RENDERS)  # likewise, server.direct_renders
 
     def connection() -> RequestHandler:
         # What web.Server.__call__ does, with our subclass; the handler registers with
@@ -314,6 +486,7 @@ async def start_server(
             send_timeout_s=send_timeout_s,
             on_send_timeout=on_send_timeout,
             direct=direct,
+            cold=cold,
             **handler_kwargs,
         )
 

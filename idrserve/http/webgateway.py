@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +71,12 @@ def _opt_path_int(request: web.Request, name: str) -> int | None:
 
 
 def _output(request: web.Request, limits: LimitSettings) -> Output:
-    query = request.query
     strict = (request.match_info.route.name or "").endswith("_rdef")  # _rdef: validated settings
+    return output_from_query(request.query, limits, strict)
+
+
+def output_from_query(query: Mapping[str, str], limits: LimitSettings, strict: bool) -> Output:
+    """The output part of a rendering URL; also what http/coldpath.py plans a tile with."""
     flip_h, flip_v = params.parse_flip(query)
     return Output(
         params.parse_render_overrides(

@@ -36,6 +36,10 @@ class PixelSource(Protocol):
         """Capability: the loaded image's data version if still trusted, else None."""
         ...
 
+    def fresh_meta(self, image_id: int) -> ImageMeta | None:
+        """Capability: the loaded image's metadata if still trusted, else None (no I/O)."""
+        ...
+
 
 async def resolve_source(source: PixelSource, image_id: int) -> PixelSource:
     """The concrete source that serves `image_id`.

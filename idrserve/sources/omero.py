@@ -460,6 +460,10 @@ class OmeroSource:
         """The OME-Zarr location OMERO records for an NGFF-backed image (docs/omero.md), or None."""
         return (await self._meta_entry(image_id)).ngff
 
+    def fresh_meta(self, image_id: int) -> ImageMeta | None:
+        entry = self._meta.peek(image_id)
+        return None if entry is None else entry.meta
+
     def fresh_data_version(self, image_id: int) -> str | None:
         entry = self._meta.peek(image_id)
         return None if entry is None else entry.meta.data_version

@@ -142,6 +142,10 @@ class RoutingSource:
         source = self._known(image_id)
         return None if source is None else source.fresh_data_version(image_id)
 
+    def fresh_meta(self, image_id: int) -> ImageMeta | None:
+        source = self._known(image_id)
+        return None if source is None else source.fresh_meta(image_id)
+
     async def aclose(self) -> None:
         try:
             await self.zarr.aclose()

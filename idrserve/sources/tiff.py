@@ -188,11 +188,15 @@ class TiffSource:
         check_selection(opened.meta, sel)
         return lambda: _read(opened, sel)
 
-    def fresh_data_version(self, image_id: int) -> str | None:
+    def fresh_meta(self, image_id: int) -> ImageMeta | None:
         opened = self._open.peek(image_id)
         if opened is None or not self._fresh(opened):
             return None
-        return opened.meta.data_version
+        return opened.meta
+
+    def fresh_data_version(self, image_id: int) -> str | None:
+        meta = self.fresh_meta(image_id)
+        return None if meta is None else meta.data_version
 
     def _fresh(self, opened: _Tiff) -> bool:
         return time.monotonic() - opened.checked_at < self._settings.rescan_interval_s

@@ -165,16 +165,21 @@ class ZarrSource:
         rec = await self._record(image_id)
         return rec.meta, rec.image, rec.arrays
 
-    def fresh_data_version(self, image_id: int) -> str | None:
-        """The loaded image's data version while it needs no re-validation, else None.
+    def fresh_meta(self, image_id: int) -> ImageMeta | None:
+        """The loaded image's metadata while it needs no re-validation, else None.
 
-        A synchronous peek for the URL fast path (`http/fastpath.py`): None sends the request
-        down the normal path, which re-validates the metadata.
+        A synchronous peek for the paths that answer before a request object exists
+        (`http/fastpath.py`, `http/coldpath.py`): None sends the request down the normal
+        path, which re-validates the metadata.
         """
         rec = self._records.peek(image_id)
         if rec is None or time.monotonic() - rec.checked_at >= self._settings.rescan_interval_s:
             return None
-        return rec.meta.data_version
+        return rec.meta
+
+    def fresh_data_version(self, image_id: int) -> str | None:
+        meta = self.fresh_meta(image_id)
+        return None if meta is None else meta.data_version
 
     @property
     def meta_cache_bytes(self) -> int:

@@ -7,7 +7,7 @@ hold data, the rest read as the fill value, exactly as a sparse Zarr array would
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +184,12 @@ def make_iiif_client(iiif_root: Path, aiohttp_client: Callable[..., Any]) -> Cal
         return client
 
     return factory
+
+
+@pytest.fixture
+async def serve(zarr_root: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Real servers over the fixture images (tests/http/live.py): `await serve(**settings)`."""
+    from tests.http.live import serving  # imports the app: not at conftest load time
+
+    async with serving(zarr_root) as factory:
+        yield factory

@@ -12,146 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from idrserve.app import create_app
-from idrserve.http.fastpath import DIRECT_HITS, DirectHit, DirectHits
+from idrserve.http.fastpath import DirectHit
 from idrserve.http.keys import DEPS
-from idrserve.http.ops import AccessLog
-from idrserve.http.server import DIRECT_MAX_BUFFERED, HttpServer, start_server
-from idrserve.settings import load_settings
+from idrserve.http.server import DIRECT_MAX_BUFFERED
 from tests.http.conftest import P, S
+from tests.http.live import Conn, value, without
 from tests.http.test_cold_path import PER_ANSWER, URLS
 
 Headers = list[tuple[str, str]]
 TILE = f"/webgateway/render_image_region/{P}/0/0/?tile=0,1,1,256,256"
 
 
-class Served:
-    """A running server, the DirectHits it was given (counting what it answered), and the
-    access-log lines it wrote."""
-
-    def __init__(self, server: HttpServer, direct: DirectHits | None, lines: list[str]) -> None:
-        self.server = server
-        self.port = server.port
-        self.answered = 0
-        self.lines = lines
-        self.direct = direct
-        if direct is not None:
-            answer = direct.answer
-
-            def counting(message: Any) -> DirectHit | None:
-                hit = answer(message)
-                self.answered += hit is not None
-                return hit
-
-            direct.answer = counting  # type: ignore[method-assign]
-
-    def log_records(self) -> list[dict[str, Any]]:
-        AccessLog.flush_all()
-        return [json.loads(line) for text in self.lines for line in text.splitlines()]
-
-
-class _Lines(logging.Handler):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__()
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-async def serve(zarr_root: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[HttpServer] = []
-    logger = logging.getLogger("idrserve.access.test-direct")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-
-    async def factory(**overrides: Any) -> Served:
-        groups: dict[str, Any] = {"source": {"zarr_root": str(zarr_root)}}
-        for key, value in overrides.items():
-            group, _, name = key.partition("__")
-            groups.setdefault(group, {})[name] = value
-        settings = load_settings(groups)
-        app = create_app(settings)
-        lines: list[str] = []
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.addHandler(_Lines(lines))
-        server = await start_server(
-            app,
-            "127.0.0.1",
-            0,
-            cors_origin=settings.server.cors_origin,
-            header_timeout_s=settings.limits.header_timeout_s,
-            keepalive_timeout=settings.limits.keepalive_timeout_s,
-            access_log=logger,
-            access_log_class=AccessLog,
-            access_log_format="json",
-        )
-        started.append(server)
-        return Served(server, app.get(DIRECT_HITS), lines)
-
-    yield factory
-    for server in started:
-        await server.close()
-
-
-class Conn:
-    """One kept-alive HTTP/1.1 connection, read response by response (Content-Length)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Conn:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def send(self, raw: bytes) -> None:
-        self.writer.write(raw)
-        await self.writer.drain()
-
-    async def response(self) -> tuple[int, Headers, bytes]:
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
-        lines = head.decode("latin-1").split("\r\n")[:-2]
-        headers = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
-        length = int(dict(headers).get("Content-Length", "0"))
-        body = await asyncio.wait_for(self.reader.readexactly(length), 10)
-        return int(lines[0].split()[1]), headers, body
-
-    async def get(self, path: str, extra: str = "", version: str = "1.1") -> Any:
-        await self.send(f"GET {path} HTTP/{version}\r\nHost: t\r\n{extra}\r\n".encode())
-        return await self.response()
-
-    async def closed(self, within: float) -> bool:
-        try:
-            return await asyncio.wait_for(self.reader.read(1), within) == b""
-        except TimeoutError:
-            return False
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _value(headers: Headers, name: str) -> str | None:
-    return next((v for n, v in headers if n.lower() == name.lower()), None)
-
-
-def _without(headers: Headers, names: set[str]) -> Headers:
-    return [(n, v) for n, v in headers if n not in names]
-
-
 async def test_direct_hits_same_bytes_and_headers_as_the_middleware_path(
     serve: Callable[..., Any],
 ) -> None:
     direct = await serve()
-    usual = await serve(server__direct_hits=False)
+    usual = await serve(server__direct_hits=False, server__direct_renders=False)
     assert usual.direct is None
     a, b = await Conn.open(direct.port), await Conn.open(usual.port)
     for url in URLS:
@@ -161,13 +42,13 @@ async def test_direct_hits_same_bytes_and_headers_as_the_middleware_path(
         hit, via_middleware = await a.get(url), await b.get(url)
         assert direct.answered == before + 1, url  # answered directly
         assert cold[0] == hit[0] == via_middleware[0] == 200, url
-        assert _value(cold[1], "X-Cache") == "miss", url
-        assert _value(hit[1], "X-Cache") == _value(via_middleware[1], "X-Cache") == "memory"
+        assert value(cold[1], "X-Cache") == "miss", url
+        assert value(hit[1], "X-Cache") == value(via_middleware[1], "X-Cache") == "memory"
         assert cold[2] == hit[2] == via_middleware[2], url
         # Same headers in the same order; only the per-answer values differ.
         per_request = {"Date", "X-Request-ID"}
-        assert _without(hit[1], per_request) == _without(via_middleware[1], per_request), url
-        assert _without(hit[1], PER_ANSWER) == _without(cold[1], PER_ANSWER), url
+        assert without(hit[1], per_request) == without(via_middleware[1], per_request), url
+        assert without(hit[1], PER_ANSWER) == without(cold[1], PER_ANSWER), url
     a.close()
     b.close()
 
@@ -179,7 +60,7 @@ async def test_iiif_urls_keep_their_own_link_header(serve: Callable[..., Any]) -
     cold = await conn.get(url)
     hit = await conn.get(url)
     assert served.answered == 1
-    assert _value(hit[1], "Link") == _value(cold[1], "Link") is not None
+    assert value(hit[1], "Link") == value(cold[1], "Link") is not None
     conn.close()
 
 
@@ -189,10 +70,10 @@ async def test_the_client_request_id_is_echoed_and_logged(serve: Callable[..., A
     await conn.get(TILE)
     status, headers, body = await conn.get(TILE, "X-Request-ID: abc-123\r\n")
     assert served.answered == 1 and status == 200
-    assert _value(headers, "X-Request-ID") == "abc-123"
+    assert value(headers, "X-Request-ID") == "abc-123"
     _, headers, _ = await conn.get(TILE, "X-Request-ID: not a token\r\n")
     assert served.answered == 2
-    generated = _value(headers, "X-Request-ID")
+    generated = value(headers, "X-Request-ID")
     assert generated is not None and generated != "not a token"
     records = served.log_records()
     assert [r["cache"] for r in records] == ["miss", "memory", "memory"]
@@ -242,7 +123,7 @@ async def test_other_requests_take_the_usual_path(
         hit = await conn.get(TILE, extra, version)
     assert served.answered == 0
     assert hit[0] == 200 and hit[2] == cold[2]
-    assert _value(hit[1], "X-Cache") == "memory"  # the middleware fast path
+    assert value(hit[1], "X-Cache") == "memory"  # the middleware fast path
     conn.close()
 
 
@@ -250,7 +131,7 @@ async def test_if_none_match_gets_its_304_from_the_usual_path(serve: Callable[..
     served = await serve()
     conn = await Conn.open(served.port)
     _, headers, _ = await conn.get(TILE)
-    status, _, body = await conn.get(TILE, f"If-None-Match: {_value(headers, 'ETag')}\r\n")
+    status, _, body = await conn.get(TILE, f"If-None-Match: {value(headers, 'ETag')}\r\n")
     assert (status, body, served.answered) == (304, b"", 0)
     conn.close()
 
@@ -275,7 +156,7 @@ async def test_a_purged_image_is_rendered_again(serve: Callable[..., Any]) -> No
     app = served.server._runner.app
     await app[DEPS].cache.purge_image(P)
     _, headers, _ = await conn.get(TILE)
-    assert _value(headers, "X-Cache") == "miss" and served.answered == 1
+    assert value(headers, "X-Cache") == "miss" and served.answered == 1
     conn.close()
 
 
@@ -284,7 +165,7 @@ async def test_other_images_and_errors_are_untouched(serve: Callable[..., Any]) 
     conn = await Conn.open(served.port)
     status, headers, body = await conn.get(f"/webgateway/render_image_region/{S}/0/0/?tile=9,0,0")
     assert status == 400 and json.loads(body)["error"] == "bad_request"
-    assert _value(headers, "Access-Control-Allow-Origin") == "*"
+    assert value(headers, "Access-Control-Allow-Origin") == "*"
     assert served.answered == 0
     conn.close()
 
@@ -319,7 +200,7 @@ async def test_a_client_slow_to_read_gets_the_usual_path(serve: Callable[..., An
         _, headers, _ = await conn.get(TILE)
     finally:
         transport.get_write_buffer_size = real
-    assert _value(headers, "X-Cache") == "memory" and served.answered == 0
+    assert value(headers, "X-Cache") == "memory" and served.answered == 0
     await conn.get(TILE)
     assert served.answered == 1
     conn.close()
@@ -338,6 +219,6 @@ async def test_a_failing_direct_hit_is_answered_by_the_usual_path(
     assert served.direct is not None
     served.direct.answer = broken  # type: ignore[method-assign]
     status, headers, again = await conn.get(TILE)
-    assert (status, again, _value(headers, "X-Cache")) == (200, body, "memory")
+    assert (status, again, value(headers, "X-Cache")) == (200, body, "memory")
     assert "direct hit failed" in caplog.text
     conn.close()

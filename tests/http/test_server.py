@@ -79,6 +79,23 @@ async def test_aiohttp_private_api_relied_on() -> None:
     assert direct_state <= slots, version
     assert hasattr(web.Server(lambda r: None), "requests_count"), version  # type: ignore[arg-type,return-value]
     assert callable(RequestHandler.force_close), version
+    # 5. Cold tiles (http/coldpath.py) are rendered in a task of the handler's own while the
+    #    handler task (`_task_handler`) sleeps: the request factory (`_request_factory`,
+    #    called as the task takes a request) and `_handle_request` (a coroutine, ending
+    #    when its response is sent) bracket the usual path's requests, so none is overtaken;
+    #    `_process_keepalive` (the idle check) and `shutdown(timeout)` are extended, and
+    #    connection_lost reads the Server's `handler_cancellation`.
+    assert {"_request_factory", "_task_handler"} <= slots, version
+    assert inspect.iscoroutinefunction(RequestHandler._handle_request), version
+    assert list(inspect.signature(RequestHandler._handle_request).parameters) == [
+        "self",
+        "request",
+        "start_time",
+        "request_handler",
+    ], version
+    assert list(inspect.signature(RequestHandler._process_keepalive).parameters) == ["self"]
+    assert list(inspect.signature(RequestHandler.shutdown).parameters) == ["self", "timeout"]
+    assert hasattr(web.Server(lambda r: None), "handler_cancellation"), version  # type: ignore[arg-type,return-value]
 
     async def ok(request: web.BaseRequest) -> web.Response:
         return web.Response()

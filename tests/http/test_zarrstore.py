@@ -391,6 +391,9 @@ class OtherSource:
     def fresh_data_version(self, image_id: int) -> None:
         return None
 
+    def fresh_meta(self, image_id: int) -> None:
+        return None
+
 
 async def test_any_pixel_source_is_served_as_generated_5d(client: TestClient, root: Path) -> None:
     """Through `meta` + `read` only: 5D t,c,z,y,x documents and chunks equal to the pixels."""

@@ -1,0 +1,231 @@
+"""Cold tiles planned where their request is parsed, rendered in one task.
+
+A cold tile (in no cache) cost about 180 µs of request handling around its ≈ 580 µs kernel on
+this machine's core, and that handling doubled once it alternated with the kernel's memory
+traffic (bench/bench_http.py `--request-path`): aiohttp's task per request, a request object,
+the router, four middlewares, a response object, its prepare signal and a stream writer. Direct
+hits (http/fastpath.py) showed that answering from the connection handler skips all of that;
+this does the same for a render: the request path alone went from 183 to 110 µs.
+
+`JsonErrorRequestHandler.data_received` (http/server.py) offers a lone queued request here
+when it is not a direct hit. `plan` takes it only when everything the usual path would work
+out first is known without I/O and without an error:
+
+- a GET of `/webgateway/render_image_region/{id}/{z}/{t}/` exactly (digits only, the trailing
+  slash, the OMERO.web form nginx routes here) or of a IIIF image request
+  (`/iiif/{2,3}/{identifier}/{region}/{size}/{rotation}/{quality}.{format}`), over HTTP/1.1
+  keep-alive, with no body and no `If-None-Match` (a 304 is the usual path's);
+- the image's metadata loaded and trusted (`fresh_meta`) and its purge generation known
+  (`fresh_cache_key`);
+- parameters that parse and a plan that succeeds (an invalid one is answered, with its JSON
+  4xx, by the usual path, which finds the same error);
+- an output of at most 512² pixels (its body fits one write: `LARGE_BODY_BYTES`), and a free
+  request slot (`Admission`).
+
+`render` then does what `respond_rendered` does after planning (the cache tiers, single flight,
+the render, the store, the URL index) and returns the response's head and body, headers in the
+usual path's order (`ImageHeads`). When the render fails, or runs past the request deadline,
+`render` returns None or is cancelled and the connection handler hands the request back to
+aiohttp, which answers it through the middlewares (errors with their JSON body): a GET may be
+worked on twice, the second answer is the one sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import RawRequestMessage
+
+from idrserve.admission import Admission
+from idrserve.errors import IdrServeError
+from idrserve.http import iiif, params
+from idrserve.http.bodies import LARGE_BODY_BYTES
+from idrserve.http.deadlines import Deadlines
+from idrserve.http.fastpath import ImageHeads, UrlIndex, plain_get
+from idrserve.http.iiif_params import Version
+from idrserve.http.middleware import chosen_request_id
+from idrserve.http.plan import RegionAsk, plan_iiif, plan_webgateway_region
+from idrserve.http.reqmetrics import RequestMetrics
+from idrserve.http.trace import Trace
+from idrserve.http.webgateway import output_from_query
+from idrserve.model import ImageMeta, RegionRequest
+from idrserve.service import cached_render, fresh_cache_key
+from idrserve.settings import Settings
+
+# The routes' own grammar (webgateway.py: ID, Z, T; iiif.py: five segments), on the path as
+# sent.
+_REGION_PREFIX = "/webgateway/render_image_region/"
+_REGION_PATH = re.compile(r"/webgateway/render_image_region/(\d{1,19})/(\d{1,9})/(\d{1,9})/")
+_IIIF_PREFIX = "/iiif/"
+# A bigger output takes the usual path: its body may need the large-body budget (bodies.py).
+MAX_OUTPUT_PIXELS = 512 * 512
+
+
+@dataclass(slots=True)
+class ColdJob:
+    """A planned cold tile: what `render` needs, and what the log line and metrics name."""
+
+    req: RegionRequest
+    meta: ImageMeta
+    key: str
+    generation: int
+    url: str
+    request_id: str
+    # The URL's own headers the shared cache entry lacks (IIIF's canonical Link).
+    headers: tuple[tuple[str, str], ...]
+    # The route the usual path would have matched: what the access log and /metrics name
+    # the request by.
+    resource: object
+
+
+# A planned request, its image's metadata, its own headers and its route.
+_Planned = tuple[RegionRequest, ImageMeta, tuple[tuple[str, str], ...], object]
+
+
+@dataclass(frozen=True, slots=True)
+class ColdAnswer:
+    head: bytes
+    body: bytes
+    tier: str
+    trace: Trace
+
+
+class ColdRenders:
+    def __init__(
+        self,
+        settings: Settings,
+        deps: Callable[[], Any],
+        admission: Admission,
+        index: UrlIndex | None,
+        heads: ImageHeads,
+        resources: tuple[object, object],
+        metrics: RequestMetrics | None,
+    ) -> None:
+        self._limits = settings.limits
+        self.metrics = metrics
+        self._deps = deps
+        self.admission = admission
+        self._index = index
+        self._heads = heads
+        # The routes of render_image_region and of IIIF, for `ColdJob.resource`.
+        self.resources = resources
+        self.timeout_s = settings.limits.request_timeout_s
+        # The request deadline, as the error middleware applies it to the usual path.
+        self.deadlines = Deadlines(self.timeout_s)
+
+    def plan(self, message: RawRequestMessage) -> ColdJob | None:
+        """The job for `message` when it is a plain cold tile request, else None (nothing
+        counted or held: the usual path answers it)."""
+        if not plain_get(message) or len(message.path) > self._limits.max_url_length:
+            return None
+        headers = message.headers
+        deps = self._deps()
+        if deps is None:
+            return None
+        url = message.url
+        raw = url.raw_path
+        try:
+            if raw.startswith(_REGION_PREFIX):
+                planned = self._region(raw, url.query, deps)
+            elif raw.startswith(_IIIF_PREFIX):
+                planned = self._iiif(raw, deps)
+            else:
+                return None
+        except IdrServeError:
+            return None  # the usual path answers the same error, with its JSON body
+        if planned is None:
+            return None
+        req, meta, own_headers, resource = planned
+        size = req.out_size or (req.box.w, req.box.h)
+        if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+            return None
+        keyed = fresh_cache_key(req, deps)
+        if keyed is None:
+            return None
+        admission = self.admission
+        if admission.requests >= admission.max_requests:
+            return None  # the usual path refuses it, counted once, with its 503
+        admission.request_admitted()
+        key, generation = keyed
+        rid = chosen_request_id(headers.get("X-Request-ID"))
+        return ColdJob(req, meta, key, generation, message.path, rid, own_headers, resource)
+
+    def _region(self, raw: str, query: Mapping[str, str], deps: Any) -> _Planned | None:
+        """webgateway.render_image_region, without the request object."""
+        m = _REGION_PATH.fullmatch(raw)
+        if m is None:
+            return None
+        iid = int(m.group(1))
+        meta = deps.source.fresh_meta(iid)
+        if meta is None:
+            return None
+        output = output_from_query(query, self._limits, strict=False)
+        ask = RegionAsk(
+            iid,
+            params.parse_path_int(m.group(2), "z"),
+            params.parse_path_int(m.group(3), "t"),
+            query.get("tile"),
+            query.get("region"),
+            output,
+        )
+        req = plan_webgateway_region(ask, meta, self._limits)
+        return req, meta, (), self.resources[0]
+
+    def _iiif(self, raw: str, deps: Any) -> _Planned | None:
+        """iiif.handle's image requests (`/iiif/{2,3}/` and five segments)."""
+        version_text = raw[len(_IIIF_PREFIX) : len(_IIIF_PREFIX) + 2]
+        if version_text not in ("2/", "3/"):
+            return None
+        segments = raw[len(_IIIF_PREFIX) + 2 :].split("/")
+        if len(segments) != 5 or not all(segments):
+            return None
+        version = Version(version_text[0])
+        ask = iiif.image_ask(version, segments, self._limits)
+        meta = deps.source.fresh_meta(ask.identifier.image_id)
+        if meta is None:
+            return None
+        req, canonical = plan_iiif(ask, meta, self._limits)
+        link = tuple(iiif.link_headers(version, canonical).items())
+        return req, meta, link, self.resources[1]
+
+    async def render(self, job: ColdJob) -> ColdAnswer | None:
+        """The answer to a planned job; None hands it back. The caller releases the slot
+        (`admission.request_done()`) in every case, cancellation included."""
+        deps = self._deps()
+        if deps is None:
+            return None
+        rendered = await cached_render(job.req, job.meta, deps, job.key)
+        body = rendered.body
+        if len(body) > LARGE_BODY_BYTES:
+            return None
+        trace = Trace(rendered.tier, rendered.timings)
+        head = self._heads.head(
+            job.key,
+            rendered.tier,
+            trace.server_timing(),
+            job.headers,
+            rendered.media_type,
+            len(body),
+            job.request_id,
+        )
+        if head is None:
+            return None
+        if self._index is not None:
+            self._index.remember(
+                job.url,
+                job.key,
+                job.req.image_id,
+                job.meta.data_version,
+                job.generation,
+                job.headers,
+                job.resource,
+            )
+        return ColdAnswer(head, body, rendered.tier, trace)
+
+
+# Here rather than in http/keys.py, which this module imports.
+COLD_RENDERS = web.AppKey("cold_renders", ColdRenders)
