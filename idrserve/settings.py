@@ -58,8 +58,10 @@ class ServerSettings(_Group):
     # Inline renders per event-loop iteration when more are waiting (idrserve/turns.py): 1
     # keeps the loop's lag p99 under 2 ms at 16 connections but costs 12 % of cold 256²
     # tiles/s; 3 halves the lag p99 of unbounded batches and lowers the request p99 for 3 %
-    # (bench/results/http-turns-vm-2026-12-05.md).
-    inline_renders_per_turn: int = Field(3, ge=1, le=64)
+    # (bench/results/http-turns-vm-2026-12-05.md); 2 keeps 98 % of lag samples under 2 ms
+    # (3: 63 %) for 5 % of 3's throughput
+    # (bench/results/http-turns-vm-2026-12-05-b.md).
+    inline_renders_per_turn: int = Field(2, ge=1, le=64)
     # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):
     # same bytes, several times the hits/s (bench/bench_cache.py). Off: the middleware path.

@@ -14,11 +14,13 @@ queue (FIFO) and are let through `per_turn` at a time in the following iteration
 ready between any two groups. Measured at 16 connections on one core
 (bench/results/http-turns-vm-2026-12-05.md): one per iteration keeps the lag p99 under 2 ms
 but costs 12 % of cold 256² tiles/s (each render's memory traffic evicts the parsing that
-preceded it); three, the default, halve the lag p99 of unbounded batches (5 vs 10 ms) and cut
-the request p99 from 20.7 to 17.1 ms for 3 % of the throughput. A render that is alone costs
-nothing (no await); one that queues costs one future and one loop iteration. A waiter
-cancelled (deadline, client gone) is skipped and never stalls the queue. Loop-thread only, no
-locks.
+preceded it); three halve the lag p99 of unbounded batches (5 vs 10 ms) and cut the request
+p99 from 20.7 to 17.1 ms for 3 % of the throughput. Since cold tiles are rendered from the
+connection handler (http/coldpath.py), two, the default, keep 98 % of lag samples under 2 ms
+(three: 63 %) for 5 % of three's throughput (bench/results/http-turns-vm-2026-12-05-b.md).
+A render that is alone costs nothing (no await); one that queues costs one future and one
+loop iteration. A waiter cancelled (deadline, client gone) is skipped and never stalls the
+queue. Loop-thread only, no locks.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class InlineTurns:
 
     __slots__ = ("_armed", "_busy", "_waiters", "per_turn", "queued")
 
-    def __init__(self, per_turn: int = 3) -> None:
+    def __init__(self, per_turn: int = 2) -> None:
         self.per_turn = per_turn  # renders let through per loop iteration once some wait
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy = False  # a render has had this iteration's turn
