@@ -8,7 +8,6 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,6 +17,7 @@ from idrserve.admission import Admission
 from idrserve.cache import TieredCache
 from idrserve.catalog import Catalog
 from idrserve.catalog.metrics import CatalogCollector
+from idrserve.cpupool import cpu_pool as make_cpu_pool
 from idrserve.http import (
     api,
     deepzoom,
@@ -187,7 +187,7 @@ def create_app(settings: Settings) -> web.Application:
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        cpu_pool = ThreadPoolExecutor(settings.server.cpu_threads, thread_name_prefix="idrs-cpu")
+        cpu_pool = make_cpu_pool(settings.server.cpu_threads, settings.server.cpu_thread_nice)
         # Load the compiled render loops (≈ 0.5 s from numba's cache, longer the first time
         # ever) in the pool, while the server already answers: the first renders queue behind.
         cpu_pool.submit(kernels.warm)

@@ -50,6 +50,10 @@ class ServerSettings(_Group):
     drain_grace_s: float = Field(0.0, ge=0, le=300)
     # Threads for chunk decode, rendering and encoding (numpy, zarrs, simplejpeg release the GIL).
     cpu_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256)
+    # Added to the CPU pool threads' nice value (Linux), so the event loop, sharing their
+    # core, gets it back as soon as a request arrives (idrserve/cpupool.py): the tail of
+    # every request behind a pool render shrinks at no cost in throughput. 0: same priority.
+    cpu_thread_nice: int = Field(10, ge=0, le=19)
     # Cold renders reading at most this many raw pixels (channels × width × height) from a
     # local Zarr v2 array run on the event-loop thread, not in the CPU pool: with one worker
     # per core the pool's thread hand-offs cost more than they overlap (+13 % cold tiles/s,
@@ -58,9 +62,9 @@ class ServerSettings(_Group):
     # Inline renders per event-loop iteration when more are waiting (idrserve/turns.py): 1
     # keeps the loop's lag p99 under 2 ms at 16 connections but costs 12 % of cold 256²
     # tiles/s; 3 halves the lag p99 of unbounded batches and lowers the request p99 for 3 %
-    # (bench/results/http-turns-vm-2026-12-05.md); 2 keeps 98 % of lag samples under 2 ms
-    # (3: 63 %) for 5 % of 3's throughput
-    # (bench/results/http-turns-vm-2026-12-05-b.md).
+    # (bench/results/http-turns-vm-2026-12-05.md); 2 keeps 78–85 % of lag samples under 2 ms
+    # (3: 52 %, 1: 98 %) for 5–8 % of 3's throughput
+    # (bench/results/http-lag-vm-2026-12-05.md).
     inline_renders_per_turn: int = Field(2, ge=1, le=64)
     # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):

@@ -16,8 +16,9 @@ ready between any two groups. Measured at 16 connections on one core
 but costs 12 % of cold 256² tiles/s (each render's memory traffic evicts the parsing that
 preceded it); three halve the lag p99 of unbounded batches (5 vs 10 ms) and cut the request
 p99 from 20.7 to 17.1 ms for 3 % of the throughput. Since cold tiles are rendered from the
-connection handler (http/coldpath.py), two, the default, keep 98 % of lag samples under 2 ms
-(three: 63 %) for 5 % of three's throughput (bench/results/http-turns-vm-2026-12-05-b.md).
+connection handler (http/coldpath.py), two, the default, keep 78–85 % of lag samples under
+2 ms (three: 52 %, one: 98 %, lag timed from the sampler's tick) for 5–8 % of three's
+throughput (bench/results/http-lag-vm-2026-12-05.md).
 A render that is alone costs nothing (no await); one that queues costs one future and one
 loop iteration. A waiter cancelled (deadline, client gone) is skipped and never stalls the
 queue. Loop-thread only, no locks.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -94,3 +96,18 @@ async def test_concurrent_inline_renders_take_turns(make_client: MakeClient, per
     alone = await make_client(server__cpu_threads=1, server__inline_render_pixels=3 * 256 * 256)
     for url, together in zip(urls, answers, strict=True):
         assert (await answer(alone, url))[1] == together[1], url
+
+
+@pytest.mark.parametrize("nice", [0, 4])
+async def test_pool_renders_run_below_the_loop(make_client: MakeClient, nice: int) -> None:
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    client = await make_client(server__cpu_threads=1, server__cpu_thread_nice=nice)
+    loop_nice = own_nice()
+    pool_nice = await asyncio.get_running_loop().run_in_executor(
+        client.app[DEPS].cpu_pool, own_nice
+    )
+    assert pool_nice == min(19, loop_nice + nice)
+    resp = await client.get(URLS[0])  # and a pool render still answers
+    assert resp.status == 200
