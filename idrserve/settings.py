@@ -62,10 +62,10 @@ class ServerSettings(_Group):
     # Inline renders per event-loop iteration when more are waiting (idrserve/turns.py): 1
     # keeps the loop's lag p99 under 2 ms at 16 connections but costs 12 % of cold 256²
     # tiles/s; 3 halves the lag p99 of unbounded batches and lowers the request p99 for 3 %
-    # (bench/results/http-turns-vm-2026-12-05.md); 2 keeps 78–85 % of lag samples under 2 ms
-    # (3: 52 %, 1: 98 %) for 5–8 % of 3's throughput
-    # (bench/results/http-lag-vm-2026-12-05.md).
-    inline_renders_per_turn: int = Field(2, ge=1, le=64)
+    # (bench/results/http-turns-vm-2026-12-05.md). Lag timed from the sampler's tick, 3 keeps
+    # 52 % of samples under 2 ms, 2 keeps 78–85 % but costs 6–8 % and a worse request p99, 1
+    # keeps 98 % for 17 % (bench/results/http-lag-vm-2026-12-05.md).
+    inline_renders_per_turn: int = Field(3, ge=1, le=64)
     # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):
     # same bytes, several times the hits/s (bench/bench_cache.py). Off: the middleware path.

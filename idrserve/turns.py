@@ -14,11 +14,12 @@ queue (FIFO) and are let through `per_turn` at a time in the following iteration
 ready between any two groups. Measured at 16 connections on one core
 (bench/results/http-turns-vm-2026-12-05.md): one per iteration keeps the lag p99 under 2 ms
 but costs 12 % of cold 256² tiles/s (each render's memory traffic evicts the parsing that
-preceded it); three halve the lag p99 of unbounded batches (5 vs 10 ms) and cut the request
-p99 from 20.7 to 17.1 ms for 3 % of the throughput. Since cold tiles are rendered from the
-connection handler (http/coldpath.py), two, the default, keep 78–85 % of lag samples under
-2 ms (three: 52 %, one: 98 %, lag timed from the sampler's tick) for 5–8 % of three's
-throughput (bench/results/http-lag-vm-2026-12-05.md).
+preceded it); three, the default, halve the lag p99 of unbounded batches (5 vs 10 ms) and
+cut the request p99 from 20.7 to 17.1 ms for 3 % of the throughput. Re-measured with cold
+tiles rendered from the connection handler and the lag timed from the sampler's tick
+(bench/results/http-lag-vm-2026-12-05.md): three keep 52 % of lag samples under 2 ms, two
+78–85 % for 6–8 % of the throughput and a worse request p99 (16.4 vs 14.8 ms), one 98 % for
+17 %; none meets a 2 ms p99.
 A render that is alone costs nothing (no await); one that queues costs one future and one
 loop iteration. A waiter cancelled (deadline, client gone) is skipped and never stalls the
 queue. Loop-thread only, no locks.
@@ -35,7 +36,7 @@ class InlineTurns:
 
     __slots__ = ("_armed", "_busy", "_waiters", "per_turn", "queued")
 
-    def __init__(self, per_turn: int = 2) -> None:
+    def __init__(self, per_turn: int = 3) -> None:
         self.per_turn = per_turn  # renders let through per loop iteration once some wait
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._busy = False  # a render has had this iteration's turn
