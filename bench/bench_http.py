@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from _variants import VARIANT_HELP, parse_variants
 
 ROOT = Path(__file__).resolve().parent
 SIZE = 4096
@@ -252,21 +253,13 @@ def main() -> int:
         action="append",
         default=[],
         metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
-        help="also run this tree's server with these IDRSERVE_* settings, interleaved, as "
-        "row LABEL (e.g. `'1 per turn:IDRSERVE_SERVER__INLINE_RENDERS_PER_TURN=1'`)",
+        help=VARIANT_HELP,
     )
     args = parser.parse_args()
-    extra_env: dict[str, dict[str, str]] = {}
-    for spec in args.variant:
-        label, _, assignments = spec.partition(":")
-        pairs = [a.partition("=") for a in assignments.split(",") if a]
-        if (
-            not label
-            or not pairs
-            or any(not k.startswith("IDRSERVE_") or not eq for k, eq, _ in pairs)
-        ):
-            parser.error(f"--variant {spec!r}: expected LABEL:IDRSERVE_VAR=VALUE[,…]")
-        extra_env[label] = {k: v for k, _, v in pairs}
+    try:
+        extra_env = parse_variants(args.variant)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 from _harness import NGINX, NGINX_USER, Stack, get, version, wait_http
+from _variants import VARIANT_HELP, parse_variants
 from bench_deploy import IIP_CONF, IIPSRV, write_iip_tiff
 from bench_http import free_port, lag_buckets, lag_p99_ms, run_wrk, write_image, wrk_seconds
 
@@ -333,13 +334,22 @@ def compare_probes(contenders: dict[str, tuple[str, list[str]]]) -> list[str]:
     return notes
 
 
-def ratio_rows(results: dict[str, list[dict[str, float]]]) -> list[str]:
+def cold_variant(label: str) -> str:
+    """The row name of the cold contender run with `--variant` LABEL's settings."""
+    return f"idrserve IIIF cold, {label}"
+
+
+def ratio_rows(results: dict[str, list[dict[str, float]]], labels: list[str]) -> list[str]:
     """The per-round ratio table: req/s and p99 of each pair, medians, against their targets."""
     lines = [
         "| ratio (per round, median) | req/s | rounds | p99 | target | met |",
         "|---|---:|---:|---:|---|---|",
     ]
-    for num, den, target in RATIOS:
+    pairs_wanted = list(RATIOS)
+    for label in labels:
+        name = cold_variant(label)
+        pairs_wanted += [(name, IIP_JPEG, (1.3, 1.2)), (name, COLD, None)]
+    for num, den, target in pairs_wanted:
         pairs = list(zip(results[num], results[den], strict=True))
         ratios = [a["rps"] / b["rps"] for a, b in pairs]
         p99s = [a["p99_ms"] / b["p99_ms"] for a, b in pairs]
@@ -370,7 +380,18 @@ def main() -> int:
         "the round starts as soon as it is ready, start-up work still running included)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+        help=VARIANT_HELP + "; a cold contender, a fresh process each round like the default",
+    )
     args = parser.parse_args()
+    try:
+        variants = parse_variants(args.variant)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not shutil.which("wrk") or not Path(NGINX).exists():
         print("wrk and nginx are needed (apt-get install wrk nginx-light)", file=sys.stderr)
         return 2
@@ -381,6 +402,9 @@ def main() -> int:
     tmp.chmod(0o755)
     load_before = Path("/proc/loadavg").read_text().strip()
     results: dict[str, list[dict[str, float]]] = {COLD: [], WARM: [], IIP_RAW: [], IIP_JPEG: []}
+    cold_env: dict[str, dict[str, str]] = {COLD: {}}
+    cold_env |= {cold_variant(label): env for label, env in variants.items()}
+    results |= {name: [] for name in cold_env if name != COLD}
     notes: list[str] = []
     try:
         with Stack(tmp) as stack:
@@ -427,11 +451,12 @@ def main() -> int:
                     if name != COLD:
                         results[name].append(measure(base, url_list, args, tmp, name == WARM))
                         continue
-                    proc, fresh, startup = start_idrserve(stack, data, off)
-                    time.sleep(args.settle)
-                    results[name].append(measure(fresh, url_list, args, tmp, True))
-                    results[name][-1]["startup_s"] = startup
-                    stop(proc)
+                    for cold_name, env in cold_env.items():
+                        proc, fresh, startup = start_idrserve(stack, data, off | env)
+                        time.sleep(args.settle)
+                        results[cold_name].append(measure(fresh, url_list, args, tmp, True))
+                        results[cold_name][-1]["startup_s"] = startup
+                        stop(proc)
     finally:  # the 8192² data and its TIFFs take about 1 GB
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().strip()
@@ -453,7 +478,9 @@ def main() -> int:
         f"# IIIF tiles on one core: idrserve vs IIPImage ({dt.date.today().isoformat()}, vm)",
         "",
         f"Command: `python bench/bench_iiif.py --duration {args.duration:g} --rounds {args.rounds}"
-        f" --conns {args.conns}{f' --settle {args.settle:g}' if args.settle else ''}`",
+        f" --conns {args.conns}{f' --settle {args.settle:g}' if args.settle else ''}"
+        + "".join(f" --variant '{v}'" for v in args.variant)
+        + "`",
         "",
         "Mode A (docs/benchmarks.md#protocol): each server stack pinned to core 0, wrk -t1 "
         f"-c{args.conns} on core 1, {args.rounds} interleaved rounds of "
@@ -499,7 +526,7 @@ def main() -> int:
     cold_tail, cold_lag = tail(COLD), med(COLD, "lag_p99_ms")
     lines += [
         "",
-        *ratio_rows(results),
+        *ratio_rows(results, list(variants)),
         "",
         f"Issue 19 target 3 (cold, {args.conns} connections, medians of per-round values): "
         f"idrserve cold p99 / p50 {cold_tail:.2f} (≤ {TAIL:g}: "
