@@ -32,6 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _results import unused
 from bench_http import SIZE, free_port, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
@@ -257,7 +258,7 @@ def main() -> int:
             )
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"cache-{host}-{stamp}.md"
+    out = unused(args.out / f"cache-{host}-{stamp}.md")
     out.write_text("\n".join(lines))
     print("\n".join(lines[: lines.index("Raw rounds:")]))
     print(f"written to {out}")

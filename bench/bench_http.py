@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from _results import unused
 from _variants import VARIANT_HELP, parse_variants
 
 ROOT = Path(__file__).resolve().parent
@@ -435,7 +436,7 @@ def main() -> int:
             lines.append(f"- {name}: {statistics.median(ratios):.2f}×")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(results, indent=1), "```", ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"http-{host}-{stamp}.md"
+    out = unused(args.out / f"http-{host}-{stamp}.md")
     out.write_text("\n".join(lines))
     print("\n".join(lines[: lines.index("Raw rounds:")]))
     print(f"written to {out}")

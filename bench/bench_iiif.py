@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 from _harness import NGINX, NGINX_USER, Stack, get, version, wait_http
+from _results import unused
 from _variants import VARIANT_HELP, parse_variants
 from bench_deploy import IIP_CONF, IIPSRV, write_iip_tiff
 from bench_http import free_port, lag_buckets, lag_p99_ms, run_wrk, write_image, wrk_seconds
@@ -547,7 +548,9 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"iiif-vm-{dt.date.today().isoformat()}.md").write_text(text)
+    out = unused(args.out / f"iiif-vm-{dt.date.today().isoformat()}.md")
+    out.write_text(text)
+    print(f"\nwritten to {out}")
     return 0
 
 

@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from _results import unused
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -244,13 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(data) / 1024:.1f} KiB",
             )
 
-    out = (
-        args.out
-        or ROOT
-        / "bench"
-        / "results"
-        / f"render-{socket.gethostname()}-{dt.date.today().isoformat()}.md"
-    )
+    name = f"render-{socket.gethostname()}-{dt.date.today().isoformat()}.md"
+    out = args.out or unused(ROOT / "bench" / "results" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(
         shlex.quote(a) for a in [str(Path(sys.argv[0])), *(sys.argv[1:] if argv is None else argv)]

@@ -30,6 +30,7 @@ import dask.array as da
 import numpy as np
 import zarr
 from _harness import NGINX, NGINX_USER, Stack, version, wait_http
+from _results import unused
 from bench_deploy import STATIC_CONF
 from bench_http import free_port, run_wrk
 
@@ -106,7 +107,7 @@ def main() -> int:
     ratio = statistics.median(ratios)
     lines = report(args, rates, ratios, ratio, load, len(channels), served)
     print("\n".join(lines))
-    out = args.out or BENCH / "results" / f"zarr-vm-{dt.date.today().isoformat()}.md"
+    out = args.out or unused(BENCH / "results" / f"zarr-vm-{dt.date.today().isoformat()}.md")
     out.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {out}")
     return 0
