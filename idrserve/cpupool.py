@@ -9,7 +9,8 @@ still take every cycle the loop leaves idle. Measured at 16 cold connections on 
 (bench/results/http-lag-vm-2026-12-05.md, two runs), 512² tiles: request p99 45.9–46.6 →
 43.9–44.7 ms, p99/p50 1.10–1.11 → 1.04–1.06, throughput within noise (0.98–1.01×). Five and
 ten measured alike; ten is the default. Linux sets a thread's nice value by its thread id; elsewhere
-the value would apply to the whole process, so it is left alone.
+the value would apply to the whole process, so it is left alone. Raising one's own nice value
+needs no capability; a sandbox that refuses it gets a warning, not a broken pool.
 """
 
 from __future__ import annotations

@@ -36,3 +36,21 @@ def test_nice_zero_leaves_the_priority_alone() -> None:
         assert pool.submit(_own_nice).result() == before
     finally:
         pool.shutdown()
+
+
+def test_a_refused_nice_warns_and_the_pool_still_works(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A seccomp filter that refuses setpriority cannot be installed from a test; the refusal
+    # it would cause (EPERM) is raised in its place.
+    def refuse(*_args: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    pool = cpu_pool(1, nice=5)
+    try:
+        with caplog.at_level("WARNING", logger="idrserve.cpupool"):
+            assert pool.submit(lambda: 42).result() == 42
+    finally:
+        pool.shutdown()
+    assert "could not lower the CPU pool's priority" in caplog.text
