@@ -16,12 +16,15 @@ import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from idrserve.http.coldpath import ColdAnswer, ColdJob
-from idrserve.http.keys import ADMISSION
+from idrserve.http.keys import ADMISSION, DEPS
+from tests.cache.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.http.conftest import P, S, Z
 from tests.http.live import Conn, Served, value
 from tests.http.test_cold_path import URLS
@@ -296,3 +299,45 @@ async def test_graceful_shutdown_waits_for_a_cold_tile(serve: Callable[..., Any]
     assert served.cold_taken == 1 and status == 200 and body
     await closing
     conn.close()
+
+
+@pytest.mark.parametrize("tier", ["disk", "redis"])
+async def test_a_lower_tier_hit_is_read_plainly_with_the_usual_headers(
+    serve: Callable[..., Any], tier: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A URL answered before whose entry is only in the disk or Redis tier: the cold path
+    reads it with a plain lookup (no single-flight, no Redis render lock) and answers as the
+    URL index's middleware does."""
+
+    def where(name: str) -> dict[str, str]:
+        if tier == "disk":
+            return {"cache__dir": str(tmp_path / name)}
+        return {"cache__redis_url": request.getfixturevalue("redis_url")}
+
+    direct = await serve(cache__memory_max_bytes=0, **where("direct"))
+    usual = await serve(
+        cache__memory_max_bytes=0,
+        server__direct_hits=False,
+        server__direct_renders=False,
+        **where("usual"),
+    )
+    answers = []
+    for served in (direct, usual):
+        conn = await _warmed(served)
+        first = await conn.get(TILE)
+        assert first[0] == 200 and value(first[1], "X-Cache") == "miss"
+        assert await served.app[DEPS].cache.flush(10)  # the tier write is in the background
+        taken = served.cold_taken
+        again = await conn.get(TILE)
+        assert again[0] == 200 and value(again[1], "X-Cache") == tier
+        assert again[2] == first[2]
+        answers.append((served.cold_taken - taken, again))
+        conn.close()
+        if tier == "redis":  # one Redis (one database): the next server starts it empty
+            client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+            await client.flushdb()
+            await client.aclose()
+    (direct_taken, mine), (usual_taken, theirs) = answers
+    assert direct_taken == 1 and usual_taken == 0
+    assert _comparable(mine[1]) == _comparable(theirs[1])
+    assert mine[2] == theirs[2]
