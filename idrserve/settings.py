@@ -64,7 +64,9 @@ class ServerSettings(_Group):
     # tiles/s; 3 halves the lag p99 of unbounded batches and lowers the request p99 for 3 %
     # (bench/results/http-turns-vm-2026-12-05.md). Lag timed from the sampler's tick, 3 keeps
     # 52 % of samples under 2 ms, 2 keeps 78–85 % but costs 6–8 % and a worse request p99, 1
-    # keeps 98 % for 17 % (bench/results/http-lag-vm-2026-12-05.md).
+    # keeps 98 % for 17 % (bench/results/http-lag-vm-2026-12-05.md). Sampled with a timerfd
+    # (2026-12-06): 3 keeps 56–69 %, 2 79–94 % for 0–2 %, 1 all (lag p99 2 ms) for 0–8 %
+    # (bench/results/http-lag-vm-2026-12-06-d.md).
     inline_renders_per_turn: int = Field(3, ge=1, le=64)
     # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):

@@ -19,7 +19,9 @@ cut the request p99 from 20.7 to 17.1 ms for 3 % of the throughput. Re-measured 
 tiles rendered from the connection handler and the lag timed from the sampler's tick
 (bench/results/http-lag-vm-2026-12-05.md): three keep 52 % of lag samples under 2 ms, two
 78–85 % for 6–8 % of the throughput and a worse request p99 (16.4 vs 14.8 ms), one 98 % for
-17 %; none meets a 2 ms p99.
+17 %; none meets a 2 ms p99. With the lag sampled by a timerfd the loop watches (no sampler
+thread, 2026-12-06, bench/results/http-lag-vm-2026-12-06-d.md): three keep 56–69 %, two 79–94 %
+for 0–2 %, one all of them (a 2 ms p99) for 0–8 %.
 A render that is alone costs nothing (no await); one that queues costs one future and one
 loop iteration. A waiter cancelled (deadline, client gone) is skipped and never stalls the
 queue. Loop-thread only, no locks.

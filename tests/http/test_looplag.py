@@ -1,15 +1,21 @@
-"""The event-loop lag sampler sees a blocked loop, and its histogram is on /metrics."""
+"""The event-loop lag sampler sees a blocked loop, and its histogram is on /metrics.
+
+Both samplers are exercised: the timerfd the loop watches (Linux, the default) and the
+thread that is the fallback elsewhere.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from idrserve.http.looplag import LoopLag
+from idrserve.http.looplag import LoopLag, TimerFd
 
 
 def _count_and_sum(registry: CollectorRegistry) -> tuple[float, float]:
@@ -18,11 +24,13 @@ def _count_and_sum(registry: CollectorRegistry) -> tuple[float, float]:
     return count, total
 
 
-async def test_a_blocked_loop_shows_as_lag() -> None:
+@pytest.mark.parametrize("timerfd", [True, False], ids=["timerfd", "thread"])
+async def test_a_blocked_loop_shows_as_lag(timerfd: bool) -> None:
     registry = CollectorRegistry()
-    lag = LoopLag(registry, interval_s=0.01)
+    lag = LoopLag(registry, interval_s=0.01, timerfd=timerfd)
     ctx = lag.run(None)
     await ctx.__anext__()
+    assert lag.source == ("timerfd" if timerfd else "thread")
     try:
         await asyncio.sleep(0.1)  # idle: samples come back at once
         idle_count, idle_sum = _count_and_sum(registry)
@@ -53,3 +61,45 @@ async def test_lag_histogram_is_served(make_client: Callable[..., Any]) -> None:
         if line.startswith("idrserve_event_loop_lag_seconds_count")
     ]
     assert count and count[0] >= 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+def test_the_timer_goes_off_at_its_time_and_not_before() -> None:
+    timer = TimerFd.open()
+    assert timer is not None  # glibc's timerfd through ctypes before 3.13, os's after
+    try:
+        assert not timer.expired()  # never armed
+        at = time.monotonic() + 0.05
+        timer.arm(at)
+        time.sleep(0.02)
+        assert not timer.expired()
+        time.sleep(max(0.0, at - time.monotonic()) + 0.005)
+        assert timer.expired()
+        assert not timer.expired()  # one shot, cleared by the read
+    finally:
+        timer.close()
+
+
+def test_uvloop_samples_from_the_timerfd() -> None:
+    """Served processes run on uvloop (cli._install_uvloop): its add_reader takes the timer."""
+    import uvloop
+
+    async def scenario() -> tuple[str, float, float]:
+        registry = CollectorRegistry()
+        lag = LoopLag(registry, interval_s=0.01)
+        ctx = lag.run(None)
+        await ctx.__anext__()
+        try:
+            await asyncio.sleep(0.1)
+            idle_count, _ = _count_and_sum(registry)
+            time.sleep(0.2)  # noqa: ASYNC251 (blocks the loop on purpose)
+            await asyncio.sleep(0.05)
+            count, total = _count_and_sum(registry)
+            return lag.source, count - idle_count, total
+        finally:
+            await ctx.aclose()
+
+    source, new_samples, total = uvloop.run(scenario())
+    assert source == ("timerfd" if sys.platform.startswith("linux") else "thread")
+    assert new_samples >= 1
+    assert total > 0.15
