@@ -175,13 +175,15 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
 
 LAG = "idrserve_event_loop_lag_seconds_bucket"
 REQUEST_PATH = "request path only"
+FLOOR = "bare uvloop responder"
+FLOOR_AIOHTTP = "minimal aiohttp app"
 
 
 def lag_buckets(base: str) -> dict[float, float] | None:
     """The loop-lag histogram's cumulative buckets on /metrics (None: a server without it)."""
     try:
         with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+            text = resp.read().decode(errors="replace")  # a server without /metrics
     except OSError:
         return None
     out = {}
@@ -250,6 +252,12 @@ def main() -> int:
         "kernel), to split a cold tile into request handling and work",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run bench/_floor.py (a bare uvloop HTTP responder with a constant body): "
+        "the least a Python event loop spends a request here, beside the kernel's budget",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -276,6 +284,9 @@ def main() -> int:
     variants.update(dict.fromkeys(extra_env, "true"))
     if args.request_path:
         variants[REQUEST_PATH] = "true"
+    if args.floor:
+        variants[FLOOR] = "true"
+        variants[FLOOR_AIOHTTP] = "true"
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     for label, direct in variants.items():
         port = free_port()
@@ -295,9 +306,12 @@ def main() -> int:
             cwd = args.baseline.resolve()
             env["PYTHONPATH"] = str(cwd)
         cmd = ["taskset", "-c", "0", sys.executable]
-        cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
-        cmd += ["serve"]
-        cmd += ["--zarr-root", str(data), "--port", str(port)]
+        if label in (FLOOR, FLOOR_AIOHTTP):
+            cmd += [str(ROOT / "_floor.py"), str(port)]
+            cmd += ["--aiohttp"] if label == FLOOR_AIOHTTP else []
+        else:
+            cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
+            cmd += ["serve", "--zarr-root", str(data), "--port", str(port)]
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -354,6 +368,7 @@ def main() -> int:
         f"Command: `python bench/bench_http.py --duration {args.duration:g} --rounds "
         f"{args.rounds} --conns {args.conns}"
         f"{' --request-path' if args.request_path else ''}"
+        f"{' --floor' if args.floor else ''}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",
@@ -392,7 +407,7 @@ def main() -> int:
     for name in cases:
         kernel = results[f"{name} (kernel)"]
         for label in servers:
-            if label == REQUEST_PATH:
+            if label in (REQUEST_PATH, FLOOR, FLOOR_AIOHTTP):
                 continue
             served = results[f"{name} ({label})"]
             ratios = [a["rps"] / b["rps"] for a, b in zip(served, kernel, strict=True)]
@@ -406,6 +421,15 @@ def main() -> int:
             lines.append(
                 f"- {name}: kernel {k_us:.0f} µs + request path {p_us:.0f} µs = "
                 f"{k_us + p_us:.0f} µs a tile, against {s_us:.0f} µs measured"
+            )
+        if FLOOR in servers:
+            k_us = 1e6 / statistics.median(r["rps"] for r in kernel)
+            f_us = 1e6 / statistics.median(r["rps"] for r in results[f"{name} ({FLOOR})"])
+            a_us = 1e6 / statistics.median(r["rps"] for r in results[f"{name} ({FLOOR_AIOHTTP})"])
+            lines.append(
+                f"- {name}: 0.9× the kernel leaves {k_us / 0.9 - k_us:.0f} µs a tile for "
+                f"everything around it; a bare uvloop responder takes {f_us:.0f} µs a request, "
+                f"a minimal aiohttp app {a_us:.0f} µs (bench/_floor.py)"
             )
     lines += [
         "",

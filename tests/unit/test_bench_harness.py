@@ -62,3 +62,60 @@ def test_a_second_report_the_same_day_does_not_overwrite_the_first(tmp_path: Pat
     second.write_text("x")
     assert unused(first) == sibling("c")
     assert first.read_text() == "committed"
+
+
+def _responses(conn: Any, count: int) -> list[tuple[bytes, bytes]]:
+    """`count` HTTP/1.1 responses (status line, body) read off `conn` by Content-Length."""
+    data = b""
+    out = []
+    while len(out) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end].decode("latin-1")
+            length = next(
+                int(line.split(":", 1)[1])
+                for line in head.split("\r\n")
+                if line.lower().startswith("content-length:")
+            )
+            if len(data) >= end + 4 + length:
+                out.append((head.split("\r\n")[0].encode(), data[end + 4 : end + 4 + length]))
+                data = data[end + 4 + length :]
+                continue
+        more = conn.recv(65536)
+        assert more, "connection closed early"
+        data += more
+    return out
+
+
+@pytest.mark.parametrize("mode", [[], ["--aiohttp"]], ids=["bare", "aiohttp"])
+def test_the_floor_servers_answer_each_pipelined_request(mode: list[str]) -> None:
+    """bench/_floor.py, the two floors `bench_http.py --floor` measures: one whole response
+    per request head, even when heads arrive together or split."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).resolve().parents[2] / "bench" / "_floor.py"
+    proc = subprocess.Popen([sys.executable, str(script), str(port), *mode])
+    try:
+        for _ in range(200):
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("bench/_floor.py did not listen")
+        with conn:
+            conn.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo")
+            conn.sendall(b"st: x\r\n\r\n")
+            answers = _responses(conn, 2)
+        body = _load("_floor").BODY
+        assert answers == [(b"HTTP/1.1 200 OK", body)] * 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
