@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import random
 import threading
@@ -38,6 +39,7 @@ from prometheus_client import CollectorRegistry, Histogram
 INTERVAL_S = 0.05
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 _TFD_TIMER_ABSTIME = 1
+log = logging.getLogger(__name__)
 
 
 class _Timespec(ctypes.Structure):
@@ -67,7 +69,10 @@ class TimerFd:
             return None
         create = getattr(os, "timerfd_create", None)
         if create is not None:  # Python ≥ 3.13
-            fd = create(clock, flags=flags)
+            try:
+                fd = create(clock, flags=flags)
+            except OSError:  # out of descriptors, or refused: the thread samples instead
+                return None
             return cls(fd, _os_settime)
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -147,7 +152,11 @@ class LoopLag:
             return
         self.histogram.observe(now - self._due)
         self._due = self._next(self._due, now)
-        timer.arm(self._due)
+        try:
+            timer.arm(self._due)
+        except OSError:  # never seen; if it happens, sampling stops and the server goes on
+            log.warning("event-loop lag sampling stopped: the timer could not be re-armed")
+            asyncio.get_running_loop().remove_reader(timer.fd)
 
     def _observe(self, due: float) -> None:
         self.histogram.observe(time.perf_counter() - due)

@@ -103,3 +103,32 @@ def test_uvloop_samples_from_the_timerfd() -> None:
     assert source == ("timerfd" if sys.platform.startswith("linux") else "thread")
     assert new_samples >= 1
     assert total > 0.15
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+async def test_a_timer_that_cannot_be_rearmed_stops_sampling_not_the_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    lag = LoopLag(registry, interval_s=0.01)
+    armed: list[float] = []
+    real_arm = TimerFd.arm
+
+    def arm_once(self: TimerFd, at: float) -> None:
+        if armed:
+            raise OSError(22, "Invalid argument")
+        armed.append(at)
+        real_arm(self, at)
+
+    monkeypatch.setattr(TimerFd, "arm", arm_once)
+    ctx = lag.run(None)
+    await ctx.__anext__()
+    try:
+        await asyncio.sleep(0.1)
+        count, _ = _count_and_sum(registry)
+        assert count == 1  # the first tick was sampled, then re-arming failed
+        assert "lag sampling stopped" in caplog.text
+        await asyncio.sleep(0.05)  # the loop runs on, no more samples, no busy reader
+        assert _count_and_sum(registry)[0] == 1
+    finally:
+        await ctx.aclose()

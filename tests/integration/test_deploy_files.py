@@ -181,6 +181,40 @@ def test_idrserve_unit() -> None:
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
+def _filter_syscalls(group: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls of a `SystemCallFilter=` group, nested groups expanded."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "systemd-analyze missing: run the tests through scripts/test.sh"
+    seen = set() if seen is None else seen
+    seen.add(group)
+    out = subprocess.run(
+        [analyze, "syscall-filter", group], capture_output=True, text=True, check=True
+    ).stdout
+    calls: set[str] = set()
+    for line in out.splitlines()[1:]:
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name.startswith("@"):
+            if name not in seen:
+                calls |= _filter_syscalls(name, seen)
+        else:
+            calls.add(name)
+    return calls
+
+
+def test_idrserve_unit_allows_the_system_calls_the_server_makes_beyond_io() -> None:
+    """Calls a seccomp filter could refuse: the CPU pool lowers its threads' priority
+    (setpriority, idrserve/cpupool.py) and the event-loop lag sampler arms a timerfd
+    (idrserve/http/looplag.py). Refused, the first would log a warning, the second kill the
+    process with SIGSYS."""
+    service = parse_unit(UNITS / "idrserve.service")["Service"]
+    allowed: set[str] = set()
+    for group in service["SystemCallFilter"].split():
+        allowed |= _filter_syscalls(group) if group.startswith("@") else {group}
+    assert {"setpriority", "timerfd_create", "timerfd_settime"} <= allowed
+
+
 def test_redis_unit_runs_the_repository_redis_conf() -> None:
     unit = parse_unit(UNITS / "redis-idrserve.service")
     service = unit["Service"]
