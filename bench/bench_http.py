@@ -405,17 +405,17 @@ def main() -> int:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Server / kernel (issue 19 target ≥ 0.9), median of per-round ratios:", ""]
     for name in cases:
-        kernel = results[f"{name} (kernel)"]
+        kernel_rounds = results[f"{name} (kernel)"]
         for label in servers:
             if label in (REQUEST_PATH, FLOOR, FLOOR_AIOHTTP):
                 continue
             served = results[f"{name} ({label})"]
-            ratios = [a["rps"] / b["rps"] for a, b in zip(served, kernel, strict=True)]
+            ratios = [a["rps"] / b["rps"] for a, b in zip(served, kernel_rounds, strict=True)]
             lines.append(f"- {name}, {label}: {statistics.median(ratios):.2f}×")
         if REQUEST_PATH in servers:
             # Time per tile = kernel time + request time, if the two only add up.
             path = results[f"{name} ({REQUEST_PATH})"]
-            k_us = 1e6 / statistics.median(r["rps"] for r in kernel)
+            k_us = 1e6 / statistics.median(r["rps"] for r in kernel_rounds)
             p_us = 1e6 / statistics.median(r["rps"] for r in path)
             s_us = 1e6 / statistics.median(r["rps"] for r in results[f"{name} (idrserve)"])
             lines.append(
@@ -423,7 +423,7 @@ def main() -> int:
                 f"{k_us + p_us:.0f} µs a tile, against {s_us:.0f} µs measured"
             )
         if FLOOR in servers:
-            k_us = 1e6 / statistics.median(r["rps"] for r in kernel)
+            k_us = 1e6 / statistics.median(r["rps"] for r in kernel_rounds)
             f_us = 1e6 / statistics.median(r["rps"] for r in results[f"{name} ({FLOOR})"])
             a_us = 1e6 / statistics.median(r["rps"] for r in results[f"{name} ({FLOOR_AIOHTTP})"])
             lines.append(
