@@ -174,9 +174,14 @@ class LoopLag:
         loop = asyncio.get_running_loop()
         timer = TimerFd.open() if self._timerfd else None
         if timer is not None:
-            self.source = "timerfd"
             self._due = time.monotonic() + self.interval_s
-            timer.arm(self._due)
+            try:
+                timer.arm(self._due)
+            except OSError:  # refused at the first arming: the thread samples instead
+                timer.close()
+                timer = None
+        if timer is not None:
+            self.source = "timerfd"
             loop.add_reader(timer.fd, self._fired, timer)
             try:
                 yield

@@ -132,3 +132,23 @@ async def test_a_timer_that_cannot_be_rearmed_stops_sampling_not_the_server(
         assert _count_and_sum(registry)[0] == 1
     finally:
         await ctx.aclose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+async def test_a_timer_refused_at_start_falls_back_to_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(self: TimerFd, at: float) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(TimerFd, "arm", refuse)
+    registry = CollectorRegistry()
+    lag = LoopLag(registry, interval_s=0.01)
+    ctx = lag.run(None)
+    await ctx.__anext__()
+    try:
+        assert lag.source == "thread"
+        await asyncio.sleep(0.1)
+        assert _count_and_sum(registry)[0] >= 3
+    finally:
+        await ctx.aclose()
