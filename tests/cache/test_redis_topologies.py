@@ -271,21 +271,26 @@ async def test_primary_killed_under_load(topology: Topology, make_cache: CacheFa
         found = [await cache.get(key) for key in keys]
         return all(f == (ENTRY, "redis") for f in found)
 
+    # A round that misses is allowed while the cluster settles: on a loaded 2-core CI machine
+    # one reply after the failover once took longer than the 0.2 s bound (a timeout is the
+    # degradation the breaker absorbs, not a failure of the failover).
     for _ in range(200):
         if await serving():
             break
         await asyncio.sleep(0.1)
-    assert await serving()
+    else:
+        pytest.fail("the cache never served every key again after the failover")
     if cache.redis is not None and cache.redis.cluster_mget is not None:
         # Lookups go straight to the nodes again, at the latest once the slot-map refresh
-        # the failover asked for is due (redis-py spaces refreshes at least 1 s apart).
+        # the failover asked for is due (redis-py spaces refreshes at least 1 s apart), and
+        # a round served that way finds every key.
         fast = cache.redis.cluster_mget.fast
         for _ in range(50):
-            assert await serving()
-            if cache.redis.cluster_mget.fast > fast:
+            if await serving() and cache.redis.cluster_mget.fast > fast:
                 break
             await asyncio.sleep(0.1)
-        assert cache.redis.cluster_mget.fast > fast
+        else:
+            pytest.fail("cluster lookups never went straight to the nodes again")
     stop.set()
     results = await asyncio.gather(*workers)
     assert sum(f for _, f in results) == 0  # no call ever raised
