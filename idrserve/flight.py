@@ -43,6 +43,10 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: K) -> bool:
+        """A computation for `key` is running (a new caller would join it)."""
+        return key in self._flights
+
     async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """`(result, joined)`: `joined` is True when another caller had started the work.
 

@@ -117,6 +117,52 @@ async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: st
     return Rendered(entry.body, entry.media_type, key, timings, tier)
 
 
+def render_now(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, key: str
+) -> Callable[[], Rendered] | None:
+    """A cold tile's render as a plain call, for when the loop gives it its turn; None when
+    it must take the usual way (`cached_render`).
+
+    A tile that `render_region` would render inline anyway, in a process whose cache needs no
+    I/O to look a key up (memory only, or none), has nothing to wait for but its turn
+    (turns.py): its single-flight task, cache-lookup coroutines and render-slot context only
+    schedule callbacks around a synchronous render. The call returns the memory tier's entry
+    if one has arrived meanwhile, else renders and stores as `cached_render` would. It needs
+    no render slot (nothing else runs while it renders, and it cannot be cancelled) and no
+    single flight (no other request can ask for the key meanwhile; one already rendering it
+    makes this None, to be joined the usual way). Its exceptions are the render's.
+    """
+    cache = deps.cache
+    if cache is not None and (not cache.local_only or cache.rendering(key)):
+        return None
+    if req.projection is not Projection.NORMAL:
+        return None
+    indices = req.render.active_indices()
+    box = req.box
+    if not indices or len(indices) * box.w * box.h > deps.inline_pixels:
+        return None
+    sel = Selection(req.level, req.t, req.z, req.z + 1, indices, box)
+    if read_bytes(meta, sel) > deps.limits.max_read_bytes:
+        return None  # the usual path answers `TooLarge`
+    direct = deps.source.sync_reader(req.image_id, sel)
+    if direct is None:
+        return None
+
+    def produce() -> Rendered:
+        memory = None if cache is None else cache.memory
+        if memory is not None:
+            entry = memory.get(key)
+            if entry is not None:
+                return Rendered(entry.body, entry.media_type, key, {}, "memory")
+        rendered = _read_render_encode(req, meta, deps, direct, key)
+        if cache is not None:
+            cache.store_render(key, CacheEntry(rendered.body, rendered.media_type))
+            rendered.tier = "miss"
+        return rendered
+
+    return produce
+
+
 async def cached_histogram(req: HistogramRequest, deps: Deps, key: str) -> Rendered:
     """A histogram's JSON from the cheapest cache tier, or read and counted once (one render
     slot, counting in the CPU pool) and stored like a rendered tile."""

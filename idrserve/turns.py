@@ -23,14 +23,20 @@ tiles rendered from the connection handler and the lag timed from the sampler's 
 thread, 2026-12-06, bench/results/http-lag-vm-2026-12-06-d.md): three keep 56–69 %, two 79–94 %
 for 0–2 %, one all of them (a 2 ms p99) for 0–8 %.
 A render that is alone costs nothing (no await); one that queues costs one future and one
-loop iteration. A waiter cancelled (deadline, client gone) is skipped and never stalls the
-queue. Loop-thread only, no locks.
+loop iteration. The connection handler's cold tiles queue no task at all (`defer`): a plain
+call, run by `_next` itself in the iteration that gives it its turn, shares the queue, in
+arrival order, with the tasks' futures. A waiter cancelled (deadline, client gone) is skipped
+and never stalls the queue. Loop-thread only, no locks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class InlineTurns:
@@ -40,7 +46,8 @@ class InlineTurns:
 
     def __init__(self, per_turn: int = 3) -> None:
         self.per_turn = per_turn  # renders let through per loop iteration once some wait
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Tasks' futures (`turn`) and deferred renders (`defer`), in arrival order.
+        self._waiters: deque[asyncio.Future[None] | Callable[[], bool]] = deque()
         self._busy = False  # a render has had this iteration's turn
         self._armed = False  # `_next` is scheduled for the next iteration
         self.queued = 0  # renders that had to wait a turn (for tests and metrics)
@@ -59,6 +66,23 @@ class InlineTurns:
         # Cancelled while waiting: asyncio cancels `waiter` too, and `_next` skips it.
         await waiter
 
+    def take_now(self) -> bool:
+        """`turn()` without the wait: True (and the turn taken) when the caller may render in
+        this iteration at once, False when it would have to queue (then `defer`)."""
+        if self._busy or self._waiters:
+            return False
+        self._busy = True
+        self._arm(asyncio.get_running_loop())
+        return True
+
+    def defer(self, job: Callable[[], bool]) -> None:
+        """Queue a render that needs no task (coldpath.py): called, in arrival order among
+        the waiters, in the iteration that gives it its turn. It returns False when it had
+        nothing to do (its request went away), and then takes no turn."""
+        self._waiters.append(job)
+        self.queued += 1
+        self._arm(asyncio.get_running_loop())
+
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._armed:
             self._armed = True
@@ -71,7 +95,13 @@ class InlineTurns:
         woken = 0
         while self._waiters and woken < self.per_turn:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if not isinstance(waiter, asyncio.Future):
+                try:
+                    woken += waiter()  # a deferred render: it runs here, now
+                except Exception:
+                    woken += 1
+                    log.exception("a deferred inline render failed")
+            elif not waiter.done():
                 waiter.set_result(None)  # it runs in the next iteration, and so does `_next`
                 woken += 1
         if woken:

@@ -202,6 +202,22 @@ class TieredCache:
         if source == "redis" and self.disk is not None:
             self._submit("disk", partial(self.disk.put, key, entry), self.disk.writable)
 
+    @property
+    def local_only(self) -> bool:
+        """No tier needs I/O to look a key up (a memory tier or none): after a memory miss a
+        caller may render and `store_render` without an await (service.render_now)."""
+        return self.disk is None and self.redis is None
+
+    def rendering(self, key: str) -> bool:
+        """`get_or_render` is rendering `key` now (a new caller would join it)."""
+        return key in self._flights
+
+    def store_render(self, key: str, entry: CacheEntry) -> None:
+        """Store what the caller rendered itself after a miss in every tier, counted as a
+        render, as `get_or_render` stores its own."""
+        self.renders += 1
+        self._store(key, entry, None)
+
     async def get_or_render(self, key: str, render: Render) -> tuple[CacheEntry, str]:
         """The cached entry, or `render()` once for all concurrent callers, then cached.
 

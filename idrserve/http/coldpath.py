@@ -22,9 +22,14 @@ out first is known without I/O and without an error:
 - an output of at most 512² pixels (its body fits one write: `LARGE_BODY_BYTES`), and a free
   request slot (`Admission`).
 
-`render` then does what `respond_rendered` does after planning (the cache tiers, single flight,
-the render, the store, the URL index) and returns the response's head and body, headers in the
-usual path's order (`ImageHeads`). When the render fails, or runs past the request deadline,
+`now` offers a plain call for a tile `service.render_now` can render without an await (inline
+size, no cache tier that needs I/O, no render of its key under way): the connection handler
+calls it in the tile's loop turn, at once when the turn is free, else from `InlineTurns`, with
+no task at all. That took the request path from 187–215 to 141 µs and cold 256² tiles to 1.08×
+(bench/results/http-now-vm-2026-12-06.md). Otherwise `render`, in a task, does what
+`respond_rendered` does after planning (the cache tiers, single flight, the render, the store,
+the URL index). Both return the response's head and body, headers in the usual path's order
+(`ImageHeads`). When the render fails, or runs past the request deadline,
 `render` returns None or is cancelled and the connection handler hands the request back to
 aiohttp, which answers it through the middlewares (errors with their JSON body): a GET may be
 worked on twice, the second answer is the one sent.
@@ -53,8 +58,9 @@ from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
 from idrserve.http.webgateway import output_from_query
 from idrserve.model import ImageMeta, RegionRequest
-from idrserve.service import Rendered, cached_render, fresh_cache_key
+from idrserve.service import Rendered, cached_render, fresh_cache_key, render_now
 from idrserve.settings import Settings
+from idrserve.turns import InlineTurns
 
 # The routes' own grammar (webgateway.py: ID, Z, T; iiif.py: five segments), on the path as
 # sent.
@@ -87,6 +93,11 @@ class ColdJob:
 
 # A planned request, its image's metadata, its own headers and its route.
 _Planned = tuple[RegionRequest, ImageMeta, tuple[tuple[str, str], ...], object]
+
+
+class HandBack(Exception):
+    """A rendered tile the direct answer cannot send (a body over one write, a header that
+    cannot be written here): the usual path answers its request instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +227,29 @@ class ColdRenders:
                 rendered = Rendered(entry.body, entry.media_type, job.key, {}, tier)
         if rendered is None:
             rendered = await cached_render(job.req, job.meta, deps, job.key)
+        return self._answer(job, rendered)
+
+    def now(self, job: ColdJob) -> tuple[InlineTurns, Callable[[], ColdAnswer]] | None:
+        """The process's render turns and a plain call that answers `job` once the loop gives
+        it its turn (`service.render_now`), or None: `render` it in a task. The call raises
+        when the request must be answered the usual way (its render failed, or its answer
+        does not fit the direct answer: `HandBack`)."""
+        deps = self._deps()
+        if deps is None or (job.indexed and not (deps.cache is None or deps.cache.local_only)):
+            return None
+        produce = render_now(job.req, job.meta, deps, job.key)
+        if produce is None:
+            return None
+
+        def answer() -> ColdAnswer:
+            answered = self._answer(job, produce())
+            if answered is None:
+                raise HandBack(job.url[:200])
+            return answered
+
+        return deps.inline_turns, answer
+
+    def _answer(self, job: ColdJob, rendered: Rendered) -> ColdAnswer | None:
         body = rendered.body
         if len(body) > LARGE_BODY_BYTES:
             return None

@@ -17,9 +17,11 @@
 4. A plain memory hit is answered in `data_received`, as its request is parsed
    (`fastpath.DirectHits`; `server.direct_hits`): aiohttp's request object, task, router,
    middlewares and response cost two thirds of a hit.
-5. A plain cold tile is planned there too and rendered in one task of the handler's own
-   (`coldpath.ColdRenders`; `server.direct_renders`), which writes its response or hands the
-   request back to the handler task (a failure, the deadline).
+5. A plain cold tile is planned there too (`coldpath.ColdRenders`; `server.direct_renders`).
+   One that renders inline in a cache without lower tiers is answered by a plain call in its
+   loop turn, at once or from `InlineTurns` (no task; a future marks the request in
+   progress); any other is rendered in one task of the handler's own. Either writes the
+   response or hands the request back to the handler task (a failure, the deadline).
 
 Public API only, for 3: the kernel enforces it (TCP_USER_TIMEOUT on the listening sockets,
 `_limit_untaken_data`), for small responses left in the socket buffers as for large ones; the
@@ -53,6 +55,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -61,7 +64,8 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from idrserve.http.coldpath import COLD_RENDERS, ColdAnswer, ColdJob, ColdRenders
+from idrserve.errors import IdrServeError
+from idrserve.http.coldpath import COLD_RENDERS, ColdAnswer, ColdJob, ColdRenders, HandBack
 from idrserve.http.fastpath import DIRECT_HITS, DirectHits
 from idrserve.http.middleware import (
     HTTP_ERROR_CODES,
@@ -121,7 +125,8 @@ class JsonErrorRequestHandler(RequestHandler):
             direct = cold = None
         self.direct = direct
         self.cold = cold
-        self._cold_task: asyncio.Task[None] | None = None
+        # The cold tile in progress: its task, or the future of one waiting for its turn.
+        self._cold_task: asyncio.Future[None] | None = None
         self._held: deque[Any] = deque()  # requests pipelined behind a cold tile
         self._held_paused = False
         self._usual = 0
@@ -269,11 +274,61 @@ class JsonErrorRequestHandler(RequestHandler):
             return False
         if job is None:
             return False
+        cold = self.cold
+        try:
+            now = cold.now(job)
+            # Its iteration's first render: answered here, at once, with no task at all.
+            answer = now[1]() if now is not None and now[0].take_now() else None
+        except Exception as exc:  # the usual path answers it, with the error middleware's care
+            cold.admission.request_done()
+            if not isinstance(exc, IdrServeError | HandBack):
+                log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
+            return False
         self._messages.popleft()
         consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
         if consumed is not None:
             consumed()
-        self._cold_task = self._loop.create_task(self._cold(job, message, payload, start))
+        if answer is not None:
+            cold.admission.request_done()
+            self._send_cold(job, answer, start)
+        elif now is not None:
+            # Its turn comes in a later iteration (turns.py): no task either, a future stands
+            # for the request in progress (held requests, keep-alive, shutdown, cancellation).
+            waiting: asyncio.Future[None] = self._loop.create_future()
+            self._cold_task = waiting
+            now[0].defer(partial(self._cold_turn, job, message, payload, start, now[1], waiting))
+        else:
+            self._cold_task = self._loop.create_task(self._cold(job, message, payload, start))
+        return True
+
+    def _cold_turn(
+        self,
+        job: ColdJob,
+        message: RawRequestMessage,
+        payload: Any,
+        start: float,
+        answer_now: Callable[[], ColdAnswer],
+        waiting: asyncio.Future[None],
+    ) -> bool:
+        """A deferred cold tile's turn (InlineTurns calls it): False when its request went
+        away meanwhile. It carries no request deadline: it waits only for the renders queued
+        before it, at most `limits.max_concurrent_requests` of them (1 024 × 0.75 ms at 256²)."""
+        cold = self.cold
+        assert cold is not None
+        if waiting.done():  # cancelled by connection_lost: the client went away
+            cold.admission.request_done()
+            self._cold_gone(job, start)
+            return False
+        waiting.set_result(None)
+        answer = None
+        try:
+            answer = answer_now()
+        except Exception as exc:
+            if not isinstance(exc, IdrServeError | HandBack):
+                log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
+        finally:
+            cold.admission.request_done()
+        self._cold_done(job, message, payload, answer, start)
         return True
 
     async def _cold(
@@ -290,20 +345,35 @@ class JsonErrorRequestHandler(RequestHandler):
             answer = await cold.render(job)
         except asyncio.CancelledError:
             if not deadlines.expired(task):
-                # The client went away (handler_cancellation): as the admission middleware
-                # counts and logs it.
-                cold.admission.cancelled += 1
-                self._cold_task = None
-                if self._log_hit is not None:
-                    elapsed = time.perf_counter() - start
-                    self._log_hit(job.request_id, job.resource, 0, elapsed, self._peer(),
-                                  tier="-", status=499)  # fmt: skip
+                self._cold_gone(job, start)
                 return
         except Exception:
             log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
         finally:
             deadlines.stop(task)
             cold.admission.request_done()
+        self._cold_done(job, message, payload, answer, start)
+
+    def _cold_gone(self, job: ColdJob, start: float) -> None:
+        """The client went away (handler_cancellation): as the admission middleware counts
+        and logs it."""
+        assert self.cold is not None
+        self.cold.admission.cancelled += 1
+        self._cold_task = None
+        if self._log_hit is not None:
+            elapsed = time.perf_counter() - start
+            self._log_hit(job.request_id, job.resource, 0, elapsed, self._peer(),
+                          tier="-", status=499)  # fmt: skip
+
+    def _cold_done(
+        self,
+        job: ColdJob,
+        message: RawRequestMessage,
+        payload: Any,
+        answer: ColdAnswer | None,
+        start: float,
+    ) -> None:
+        """Send the answer (or hand the request back) and let held requests through."""
         self._cold_task = None
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -319,24 +389,30 @@ class JsonErrorRequestHandler(RequestHandler):
             # Handed back: aiohttp's handler answers it through the middlewares.
             queued.appendleft((message, payload))
         else:
-            transport.writelines((answer.head, answer.body))
-            manager = self._manager
-            if manager is not None:
-                manager.requests_count += 1
-            if self._keepalive_timeout > 0:
-                self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
-            log_hit = self._log_hit
-            if log_hit is not None:
-                elapsed = time.perf_counter() - start
-                metrics = cold.metrics
-                size = len(answer.body)
-                if metrics is not None:
-                    metrics.observe_resource(job.resource, 200, size, elapsed, answer.tier)
-                log_hit(job.request_id, job.resource, size, elapsed, self._peer(),
-                        tier=answer.tier, trace=answer.trace)  # fmt: skip
+            self._send_cold(job, answer, start)
         waiter = self._waiter
         if self._messages and waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _send_cold(self, job: ColdJob, answer: ColdAnswer, start: float) -> None:
+        transport = self.transport
+        assert transport is not None
+        assert self.cold is not None
+        transport.writelines((answer.head, answer.body))
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        if self._keepalive_timeout > 0:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        log_hit = self._log_hit
+        if log_hit is not None:
+            elapsed = time.perf_counter() - start
+            metrics = self.cold.metrics
+            size = len(answer.body)
+            if metrics is not None:
+                metrics.observe_resource(job.resource, 200, size, elapsed, answer.tier)
+            log_hit(job.request_id, job.resource, size, elapsed, self._peer(),
+                    tier=answer.tier, trace=answer.trace)  # fmt: skip
 
     def _peer(self) -> str | None:
         if self._peer_host is None and self.transport is not None:

@@ -22,8 +22,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+import idrserve.service as service
+from idrserve.cache import TieredCache
 from idrserve.http.coldpath import ColdAnswer, ColdJob
 from idrserve.http.keys import ADMISSION, DEPS
+from idrserve.turns import InlineTurns
 from tests.cache.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.http.conftest import P, S, Z
 from tests.http.live import Conn, Served, value
@@ -341,3 +344,162 @@ async def test_a_lower_tier_hit_is_read_plainly_with_the_usual_headers(
     assert direct_taken == 1 and usual_taken == 0
     assert _comparable(mine[1]) == _comparable(theirs[1])
     assert mine[2] == theirs[2]
+
+
+# One CPU thread: tiles up to 3 × 256² render inline, so a cold tile is answered in its loop
+# turn by a plain call (service.render_now, InlineTurns.defer), with no task at all.
+INLINE = {"server__cpu_threads": 1}
+BURST = [
+    f"/webgateway/render_image_region/{P}/0/0/?tile=0,{x},{y},256,256"
+    for x in (3, 4)
+    for y in range(4)
+]
+
+
+def _tasks_of(served: Served) -> list[str]:
+    """The URLs `served` renders in a task (ColdRenders.render), recorded as they start."""
+    assert served.cold is not None
+    render, urls = served.cold.render, []
+
+    async def counted(job: ColdJob) -> ColdAnswer | None:
+        urls.append(job.url)
+        return await render(job)
+
+    served.cold.render = counted  # type: ignore[method-assign]
+    return urls
+
+
+async def test_tiles_answered_in_their_turn_match_the_usual_path(
+    serve: Callable[..., Any],
+) -> None:
+    direct = await serve(**INLINE)
+    usual = await serve(server__direct_hits=False, server__direct_renders=False, **INLINE)
+    a, b = await _warmed(direct), await _warmed(usual)
+    tasks = _tasks_of(direct)
+    renders = direct.app[DEPS].cache.renders  # type: ignore[index]
+    for url in URLS:
+        mine, theirs = await a.get(url), await b.get(url)
+        assert mine[0] == theirs[0] == 200, url
+        assert mine[2] == theirs[2], url
+        assert value(mine[1], "X-Cache") == "miss", url
+        assert _comparable(mine[1]) == _comparable(theirs[1]), url
+    assert direct.cold_taken == len(URLS)
+    # All read at most 3 × 256² (the IIIF one from level 1): none needed a task.
+    assert tasks == []
+    assert direct.app[DEPS].cache.renders == renders + len(URLS)  # type: ignore[index]
+    hit = await a.get(URLS[0])  # stored as cached_render stores: a memory hit now
+    assert value(hit[1], "X-Cache") == "memory"
+    a.close()
+    b.close()
+
+
+async def test_a_burst_of_cold_tiles_waits_for_its_turns_without_tasks(
+    serve: Callable[..., Any],
+) -> None:
+    served = await serve(server__inline_renders_per_turn=1, **INLINE)
+    reference = await serve(server__direct_renders=False)
+    first = await _warmed(served)
+    conns = [first] + [await Conn.open(served.port) for _ in BURST[1:]]
+    tasks = _tasks_of(served)
+    assert served.app is not None
+    turns = served.app[DEPS].inline_turns
+    queued = turns.queued
+    for conn, url in zip(conns, BURST, strict=True):  # sent together: one loop iteration
+        conn.writer.write(f"GET {url} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    answers = [await conn.response() for conn in conns]
+    assert tasks == []
+    assert turns.queued > queued  # most waited for a later iteration's turn
+    ref = await _warmed(reference)
+    for url, (status, headers, body) in zip(BURST, answers, strict=True):
+        assert status == 200 and value(headers, "X-Cache") == "miss", url
+        assert body == (await ref.get(url))[2], url
+    assert served.app[ADMISSION].requests == 0
+    for conn in [*conns, ref]:
+        conn.close()
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
+async def test_a_client_gone_before_its_turn_releases_its_slot(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, cancelled: bool
+) -> None:
+    """A deferred tile whose client left: with aiohttp's handler_cancellation its turn is
+    skipped (a 499 in the log, counted as cancelled), without it the tile is rendered for
+    nobody; either way its request slot is released and the server serves on."""
+    served = await serve(**INLINE)
+    served.server._runner.server.handler_cancellation = cancelled  # type: ignore[union-attr]
+    conn = await _warmed(served)
+    held: list[Callable[[], bool]] = []
+    monkeypatch.setattr(InlineTurns, "take_now", lambda self: False)
+    monkeypatch.setattr(InlineTurns, "defer", lambda self, job: held.append(job))
+    await conn.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    for _ in range(100):
+        if held:
+            break
+        await asyncio.sleep(0.01)
+    handler = next(iter(served.server._runner.server.connections))  # type: ignore[union-attr]
+    assert handler._cold_task is not None  # the request is in progress
+    assert served.app is not None
+    admission = served.app[ADMISSION]
+    gone = admission.cancelled
+    conn.close()
+    await asyncio.sleep(0.1)
+    assert held[0]() is not cancelled  # its turn: skipped, or rendered for nobody
+    assert admission.requests == 0
+    assert admission.cancelled == gone + cancelled
+    if cancelled:
+        assert served.log_records()[-1]["status"] == 499
+    monkeypatch.undo()
+    again = await Conn.open(served.port)
+    assert (await again.get(OTHER))[0] == 200
+    again.close()
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["at-once", "deferred"])
+async def test_a_render_failing_in_its_turn_is_handed_back(
+    serve: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    deferred: bool,
+) -> None:
+    reference = await serve(server__direct_renders=False)
+    expected = (await (await _warmed(reference)).get(TILE))[2]
+    served = await serve(**INLINE)
+    conn = await _warmed(served)
+    real, failed = service._read_render_encode, []
+
+    def fails_once(*args: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(service, "_read_render_encode", fails_once)
+    if deferred:
+        monkeypatch.setattr(InlineTurns, "take_now", lambda self: False)
+    status, headers, body = await conn.get(TILE)
+    assert failed and served.cold_taken == 1  # planned, failed, answered the usual way
+    assert status == 200 and body == expected and value(headers, "X-Cache") == "miss"
+    assert "cold tile failed" in caplog.text
+    assert served.app is not None and served.app[ADMISSION].requests == 0
+    conn.close()
+
+
+@pytest.mark.parametrize("why", ["disk tier", "in flight"])
+async def test_a_tile_that_may_need_io_or_a_join_takes_a_task(
+    serve: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """A lower cache tier must be looked up (I/O) before a render, and a render of the same
+    key already under way must be joined: both take the task path (`cached_render`), never
+    the plain call."""
+    settings: dict[str, Any] = dict(INLINE)
+    if why == "disk tier":
+        settings["cache__dir"] = str(tmp_path / "tiles")
+    else:
+        monkeypatch.setattr(TieredCache, "rendering", lambda self, key: True)
+    served = await serve(**settings)
+    conn = await _warmed(served)
+    tasks = _tasks_of(served)
+    status, headers, _ = await conn.get(TILE)
+    assert status == 200 and value(headers, "X-Cache") == "miss"
+    assert tasks == [TILE]
+    conn.close()

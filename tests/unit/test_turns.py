@@ -106,6 +106,52 @@ async def test_per_turn_lets_that_many_through_each_iteration() -> None:
     assert sorted(per_iteration.values()) == [1, 3, 3, 3], per_iteration
 
 
+async def test_take_now_takes_only_a_free_iteration() -> None:
+    turns = InlineTurns(per_turn=1)
+    assert turns.take_now()  # the iteration's first render
+    assert not turns.take_now()  # its second would have to wait
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert turns.take_now()  # a later iteration, nobody queued
+    assert turns.queued == 0
+
+
+async def test_deferred_renders_keep_arrival_order_with_waiting_tasks() -> None:
+    """Deferred renders (no task: the connection handler's cold tiles) and tasks' turns share
+    one queue: called in arrival order, `per_turn` an iteration, one that had nothing to do
+    taking no turn, one that raised taking its turn and stopping nothing."""
+    turns, clock, log = InlineTurns(per_turn=2), IterationClock(), []
+    clock.start()
+    assert turns.take_now()
+
+    def deferred(name: str, result: bool = True) -> None:
+        def job() -> bool:
+            log.append((name, clock.now))
+            if name == "boom":
+                raise RuntimeError(name)
+            return result
+
+        turns.defer(job)
+
+    deferred("d0")
+    task = asyncio.create_task(_render(turns, clock, "t1", log))
+    await asyncio.sleep(0)  # t1 is queued now
+    deferred("gone", result=False)
+    deferred("boom")
+    deferred("d4")
+    deferred("d5")
+    await task
+    for _ in range(4):
+        await asyncio.sleep(0)
+    clock.stop()
+    # One iteration lets through t1 (its task runs in the next iteration), "gone" (no turn
+    # taken) and "boom" (a turn); the next one d4 and d5, after t1 has run.
+    assert [name for name, _ in log] == ["d0", "gone", "boom", "t1", "d4", "d5"]
+    at = dict(log)
+    assert at["d0"] < at["gone"] == at["boom"] < at["t1"] == at["d4"] == at["d5"]
+    assert turns.queued == 6
+
+
 def test_turns_hold_under_uvloop() -> None:
     """Served processes run on uvloop (cli._install_uvloop), whose iterations must give the
     same one-group-per-iteration schedule as asyncio's."""
