@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 
 from idrserve.errors import BadRequest, NotFound
+from idrserve.http import params
 from idrserve.http.params import (
     parse_callback,
     parse_flip,
@@ -199,3 +200,40 @@ def test_round_trip(
     )
     if complete and channels and m is not None:
         assert parse_render_overrides(query, max_active_channels=len(channels), strict=True) == got
+
+
+def _general_int_fields(values: list[str]) -> list[int] | str:
+    """The field-by-field parse `params._int_fields` falls back to, or its error."""
+    out = []
+    for text in values:
+        value = params._to_int(text)
+        if value is None or abs(value) > params.MAX_COORD:
+            return "error"
+        out.append(value)
+    return out
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text("0123456789", min_size=0, max_size=12),
+            st.integers(2**31 - 3, 2**31 + 3).map(str),
+            st.text("0123456789 +-٣x", max_size=4),
+        ),
+        min_size=3,
+        max_size=6,
+    )
+)
+@example(["0", "1", "2", "256", "256"])
+@example(["00", "01", "2147483647", "1", "1"])
+@example(["0", "", "1"])
+@example(["0", "١", "1"])
+def test_plain_digit_tile_fields_parse_as_the_general_parser(values: list[str]) -> None:
+    """The one-go conversion of plain-digit fields gives what the general parser gives, and
+    anything else still gets its 400."""
+    expected = _general_int_fields(values)
+    try:
+        got: list[int] | str = params._int_fields(values, "tile", "form", ",".join(values))
+    except BadRequest:
+        got = "error"
+    assert got == expected
