@@ -229,25 +229,30 @@ class ColdRenders:
             rendered = await cached_render(job.req, job.meta, deps, job.key)
         return self._answer(job, rendered)
 
-    def now(self, job: ColdJob) -> tuple[InlineTurns, Callable[[], ColdAnswer]] | None:
-        """The process's render turns and a plain call that answers `job` once the loop gives
-        it its turn (`service.render_now`), or None: `render` it in a task. The call raises
-        when the request must be answered the usual way (its render failed, or its answer
-        does not fit the direct answer: `HandBack`)."""
+    def now(self, job: ColdJob) -> tuple[InlineTurns | None, Callable[[], ColdAnswer]] | None:
+        """A plain call that answers `job` (`service.render_now`), with the process's render
+        turns when it must wait for its loop turn (None: a memory hit, call it at once); or
+        None: `render` it in a task. The call raises when the request must be answered the
+        usual way (its render failed, or its answer does not fit the direct answer:
+        `HandBack`)."""
         deps = self._deps()
         if deps is None or (job.indexed and not (deps.cache is None or deps.cache.local_only)):
             return None
-        produce = render_now(job.req, job.meta, deps, job.key)
-        if produce is None:
+        found = render_now(job.req, job.meta, deps, job.key)
+        if found is None:
             return None
+        produce = found if callable(found) else None
+        turns = deps.inline_turns if produce is not None else None
 
         def answer() -> ColdAnswer:
-            answered = self._answer(job, produce())
+            rendered = produce() if produce is not None else found
+            assert isinstance(rendered, Rendered)
+            answered = self._answer(job, rendered)
             if answered is None:
                 raise HandBack(job.url[:200])
             return answered
 
-        return deps.inline_turns, answer
+        return turns, answer
 
     def _answer(self, job: ColdJob, rendered: Rendered) -> ColdAnswer | None:
         body = rendered.body

@@ -503,3 +503,24 @@ async def test_a_tile_that_may_need_io_or_a_join_takes_a_task(
     assert status == 200 and value(headers, "X-Cache") == "miss"
     assert tasks == [TILE]
     conn.close()
+
+
+async def test_a_memory_hit_on_the_cold_path_waits_for_no_turn(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without direct hits (or for a URL the URL index does not know) a memory hit is planned
+    as a cold tile: it is answered at once, never queued behind renders for a turn (that
+    held hits to three per loop iteration: bench_cache.py without direct hits at 0.75x)."""
+    served = await serve(server__direct_hits=False, **INLINE)
+    conn = await _warmed(served)
+    first = await conn.get(TILE)
+    assert value(first[1], "X-Cache") == "miss"
+    deferred: list[object] = []
+    monkeypatch.setattr(InlineTurns, "take_now", lambda self: False)  # every turn taken
+    monkeypatch.setattr(InlineTurns, "defer", lambda self, job: deferred.append(job))
+    tasks = _tasks_of(served)
+    again = await conn.get(TILE)
+    assert again[0] == 200 and value(again[1], "X-Cache") == "memory"
+    assert again[2] == first[2]
+    assert deferred == [] and tasks == []
+    conn.close()

@@ -19,7 +19,7 @@ import pytest
 
 from idrserve.http.fastpath import DirectHit
 from idrserve.http.keys import DEPS
-from idrserve.http.server import DIRECT_MAX_BUFFERED
+from idrserve.http.server import DIRECT_MAX_BUFFERED, Outbox
 from tests.http.conftest import P, S
 from tests.http.live import Conn, value, without
 from tests.http.test_cold_path import PER_ANSWER, URLS
@@ -221,4 +221,25 @@ async def test_a_failing_direct_hit_is_answered_by_the_usual_path(
     status, headers, again = await conn.get(TILE)
     assert (status, again, value(headers, "X-Cache")) == (200, body, "memory")
     assert "direct hit failed" in caplog.text
+    conn.close()
+
+
+async def test_a_held_back_hit_is_written_before_the_connections_next_answer(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct hits are written together at the start of the next loop iteration (`Outbox`).
+    Should that flush come late, the connection still writes its held hit before anything it
+    answers next, so a client never sees its responses out of order or one lost."""
+    served = await serve()
+    conn = await Conn.open(served.port)
+    cold = await conn.get(TILE)
+    monkeypatch.setattr(Outbox, "add", lambda self, handler: None)  # the shared flush never comes
+    await conn.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await asyncio.sleep(0.05)  # the hit is answered and held, unsent
+    assert served.answered == 1
+    await conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    hit = await asyncio.wait_for(conn.response(), 5)
+    health = await asyncio.wait_for(conn.response(), 5)
+    assert hit[0] == 200 and hit[2] == cold[2] and value(hit[1], "X-Cache") == "memory"
+    assert health[0] == 200 and json.loads(health[2])["status"]
     conn.close()
