@@ -105,6 +105,16 @@ def write_image(path: Path, chunk: int, seed: int, size: int = SIZE) -> None:
     )
 
 
+def wait_healthy(base: str, tries: int = 100) -> None:
+    """Until `base`/healthz answers (a server started a moment ago), at most `tries` × 0.1 s."""
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -332,12 +342,7 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {}
     try:
         for _proc, base in servers.values():
-            for _ in range(100):
-                try:
-                    with urllib.request.urlopen(base + "/healthz", timeout=1):
-                        break
-                except OSError:
-                    time.sleep(0.1)
+            wait_healthy(base)
             for urls in cases.values():  # warm-up: opens arrays, fills the OS page cache
                 run_wrk(base, urls, 3, args.conns, tmp)
         mismatched = {}

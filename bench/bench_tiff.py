@@ -25,8 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numcodecs
@@ -36,7 +34,7 @@ import zarr
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from bench_http import free_port, run_wrk  # noqa: E402
+from bench_http import free_port, run_wrk, wait_healthy  # noqa: E402
 
 SIZE = 4096
 TILE = 256
@@ -160,12 +158,7 @@ def main() -> int:
     }
     results: dict[str, list[dict[str, float]]] = {label: [] for label in urls}
     try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        wait_healthy(base, 200)
         for chosen in urls.values():  # open files and arrays, fill the page cache
             run_wrk(base, chosen, 3, args.conns, tmp)
         for _ in range(args.rounds):

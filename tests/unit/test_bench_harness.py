@@ -119,3 +119,28 @@ def test_the_floor_servers_answer_each_pipelined_request(mode: list[str]) -> Non
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+profile_cold = _load("profile_cold")
+
+
+def test_a_profiles_samples_are_split_into_the_kernels_stages_first() -> None:
+    # py-spy's raw format: frames from the outermost, `;`-separated, then the sample count.
+    loop = "serve (idrserve/http/server.py:10)"
+    received = f"{loop};JsonErrorRequestHandler.data_received (idrserve/http/server.py:20)"
+    kernel = f"{received};_read_render_encode (idrserve/service.py:30)"
+    lines = [
+        f"{kernel};encode_jpeg (idrserve/encode/jpeg.py:40) 6\n",
+        f"{kernel};DirectV2Array.read (x.py:1);DirectV2Array._put (x.py:2) 2\n",
+        f"{received};ColdRenders.plan (idrserve/http/coldpath.py:50) 1\n",
+        f"{loop} 1\n",
+        "not a sample line\n",
+    ]
+    stage_shares, samples = profile_cold.shares(lines)
+    assert samples == 10
+    assert stage_shares == {
+        "JPEG encode (simplejpeg)": 0.6,
+        "Blosc decode": 0.2,
+        "parsing and planning the request": 0.1,
+        profile_cold.OTHER: 0.1,
+    }
