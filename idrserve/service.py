@@ -136,8 +136,8 @@ def render_now(
     if cache is not None and (not cache.local_only or cache.rendering(key)):
         return None
     if cache is not None and cache.memory is not None:
-        # A hit needs no turn: waiting for one held hits behind renders, three per loop
-        # iteration (bench_cache.py without direct hits: 0.75x until this check).
+        # A hit needs no turn: waiting for one held hits behind renders, a few per loop
+        # iteration (docs/benchmarks.md#writing-responses-together).
         hit = cache.memory.get(key)
         if hit is not None:
             return Rendered(hit.body, hit.media_type, key, {}, "memory")

@@ -66,8 +66,11 @@ class ServerSettings(_Group):
     # 52 % of samples under 2 ms, 2 keeps 78–85 % but costs 6–8 % and a worse request p99, 1
     # keeps 98 % for 17 % (bench/results/http-lag-vm-2026-12-05.md). Sampled with a timerfd
     # (2026-12-06): 3 keeps 56–69 %, 2 79–94 % for 0–2 %, 1 all (lag p99 2 ms) for 0–8 %
-    # (bench/results/http-lag-vm-2026-12-06-d.md).
-    inline_renders_per_turn: int = Field(3, ge=1, le=64)
+    # (bench/results/http-lag-vm-2026-12-06-d.md). Once responses were written together
+    # (http/server.py, Outbox), 2 kept every sample under 2 ms (lag p99 2 ms) for 0.98-1.00x
+    # the tiles/s of 3 and became the default (bench/results/http-turns-vm-2026-12-06-b.md
+    # and bench/results/http-turns-vm-2026-12-06-c.md).
+    inline_renders_per_turn: int = Field(2, ge=1, le=64)
     # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):
     # same bytes, several times the hits/s (bench/bench_cache.py). Off: the middleware path.

@@ -14,14 +14,18 @@ queue (FIFO) and are let through `per_turn` at a time in the following iteration
 ready between any two groups. Measured at 16 connections on one core
 (bench/results/http-turns-vm-2026-12-05.md): one per iteration keeps the lag p99 under 2 ms
 but costs 12 % of cold 256² tiles/s (each render's memory traffic evicts the parsing that
-preceded it); three, the default, halve the lag p99 of unbounded batches (5 vs 10 ms) and
-cut the request p99 from 20.7 to 17.1 ms for 3 % of the throughput. Re-measured with cold
-tiles rendered from the connection handler and the lag timed from the sampler's tick
+preceded it); three, the default until 2026-12-06, halve the lag p99 of unbounded batches
+(5 vs 10 ms) and cut the request p99 from 20.7 to 17.1 ms for 3 % of the throughput.
+Re-measured with cold tiles rendered from the connection handler and the lag timed from the
+sampler's tick
 (bench/results/http-lag-vm-2026-12-05.md): three keep 52 % of lag samples under 2 ms, two
 78–85 % for 6–8 % of the throughput and a worse request p99 (16.4 vs 14.8 ms), one 98 % for
 17 %; none meets a 2 ms p99. With the lag sampled by a timerfd the loop watches (no sampler
 thread, 2026-12-06, bench/results/http-lag-vm-2026-12-06-d.md): three keep 56–69 %, two 79–94 %
-for 0–2 %, one all of them (a 2 ms p99) for 0–8 %.
+for 0–2 %, one all of them (a 2 ms p99) for 0–8 %. Once the responses of an iteration were
+written together (http/server.py, `Outbox`), two kept all of them too, for 0.98–1.00× the
+tiles/s of three (bench/results/http-turns-vm-2026-12-06-b.md and
+bench/results/http-turns-vm-2026-12-06-c.md): two is the default.
 A render that is alone costs nothing (no await); one that queues costs one future and one
 loop iteration. The connection handler's cold tiles queue no task at all (`defer`): a plain
 call, run by `_next` itself in the iteration that gives it its turn, shares the queue, in
@@ -44,7 +48,7 @@ class InlineTurns:
 
     __slots__ = ("_armed", "_busy", "_waiters", "per_turn", "queued")
 
-    def __init__(self, per_turn: int = 3) -> None:
+    def __init__(self, per_turn: int = 2) -> None:
         self.per_turn = per_turn  # renders let through per loop iteration once some wait
         # Tasks' futures (`turn`) and deferred renders (`defer`), in arrival order.
         self._waiters: deque[asyncio.Future[None] | Callable[[], bool]] = deque()
