@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -120,6 +121,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
+# What OMERO.iviewer adds to each tile URL (its rendering settings, the same for every tile
+# of a view): windows and colours of the three channels, the model, projection, quality and
+# inversions, `maps` percent-encoded as a browser sends it.
+VIEWER_QUERY = (
+    "c=1|100:3000$FF0000,2|200:4000$00FF00,3|0:5000$0000FF&m=c&p=normal&ia=0&q=0.9&maps="
+    + urllib.parse.quote("[" + ",".join(['{"inverted":{"enabled":false}}'] * 3) + "]")
+)
 
 LUA = """
 local urls = {}
@@ -268,6 +277,12 @@ def main() -> int:
         "the least a Python event loop spends a request here, beside the kernel's budget",
     )
     parser.add_argument(
+        "--viewer-query",
+        action="store_true",
+        help="add OMERO.iviewer's rendering parameters (c, m, p, ia, q, maps) to every tile "
+        "URL, as the viewer sends them, instead of the bare `tile=`",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -338,6 +353,8 @@ def main() -> int:
             for x in range(SIZE // 512)
         ],
     }
+    if args.viewer_query:
+        cases = {name: [f"{url}&{VIEWER_QUERY}" for url in urls] for name, urls in cases.items()}
     targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
     results: dict[str, list[dict[str, float]]] = {}
     try:
@@ -374,6 +391,7 @@ def main() -> int:
         f"{args.rounds} --conns {args.conns}"
         f"{' --request-path' if args.request_path else ''}"
         f"{' --floor' if args.floor else ''}"
+        f"{' --viewer-query' if args.viewer_query else ''}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",

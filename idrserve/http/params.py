@@ -81,6 +81,12 @@ class TooManyThumbnails(BadRequest):
 # small helpers
 
 
+def last(query: Mapping[str, str], key: str) -> str | None:
+    """The last value of `key` (Django semantics) or None when absent: the value every
+    parser here reads."""
+    return _get(query, key)
+
+
 def _get(query: Mapping[str, str], key: str) -> str | None:
     """The last value of `key` (Django semantics) or None when absent."""
     getall = getattr(query, "getall", None)

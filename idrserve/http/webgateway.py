@@ -75,8 +75,35 @@ def _output(request: web.Request, limits: LimitSettings) -> Output:
     return output_from_query(request.query, limits, strict)
 
 
+# The query parameters `output_from_query` reads (each by its last value, `params.last`).
+OUTPUT_PARAMS = ("c", "maps", "m", "flip", "format", "q")
+# Outputs already parsed, by those parameters' texts and the limits they were checked with. A
+# viewer asks for every tile of an image with the same `c`, `maps` and `m`, and parsing them
+# cost about 20 µs a tile (OMERO.iviewer's query, `python bench/bench_http.py --query …`),
+# against about 2 µs to look them up. Bounded: emptied when full.
+_OUTPUTS: dict[tuple[object, ...], Output] = {}
+OUTPUTS_KEPT = 256
+
+
 def output_from_query(query: Mapping[str, str], limits: LimitSettings, strict: bool) -> Output:
     """The output part of a rendering URL; also what http/coldpath.py plans a tile with."""
+    key = (
+        strict,
+        limits.max_active_channels,
+        limits.default_jpeg_quality,
+        *[params.last(query, name) for name in OUTPUT_PARAMS],
+    )
+    output = _OUTPUTS.get(key)
+    if output is None:
+        output = parse_output(query, limits, strict)  # a 400 is raised, never kept
+        if len(_OUTPUTS) >= OUTPUTS_KEPT:
+            _OUTPUTS.clear()
+        _OUTPUTS[key] = output
+    return output
+
+
+def parse_output(query: Mapping[str, str], limits: LimitSettings, strict: bool) -> Output:
+    """`output_from_query` without its memo."""
     flip_h, flip_v = params.parse_flip(query)
     return Output(
         params.parse_render_overrides(

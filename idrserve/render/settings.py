@@ -77,6 +77,11 @@ def resolve_render(meta: ImageMeta, ov: RenderOverrides) -> RenderSettings:
         if ov.model is None or ov.model is saved.model:
             return saved
         return RenderSettings(saved.channels, ov.model)
+    return meta.overridden_render(ov, _resolve_overrides)
+
+
+def _resolve_overrides(meta: ImageMeta, ov: RenderOverrides) -> RenderSettings:
+    assert ov.channels is not None
     base = meta.default_render()
     model = ov.model if ov.model is not None else base.model
     count = len(base.channels)

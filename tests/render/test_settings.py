@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from idrserve.model import (
+    OVERRIDDEN_KEPT,
     ChannelMeta,
     ChannelOverride,
     ChannelRender,
@@ -260,3 +261,24 @@ def test_saved_settings_are_made_once_per_metadata_and_never_go_stale() -> None:
     assert again is not first
     assert again.channels[0].color == GREEN and again.canonical() != first.canonical()
     assert resaved.default_render().channels[0].color == GREEN
+
+
+def test_overridden_settings_are_kept_per_image_and_match_a_fresh_resolve() -> None:
+    meta = replace(META)  # its own store of kept settings
+    red = RenderOverrides(channels=(ChannelOverride(0, True, 10.0, 20.0, RED),))
+    same = RenderOverrides(channels=(ChannelOverride(0, True, 10.0, 20.0, RED),))
+    other = RenderOverrides(channels=(ChannelOverride(0, True, 10.0, 30.0, RED),))
+    first = resolve_render(meta, red)
+    assert resolve_render(meta, same) is first  # equal overrides: the kept object
+    assert resolve_render(replace(META), same) == first  # and what a fresh image makes
+    assert resolve_render(replace(META), same) is not first
+    assert resolve_render(meta, other).channels[0].end == 30.0
+
+
+def test_kept_overridden_settings_are_bounded() -> None:
+    meta = replace(META)
+    for end in range(OVERRIDDEN_KEPT + 5):
+        ov = RenderOverrides(channels=(ChannelOverride(0, True, 0.0, float(end + 1)),))
+        assert resolve_render(meta, ov).channels[0].end == end + 1
+    kept = meta._overridden
+    assert kept is not None and 0 < len(kept) <= OVERRIDDEN_KEPT
