@@ -116,6 +116,16 @@ class BoundedLRU(Generic[K, V]):
             self._data.move_to_end(key)
         return value
 
+    def get_or_make(self, key: K, make: Callable[..., V], *args: object) -> V:
+        """`get(key)`, or `make(*args)` put under `key` when absent: a memo of parses and
+        derived settings. Nothing is put when `make` raises (a refused request is refused
+        again next time, never remembered)."""
+        value = self.get(key)
+        if value is None:
+            value = make(*args)
+            self.put(key, value)
+        return value
+
     def _peek_expiring(self, key: K) -> V | None:
         value = self._data.get(key)
         deadlines = self._deadlines

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from idrserve.lru import BoundedLRU
+
 # Bump whenever rendering or encoding output changes for the same request, so that cached
 # bytes rendered by older code are never served again.
 RENDER_SCHEMA = 1
@@ -251,7 +253,10 @@ class ImageMeta:
     _saved_render: RenderSettings | None = field(
         default=None, init=False, compare=False, repr=False
     )
-    _overridden: dict[RenderOverrides, RenderSettings] | None = field(
+    _overridden: BoundedLRU[RenderOverrides, RenderSettings] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
+    _level_factors: tuple[tuple[int, int], ...] | None = field(
         default=None, init=False, compare=False, repr=False
     )
 
@@ -268,6 +273,23 @@ class ImageMeta:
             object.__setattr__(self, "_saved_render", make(self))
         return self._saved_render  # type: ignore[return-value]
 
+    def level_factors(self) -> tuple[tuple[int, int], ...]:
+        """Each level's nominal integer (x, y) downsampling factors relative to level 0,
+        worked out once: a IIIF tile's plan looked them all up (pyramid.plan_region).
+
+        NGFF pyramids halve with floor or ceil (4097 → 2048 or 2049); both are factor 2.
+        """
+        if self._level_factors is None:
+            made = tuple(
+                (
+                    max(1, round(self.size_x / max(1, lv.size_x))),
+                    max(1, round(self.size_y / max(1, lv.size_y))),
+                )
+                for lv in self.levels
+            )
+            object.__setattr__(self, "_level_factors", made)
+        return self._level_factors  # type: ignore[return-value]
+
     def overridden_render(
         self,
         overrides: RenderOverrides,
@@ -278,15 +300,9 @@ class ImageMeta:
         about 8 µs a tile). At most `OVERRIDDEN_KEPT` per metadata object."""
         made = self._overridden
         if made is None:
-            made = {}
+            made = BoundedLRU(OVERRIDDEN_KEPT)
             object.__setattr__(self, "_overridden", made)
-        settings = made.get(overrides)
-        if settings is None:
-            settings = make(self, overrides)
-            if len(made) >= OVERRIDDEN_KEPT:
-                made.clear()
-            made[overrides] = settings
-        return settings
+        return made.get_or_make(overrides, make, self, overrides)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,17 +40,6 @@ class Plan:
         return self.box.w * self.box.h
 
 
-def level_factors(meta: ImageMeta, level: int) -> tuple[int, int]:
-    """The level's nominal integer (x, y) downsampling factors relative to level 0.
-
-    NGFF pyramids halve with floor or ceil (4097 → 2048 or 2049); both are factor 2.
-    """
-    lv = meta.levels[level]
-    fx = max(1, round(meta.size_x / max(1, lv.size_x)))
-    fy = max(1, round(meta.size_y / max(1, lv.size_y)))
-    return fx, fy
-
-
 def power_of_two_scale(region_w: int, region_h: int, out_w: int, out_h: int) -> int:
     """The largest power of two s whose ceil-divided region still covers the output (≥ 1).
 
@@ -69,8 +58,7 @@ def plan_region(meta: ImageMeta, region: Box, out_w: int, out_h: int) -> Plan:
     """Plan reading `region` (full-resolution pixels, inside the image) at `out_w`×`out_h`."""
     s = power_of_two_scale(region.w, region.h, out_w, out_h)
     level, (fx, fy) = 0, (1, 1)
-    for i in range(len(meta.levels)):
-        gx, gy = level_factors(meta, i)
+    for i, (gx, gy) in enumerate(meta.level_factors()):
         if gx <= s and gy <= s and s % gx == 0 and s % gy == 0 and gx * gy > fx * fy:
             level, (fx, fy) = i, (gx, gy)
     lv = meta.levels[level]

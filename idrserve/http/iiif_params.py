@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 from idrserve.errors import BadRequest, IdrServeError, NotFound
 from idrserve.http import params
+from idrserve.lru import BoundedLRU
 from idrserve.model import Box, Format, RenderOverrides, Tone
 
 
@@ -85,8 +86,20 @@ class Identifier:
     quality: float | None = None
 
 
+# Identifiers already parsed, by their text and the channel limit they were checked with:
+# every tile of a view names the same identifier (parsing it took about 5 µs a tile,
+# bench/bench_plan.py). A refused identifier is never kept.
+IDENTIFIERS_KEPT = 256
+_IDENTIFIERS: BoundedLRU[tuple[str, int], Identifier] = BoundedLRU(IDENTIFIERS_KEPT)
+
+
 def parse_identifier(raw: str, max_active_channels: int = 10) -> Identifier:
     """Parse a (still percent-encoded) identifier path segment; see the module docstring."""
+    key = (raw, max_active_channels)
+    return _IDENTIFIERS.get_or_make(key, _parse_identifier, raw, max_active_channels)
+
+
+def _parse_identifier(raw: str, max_active_channels: int) -> Identifier:
     if len(raw) > MAX_IDENTIFIER:
         raise BadRequest(f"identifier longer than {MAX_IDENTIFIER} characters", param="identifier")
     try:
@@ -194,7 +207,18 @@ class SizeSpec:
     values: tuple[float, ...] = ()
 
 
+# Size segments already parsed: a viewer asks for its tiles at one size ("256," or
+# "512,512"), and parsing it took about 5 µs a tile (bench/bench_plan.py). A refused size
+# is never kept.
+SIZES_KEPT = 256
+_SIZES: BoundedLRU[tuple[str, Version], SizeSpec] = BoundedLRU(SIZES_KEPT)
+
+
 def parse_size(text: str, version: Version) -> SizeSpec:
+    return _SIZES.get_or_make((text, version), _parse_size, text, version)
+
+
+def _parse_size(text: str, version: Version) -> SizeSpec:
     bad = BadRequest(
         f"size {_echo(text)!r}: expected "
         + (

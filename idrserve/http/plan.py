@@ -10,6 +10,7 @@ the tile or region is read (400), a box starting outside the level is a 404, and
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -320,8 +321,13 @@ def plan_scaled(
 
 def iiif_limits(limits: LimitSettings) -> Limits:
     """maxWidth/maxHeight/maxArea: the same plane bound webgateway regions have."""
-    side = math.isqrt(limits.max_region_pixels)
-    return Limits(side, side, limits.max_region_pixels)
+    return _iiif_limits(limits.max_region_pixels)
+
+
+@functools.lru_cache(maxsize=8)
+def _iiif_limits(max_region_pixels: int) -> Limits:
+    side = math.isqrt(max_region_pixels)
+    return Limits(side, side, max_region_pixels)
 
 
 def tile_size(meta: ImageMeta, limits: LimitSettings) -> tuple[int, int]:

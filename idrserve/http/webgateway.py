@@ -35,6 +35,7 @@ from idrserve.http.plan import (
 )
 from idrserve.http.plates import annotate_image_data
 from idrserve.http.responses import json_or_jsonp, respond_rendered
+from idrserve.lru import BoundedLRU
 from idrserve.model import Format, ImageMeta, RegionRequest
 from idrserve.render.lut import luts_json
 from idrserve.service import Deps, Rendered, cache_key, cached_render
@@ -80,9 +81,9 @@ OUTPUT_PARAMS = ("c", "maps", "m", "flip", "format", "q")
 # Outputs already parsed, by those parameters' texts and the limits they were checked with. A
 # viewer asks for every tile of an image with the same `c`, `maps` and `m`, and parsing them
 # cost about 20 µs a tile (OMERO.iviewer's query, `python bench/bench_http.py --query …`),
-# against about 2 µs to look them up. Bounded: emptied when full.
-_OUTPUTS: dict[tuple[object, ...], Output] = {}
+# against about 2 µs to look them up. A refused query is never kept.
 OUTPUTS_KEPT = 256
+_OUTPUTS: BoundedLRU[tuple[object, ...], Output] = BoundedLRU(OUTPUTS_KEPT)
 
 
 def output_from_query(query: Mapping[str, str], limits: LimitSettings, strict: bool) -> Output:
@@ -93,13 +94,7 @@ def output_from_query(query: Mapping[str, str], limits: LimitSettings, strict: b
         limits.default_jpeg_quality,
         *[params.last(query, name) for name in OUTPUT_PARAMS],
     )
-    output = _OUTPUTS.get(key)
-    if output is None:
-        output = parse_output(query, limits, strict)  # a 400 is raised, never kept
-        if len(_OUTPUTS) >= OUTPUTS_KEPT:
-            _OUTPUTS.clear()
-        _OUTPUTS[key] = output
-    return output
+    return _OUTPUTS.get_or_make(key, parse_output, query, limits, strict)  # a 400: not kept
 
 
 def parse_output(query: Mapping[str, str], limits: LimitSettings, strict: bool) -> Output:

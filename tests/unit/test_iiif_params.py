@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from idrserve.errors import BadRequest, IdrServeError, NotFound
+from idrserve.http import iiif_params
 from idrserve.http.iiif_params import (
     Limits,
     NotImplementedFeature,
@@ -283,3 +284,48 @@ def test_canonical_image_path_forms() -> None:
     assert path(whole, (600, 400), Version.V2) == "full/full/0/default.jpg"
     assert path(whole, half, Version.V2) == "full/300,/0/default.jpg"
     assert path(whole, (300, 300), Version.V2) == "full/300,300/0/default.jpg"
+
+
+# --- kept parses -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("floor", [True, False])
+def test_level_factors_are_whole_halvings_with_floor_or_ceil(floor: bool) -> None:
+    meta = meta_with(4097, 3001, 5, floor)
+    assert meta.level_factors() == ((1, 1), (2, 2), (4, 4), (8, 8), (16, 16))
+    assert meta.level_factors() is meta.level_factors()  # worked out once per metadata
+
+
+def test_a_kept_identifier_is_what_a_fresh_parse_makes() -> None:
+    raw = "7;z=2;c=1|0:100$FF0000,-2;m=c"
+    first = parse_identifier(raw, 10)
+    assert parse_identifier(raw, 10) is first
+    assert first == iiif_params._parse_identifier(raw, 10)
+    # The channel limit is part of the key: a lower one refuses what was kept.
+    two = "7;c=1|0:100$FF0000,2|0:100$00FF00"
+    assert parse_identifier(two, 10).overrides.channels
+    with pytest.raises(BadRequest):
+        parse_identifier(two, 1)
+
+
+def test_a_refused_identifier_or_size_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            parse_identifier("x7", 10)
+        with pytest.raises(BadRequest):
+            parse_size("256,,", Version.V3)
+
+
+def test_a_kept_size_belongs_to_its_version() -> None:
+    assert parse_size("full", Version.V2).kind == "full"
+    with pytest.raises(BadRequest):
+        parse_size("full", Version.V3)  # removed in 3.0
+    assert parse_size("256,", Version.V3) is parse_size("256,", Version.V3)
+
+
+def test_kept_identifiers_and_sizes_are_bounded() -> None:
+    for n in range(iiif_params.IDENTIFIERS_KEPT + 5):
+        parse_identifier(str(n + 1), 10)
+        parse_size(f"{n + 1},", Version.V3)
+    assert 0 < len(iiif_params._IDENTIFIERS) <= iiif_params.IDENTIFIERS_KEPT
+    assert 0 < len(iiif_params._SIZES) <= iiif_params.SIZES_KEPT

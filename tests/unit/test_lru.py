@@ -166,3 +166,25 @@ def test_model(ops: list[tuple[str, int, int]], max_entries: int, max_bytes: int
         assert list(lru.items()) == model
         assert lru.bytes == sum(len(v) for _, v in model) <= max_bytes
         assert len(lru) <= max_entries
+
+
+def test_get_or_make_makes_once_and_keeps_nothing_when_making_fails() -> None:
+    lru: BoundedLRU[str, int] = BoundedLRU(2)
+    made: list[str] = []
+
+    def make(text: str) -> int:
+        made.append(text)
+        if not text.isdigit():
+            raise ValueError(text)
+        return int(text)
+
+    assert lru.get_or_make("7", make, "7") == 7
+    assert lru.get_or_make("7", make, "7") == 7
+    assert made == ["7"]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="x"):
+            lru.get_or_make("x", make, "x")
+    assert made == ["7", "x", "x"] and "x" not in lru
+    lru.get_or_make("8", make, "8")
+    lru.get_or_make("9", make, "9")
+    assert len(lru) == 2 and "7" not in lru  # bounded, least recently used out first
