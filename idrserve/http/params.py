@@ -84,17 +84,12 @@ class TooManyThumbnails(BadRequest):
 def last(query: Mapping[str, str], key: str) -> str | None:
     """The last value of `key` (Django semantics) or None when absent: the value every
     parser here reads."""
-    return _get(query, key)
-
-
-def _get(query: Mapping[str, str], key: str) -> str | None:
-    """The last value of `key` (Django semantics) or None when absent."""
     getall = getattr(query, "getall", None)
     if getall is None:
         return query.get(key)
     values = getall(key, ())
-    last = values[-1] if values else None
-    return last if isinstance(last, str) else None
+    value = values[-1] if values else None
+    return value if isinstance(value, str) else None
 
 
 def _echo(value: str) -> str:
@@ -264,11 +259,11 @@ def parse_render_overrides(
     Raises BadRequest for more than `max_active_channels` active channels or more than
     MAX_C_ENTRIES entries.
     """
-    m = _get(query, "m")
+    m = last(query, "m")
     model = _MODELS.get(m) if m is not None else None
     if strict and model is None:
         raise BadRequest('m: Query parameter "m" must be present with value "g" or "c"', param="m")
-    c = _get(query, "c")
+    c = last(query, "c")
     if c is None:
         if strict:
             raise BadRequest(f"c: Rendering settings must specify channels; {_C_FORM}", param="c")
@@ -279,7 +274,7 @@ def parse_render_overrides(
     parsed = [_split_entry(e) for e in raw_entries]
     if strict:
         _check_strict_entries(raw_entries, parsed)
-    raw_maps = _parse_maps(_get(query, "maps"), len(raw_entries), strict)
+    raw_maps = _parse_maps(last(query, "maps"), len(raw_entries), strict)
 
     listed: dict[int, tuple[ChannelOverride, MapOverride]] = {}
     for pos, entry in enumerate(parsed):
@@ -400,10 +395,10 @@ def parse_tile_or_region(
 
     The order and both grammars: docs/webgateway.md#tiles-and-regions.
     """
-    tile = _get(query, "tile")
+    tile = last(query, "tile")
     if tile:
         return parse_tile(tile, level_count, default_tile, max_tile_length)
-    region = _get(query, "region")
+    region = last(query, "region")
     if region:
         return 0, parse_region(region)
     raise BadRequest(
@@ -422,24 +417,24 @@ def parse_projection(query: Mapping[str, str], size_z: int) -> tuple[Projection,
     Unknown or absent ⇒ (NORMAL, 0, 0). Range: start clamped ≥ 0, end ≤ sizeZ-1; an
     unparsable range means 0..sizeZ-1. A range that is empty after clamping is 400.
     """
-    p = _get(query, "p")
+    p = last(query, "p")
     if p is None:
         return Projection.NORMAL, 0, 0
     name, bar, span = p.partition("|")
     projection = _PROJECTIONS.get(name, Projection.NORMAL)
     if projection is Projection.NORMAL:
         return Projection.NORMAL, 0, 0
-    last = max(size_z - 1, 0)
-    start, end = 0, last
+    top = max(size_z - 1, 0)
+    start, end = 0, top
     if bar:
         bounds = span.split(":")
         if len(bounds) == 2:
             s, e = _to_int(bounds[0]), _to_int(bounds[1])
             if s is not None and e is not None:
-                start, end = max(s, 0), min(e, last)
+                start, end = max(s, 0), min(e, top)
     if start > end:
         raise BadRequest(
-            f"p: empty projection range {start}:{end}; expected {name}|start:end within 0..{last}",
+            f"p: empty projection range {start}:{end}; expected {name}|start:end within 0..{top}",
             param="p",
         )
     return projection, start, end
@@ -447,7 +442,7 @@ def parse_projection(query: Mapping[str, str], size_z: int) -> tuple[Projection,
 
 def parse_quality(query: Mapping[str, str], default: float) -> float:
     """`q` → JPEG quality in (0, 1]; absent ⇒ `default`; anything else ⇒ 400."""
-    q = _get(query, "q")
+    q = last(query, "q")
     if q is None:
         return default
     value = _to_float(q)
@@ -458,7 +453,7 @@ def parse_quality(query: Mapping[str, str], default: float) -> float:
 
 def parse_format(query: Mapping[str, str]) -> Format:
     """`format=jpeg|jpg|png|tif|tiff` (case-insensitive) → Format; absent ⇒ JPEG."""
-    value = _get(query, "format")
+    value = last(query, "format")
     if value is None:
         return Format.JPEG
     fmt = _FORMATS.get(value.lower())
@@ -472,7 +467,7 @@ def parse_format(query: Mapping[str, str]) -> Format:
 
 def parse_flip(query: Mapping[str, str]) -> tuple[bool, bool]:
     """`flip` → (horizontal, vertical): whether it contains `h` / `v`, case-insensitive."""
-    value = _get(query, "flip")
+    value = last(query, "flip")
     if not value:
         return False, False
     lower = value.lower()
@@ -480,7 +475,7 @@ def parse_flip(query: Mapping[str, str]) -> tuple[bool, bool]:
 
 
 def _plane_index(query: Mapping[str, str], key: str) -> int | None:
-    text = _get(query, key)
+    text = last(query, key)
     if text is None:
         return None
     value = _to_int(text)
@@ -509,7 +504,7 @@ def parse_histogram_query(query: Mapping[str, str]) -> tuple[int, int, int]:
     """
     z = _plane_index(query, "theZ")
     t = _plane_index(query, "theT")
-    text = _get(query, "bins")
+    text = last(query, "bins")
     bins = DEFAULT_HISTOGRAM_BINS if text is None else _to_int(text)
     if bins is None or bins > MAX_HISTOGRAM_BINS:
         raise BadRequest(
@@ -521,7 +516,7 @@ def parse_histogram_query(query: Mapping[str, str]) -> tuple[int, int, int]:
 
 def parse_optional_int(query: Mapping[str, str], key: str) -> int | None:
     """An optional integer parameter (OMERO.web's `get_long_or_default`); not one ⇒ 400."""
-    text = _get(query, key)
+    text = last(query, key)
     if text is None:
         return None
     value = _to_int(text)

@@ -95,7 +95,7 @@ class Outbox:
     together; docs/benchmarks.md#writing-responses-together). Flushed by the first
     callback of the next loop iteration, before the loop polls its sockets again, and by the
     connection itself before it writes or reads anything else, so its responses keep their
-    order. One per event loop (`for_loop`).
+    order. One per event loop (`outbox_for`).
     """
 
     __slots__ = ("__weakref__", "_armed", "_handlers", "_loop")

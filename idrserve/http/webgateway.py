@@ -80,7 +80,7 @@ def _output(request: web.Request, limits: LimitSettings) -> Output:
 OUTPUT_PARAMS = ("c", "maps", "m", "flip", "format", "q")
 # Outputs already parsed, by those parameters' texts and the limits they were checked with. A
 # viewer asks for every tile of an image with the same `c`, `maps` and `m`, and parsing them
-# cost about 20 µs a tile (OMERO.iviewer's query, `python bench/bench_http.py --query …`),
+# cost about 20 µs a tile (OMERO.iviewer's query, `python bench/bench_plan.py`),
 # against about 2 µs to look them up. A refused query is never kept.
 OUTPUTS_KEPT = 256
 _OUTPUTS: BoundedLRU[tuple[object, ...], Output] = BoundedLRU(OUTPUTS_KEPT)
