@@ -6,9 +6,11 @@ the way the webgateway handler does, once, outside the timing; then, for DURATIO
 cycles through them doing only the per-tile work the server's cold path cannot avoid: read the
 chunk files, decode them (numcodecs Blosc), render the channels (idrserve's LUT kernels) and
 encode the JPEG (simplejpeg): `service._read_render_encode`, the very function the server's
-inline path calls. It prints one JSON line: tiles/s, and the SHA-256 of each URL's body so the
-caller can check that the kernel made the server's bytes (a kernel that skipped work would be
-fast for the wrong reason).
+inline path calls. It prints one JSON line: tiles/s, the mean µs a tile of each stage the
+function times (source, render, encode: what the server adds to
+`idrserve_http_render_stage_seconds_total`, so the two can be set side by side), and the
+SHA-256 of each URL's body so the caller can check that the kernel made the server's bytes (a
+kernel that skipped work would be fast for the wrong reason).
 """
 
 from __future__ import annotations
@@ -76,14 +78,18 @@ def main() -> int:
         body = _read_render_encode(req, meta, deps, read, key).body  # type: ignore[arg-type]
         digests[url] = hashlib.sha256(body).hexdigest()
     n = 0
+    spent: dict[str, float] = {}
     t0 = time.perf_counter()
     end = t0 + duration
     while time.perf_counter() < end:
         for req, meta, read, key in jobs:
-            _read_render_encode(req, meta, deps, read, key)  # type: ignore[arg-type]
+            timings = _read_render_encode(req, meta, deps, read, key).timings  # type: ignore[arg-type]
+            for stage, seconds in timings.items():
+                spent[stage] = spent.get(stage, 0.0) + seconds
         n += len(jobs)
     rate = n / (time.perf_counter() - t0)
-    print(json.dumps({"rps": rate, "sha256": digests}))
+    stages_us = {stage: seconds / n * 1e6 for stage, seconds in spent.items()} if n else {}
+    print(json.dumps({"rps": rate, "stages_us": stages_us, "sha256": digests}))
     return 0
 
 

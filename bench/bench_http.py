@@ -211,6 +211,43 @@ def lag_buckets(base: str) -> dict[float, float] | None:
     return out or None
 
 
+STAGE = re.compile(
+    r'idrserve_http_render_stage_seconds_total\{family="[^"]*",stage="(\w+)"\} (\S+)'
+)
+RENDERS = re.compile(r'idrserve_http_cache_answers_total\{family="[^"]*",tier="miss"\} (\S+)')
+
+
+def render_stages(base: str) -> dict[str, float] | None:
+    """Seconds spent per stage (source, render, encode) and renders so far, summed over the
+    route families, from /metrics (None: a server without them, e.g. an older baseline)."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode(errors="replace")
+    except OSError:
+        return None
+    out: dict[str, float] = {}
+    for m in STAGE.finditer(text):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    if not out:
+        return None
+    out["renders"] = sum(float(m.group(1)) for m in RENDERS.finditer(text))
+    return out
+
+
+def stages_us(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+    """µs a render of each stage in between: the kernel's time inside the server."""
+    if not before or not after:
+        return {}
+    renders = after["renders"] - before.get("renders", 0.0)
+    if renders <= 0:
+        return {}
+    return {
+        f"{stage}_us": (after[stage] - before.get(stage, 0.0)) / renders * 1e6
+        for stage in ("source", "render", "encode")
+        if stage in after
+    }
+
+
 def lag_p99_ms(before: dict[float, float] | None, after: dict[float, float] | None) -> float:
     """Upper bound of the bucket holding the 99th percentile of the samples in between."""
     if not before or not after:
@@ -370,14 +407,17 @@ def main() -> int:
             for name, urls in cases.items():
                 for label, (_proc, base) in servers.items():
                     row = f"{name} ({label})"
-                    before = lag_buckets(base)
+                    before, spent = lag_buckets(base), render_stages(base)
                     result = run_wrk(base, urls, args.duration, args.conns, tmp)
                     after = lag_buckets(base)
                     result["lag_p99_ms"] = lag_p99_ms(before, after)
                     result["lag_le_2ms"] = lag_share(before, after, 0.002)
+                    result.update(stages_us(spent, render_stages(base)))
                     results.setdefault(row, []).append(result)
                 kernel = run_kernel(data, urls, args.duration, tmp)
-                results.setdefault(f"{name} (kernel)", []).append({"rps": kernel["rps"]})  # type: ignore[dict-item]
+                alone = {"rps": kernel["rps"]}
+                alone.update({f"{k}_us": v for k, v in kernel["stages_us"].items()})  # type: ignore[attr-defined]
+                results.setdefault(f"{name} (kernel)", []).append(alone)  # type: ignore[arg-type]
     finally:
         for proc, _base in servers.values():
             proc.terminate()
@@ -455,6 +495,36 @@ def main() -> int:
                 f"a minimal aiohttp app {a_us:.0f} µs (bench/_floor.py)"
             )
     lines += [
+        "",
+        "Where a tile's time goes, µs a tile, median of the rounds: the kernel's stages as the "
+        "server times them (idrserve_http_render_stage_seconds_total over its renders) and "
+        "alone (bench/_kernel.py); the rest of the server's time per tile is everything "
+        "around the kernel (HTTP, planning, the loop, writing):",
+        "",
+        "| case | server µs a tile | source | render | encode | kernel in server "
+        "| kernel alone | kernel's slowdown in server | the rest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in cases:
+        served = results[f"{name} (idrserve)"]
+        alone_rounds = results[f"{name} (kernel)"]
+        if "source_us" not in served[0] or "source_us" not in alone_rounds[0]:
+            continue
+        wall = 1e6 / med(served, "rps")
+        inside = {s: med(served, f"{s}_us") for s in ("source", "render", "encode")}
+        alone = {s: med(alone_rounds, f"{s}_us") for s in ("source", "render", "encode")}
+        k_in, k_alone = sum(inside.values()), sum(alone.values())
+        cells = [f"{wall:.0f}"]
+        cells += [f"{inside[s]:.0f} ({alone[s]:.0f})" for s in ("source", "render", "encode")]
+        cells += [f"{k_in:.0f}", f"{k_alone:.0f}", f"{k_in - k_alone:+.0f}", f"{wall - k_in:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Stage cells: in the server, alone in brackets. Stage times are wall time: a tile "
+        "rendered in the CPU pool (above `server.inline_render_pixels`: the 512² tiles here) "
+        "shares the core with the event loop, so its stages also hold the loop's work "
+        "meanwhile and its 'rest' is understated; a tile rendered inline (256²) splits "
+        "cleanly.",
         "",
         "Bodies that differ between the server and the kernel (0 expected): "
         + ", ".join(f"{name}: {n} of {len(cases[name])}" for name, n in mismatched.items())

@@ -230,8 +230,8 @@ class AccessLog(AbstractAccessLogger):
             # not known up front, what went on the wire
             size = length if length is not None else response.body_length
             trace = request.get(TRACE)
-            tier = "-" if trace is None else trace.tier
-            reqmetrics.observe(request, response.status, size, time_s, tier)
+            tier, timings = ("-", None) if trace is None else (trace.tier, trace.timings)
+            reqmetrics.observe(request, response.status, size, time_s, tier, timings)
             if self._write:  # else log.access_log is off: counted on /metrics only
                 rid = request.get(REQUEST_ID) or "-"
                 route = reqmetrics.route_resource(request)

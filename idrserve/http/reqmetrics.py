@@ -6,6 +6,12 @@
   families of `idrserve logs report` (logs/classify.py).
 * `idrserve_http_cache_answers_total{family,tier}`: which cache tier answered (X-Cache), a
   render being `miss`.
+* `idrserve_http_render_stage_seconds_total{family,stage}`: the time spent in each stage of
+  the requests that rendered (`source`: reading pixels, `render`, `encode`) or were answered by
+  a lower cache tier or a render another request made (`cache`); divided by the renders
+  (`idrserve_http_cache_answers_total{tier="miss"}`) it is the time a stage takes a tile, so
+  slow storage shows as `source` growing while `render` and `encode` hold
+  (docs/operations.md#request-metrics; bench/bench_http.py splits a cold tile's time with it).
 * `idrserve_readyz_total{status}`: `/readyz` answers by status, for the flapping alert.
 
 The request path only bumps plain integers (prometheus-client's own metrics take a lock per
@@ -58,16 +64,29 @@ class RequestMetrics:
         self.durations: dict[str, Histogram] = {}
         self.readyz: dict[str, int] = {}
         self.tiers: dict[tuple[str, str], int] = {}
+        self.stages: dict[tuple[str, str], float] = {}
         self.shared_dir = shared_dir
         self._families: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
     def observe(
-        self, request: Any, status: int, size: int | None, seconds: float, tier: str
+        self,
+        request: Any,
+        status: int,
+        size: int | None,
+        seconds: float,
+        tier: str,
+        timings: dict[str, float] | None = None,
     ) -> None:
-        self.observe_resource(route_resource(request), status, size, seconds, tier)
+        self.observe_resource(route_resource(request), status, size, seconds, tier, timings)
 
     def observe_resource(
-        self, resource: Any, status: int, size: int | None, seconds: float, tier: str
+        self,
+        resource: Any,
+        status: int,
+        size: int | None,
+        seconds: float,
+        tier: str,
+        timings: dict[str, float] | None = None,
     ) -> None:
         """`observe` for a request known by its route alone (http/fastpath.py's direct hits)."""
         if resource is None:
@@ -86,6 +105,11 @@ class RequestMetrics:
         if tier != "-":
             answer = (fam, tier)
             self.tiers[answer] = self.tiers.get(answer, 0) + 1
+        if timings:
+            stages = self.stages
+            for stage, spent in timings.items():
+                key2 = (fam, stage)
+                stages[key2] = stages.get(key2, 0.0) + spent
 
     def note_readyz(self, status: str) -> None:
         self.readyz[status] = self.readyz.get(status, 0) + 1
@@ -97,6 +121,7 @@ class RequestMetrics:
             "durations": {f: [h.counts, h.total_s] for f, h in self.durations.items()},
             "readyz": self.readyz,
             "tiers": [[f, t, n] for (f, t), n in self.tiers.items()],
+            "stages": [[f, st, sec] for (f, st), sec in self.stages.items()],
         }
 
     def write_snapshot(self) -> None:
@@ -127,6 +152,7 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     durations: dict[str, list[Any]] = {}
     readyz: dict[str, int] = {}
     tiers: dict[tuple[str, str], int] = {}
+    stages: dict[tuple[str, str], float] = {}
     for doc in docs:
         for f, c, n in doc["requests"]:
             requests[(f, c)] = requests.get((f, c), 0) + n
@@ -140,12 +166,16 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             readyz[s] = readyz.get(s, 0) + n
         for f, t, n in doc["tiers"]:
             tiers[(f, t)] = tiers.get((f, t), 0) + n
+        # .get: a worker of an older release, mid rolling restart, writes no stages
+        for f, st, sec in doc.get("stages", ()):
+            stages[(f, st)] = stages.get((f, st), 0.0) + sec
     return {
         "requests": [[f, c, n] for (f, c), n in requests.items()],
         "bytes": size,
         "durations": durations,
         "readyz": readyz,
         "tiers": [[f, t, n] for (f, t), n in tiers.items()],
+        "stages": [[f, st, sec] for (f, st), sec in stages.items()],
     }
 
 
@@ -194,6 +224,16 @@ class RequestCollector(Collector):
         for f, t, n in sorted(doc["tiers"]):
             answers.add_metric([f, t], n)
         yield answers
+        stage_seconds = CounterMetricFamily(
+            "idrserve_http_render_stage_seconds",
+            "Seconds spent per stage of image requests: source (pixel reads), render and "
+            "encode for renders, cache for answers from a lower tier or another request's "
+            "render; by route family (every worker)",
+            labels=["family", "stage"],
+        )
+        for f, st, sec in sorted(doc.get("stages", ())):
+            stage_seconds.add_metric([f, st], sec)
+        yield stage_seconds
         readyz = CounterMetricFamily(
             "idrserve_readyz", "/readyz answers by status (every worker)", labels=["status"]
         )
@@ -213,11 +253,18 @@ def share_across_workers(directory: Path) -> None:
     _shared_dir = directory
 
 
-def observe(request: Any, status: int, size: int | None, seconds: float, tier: str) -> None:
+def observe(
+    request: Any,
+    status: int,
+    size: int | None,
+    seconds: float,
+    tier: str,
+    timings: dict[str, float] | None = None,
+) -> None:
     """One finished request (called by the access logger, whether it writes lines or not)."""
     metrics = request.app.get(REQUEST_METRICS) if hasattr(request, "app") else None
     if metrics is not None:
-        metrics.observe(request, status, size, seconds, tier)
+        metrics.observe(request, status, size, seconds, tier, timings)
 
 
 def note_readyz(app: web.Application, status: str) -> None:

@@ -486,7 +486,9 @@ class JsonErrorRequestHandler(RequestHandler):
             metrics = self.cold.metrics
             size = len(answer.body)
             if metrics is not None:
-                metrics.observe_resource(job.resource, 200, size, elapsed, answer.tier)
+                metrics.observe_resource(
+                    job.resource, 200, size, elapsed, answer.tier, answer.trace.timings
+                )
             log_hit(job.request_id, job.resource, size, elapsed, self._peer(),
                     tier=answer.tier, trace=answer.trace)  # fmt: skip
 

@@ -524,3 +524,36 @@ async def test_a_memory_hit_on_the_cold_path_waits_for_no_turn(
     assert again[2] == first[2]
     assert deferred == [] and tasks == []
     conn.close()
+
+
+def _stage_seconds(metrics: str, family: str) -> dict[str, float]:
+    found = re.findall(
+        rf'idrserve_http_render_stage_seconds_total\{{family="{family}",stage="(\w+)"\}} (\S+)',
+        metrics,
+    )
+    return {stage: float(text) for stage, text in found}
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["cold path", "usual path"])
+async def test_stage_seconds_on_metrics_are_those_of_the_log_line(
+    serve: Callable[..., Any], direct: bool
+) -> None:
+    # Each stage's time, as the access log reports it, is added to the family's counter:
+    # what bench/bench_http.py divides by the renders to split a cold tile's time.
+    served = await (serve() if direct else serve(server__direct_renders=False))
+    conn = await _warmed(served)
+    _, _, text = await conn.get("/metrics")
+    before = _stage_seconds(text.decode(), "tile")
+    assert {"source", "render", "encode"} <= set(before)  # the warm-up tiles rendered
+    taken = served.cold_taken
+    status, headers, _ = await conn.get(TILE)
+    assert status == 200 and value(headers, "X-Cache") == "miss"
+    assert served.cold_taken == taken + direct
+    line = served.log_records()[-1]
+    _, _, text = await conn.get("/metrics")
+    after = _stage_seconds(text.decode(), "tile")
+    for stage in ("source", "render", "encode"):
+        spent_ms = (after[stage] - before[stage]) * 1000
+        assert spent_ms > 0
+        assert spent_ms == pytest.approx(line[f"{stage}_ms"], abs=0.002), stage
+    conn.close()

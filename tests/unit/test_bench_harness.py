@@ -144,3 +144,17 @@ def test_a_profiles_samples_are_split_into_the_kernels_stages_first() -> None:
         "parsing and planning the request": 0.1,
         profile_cold.OTHER: 0.1,
     }
+
+
+def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    bench_http = _load("bench_http")
+    before = {"source": 1.0, "render": 0.5, "encode": 0.2, "renders": 100.0}
+    after = {"source": 1.3, "render": 0.6, "encode": 0.4, "renders": 300.0}
+    assert bench_http.stages_us(before, after) == pytest.approx(
+        {"source_us": 1500.0, "render_us": 500.0, "encode_us": 1000.0}
+    )
+    assert bench_http.stages_us(None, after) == {}  # a server without the metric
+    assert bench_http.stages_us(after, after) == {}  # no render in between
