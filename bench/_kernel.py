@@ -20,8 +20,11 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -29,19 +32,22 @@ if str(REPO) not in sys.path:
 
 from idrserve.http import params  # noqa: E402
 from idrserve.http.plan import Output, RegionAsk, plan_webgateway_region  # noqa: E402
-from idrserve.model import Selection  # noqa: E402
+from idrserve.model import ImageMeta, RegionRequest, Selection  # noqa: E402
 from idrserve.render import kernels  # noqa: E402
 from idrserve.render.lut import LutTable  # noqa: E402
 from idrserve.service import Deps, _read_render_encode  # noqa: E402
 from idrserve.settings import Settings  # noqa: E402
 from idrserve.sources import open_source  # noqa: E402
 
+# A planned tile: its request, its image, its chunk read and its cache key.
+Job = tuple[RegionRequest, ImageMeta, Callable[[], np.ndarray], str]
 
-async def _plan(root: Path, urls: list[str]) -> tuple[Deps, list[tuple[object, ...]]]:
-    settings = Settings(source={"zarr_root": str(root)})  # type: ignore[arg-type]
+
+async def _plan(root: Path, urls: list[str]) -> tuple[Deps, list[Job]]:
+    settings = Settings(source={"zarr_root": str(root)})
     source = open_source(settings.source)
     deps = Deps(source, LutTable(None), settings.limits, cpu_pool=None)  # type: ignore[arg-type]
-    jobs = []
+    jobs: list[Job] = []
     for url in urls:
         parts = urlsplit(url)
         segs = [s for s in parts.path.split("/") if s]
@@ -75,7 +81,7 @@ def main() -> int:
     kernels.warm()
     digests = {}
     for url, (req, meta, read, key) in zip(urls, jobs, strict=True):
-        body = _read_render_encode(req, meta, deps, read, key).body  # type: ignore[arg-type]
+        body = _read_render_encode(req, meta, deps, read, key).body
         digests[url] = hashlib.sha256(body).hexdigest()
     n = 0
     spent: dict[str, float] = {}
@@ -83,7 +89,7 @@ def main() -> int:
     end = t0 + duration
     while time.perf_counter() < end:
         for req, meta, read, key in jobs:
-            timings = _read_render_encode(req, meta, deps, read, key).timings  # type: ignore[arg-type]
+            timings = _read_render_encode(req, meta, deps, read, key).timings
             for stage, seconds in timings.items():
                 spent[stage] = spent.get(stage, 0.0) + seconds
         n += len(jobs)

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ def probe(kind: str, csv_path: Path, store: Path, sample_file: Path) -> dict[str
     sample = json.loads(sample_file.read_text())
     known, unknown = sample["known"][:5000], sample["unknown"][:5000]
     out: dict[str, Any] = {"kind": kind}
+    lookup: Callable[[int], object]  # an image's path, or None
     t0 = time.perf_counter()
     if kind == "index":
         from idrserve.catalog.index import open_index

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ def step_read(path: Path, workers: int) -> dict[str, Any]:
         for page in pages:
             assert page is not None
             for segment, _, _ in page.segments(maxworkers=workers):
+                assert segment is not None
                 nbytes += segment.nbytes
         return {"seconds": time.perf_counter() - started, "bytes": nbytes}
 
@@ -306,12 +307,15 @@ def main() -> int:
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        step = {
-            "read": lambda: step_read(args.paths[0], args.workers),
-            "write": lambda: step_write(*args.paths, args.workers, args.chunks, args.compressor),
-            "zarr_write": lambda: step_zarr_write(*args.paths, args.workers, args.chunks),
-        }[args.step]
-        print(json.dumps(step()))
+        paths = args.paths  # the input, then the output directory of a step that writes
+        steps: dict[str, Callable[[], dict[str, Any]]] = {
+            "read": lambda: step_read(paths[0], args.workers),
+            "write": lambda: step_write(
+                paths[0], paths[1], args.workers, args.chunks, args.compressor
+            ),
+            "zarr_write": lambda: step_zarr_write(paths[0], paths[1], args.workers, args.chunks),
+        }
+        print(json.dumps(steps[args.step]()))
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import zarr
@@ -58,7 +59,7 @@ def write_image(path: Path, chunk: int, seed: int, size: int = SIZE) -> None:
     noise = rng.normal(0, 60, size=base.shape).astype(np.float32)
     data = np.clip(base + noise + 100, 0, 65535).astype(np.uint16)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    datasets = []
+    datasets: list[dict[str, Any]] = []
     level = data
     for i in range(5):
         arr = root.create_array(
@@ -270,14 +271,23 @@ def lag_share(
     return (after[bound] - before.get(bound, 0.0)) / total if total > 0 else float("nan")
 
 
-def run_kernel(data: Path, urls: list[str], duration: float, tmp: Path) -> dict[str, object]:
+class KernelRun(TypedDict):
+    """The JSON line bench/_kernel.py prints."""
+
+    rps: float  # tiles/s
+    stages_us: dict[str, float]  # mean µs a tile of each timed stage
+    sha256: dict[str, str]  # each URL's body
+
+
+def run_kernel(data: Path, urls: list[str], duration: float, tmp: Path) -> KernelRun:
     """bench/_kernel.py on core 0 (the server's core, idle meanwhile): tiles/s and digests."""
     url_file = tmp / "kernel-urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
     cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "_kernel.py")]
     cmd += [str(data), str(url_file), str(duration)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return dict(json.loads(out))
+    run: KernelRun = json.loads(out)
+    return run
 
 
 def check_bytes(base: str, digests: dict[str, str]) -> int:
@@ -402,7 +412,7 @@ def main() -> int:
         mismatched = {}
         for name, urls in cases.items():
             digests = run_kernel(data, urls, 0.0, tmp)["sha256"]
-            mismatched[name] = check_bytes(servers["idrserve"][1], digests)  # type: ignore[arg-type]
+            mismatched[name] = check_bytes(servers["idrserve"][1], digests)
         for _ in range(args.rounds):
             for name, urls in cases.items():
                 for label, (_proc, base) in servers.items():
@@ -416,8 +426,8 @@ def main() -> int:
                     results.setdefault(row, []).append(result)
                 kernel = run_kernel(data, urls, args.duration, tmp)
                 alone = {"rps": kernel["rps"]}
-                alone.update({f"{k}_us": v for k, v in kernel["stages_us"].items()})  # type: ignore[attr-defined]
-                results.setdefault(f"{name} (kernel)", []).append(alone)  # type: ignore[arg-type]
+                alone.update({f"{k}_us": v for k, v in kernel["stages_us"].items()})
+                results.setdefault(f"{name} (kernel)", []).append(alone)
     finally:
         for proc, _base in servers.values():
             proc.terminate()

@@ -55,6 +55,7 @@ import time
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _harness import NGINX, NGINX_USER, Stack, get, version, wait_http
@@ -162,7 +163,8 @@ def write_same_pixels_tiff(path: Path, image: Path) -> None:
     import zarr
 
     group = zarr.open_group(str(image), mode="r")
-    channels = group.attrs["omero"]["channels"]
+    attrs: Mapping[str, Any] = group.attrs  # NGFF 0.4, as bench_http.write_image wrote them
+    channels = attrs["omero"]["channels"]
     order = [
         next(i for i, ch in enumerate(channels) if ch["color"].upper() == colour)
         for colour in ("FF0000", "00FF00", "0000FF")
@@ -171,10 +173,12 @@ def write_same_pixels_tiff(path: Path, image: Path) -> None:
     if len(windows) != 1:
         raise RuntimeError("iipsrv takes one window for all samples; the image has several")
     ((lo, hi),) = windows
-    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+    paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
     with tifffile.TiffWriter(path) as tif:
         for level, key in enumerate(paths):
-            data = np.asarray(group[key][:])[order]  # (3, y, x) in R, G, B order
+            array = group[key]
+            assert isinstance(array, zarr.Array)
+            data = np.asarray(array[:])[order]  # (3, y, x) in R, G, B order
             tif.write(
                 np.ascontiguousarray(data.transpose(1, 2, 0)),
                 tile=(256, 256),

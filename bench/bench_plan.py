@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -46,7 +47,7 @@ def child(zarr_root: str, number: int) -> dict[str, float]:
     from idrserve.settings import Settings
     from idrserve.sources import open_source
 
-    settings = Settings(source={"zarr_root": zarr_root})  # type: ignore[arg-type]
+    settings = Settings(source={"zarr_root": zarr_root})
     source = open_source(settings.source)
     meta = asyncio.run(source.meta(2001))
     limits = settings.limits
@@ -77,12 +78,12 @@ def child(zarr_root: str, number: int) -> dict[str, float]:
             query = MultiDict(extra)
             query["tile"] = f"0,{x},{y},256,256"
 
-    runs = {
+    runs: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
         FORMS[0]: (lambda: webgateway(MultiDict()), lambda: queries_only(MultiDict())),
         FORMS[1]: (lambda: webgateway(viewer), lambda: queries_only(viewer)),
         FORMS[2]: (iiif_tiles, None),
     }
-    out = {}
+    out: dict[str, float] = {}
     for form, (run, overhead) in runs.items():
         run()  # warm: metadata-derived settings, memos
         spent = min(timeit.repeat(run, number=number, repeat=3))
@@ -115,9 +116,9 @@ def main() -> int:
         for _ in range(args.rounds):
             for label, tree in trees.items():
                 env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{ROOT}")
-                cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "bench_plan.py")]
+                pinned = ["taskset", "-c", "0", sys.executable, str(ROOT / "bench_plan.py")]
                 done = subprocess.run(
-                    [*cmd, "--child", tmp, str(args.number)],
+                    [*pinned, "--child", tmp, str(args.number)],
                     env=env,
                     cwd=tree,
                     check=True,

@@ -82,7 +82,8 @@ def open_stalled(port: int, path: str, timeout: float = 30) -> tuple[socket.sock
 def readyz(base: str) -> dict[str, Any]:
     status, body = fetch(base + "/readyz", timeout=10)
     doc: dict[str, Any] = json.loads(body)
-    return doc.get("admission", {}) | {"http_status": status}
+    admission: dict[str, Any] = doc.get("admission", {})
+    return admission | {"http_status": status}
 
 
 def run(

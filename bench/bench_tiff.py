@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -68,7 +69,7 @@ def image() -> list[np.ndarray]:
 
 
 def write_tiff(path: Path, levels: list[np.ndarray], codec: str | None) -> None:
-    opts = {"tile": (TILE, TILE), "compression": codec, "photometric": "minisblack"}
+    opts: dict[str, Any] = {"tile": (TILE, TILE), "compression": codec, "photometric": "minisblack"}
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         tw.write(levels[0], subifds=len(levels) - 1, metadata={"axes": "CYX"}, **opts)
         for lev in levels[1:]:
@@ -82,7 +83,7 @@ def write_zarr(path: Path, levels: list[np.ndarray], codec: str | None) -> None:
         None: None,
     }[codec]
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    datasets = []
+    datasets: list[dict[str, Any]] = []
     for i, lev in enumerate(levels):
         arr = root.create_array(
             str(i),

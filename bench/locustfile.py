@@ -140,7 +140,6 @@ def _join_in_flight(running: Group) -> None:
                 continue
 
 
-@events.request.add_listener
 def _count_cache_headers(response: Any = None, exception: Any = None, **_kw: Any) -> None:
     # A response marked failed (a 503 under load, a slow answer) still carried its headers,
     # and nginx logged its cache status: count it, or the two tallies drift apart under load.
@@ -153,10 +152,14 @@ def _count_cache_headers(response: Any = None, exception: Any = None, **_kw: Any
             _cache_headers[f"{header}: {value}"] += 1
 
 
-@events.quitting.add_listener
 def _log_cache_headers(**_kw: Any) -> None:
     if _cache_headers:
         log.info("cache headers seen: %s", json.dumps(dict(sorted(_cache_headers.items()))))
+
+
+# Registered by call, not as decorators: locust leaves EventHook.add_listener unannotated.
+events.request.add_listener(_count_cache_headers)
+events.quitting.add_listener(_log_cache_headers)
 
 
 class _ImageUser(FastHttpUser):
@@ -164,6 +167,10 @@ class _ImageUser(FastHttpUser):
     wait_time = between(0.05, 0.5)
     # Connections kept by one user's client: enough for a browser's parallel tile requests.
     concurrency = BROWSER_CONNECTIONS
+
+    def wait(self) -> None:
+        """Sleep for `wait_time`: locust's `User.wait` with the annotation it leaves off."""
+        FastHttpUser.wait(self)
 
     def image_ids(self) -> list[int]:
         """Ids from IDRSERVE_LOCUST_IMAGES, or from `GET /` once per process when `auto`."""
