@@ -1,8 +1,9 @@
 """The cold tile's kernel, without HTTP: what the server could reach if requests cost nothing.
 
 `python bench/_kernel.py ZARR_ROOT URL_FILE DURATION` (run pinned to the server's core by
-bench/bench_http.py, in the same interleaved rounds as the server) plans every URL of the file
-the way the webgateway handler does, once, outside the timing; then, for DURATION seconds,
+bench/bench_http.py and bench/bench_iiif.py, in the same interleaved rounds as the server)
+plans every URL of the file the way the webgateway or IIIF handler does, once, outside the
+timing; then, for DURATION seconds,
 cycles through them doing only the per-tile work the server's cold path cannot avoid: read the
 chunk files, decode them (numcodecs Blosc), render the channels (idrserve's LUT kernels) and
 encode the JPEG (simplejpeg): `service._read_render_encode`, the very function the server's
@@ -30,14 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from idrserve.http import params  # noqa: E402
-from idrserve.http.plan import Output, RegionAsk, plan_webgateway_region  # noqa: E402
+from idrserve.http import iiif, params  # noqa: E402
+from idrserve.http.iiif_params import Version  # noqa: E402
+from idrserve.http.plan import Output, RegionAsk, plan_iiif, plan_webgateway_region  # noqa: E402
 from idrserve.model import ImageMeta, RegionRequest, Selection  # noqa: E402
 from idrserve.render import kernels  # noqa: E402
 from idrserve.render.lut import LutTable  # noqa: E402
 from idrserve.service import Deps, _read_render_encode  # noqa: E402
 from idrserve.settings import Settings  # noqa: E402
 from idrserve.sources import open_source  # noqa: E402
+from idrserve.sources.zarr import ZarrSource  # noqa: E402
 
 # A planned tile: its request, its image, its chunk read and its cache key.
 Job = tuple[RegionRequest, ImageMeta, Callable[[], np.ndarray], str]
@@ -51,6 +54,12 @@ async def _plan(root: Path, urls: list[str]) -> tuple[Deps, list[Job]]:
     for url in urls:
         parts = urlsplit(url)
         segs = [s for s in parts.path.split("/") if s]
+        if segs[0] == "iiif":  # /iiif/{2,3}/{identifier}/{region}/{size}/{rotation}/{file}
+            ask = iiif.image_ask(Version(segs[1]), segs[2:], settings.limits)
+            meta = await source.meta(ask.identifier.image_id)
+            req = plan_iiif(ask, meta, settings.limits)[0]
+            jobs.append(_job(source, url, req, meta))
+            continue
         iid, z, t = int(segs[-3]), int(segs[-2]), int(segs[-1])
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         output = Output(
@@ -66,12 +75,16 @@ async def _plan(root: Path, urls: list[str]) -> tuple[Deps, list[Job]]:
             meta,
             settings.limits,
         )
-        sel = Selection(req.level, req.t, req.z, req.z + 1, req.render.active_indices(), req.box)
-        read = source.sync_reader(iid, sel)
-        if read is None:
-            raise SystemExit(f"{url}: not a direct-read tile; the kernel covers those only")
-        jobs.append((req, meta, read, req.key()))
+        jobs.append(_job(source, url, req, meta))
     return deps, jobs
+
+
+def _job(source: ZarrSource, url: str, req: RegionRequest, meta: ImageMeta) -> Job:
+    sel = Selection(req.level, req.t, req.z, req.z + 1, req.render.active_indices(), req.box)
+    read = source.sync_reader(req.image_id, sel)
+    if read is None:
+        raise SystemExit(f"{url}: not a direct-read tile; the kernel covers those only")
+    return req, meta, read, req.key()
 
 
 def main() -> int:

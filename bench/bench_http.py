@@ -226,18 +226,18 @@ def render_stages(base: str) -> dict[str, float] | None:
             text = resp.read().decode(errors="replace")
     except OSError:
         return None
-    out: dict[str, float] = {}
+    if "# TYPE idrserve_http_render_stage_seconds" not in text:
+        return None
+    out: dict[str, float] = {}  # no stage yet in a server that has not rendered
     for m in STAGE.finditer(text):
         out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
-    if not out:
-        return None
     out["renders"] = sum(float(m.group(1)) for m in RENDERS.finditer(text))
     return out
 
 
 def stages_us(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
     """µs a render of each stage in between: the kernel's time inside the server."""
-    if not before or not after:
+    if before is None or after is None:
         return {}
     renders = after["renders"] - before.get("renders", 0.0)
     if renders <= 0:

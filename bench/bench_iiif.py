@@ -62,7 +62,18 @@ from _harness import NGINX, NGINX_USER, Stack, get, version, wait_http
 from _results import unused
 from _variants import VARIANT_HELP, parse_variants
 from bench_deploy import IIP_CONF, IIPSRV, write_iip_tiff
-from bench_http import free_port, lag_buckets, lag_p99_ms, run_wrk, write_image, wrk_seconds
+from bench_http import (
+    check_bytes,
+    free_port,
+    lag_buckets,
+    lag_p99_ms,
+    render_stages,
+    run_kernel,
+    run_wrk,
+    stages_us,
+    write_image,
+    wrk_seconds,
+)
 
 ROOT = Path(__file__).resolve().parent
 SIZE = 8192
@@ -133,11 +144,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def measure(
     base: str, urls: list[str], args: argparse.Namespace, tmp: Path, lag: bool
 ) -> dict[str, float]:
-    """One wrk run; with `lag` (idrserve), also its event-loop lag p99 from /metrics."""
+    """One wrk run; with `lag` (idrserve), also its event-loop lag p99 and, when it rendered,
+    the µs a render of each stage (source, render, encode), from /metrics."""
     before = lag_buckets(base) if lag else None
+    spent = render_stages(base) if lag else None
     result = run_wrk(base, urls, args.duration, args.conns, tmp)
     if lag:
         result["lag_p99_ms"] = lag_p99_ms(before, lag_buckets(base))
+        result.update(stages_us(spent, render_stages(base)))
     return result
 
 
@@ -371,6 +385,44 @@ def ratio_rows(results: dict[str, list[dict[str, float]]], labels: list[str]) ->
     return lines
 
 
+def kernel_rows(
+    cold: list[dict[str, float]],
+    alone: list[dict[str, float]],
+    peer: list[dict[str, float]],
+) -> list[str]:
+    """The cold tile's time split into its kernel (inside the server, and alone in the same
+    rounds) and the rest, and the kernel alone against the pre-rendered peer: the most the
+    server could reach if nothing around the kernel cost anything."""
+    if not alone or "source_us" not in cold[0] or "source_us" not in alone[0]:
+        return []
+    stages = ("source", "render", "encode")
+
+    def med(rounds: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    wall = 1e6 / med(cold, "rps")
+    inside = {st: med(cold, f"{st}_us") for st in stages}
+    lone = {st: med(alone, f"{st}_us") for st in stages}
+    k_in, k_alone = sum(inside.values()), sum(lone.values())
+    ceiling = statistics.median(a["rps"] / b["rps"] for a, b in zip(alone, peer, strict=True))
+    return [
+        "Where a cold tile's time goes, µs a tile (medians of the rounds; the stages as the "
+        "server times them on /metrics, alone in brackets: bench/_kernel.py on core 0 with "
+        "the same URLs, after the contenders of each round):",
+        "",
+        "| server µs a tile | source | render | encode | kernel in server | kernel alone "
+        "| kernel's slowdown in server | the rest |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {wall:.0f} | "
+        + " | ".join(f"{inside[st]:.0f} ({lone[st]:.0f})" for st in stages)
+        + f" | {k_in:.0f} | {k_alone:.0f} | {k_in - k_alone:+.0f} | {wall - k_in:.0f} |",
+        "",
+        f"The kernel alone makes {med(alone, 'rps'):.0f} tiles/s: {ceiling:.2f}× "
+        f"{IIP_JPEG} (median of per-round ratios), the ceiling of the cold server's ratio "
+        "if nothing around the kernel cost anything.",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk round")
@@ -410,6 +462,7 @@ def main() -> int:
     cold_env: dict[str, dict[str, str]] = {COLD: {}}
     cold_env |= {cold_variant(label): env for label, env in variants.items()}
     results |= {name: [] for name in cold_env if name != COLD}
+    kernel_rounds: list[dict[str, float]] = []  # bench/_kernel.py on the same URLs, core 0
     notes: list[str] = []
     try:
         with Stack(tmp) as stack:
@@ -447,6 +500,11 @@ def main() -> int:
                 + "."
             )
             notes += compare_probes(contenders)
+            digests = run_kernel(data, urls, 0.0, tmp)["sha256"]
+            notes.append(
+                "Bodies that differ between the cold server and the kernel alone "
+                f"(bench/_kernel.py; 0 expected): {check_bytes(cold, digests)} of {len(urls)}."
+            )
             for base, url_list in contenders.values():
                 wait_http(base + url_list[0])
                 run_wrk(base, url_list, args.warmup, args.conns, tmp)  # discarded warm-up
@@ -462,6 +520,10 @@ def main() -> int:
                         results[cold_name].append(measure(fresh, url_list, args, tmp, True))
                         results[cold_name][-1]["startup_s"] = startup
                         stop(proc)
+                kernel = run_kernel(data, urls, args.duration, tmp)
+                alone = {"rps": kernel["rps"]}
+                alone.update({f"{k}_us": v for k, v in kernel["stages_us"].items()})
+                kernel_rounds.append(alone)
     finally:  # the 8192² data and its TIFFs take about 1 GB
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().strip()
@@ -532,6 +594,8 @@ def main() -> int:
     lines += [
         "",
         *ratio_rows(results, list(variants)),
+        "",
+        *kernel_rows(results[COLD], kernel_rounds, results[IIP_JPEG]),
         "",
         f"Issue 19 target 3 (cold, {args.conns} connections, medians of per-round values): "
         f"idrserve cold p99 / p50 {cold_tail:.2f} (≤ {TAIL:g}: "

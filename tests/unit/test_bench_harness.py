@@ -157,4 +157,66 @@ def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders(
         {"source_us": 1500.0, "render_us": 500.0, "encode_us": 1000.0}
     )
     assert bench_http.stages_us(None, after) == {}  # a server without the metric
+    # A fresh server (bench_iiif.py's cold contender) has the metric but no stage yet.
+    assert bench_http.stages_us({"renders": 0.0}, after)["source_us"] == pytest.approx(
+        1.3 / 300 * 1e6
+    )
     assert bench_http.stages_us(after, after) == {}  # no render in between
+
+
+KERNEL_URLS = [
+    "/webgateway/render_image_region/2001/0/0/?tile=0,1,2,256,256",
+    "/iiif/3/2001;q=0.9/256,512,256,256/256,256/0/default.jpg",
+    "/iiif/3/2001;q=0.9/512,0,512,512/256,256/0/default.jpg",  # from the stored level 1
+]
+
+
+@pytest.fixture
+def kernel_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """bench/_kernel.py's JSON line for KERNEL_URLS over bench_http.py's image, at 1024²."""
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    _load("bench_http").write_image(tmp_path / "2001.zarr", 256, 1, 1024)
+    (tmp_path / "urls.txt").write_text("\n".join(KERNEL_URLS))
+    cmd = [sys.executable, str(bench / "_kernel.py"), str(tmp_path), str(tmp_path / "urls.txt")]
+    out = subprocess.run([*cmd, "0.2"], capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out), root=tmp_path)
+
+
+async def test_the_kernel_makes_the_servers_bytes_for_webgateway_and_iiif_urls(
+    aiohttp_client: Any, kernel_run: dict[str, Any]
+) -> None:
+    """bench/_kernel.py plans both URL forms as the server does (bench_http.py and
+    bench_iiif.py compare the two sides' rates, which means nothing if they did other work)."""
+    import hashlib
+
+    from idrserve.app import create_app
+    from idrserve.settings import load_settings
+
+    assert kernel_run["rps"] > 0
+    assert set(kernel_run["stages_us"]) == {"source", "render", "encode"}
+    settings = load_settings({"source": {"zarr_root": str(kernel_run["root"])}})
+    client = await aiohttp_client(create_app(settings))
+    for url in KERNEL_URLS:
+        resp = await client.get(url)
+        assert resp.status == 200, url
+        assert hashlib.sha256(await resp.read()).hexdigest() == kernel_run["sha256"][url], url
+
+
+def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    bench_iiif = _load("bench_iiif")
+    stages = {"source_us": 300.0, "render_us": 70.0, "encode_us": 200.0}
+    cold = [{"rps": 1250.0, **stages}] * 3  # 800 µs a tile, 570 of them in the kernel
+    alone = [{"rps": 1800.0, "source_us": 280.0, "render_us": 60.0, "encode_us": 190.0}] * 3
+    peer = [{"rps": 1200.0}] * 3
+    text = "\n".join(bench_iiif.kernel_rows(cold, alone, peer))
+    assert "| 800 | 300 (280) | 70 (60) | 200 (190) | 570 | 530 | +40 | 230 |" in text
+    assert "1.50×" in text  # 1800 / 1200: the most the server could reach against the peer
+    assert bench_iiif.kernel_rows([{"rps": 1.0}], alone, peer) == []  # a server without stages
