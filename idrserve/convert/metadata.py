@@ -4,56 +4,28 @@ Read from OME-XML (`parse_ome_xml`), Aperio SVS descriptions (`svs_pixel_size`),
 resolution tags that NDPI and most scanners write (`resolution_pixel_size`) and ImageJ's
 metadata (`imagej_sizes`). Units are written as the UDUNITS-2 names NGFF asks for
 (`micrometer`, `second`); an unknown unit leaves that axis without one rather than guessing.
+
+OME-XML and the vendor tags are read by `sources/omexml.py`, the reader the TIFF source uses
+too, so a converted file and the same file served directly cannot disagree; this module turns
+its facts into output terms and keeps the names `convert` has always imported from here.
 """
 
 from __future__ import annotations
 
-import math
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# OME-XML unit symbols (and a few common spellings) → UDUNITS-2 names.
-SPACE_UNITS = {
-    "Å": "angstrom",
-    "pm": "picometer",
-    "nm": "nanometer",
-    "µm": "micrometer",
-    "μm": "micrometer",  # Greek mu, as some writers spell it
-    "um": "micrometer",
-    "micron": "micrometer",
-    "mm": "millimeter",
-    "cm": "centimeter",
-    "dm": "decimeter",
-    "m": "meter",
-    "km": "kilometer",
-    "in": "inch",
-    "ft": "foot",
-}
-TIME_UNITS = {
-    "ps": "picosecond",
-    "ns": "nanosecond",
-    "µs": "microsecond",
-    "μs": "microsecond",
-    "us": "microsecond",
-    "ms": "millisecond",
-    "s": "second",
-    "sec": "second",
-    "min": "minute",
-    "h": "hour",
-    "d": "day",
-}
+from idrserve.model import RGBA
+from idrserve.sources import omexml
+from idrserve.sources.omexml import SPACE_UNITS as SPACE_UNITS
+from idrserve.sources.omexml import TIME_UNITS as TIME_UNITS
+from idrserve.sources.omexml import PhysicalSize as PhysicalSize
+from idrserve.sources.omexml import resolution_pixel_size as resolution_pixel_size
+from idrserve.sources.omexml import svs_pixel_size as svs_pixel_size
+
 RGB_NAMES = ("Red", "Green", "Blue", "Alpha")
 RGB_COLOURS = ("FF0000", "00FF00", "0000FF", "FFFFFF")
-# TIFF ResolutionUnit: 2 inch, 3 centimetre, in micrometres.
-_RESOLUTION_UNIT_UM = {2: 25400.0, 3: 10000.0}
-
-
-@dataclass(frozen=True, slots=True)
-class PhysicalSize:
-    value: float
-    unit: str | None  # a UDUNITS-2 name, or None when the file gives no usable unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,25 +42,14 @@ class ImageInfo:
     omero: Mapping[str, Any] | None = None
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _positive(value: str | None) -> float | None:
-    try:
-        number = float(value) if value is not None else math.nan
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
 def ome_colour(value: str | None) -> str | None:
     """An OME `Color` (signed 32-bit RGBA integer) as `RRGGBB`."""
-    try:
-        rgba = int(value) & 0xFFFFFFFF if value is not None else None
-    except ValueError:
-        return None
-    return None if rgba is None else f"{rgba >> 8:06X}"
+    return _hex(omexml.ome_rgba(value))
+
+
+def _hex(rgba: RGBA | None) -> str | None:
+    """`RRGGBB`: an `omero` block's colour has no alpha."""
+    return None if rgba is None else "{:02X}{:02X}{:02X}".format(*rgba[:3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,67 +64,21 @@ class OmeImage:
 
 
 def parse_ome_xml(xml: str, index: int, name: str | None = None) -> OmeImage | None:
-    """The `index`-th `Image` of an OME-XML document (or the one named `name`); None if absent.
-
-    tifffile makes one series per `Image`, in document order; the name check guards against a
-    document whose images it skipped.
-    """
+    """The `Image` describing series `index` (named `name`), as `omexml.read_image` picks it
+    for the TIFF source too; None if absent or the document is not XML."""
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+        image = omexml.read_image(xml, index, name)
+    except omexml.OmeXmlError:
         return None
-    images = [el for el in root if _local(el.tag) == "Image"]
-    if not images:
-        return None
-    image = images[index] if index < len(images) else None
-    if name and (image is None or image.get("Name") != name):
-        image = next((im for im in images if im.get("Name") == name), image)
     if image is None:
         return None
-    pixels = next((el for el in image if _local(el.tag) == "Pixels"), None)
-    if pixels is None:
-        return None
-    sizes: dict[str, PhysicalSize] = {}
-    for role in ("x", "y", "z"):
-        key = f"PhysicalSize{role.upper()}"
-        value = _positive(pixels.get(key))
-        if value is not None:
-            unit = pixels.get(f"{key}Unit", "µm")  # OME's default unit
-            sizes[role] = PhysicalSize(value, SPACE_UNITS.get(unit))
-    increment = _positive(pixels.get("TimeIncrement"))
-    if increment is not None:
-        sizes["t"] = PhysicalSize(increment, TIME_UNITS.get(pixels.get("TimeIncrementUnit", "s")))
-    channels = [el for el in pixels if _local(el.tag) == "Channel"]
-    samples = int(channels[0].get("SamplesPerPixel", "1")) if channels else 1
     return OmeImage(
-        name=image.get("Name"),
-        channel_names=tuple(ch.get("Name") or None for ch in channels),
-        channel_colours=tuple(ome_colour(ch.get("Color")) for ch in channels),
-        samples=max(samples, 1),
-        sizes=sizes,
+        name=image.name,
+        channel_names=tuple(ch.name for ch in image.channels),
+        channel_colours=tuple(_hex(ch.colour) for ch in image.channels),
+        samples=image.channels[0].samples if image.channels else 1,
+        sizes=dict(image.sizes),
     )
-
-
-def svs_pixel_size(description: str) -> float | None:
-    """Aperio's `MPP` (micrometres per pixel) from an SVS ImageDescription."""
-    if not description.startswith("Aperio"):
-        return None
-    for part in description.split("|")[1:]:
-        key, _, value = part.partition("=")
-        if key.strip() == "MPP":
-            return _positive(value.strip())
-    return None
-
-
-def resolution_pixel_size(resolution: tuple[int, int] | None, unit: int | None) -> float | None:
-    """Micrometres per pixel from an X/YResolution rational and ResolutionUnit (NDPI and most
-    scanners write centimetres); None without a physical unit."""
-    if resolution is None or unit not in _RESOLUTION_UNIT_UM:
-        return None
-    numerator, denominator = resolution
-    if numerator <= 0 or denominator <= 0:
-        return None
-    return _RESOLUTION_UNIT_UM[unit] * denominator / numerator
 
 
 def imagej_sizes(meta: Mapping[str, Any], x_res: float | None) -> dict[str, PhysicalSize]:

@@ -23,6 +23,7 @@ import zarr
 from idrserve.convert import metadata as md
 from idrserve.convert.inputs import ROLE_OF_AXIS, InputImage, InputShape, Unit, check_dtype, native
 from idrserve.convert.options import ConvertError
+from idrserve.sources import omexml
 from idrserve.sources.tiff import SUPPORTED, sniff_format
 
 # Series names tifffile gives when the file names nothing.
@@ -132,17 +133,8 @@ class TiffInput(InputImage):
             names, colours, sizes = ome.channel_names, ome.channel_colours, ome.sizes
         elif tif.is_imagej and tif.imagej_metadata:
             sizes = md.imagej_sizes(tif.imagej_metadata, _ratio(page.tags.get("XResolution")))
-        if "x" not in sizes:
-            size = md.svs_pixel_size(page.description) if tif.is_svs else None
-            unit = page.tags.get("ResolutionUnit")
-            unit_value = int(unit.value) if unit is not None else None
-            xy = [
-                size or md.resolution_pixel_size(_rational(page.tags.get(tag)), unit_value)
-                for tag in ("XResolution", "YResolution")
-            ]
-            for role, value in zip("xy", xy, strict=True):
-                if value:
-                    sizes[role] = md.PhysicalSize(value, "micrometer")
+        if "x" not in sizes:  # SVS's MPP, else the page's resolution tags, as the TIFF source
+            sizes.update(omexml.vendor_sizes(page))
         rgb = page.photometric in (2, 6) and shape.samples in (3, 4)  # RGB, YCbCr (JPEG)
         names, colours = md.channel_labels(shape.size_c, shape.samples, names, colours)
         return md.ImageInfo(

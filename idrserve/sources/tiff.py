@@ -14,8 +14,9 @@ What a file holds is tifffile's view of it: `series[n]` (an OME-TIFF image, an S
 pyramid, a multi-file OME-TIFF set) with its `levels` (SubIFDs, reduced pages, NDPI levels).
 Axes other than Y, X and samples (T, C, Z, and tifffile's generic ones when of size 1) map to
 pages; RGB(A) samples are channels. Metadata comes from OME-XML (names, colours, physical
-sizes and units) or vendor tags (SVS `MPP`), else the OME-Zarr fallbacks (`sources/ngff.py`:
-windows from the lowest level, a palette, the first three channels active).
+sizes and units) or vendor tags (SVS `MPP`, resolution tags), read by `sources/omexml.py` as
+`idrserve convert` reads them, else the OME-Zarr fallbacks (`sources/ngff.py`: windows from
+the lowest level, a palette, the first three channels active).
 
 A catalog location may name a series: `…/slide.ome.tif#series=1`. Open files are kept in a
 bounded LRU and closed on eviction. Local files only: over HTTP or S3 tifffile needs a
@@ -31,8 +32,7 @@ import logging
 import os
 import re
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,7 @@ from idrserve.flight import SingleFlight
 from idrserve.lru import BoundedLRU
 from idrserve.model import Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
-from idrserve.sources import ngff
+from idrserve.sources import ngff, omexml
 from idrserve.sources.base import check_selection
 
 log = logging.getLogger(__name__)
@@ -406,8 +406,8 @@ def _as_ngff(
         )
         for i, lv in enumerate(levels)
     )
-    ome = _ome_channels(tif, size_c, index, series.name)
-    px = ome.pixel_size if ome is not None else _vendor_pixel_size(tif)
+    ome = _ome_facts(tif, size_c, index, series.name)
+    px = _pixel_size(ome, series.keyframe)
     name = (ome.name if ome is not None else None) or series.name or path.name
     omero = None
     if ome is not None and ome.channels:
@@ -431,97 +431,46 @@ def _as_ngff(
 class _OmeFacts:
     name: str | None
     channels: tuple[ngff.OmeroChannel, ...]
-    pixel_size: tuple[float | None, float | None, float | None]
+    sizes: Mapping[str, omexml.PhysicalSize]
 
 
-def _ome_channels(
+def _ome_facts(
     tif: tifffile.TiffFile, size_c: int, index: int, name: str | None
 ) -> _OmeFacts | None:
     """Channel names and colours and physical sizes from the OME-XML, when there is one.
 
-    tifffile makes one series per OME `Image`, in document order, so series N is described by
-    the N-th `Image` (the one of the series' name if tifffile skipped some); always taking the
-    first served `#series=1` with series 0's channels and pixel size.
+    The `Image` is the one `idrserve convert` picks for the same series (`omexml.read_image`):
+    series N never borrows series 0's channels and pixel size.
     """
     xml = tif.ome_metadata if tif.is_ome else None
     if not xml:
         return None
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+        image = omexml.read_image(xml, index, name)
+    except omexml.OmeXmlError:
         log.warning("%s: unreadable OME-XML, ignored", tif.filename)
         return None
-    ns = {"ome": root.tag.partition("}")[0].lstrip("{")} if root.tag.startswith("{") else {}
-    prefix = "ome:" if ns else ""
-    images = root.findall(f"{prefix}Image", ns)
-    image = images[index] if 0 <= index < len(images) else None
-    if name and (image is None or image.get("Name") != name):
-        image = next((im for im in images if im.get("Name") == name), image)
-    if image is None and len(images) == 1:
-        image = images[0]
-    pixels = image.find(f"{prefix}Pixels", ns) if image is not None else None
-    if pixels is None:
+    if image is None:
         return None
-    channels = []
-    for ch in pixels.findall(f"{prefix}Channel", ns)[:size_c]:
-        spp = _int(ch.get("SamplesPerPixel")) or 1
-        colour = _ome_colour(ch.get("Color"))
-        for _ in range(spp if spp > 1 else 1):
-            channels.append(ngff.OmeroChannel(label=ch.get("Name"), color=colour))
-    sizes = []
-    for axis in ("X", "Y", "Z"):
-        value = _float(pixels.get(f"PhysicalSize{axis}"))
-        unit = pixels.get(f"PhysicalSize{axis}Unit") or "µm"
-        sizes.append(ngff.to_micrometres(value, unit) if value is not None else None)
-    return _OmeFacts(
-        image.get("Name") if image is not None else None,
-        tuple(channels[:size_c]),
-        (sizes[0], sizes[1], sizes[2]),
-    )
+    channels = [
+        ngff.OmeroChannel(label=ch.name, color=ch.colour)
+        for ch in image.channels[:size_c]
+        for _ in range(ch.samples)  # RGB(A) samples are channels here
+    ]
+    return _OmeFacts(image.name, tuple(channels[:size_c]), image.sizes)
 
 
-def _ome_colour(value: str | None) -> tuple[int, int, int, int] | None:
-    """OME's Color: a signed 32-bit RGBA integer (-1 is opaque white)."""
-    number = _int(value)
-    if number is None:
-        return None
-    rgba = number & 0xFFFFFFFF
-    return (rgba >> 24 & 255, rgba >> 16 & 255, rgba >> 8 & 255, rgba & 255)
-
-
-def _vendor_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None, None]:
-    """SVS `MPP = …` in the ImageDescription; NDPI's and others' resolution tags (cm)."""
-    page = tif.pages.first
-    if tif.is_svs:
-        match = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
-        mpp = _float(match.group(1)) if match else None
-        return mpp, mpp, None
-    tags = page.tags
-    unit = tags.get("ResolutionUnit")
-    xres, yres = tags.get("XResolution"), tags.get("YResolution")
-    if unit is None or xres is None or yres is None or int(unit.value) not in (2, 3):
-        return None, None, None
-    per = 25400.0 if int(unit.value) == 2 else 10000.0  # µm per inch / per cm
-    sizes = []
-    for res in (xres.value, yres.value):
-        num, den = res if isinstance(res, tuple) else (res, 1)
-        sizes.append(per * den / num if num else None)
-    return sizes[0], sizes[1], None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and np.isfinite(number) and number > 0 else None
+def _pixel_size(
+    ome: _OmeFacts | None, keyframe: Any
+) -> tuple[float | None, float | None, float | None]:
+    """x, y, z in µm, taken as the converter takes them (`convert/tiffin.py`), so a served file
+    and its converted output agree: the OME-XML's sizes, and where it gives no x, the vendor
+    tags' x and y of the series' own page."""
+    sizes = dict(ome.sizes) if ome is not None else {}
+    if "x" not in sizes:
+        sizes.update(omexml.vendor_sizes(keyframe))
+    x, y, z = (sizes[role].micrometres if role in sizes else None for role in "xyz")
+    return x, y, z
 
 
 def _stats(opened: _Tiff) -> dict[int, ngff.ChannelStats]:
