@@ -27,6 +27,8 @@ from numcodecs.abc import Codec
 from numcodecs.blosc import Blosc
 from numcodecs.blosc import decompress as blosc_decompress
 
+from idrserve.sources.bloscchunks import check_blosc_length
+
 # Decode in the calling thread, never with blosc's own threads: requests are the parallelism
 # (pool threads, workers). Left at None, numcodecs also probes `multiprocessing` on every
 # decode to decide, which py-spy put at 2 % of a cold tile.
@@ -93,7 +95,7 @@ class DirectV2Array:
 
     def _chunk(self, raw: bytes) -> np.ndarray:
         if type(self.codec) is Blosc:
-            _check_blosc_length(raw)
+            check_blosc_length(raw)
         data = self.codec.decode(raw) if self.codec is not None else raw
         return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
 
@@ -169,24 +171,12 @@ class DirectV2Array:
                 # Blosc.decode's own buffer checks (numcodecs.compat) cost 4 µs a chunk, 12 a
                 # 3-channel tile, for a file's bytes and a contiguous plane that pass them
                 # anyway; decompress still checks the header's size against the plane's.
-                _check_blosc_length(raw)
+                check_blosc_length(raw)
                 blosc_decompress(raw, target)
             else:
                 self.codec.decode(raw, out=target)
         else:
             target[...] = self._chunk(raw)[src]
-
-
-def _check_blosc_length(raw: bytes) -> None:
-    """Refuse a Blosc chunk whose header's compressed length (bytes 12–15) is not the file's.
-
-    c-blosc trusts the header: a chunk stored uncompressed (its MEMCPYED flag) and cut short,
-    say by an interrupted copy, is copied from past the end of the bytes read, i.e. from
-    whatever memory follows them, without an error. A chunk is exactly its header's length.
-    """
-    if len(raw) < 16 or int.from_bytes(raw[12:16], "little") != len(raw):
-        header = int.from_bytes(raw[12:16], "little") if len(raw) >= 16 else None
-        raise ValueError(f"Blosc chunk of {len(raw)} bytes, its header says {header}")
 
 
 def open_direct(level_dir: Path, doc_bytes: bytes) -> DirectV2Array | None:

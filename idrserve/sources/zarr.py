@@ -35,6 +35,7 @@ configuration per store type and string-matching of its error statuses.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -67,6 +68,7 @@ from idrserve.model import Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
 from idrserve.sources import ngff
 from idrserve.sources.base import check_selection
+from idrserve.sources.bloscchunks import checked, checked_codecs
 from idrserve.sources.direct import DirectV2Array, open_direct
 
 log = logging.getLogger(__name__)
@@ -532,8 +534,12 @@ def _open_array(
     metadata: ArrayV2Metadata | ArrayV3Metadata
     if info.zarr_format == 2:
         metadata = ArrayV2Metadata.from_dict(doc)
+        if not config:  # zarr's own pipeline: refuse Blosc chunks cut short (bloscchunks.py)
+            metadata = dataclasses.replace(metadata, compressor=checked(metadata.compressor))
     else:
         metadata = ArrayV3Metadata.from_dict(doc)
+        if not config:
+            metadata = dataclasses.replace(metadata, codecs=checked_codecs(metadata.codecs))
     with zarr.config.set(config), warnings.catch_warnings():
         # zarrs falls back (with a warning) to zarr's pipeline for arrays it cannot read.
         warnings.simplefilter("ignore", UserWarning)
