@@ -108,8 +108,8 @@ class RequestMetrics:
         if timings:
             stages = self.stages
             for stage, spent in timings.items():
-                key2 = (fam, stage)
-                stages[key2] = stages.get(key2, 0.0) + spent
+                slot = (fam, stage)
+                stages[slot] = stages.get(slot, 0.0) + spent
 
     def note_readyz(self, status: str) -> None:
         self.readyz[status] = self.readyz.get(status, 0) + 1

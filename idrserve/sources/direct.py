@@ -24,10 +24,9 @@ import numcodecs
 import numcodecs.blosc
 import numpy as np
 from numcodecs.abc import Codec
-from numcodecs.blosc import Blosc
 from numcodecs.blosc import decompress as blosc_decompress
 
-from idrserve.sources.bloscchunks import check_blosc_length
+from idrserve.sources.bloscchunks import CheckedBlosc, check_blosc_length, checked
 
 # Decode in the calling thread, never with blosc's own threads: requests are the parallelism
 # (pool threads, workers). Left at None, numcodecs also probes `multiprocessing` on every
@@ -57,7 +56,8 @@ class DirectV2Array:
             if dtype.hasobject or dtype.fields is not None:
                 return None
             compressor = doc.get("compressor")
-            codec = numcodecs.get_codec(dict(compressor)) if compressor else None
+            # Blosc checked against cut chunks (bloscchunks.py), on both decode paths below.
+            codec = checked(numcodecs.get_codec(dict(compressor))) if compressor else None
             fill = doc.get("fill_value")
             fill_value = np.array(0 if fill is None else fill).astype(dtype)
             return cls(
@@ -94,8 +94,6 @@ class DirectV2Array:
             os.close(fd)
 
     def _chunk(self, raw: bytes) -> np.ndarray:
-        if type(self.codec) is Blosc:
-            check_blosc_length(raw)
         data = self.codec.decode(raw) if self.codec is not None else raw
         return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
 
@@ -167,7 +165,7 @@ class DirectV2Array:
             and self.dtype.isnative
         ):
             # A whole chunk into a contiguous slot: decode in place, no extra copy.
-            if type(self.codec) is Blosc:
+            if type(self.codec) is CheckedBlosc:
                 # Blosc.decode's own buffer checks (numcodecs.compat) cost 4 µs a chunk, 12 a
                 # 3-channel tile, for a file's bytes and a contiguous plane that pass them
                 # anyway; decompress still checks the header's size against the plane's.

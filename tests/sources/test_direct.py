@@ -15,6 +15,7 @@ from idrserve import errors
 from idrserve.catalog import Catalog
 from idrserve.model import Box, Selection
 from idrserve.settings import SourceSettings
+from idrserve.sources.bloscchunks import CheckedBlosc
 from idrserve.sources.direct import DirectV2Array, open_direct
 from idrserve.sources.zarr import ZarrSource
 from tests.sources.conftest import multiscales, ramp, write_v2
@@ -144,7 +145,7 @@ def test_blosc_whole_chunks_decode_as_the_codec_does(tmp_path: Path, shuffle: in
     # straight into the plane): the same values.
     codec = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=shuffle)
     arr, direct = make_array(tmp_path / "a", (2, 64, 64), (1, 32, 32), "uint16", compressors=codec)
-    assert type(direct.codec) is numcodecs.Blosc
+    assert type(direct.codec) is CheckedBlosc  # the plain Blosc, checked (bloscchunks.py)
     sel = (1, slice(32, 64), slice(0, 32))
     assert direct._whole_chunk(sel) is not None
     np.testing.assert_array_equal(direct.read(sel), arr[sel])
