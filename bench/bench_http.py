@@ -244,9 +244,30 @@ def stages_us(before: dict[str, float] | None, after: dict[str, float] | None) -
         return {}
     return {
         f"{stage}_us": (after[stage] - before.get(stage, 0.0)) / renders * 1e6
-        for stage in ("source", "render", "encode")
+        for stage in STAGES
         if stage in after
     }
+
+
+STAGES = ("source", "render", "encode")
+
+
+def split_cells(served: list[dict[str, float]], alone: list[dict[str, float]]) -> list[str] | None:
+    """A cold tile's time split, median of the rounds, as table cells: µs a tile in the
+    server, each stage in the server (alone), the kernel in the server, alone, the kernel's
+    slowdown, and the rest. None when either side has no stage times."""
+    if not served or not alone or "source_us" not in served[0] or "source_us" not in alone[0]:
+        return None
+
+    def med(rounds: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    wall = 1e6 / med(served, "rps")
+    inside = {st: med(served, f"{st}_us") for st in STAGES}
+    lone = {st: med(alone, f"{st}_us") for st in STAGES}
+    k_in, k_alone = sum(inside.values()), sum(lone.values())
+    cells = [f"{wall:.0f}", *(f"{inside[st]:.0f} ({lone[st]:.0f})" for st in STAGES)]
+    return [*cells, f"{k_in:.0f}", f"{k_alone:.0f}", f"{k_in - k_alone:+.0f}", f"{wall - k_in:.0f}"]
 
 
 def lag_p99_ms(before: dict[float, float] | None, after: dict[float, float] | None) -> float:
@@ -516,18 +537,9 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in cases:
-        served = results[f"{name} (idrserve)"]
-        alone_rounds = results[f"{name} (kernel)"]
-        if "source_us" not in served[0] or "source_us" not in alone_rounds[0]:
-            continue
-        wall = 1e6 / med(served, "rps")
-        inside = {s: med(served, f"{s}_us") for s in ("source", "render", "encode")}
-        alone = {s: med(alone_rounds, f"{s}_us") for s in ("source", "render", "encode")}
-        k_in, k_alone = sum(inside.values()), sum(alone.values())
-        cells = [f"{wall:.0f}"]
-        cells += [f"{inside[s]:.0f} ({alone[s]:.0f})" for s in ("source", "render", "encode")]
-        cells += [f"{k_in:.0f}", f"{k_alone:.0f}", f"{k_in - k_alone:+.0f}", f"{wall - k_in:.0f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        split = split_cells(results[f"{name} (idrserve)"], results[f"{name} (kernel)"])
+        if split is not None:
+            lines.append(f"| {name} | " + " | ".join(split) + " |")
     lines += [
         "",
         "Stage cells: in the server, alone in brackets. Stage times are wall time: a tile "

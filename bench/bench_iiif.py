@@ -70,6 +70,7 @@ from bench_http import (
     render_stages,
     run_kernel,
     run_wrk,
+    split_cells,
     stages_us,
     write_image,
     wrk_seconds,
@@ -393,18 +394,11 @@ def kernel_rows(
     """The cold tile's time split into its kernel (inside the server, and alone in the same
     rounds) and the rest, and the kernel alone against the pre-rendered peer: the most the
     server could reach if nothing around the kernel cost anything."""
-    if not alone or "source_us" not in cold[0] or "source_us" not in alone[0]:
+    cells = split_cells(cold, alone)
+    if cells is None:
         return []
-    stages = ("source", "render", "encode")
-
-    def med(rounds: list[dict[str, float]], key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
-
-    wall = 1e6 / med(cold, "rps")
-    inside = {st: med(cold, f"{st}_us") for st in stages}
-    lone = {st: med(alone, f"{st}_us") for st in stages}
-    k_in, k_alone = sum(inside.values()), sum(lone.values())
     ceiling = statistics.median(a["rps"] / b["rps"] for a, b in zip(alone, peer, strict=True))
+    lone_rps = statistics.median(r["rps"] for r in alone)
     return [
         "Where a cold tile's time goes, µs a tile (medians of the rounds; the stages as the "
         "server times them on /metrics, alone in brackets: bench/_kernel.py on core 0 with "
@@ -413,11 +407,9 @@ def kernel_rows(
         "| server µs a tile | source | render | encode | kernel in server | kernel alone "
         "| kernel's slowdown in server | the rest |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {wall:.0f} | "
-        + " | ".join(f"{inside[st]:.0f} ({lone[st]:.0f})" for st in stages)
-        + f" | {k_in:.0f} | {k_alone:.0f} | {k_in - k_alone:+.0f} | {wall - k_in:.0f} |",
+        "| " + " | ".join(cells) + " |",
         "",
-        f"The kernel alone makes {med(alone, 'rps'):.0f} tiles/s: {ceiling:.2f}× "
+        f"The kernel alone makes {lone_rps:.0f} tiles/s: {ceiling:.2f}× "
         f"{IIP_JPEG} (median of per-round ratios), the ceiling of the cold server's ratio "
         "if nothing around the kernel cost anything.",
     ]
