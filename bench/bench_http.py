@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -351,6 +352,13 @@ def main() -> int:
         "URL, as the viewer sends them, instead of the bare `tile=`",
     )
     parser.add_argument(
+        "--query",
+        default="",
+        metavar="QUERY",
+        help="append QUERY to every tile URL, e.g. 'c=1|110:1800&m=g' (one channel, "
+        "greyscale) or 'c=1|110:1800$00FF00&m=c' (one green channel)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -423,6 +431,8 @@ def main() -> int:
     }
     if args.viewer_query:
         cases = {name: [f"{url}&{VIEWER_QUERY}" for url in urls] for name, urls in cases.items()}
+    if args.query:
+        cases = {name: [f"{url}&{args.query}" for url in urls] for name, urls in cases.items()}
     targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
     results: dict[str, list[dict[str, float]]] = {}
     try:
@@ -463,6 +473,7 @@ def main() -> int:
         f"{' --request-path' if args.request_path else ''}"
         f"{' --floor' if args.floor else ''}"
         f"{' --viewer-query' if args.viewer_query else ''}"
+        f"{f' --query {shlex.quote(args.query)}' if args.query else ''}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",
@@ -470,7 +481,8 @@ def main() -> int:
         f"Server: `idrserve serve` pinned to core 0 (`taskset -c 0`, 1 cpu thread); wrk -t1 "
         f"-c{args.conns} pinned to core 1; {args.rounds} interleaved rounds of "
         f"{args.duration:g} s after a 3 s warm-up. No response cache: every request reads, "
-        "decodes (blosc lz4), renders 3 uint16 channels and encodes JPEG q85. "
+        "decodes (blosc lz4), renders 3 uint16 channels (or the channels --query names) and "
+        "encodes JPEG q85. "
         f"loadavg at end: {os.getloadavg()[0]:.2f}; nproc {os.cpu_count()}.",
         "",
         "| case | median tiles/s | min–max | p50 ms | p99 ms | p99 / p50 | loop lag p99 ms "

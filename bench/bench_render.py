@@ -9,7 +9,9 @@ shot-like noise, as in docs/benchmarks.md#protocol):
 * the straightforward float reference renderer (docs/benchmarks.md#rendering),
   and its ratio to `render_rgb`;
 * building a uint16 quantization table cold (cache cleared) and cached, and `quantize` alone;
-* each encoder (JPEG q0.9 4:2:0, PNG, TIFF) on the rendered tile.
+* each encoder (JPEG q0.9 4:2:0, PNG, TIFF) on the rendered tile;
+* a one-channel render and its JPEG (greyscale, and one green channel) through RGB and
+  through YCbCr planes (`render_ycc`, the same bytes), with the ratio.
 
 Timing: `time.perf_counter`, inner loop auto-sized to ≥ `--min-batch-ms`, `--repeat` batches,
 median (and best) per call reported.
@@ -40,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from idrserve.encode import encode_jpeg, encode_png, encode_tiff  # noqa: E402
+from idrserve.encode.jpeg import encode_jpeg_planes  # noqa: E402
 from idrserve.model import ChannelRender, ColorModel, RenderSettings  # noqa: E402
-from idrserve.render import clear_caches, kernels, render_rgb  # noqa: E402
+from idrserve.render import YccPlanes, clear_caches, kernels, render_rgb, render_ycc  # noqa: E402
 from idrserve.render.lut import LutTable  # noqa: E402
 from idrserve.render.quantize import quantize, quantize_table  # noqa: E402
 
@@ -52,6 +55,11 @@ COLOUR_SETS: dict[str, list[RGBA]] = {
     "3 × white": [(255, 255, 255, 255)] * 3,
 }
 WINDOWS = [(110.0, 1800.0), (200.0, 2500.0), (150.0, 3000.0)]
+
+
+def encode_ycc(planes: YccPlanes | None) -> bytes:
+    assert planes is not None
+    return encode_jpeg_planes(planes.y, planes.cb, planes.cr, 0.9)
 
 
 def microscopy(channels: int, size: int, seed: int) -> np.ndarray:
@@ -171,6 +179,28 @@ def main(argv: list[str] | None = None) -> int:
             label,
             partial(render_rgb, planes[:1], grey, "uint16", luts),
         )
+        green = RenderSettings((ChannelRender(True, 110, 1800, color=(0, 255, 0, 255)),))
+        for model, one in (("greyscale", grey), ("one green channel", green)):
+            rgb_path = record(
+                f"render + JPEG 1×uint16, {model}: RGB",
+                label,
+                partial(
+                    lambda s, one_plane: encode_jpeg(render_rgb(one_plane, s, "uint16", luts), 0.9),
+                    one,
+                    planes[:1],
+                ),
+            )
+            assert render_ycc(planes[:1], one, "uint16", luts) is not None
+            planes_path = record(
+                f"render + JPEG 1×uint16, {model}: YCbCr planes",
+                label,
+                partial(
+                    lambda s, one_plane: encode_ycc(render_ycc(one_plane, s, "uint16", luts)),
+                    one,
+                    planes[:1],
+                ),
+            )
+            rows[-1] = (*rows[-1][:4], f"{rgb_path / planes_path:.2f}× the RGB path's speed")
         floats = (planes.astype(np.float32) / 7.0).astype(np.float32)
         fsettings = RenderSettings(
             tuple(

@@ -21,9 +21,11 @@ import numpy as np
 from idrserve.admission import CURRENT_SLOT, Admission
 from idrserve.cache import CacheEntry, TieredCache, response_key
 from idrserve.encode import encode
+from idrserve.encode.jpeg import encode_jpeg_planes
 from idrserve.errors import TooLarge
 from idrserve.model import (
     MEDIA_TYPES,
+    Format,
     HistogramRequest,
     ImageMeta,
     Projection,
@@ -31,7 +33,7 @@ from idrserve.model import (
     Selection,
     Tone,
 )
-from idrserve.render import render_rgb
+from idrserve.render import YccPlanes, render_rgb, render_ycc
 from idrserve.render.histogram import bin_counts
 from idrserve.render.lut import LutTable
 from idrserve.render.project import project
@@ -296,6 +298,13 @@ def _render_encode(
     if req.downsample != (1, 1):
         # A level the pyramid does not store: average raw values, then window them.
         raw = downsample_area(raw, req.downsample[0], req.downsample[1])
+    planes = _as_jpeg_planes(req, meta, deps, raw)
+    if planes is not None:
+        t1 = time.perf_counter()
+        body = encode_jpeg_planes(planes.y, planes.cb, planes.cr, req.quality)
+        timings["render"] = t1 - t0
+        timings["encode"] = time.perf_counter() - t1
+        return body
     out = render_rgb(raw, req.render, meta.dtype, deps.luts)
     if req.pad != (0, 0):
         out = np.pad(out, ((0, req.pad[1]), (0, req.pad[0]), (0, 0)), mode="edge")
@@ -312,6 +321,25 @@ def _render_encode(
     timings["render"] = t1 - t0
     timings["encode"] = time.perf_counter() - t1
     return body
+
+
+def _as_jpeg_planes(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, raw: np.ndarray
+) -> YccPlanes | None:
+    """The JPEG's YCbCr planes when the render goes straight to the encoder (no step after
+    it) and `render_ycc` reproduces its bytes; else None."""
+    if (
+        raw.shape[0] != 1  # several channels (or none): the RGB path, decided at once
+        or req.fmt is not Format.JPEG
+        or req.pad != (0, 0)
+        or req.flip_h
+        or req.flip_v
+        or req.rotate
+        or req.tone is not Tone.DEFAULT
+        or (req.out_size is not None and req.out_size != (raw.shape[-1], raw.shape[-2]))
+    ):
+        return None
+    return render_ycc(raw, req.render, meta.dtype, deps.luts)
 
 
 def _read_render_encode(

@@ -31,3 +31,12 @@ def encode_jpeg(rgb: npt.NDArray[np.uint8], quality: float) -> bytes:
         as_rgb(rgb), quality=jpeg_quality(quality), colorspace="RGB", colorsubsampling="420"
     )
     return data
+
+
+def encode_jpeg_planes(
+    y: npt.NDArray[np.uint8], cb: npt.NDArray[np.uint8], cr: npt.NDArray[np.uint8], quality: float
+) -> bytes:
+    """Encode 4:2:0 YCbCr planes (render/ycc.py) as baseline JPEG: the bytes `encode_jpeg`
+    gives for the RGB image they were computed from, without its colour conversion."""
+    data: bytes = simplejpeg.encode_jpeg_yuv_planes(y, cb, cr, quality=jpeg_quality(quality))
+    return data

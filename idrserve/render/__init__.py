@@ -3,7 +3,8 @@
 Pure, synchronous functions on numpy arrays (CONTRIBUTING.md#how-the-code-is-layered): no I/O
 beyond loading LUT files, no settings. `render_rgb` is the entry point; `quantize`, `colour`,
 `project` and `resample` hold the stages, `lut` the lookup tables. The rules they implement,
-in order: docs/rendering.md.
+in order: docs/rendering.md. `render_ycc` gives a one-channel render as the YCbCr planes a
+JPEG of it is encoded from (`ycc`), skipping the encoder's own colour conversion.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import numpy as np
 import numpy.typing as npt
 
 from idrserve.model import ColorModel, RenderSettings
-from idrserve.render import colour
+from idrserve.render import colour, ycc
 from idrserve.render import quantize as _quantize
 from idrserve.render.colour import Contribution, channel_tables, composite, render_greyscale
 from idrserve.render.lut import LutTable
-from idrserve.render.quantize import LUT_TYPES, check_dtype, index_plane
+from idrserve.render.quantize import LUT_TYPES, checked_planes, index_plane
+from idrserve.render.ycc import YccPlanes, render_ycc
 
 _IDENTITY = np.arange(256, dtype=np.uint8)
 _IDENTITY.setflags(write=False)
 
 # The function `quantize` is not re-exported: it would shadow the `render.quantize` module.
-__all__ = ["LutTable", "clear_caches", "render_rgb"]
+__all__ = ["LutTable", "YccPlanes", "clear_caches", "render_rgb", "render_ycc"]
 
 
 def clear_caches() -> None:
@@ -36,6 +38,7 @@ def clear_caches() -> None:
         colour._tables_for_q,
     ):
         cached.cache_clear()
+    ycc.clear_cache()
 
 
 def render_rgb(
@@ -51,14 +54,9 @@ def render_rgb(
     are converted to it if they differ. LUT names are looked up in `luts`; an unknown name
     renders the channel with its colour, as OMERO does.
     """
-    check_dtype(dtype)
-    arr = np.asarray(planes)
-    if arr.ndim != 3:
-        raise ValueError(f"planes must be shaped (n, H, W), got {arr.shape}")
-    n, height, width = arr.shape
     indices = settings.active_indices()
-    if n != len(indices):
-        raise ValueError(f"got {n} planes for {len(indices)} contributing channels {indices}")
+    arr = checked_planes(planes, indices, dtype)
+    n, height, width = arr.shape
     if n == 0:
         return np.zeros((height, width, 3), dtype=np.uint8)
     if settings.model is ColorModel.GREYSCALE:

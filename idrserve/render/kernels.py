@@ -1,4 +1,4 @@
-"""The renderer's two inner loops, compiled with numba, and the numpy versions they equal.
+"""The renderer's inner loops, compiled with numba, and the numpy versions they equal.
 
 Why compiled: a colour render is, per contributing (channel, component) pair, "look the raw
 value up in a 256- or 65536-entry byte table and add it, saturating, into one byte of the
@@ -14,9 +14,11 @@ two to each other on random data, every index dtype and every saturation case. S
 IDRSERVE_NO_NUMBA=1 in the environment forces the numpy versions (to rule numba out when
 debugging; bench/bench_render.py times both).
 
-Both loops take the output as (H, W, 3) uint8 and the index plane as a 2-D unsigned integer
+The RGB loops take the output as (H, W, 3) uint8 and the index plane as a 2-D unsigned integer
 array whose every value is a valid table index (8/16-bit raw bits into a full-range table, or
-a quantized q into a 256-entry one), so no bounds are checked per pixel.
+a quantized q into a 256-entry one), so no bounds are checked per pixel. The two plane loops
+(`lut_plane`, `ycc_420`) write JPEG's Y, Cb and Cr planes of a one-channel render straight
+from its composed tables (render/ycc.py), with no RGB image between.
 """
 
 from __future__ import annotations
@@ -56,7 +58,37 @@ def lut_grey_numpy(out: U8, table: U8, index: Index) -> None:
     out[..., 2] = q
 
 
-def _compile() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]] | None:
+def lut_plane_numpy(out: U8, table: U8, index: Index) -> None:
+    """out = table[index], for a 2-D `out` (the luma plane of render/ycc.py)."""
+    out[...] = np.take(table, index)
+
+
+def ycc_420_numpy(luma: U8, cb: U8, cr: U8, tables: tuple[U8, U8, U8], index: Index) -> None:
+    """luma = Y[index]; cb, cr = Cb[index], Cr[index] averaged over 2×2 blocks, libjpeg's way.
+
+    libjpeg's `h2v2_downsample` sums the four samples and adds a bias that alternates 1, 2,
+    1, 2 along the output row before dividing by 4 (so that halves round both ways); `index`
+    has an even height and width.
+    """
+    y_table, cb_table, cr_table = tables
+    luma[...] = np.take(y_table, index)
+    bias = (np.arange(index.shape[1] // 2) & 1) + 1
+    for table, out in ((cb_table, cb), (cr_table, cr)):
+        full = np.take(table, index).astype(np.uint16)
+        total = full[0::2, 0::2] + full[0::2, 1::2] + full[1::2, 0::2] + full[1::2, 1::2]
+        out[...] = (total + bias) >> 2
+
+
+_Kernels = tuple[
+    Callable[..., None],
+    Callable[..., None],
+    Callable[..., None],
+    Callable[..., None],
+    Callable[..., None],
+]
+
+
+def _compile() -> _Kernels | None:
     if os.environ.get("IDRSERVE_NO_NUMBA"):
         return None
     try:
@@ -94,7 +126,34 @@ def _compile() -> tuple[Callable[..., None], Callable[..., None], Callable[..., 
                 out[y, x, 1] = q
                 out[y, x, 2] = q
 
-    return lut_into, lut_add_into, lut_grey
+    @jit
+    def lut_plane(out: U8, table: U8, index: Index) -> None:
+        h, w = index.shape
+        for y in range(h):
+            for x in range(w):
+                out[y, x] = table[index[y, x]]
+
+    @jit
+    def ycc_420(luma: U8, cb: U8, cr: U8, tables: tuple[U8, U8, U8], index: Index) -> None:
+        y_table, cb_table, cr_table = tables
+        h, w = index.shape
+        for y in range(0, h, 2):
+            for x in range(w):
+                luma[y, x] = y_table[index[y, x]]
+                luma[y + 1, x] = y_table[index[y + 1, x]]
+            for half in range(w // 2):
+                x = 2 * half
+                a, b = index[y, x], index[y, x + 1]
+                c, d = index[y + 1, x], index[y + 1, x + 1]
+                bias = np.int32(1 + (half & 1))
+                total = np.int32(cb_table[a]) + np.int32(cb_table[b])
+                total += np.int32(cb_table[c]) + np.int32(cb_table[d])
+                cb[y // 2, half] = (total + bias) >> 2
+                total = np.int32(cr_table[a]) + np.int32(cr_table[b])
+                total += np.int32(cr_table[c]) + np.int32(cr_table[d])
+                cr[y // 2, half] = (total + bias) >> 2
+
+    return lut_into, lut_add_into, lut_grey, lut_plane, ycc_420
 
 
 _compiled = _compile()
@@ -102,10 +161,13 @@ COMPILED = _compiled is not None
 lut_into: Callable[[U8, int, U8, Index], None]
 lut_add_into: Callable[[U8, int, U8, Index], None]
 lut_grey: Callable[[U8, U8, Index], None]
+lut_plane: Callable[[U8, U8, Index], None]
+ycc_420: Callable[[U8, U8, U8, tuple[U8, U8, U8], Index], None]
 if _compiled is not None:
-    lut_into, lut_add_into, lut_grey = _compiled
+    lut_into, lut_add_into, lut_grey, lut_plane, ycc_420 = _compiled
 else:
     lut_into, lut_add_into, lut_grey = lut_into_numpy, lut_add_into_numpy, lut_grey_numpy
+    lut_plane, ycc_420 = lut_plane_numpy, ycc_420_numpy
 
 
 def warm() -> None:
@@ -113,6 +175,7 @@ def warm() -> None:
     pays for it: read-only tables, uint8 and uint16 index planes, contiguous or not (a
     channel sliced from a (c, y, x) read is contiguous; a downsampled one may not be)."""
     out = np.zeros((2, 2, 3), dtype=np.uint8)
+    plane, half = np.zeros((2, 2), dtype=np.uint8), np.zeros((1, 1), dtype=np.uint8)
     for dtype in (np.uint8, np.uint16):
         table = np.zeros(256 if dtype is np.uint8 else 65536, dtype=np.uint8)
         table.setflags(write=False)  # the renderer's tables are all read-only
@@ -120,3 +183,5 @@ def warm() -> None:
             lut_into(out, 0, table, index)
             lut_add_into(out, 0, table, index)
             lut_grey(out, table, index)
+            lut_plane(plane, table, index)
+            ycc_420(plane, half, half, (table, table, table), index)

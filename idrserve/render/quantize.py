@@ -87,6 +87,23 @@ def check_dtype(dtype: str) -> None:
         raise ValueError(f"unsupported pixel type {dtype!r}; expected one of {sorted(TYPE_RANGES)}")
 
 
+def checked_planes(
+    planes: npt.NDArray[Any], active: tuple[int, ...], dtype: str
+) -> npt.NDArray[Any]:
+    """`planes` as an (n, H, W) array holding one plane per contributing channel (`active`,
+    from `RenderSettings.active_indices`) of a supported type; ValueError otherwise. The
+    renderers' shared argument check (`render_rgb`, `render_ycc`)."""
+    check_dtype(dtype)
+    arr = np.asarray(planes)
+    if arr.ndim != 3:
+        raise ValueError(f"planes must be shaped (n, H, W), got {arr.shape}")
+    if arr.shape[0] != len(active):
+        raise ValueError(
+            f"got {arr.shape[0]} planes for {len(active)} contributing channels {active}"
+        )
+    return arr
+
+
 def effective_window(dtype: str, start: float, end: float) -> tuple[float, float]:
     """The window the RE actually uses: reset when invalid, then clamped to the type range."""
     check_dtype(dtype)
