@@ -1,4 +1,5 @@
-"""Property tests: quantize always yields uint8; render_rgb never raises on valid settings."""
+"""Property tests: quantize always yields uint8; render_rgb never raises on valid settings;
+one-channel YCbCr planes encode to the RGB path's JPEG."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from idrserve.encode.jpeg import encode_jpeg, encode_jpeg_planes
 from idrserve.model import ChannelRender, ColorModel, Family, RenderSettings
-from idrserve.render import render_rgb
+from idrserve.render import render_rgb, render_ycc
 from idrserve.render.lut import LutTable
 from idrserve.render.quantize import TYPE_RANGES, quantize
 
@@ -91,3 +93,25 @@ def test_infinite_window_start_found_by_hypothesis() -> None:
         out = quantize(raw, ch, "float32")
         assert out.dtype == np.uint8 and out.shape == raw.shape
         assert np.array_equal(out, quantize(raw.copy(), ch, "float32"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), dtype=st.sampled_from(DTYPES), model=st.sampled_from(list(ColorModel)))
+def test_ycc_planes_give_the_rgb_jpeg_or_nothing(
+    data: st.DataObject, dtype: str, model: ColorModel
+) -> None:
+    """Whatever the settings, data and size, `render_ycc` gives the planes of the very JPEG the
+    RGB path encodes, or None (render/ycc.py)."""
+    channels = tuple(data.draw(st.lists(channel(), min_size=1, max_size=3)))
+    render = RenderSettings(channels, model)
+    height = data.draw(st.sampled_from([1, 2, 6, 16, 34]))
+    width = data.draw(st.sampled_from([1, 2, 10, 16, 32, 48]))
+    n = len(render.active_indices())
+    planes = data.draw(raw_arrays(dtype, (n, height, width)))
+    quality = data.draw(st.sampled_from([0.3, 0.9, 1.0]))
+    got = render_ycc(planes, render, dtype, LUTS)
+    if got is None:
+        return
+    assert n == 1 and height % 2 == 0 and width % 2 == 0
+    rgb = encode_jpeg(render_rgb(planes, render, dtype, LUTS), quality)
+    assert encode_jpeg_planes(got.y, got.cb, got.cr, quality) == rgb
