@@ -15,7 +15,10 @@ share of a core the request handling leaves to the work itself (issue 19 target:
 server's event-loop lag p99 under the load comes from its /metrics histogram
 (`idrserve_event_loop_lag_seconds`, before/after each run), next to wrk's p99 / p50.
 
-    python bench/bench_http.py [--duration 8] [--rounds 3] [--baseline DIR]
+    python bench/bench_http.py [--duration 8] [--rounds 3] [--baseline DIR] [--redis]
+
+`--redis` puts a shared Redis tier behind every server, as a deployment runs, so small that
+every lookup misses: the cold path with the tier's lookup, render lock and store.
 """
 
 from __future__ import annotations
@@ -301,6 +304,33 @@ class KernelRun(TypedDict):
     sha256: dict[str, str]  # each URL's body
 
 
+# Redis for --redis: about 1 MB of its own plus ~2 MB of tiles, fewer than the 256 (or 64)
+# tiles wrk cycles through, so LRU eviction makes every lookup a miss: each tile pays the
+# tier's whole cold path (lookup and render lock, store and unlock) and renders.
+REDIS_MAXMEMORY = "3mb"
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """Start the --redis server; the process (to stop) and its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *("taskset", "-c", "1", "redis-server", "--port", str(port)),
+            *("--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lru"),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit("redis-server did not start")
+
+
 def run_kernel(data: Path, urls: list[str], duration: float, tmp: Path) -> KernelRun:
     """bench/_kernel.py on core 0 (the server's core, idle meanwhile): tiles/s and digests."""
     url_file = tmp / "kernel-urls.txt"
@@ -352,6 +382,13 @@ def main() -> int:
         "URL, as the viewer sends them, instead of the bare `tile=`",
     )
     parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="give every server a shared Redis tier (a redis-server started here, pinned to "
+        "core 1 beside wrk, so small an LRU that every lookup misses): cold tiles as a "
+        "deployment with Redis renders them",
+    )
+    parser.add_argument(
         "--query",
         default="",
         metavar="QUERY",
@@ -373,6 +410,9 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
+    if args.redis and not shutil.which("redis-server"):
+        print("--redis needs redis-server: apt-get install redis-server", file=sys.stderr)
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="idrserve-bench-"))
     data = tmp / "data"
     write_image(data / "2001.zarr", 256, 1)
@@ -389,6 +429,10 @@ def main() -> int:
         variants[FLOOR] = "true"
         variants[FLOOR_AIOHTTP] = "true"
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    shared_env: dict[str, str] = {}
+    redis = None
+    if args.redis:
+        redis, shared_env["IDRSERVE_CACHE__REDIS_URL"] = start_redis()
     for label, direct in variants.items():
         port = free_port()
         env = dict(
@@ -398,6 +442,7 @@ def main() -> int:
             IDRSERVE_SOURCE__DIRECT_READS=direct,
             # Cold means cold: no response cache, every request renders.
             IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
+            **shared_env,
         )
         env.update(extra_env.get(label, {}))
         # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run
@@ -463,6 +508,9 @@ def main() -> int:
         for proc, _base in servers.values():
             proc.terminate()
             proc.wait(10)
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     host = platform.node() or "host"
     lines = [
@@ -474,6 +522,7 @@ def main() -> int:
         f"{' --floor' if args.floor else ''}"
         f"{' --viewer-query' if args.viewer_query else ''}"
         f"{f' --query {shlex.quote(args.query)}' if args.query else ''}"
+        f"{' --redis' if args.redis else ''}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",

@@ -325,9 +325,9 @@ class TieredCache:
 
     async def _redis_store(self, key: str, entry: CacheEntry, token: str) -> None:
         assert self.redis is not None
-        # Value first, then the lock: a waiter that sees the lock gone finds the value.
-        await self.redis.set(key, entry)
-        await self.redis.release_lock(key, token)
+        # Value first, then the lock (one script): a waiter that sees the lock gone finds the
+        # value.
+        await self.redis.set_and_release(key, entry, token)
 
     def _submit(self, tier: str, job: Callable[[], Awaitable[Any]], ready: bool) -> None:
         if not ready or not self._jobs.submit(job):

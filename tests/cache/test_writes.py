@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -67,3 +68,51 @@ async def test_a_cancelled_request_still_caches_its_render(
     assert cache.redis is not None
     assert await raw_redis.exists(cache.redis.value_key(key))
     assert (await cache.get(key))[1] == "disk"
+
+
+async def test_a_cold_render_costs_two_round_trips_to_redis(
+    make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    # Each redis-py command costs the event loop about 90 µs of CPU: a cold render looks the
+    # value up and takes the lock in one script, and stores the value and releases the lock
+    # in another (docs/redis.md#what-a-cold-tile-costs).
+    cache = await make_cache(memory_max_bytes=0, redis_url=redis_url, redis_timeout_s=5.0)
+    tier = cache.redis
+    assert tier is not None
+    key = response_key(4, 0, "cold")
+    calls: list[object] = []
+    real_call = tier._call
+
+    async def counted(fn: Any, **kw: Any) -> Any:  # every round trip goes through _call
+        calls.append(fn)
+        return await real_call(fn, **kw)
+
+    tier._call = counted  # type: ignore[method-assign]
+
+    async def render() -> CacheEntry:
+        assert await raw_redis.get(tier.lock_key(key)) is not None  # held while rendering
+        return ENTRY
+
+    assert await cache.get_or_render(key, render) == (ENTRY, "miss")
+    assert await cache.flush(5)
+    assert len(calls) == 2
+    # The value stored with its TTL, the lock gone.
+    assert await raw_redis.get(tier.lock_key(key)) is None
+    assert await raw_redis.ttl(tier.value_key(key)) > 0
+    assert (await cache.get(key))[0] == ENTRY
+
+
+async def test_a_store_leaves_a_lock_taken_over_by_another_process(
+    make_cache: CacheFactory, redis_url: str, raw_redis: aioredis.Redis
+) -> None:
+    # Our lock expired and another process took it: storing our value must not release theirs.
+    cache = await make_cache(memory_max_bytes=0, redis_url=redis_url, redis_timeout_s=5.0)
+    assert cache.redis is not None
+    key = response_key(4, 0, "taken")
+    lock = cache.redis.lock_key(key)
+    assert await cache.redis.set_and_release(key, ENTRY, "mine")
+    await raw_redis.set(lock, "theirs", px=5000)
+    assert await cache.redis.set_and_release(key, ENTRY, "mine")
+    assert await raw_redis.get(lock) == b"theirs"
+    assert await cache.redis.set_and_release(key, ENTRY, "theirs")
+    assert await raw_redis.get(lock) is None
