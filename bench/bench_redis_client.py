@@ -2,9 +2,9 @@
 
 A cold tile with a shared Redis tier pays two or three round trips
 (docs/redis.md#what-a-cold-tile-costs), and what each costs the server is client CPU on its
-one event-loop thread, not Redis's time. This starts a redis-server pinned to core 1, runs the client pinned to core 0
-on uvloop (as `idrserve serve`), and reports CPU µs (user + system, `time.process_time`) a
-command for:
+one event-loop thread, not Redis's time. This starts a redis-server pinned to core 1, runs
+the client pinned to core 0 on uvloop (as `idrserve serve`), and reports CPU µs (user +
+system, `time.process_time`) a command for:
 
 - redis-py's asyncio client on a `BlockingConnectionPool` (idrserve's cache/redis_url.py),
   one command at a time, and 16 at once (`gather`, 16 pooled connections);

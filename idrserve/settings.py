@@ -212,6 +212,10 @@ class CacheSettings(_Group):
     # Per-command timeout; a slow Redis must never slow a tile down by more than this.
     redis_timeout_s: float = Field(0.25, gt=0)
     redis_pool_size: int = Field(32, ge=1)
+    # A single server's lookups and stores pipelined on one connection (cache/redis_mux.py):
+    # a third of redis-py's client CPU a command under load. False: every command through
+    # redis-py's pooled client. Cluster and Sentinel always use the client.
+    redis_multiplex: bool = True
     # Circuit breaker: after this many consecutive failures, skip Redis for `backoff` seconds
     # (doubling up to the maximum), then probe again.
     breaker_failures: int = Field(3, ge=1)

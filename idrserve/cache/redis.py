@@ -19,11 +19,14 @@ from functools import partial
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from idrserve.cache.breaker import CircuitBreaker
 from idrserve.cache.cluster_mget import ClusterMget
 from idrserve.cache.entry import CacheEntry, pack_value, unpack_value
 from idrserve.cache.metrics import TierStats
+from idrserve.cache.redis_mux import Multiplexed
 from idrserve.cache.redis_url import connect
 from idrserve.settings import CacheSettings
 
@@ -115,6 +118,15 @@ class RedisTier:
         self._get_or_lock = self._client.register_script(_GET_OR_LOCK)
         self._store_release = self._client.register_script(_STORE_RELEASE)
         self._raise = self._client.register_script(_RAISE)
+        # A single server's hot commands (lookups, locks, stores) on one multiplexed
+        # connection, with the pool's settings (docs/redis.md#what-a-cold-tile-costs).
+        self._mux: Multiplexed | None = None
+        if (
+            self.mode == "single"
+            and settings.redis_multiplex
+            and not isinstance(self._client, RedisCluster)
+        ):
+            self._mux = Multiplexed(self._client.connection_pool.make_connection)
         # Cluster lookups skip redis-py's cluster pipeline while the slot map holds.
         self.cluster_mget = (
             ClusterMget(self._client) if isinstance(self._client, RedisCluster) else None
@@ -155,6 +167,10 @@ class RedisTier:
                     async with self._slots:
                         result = await fn(self._client)
         except Exception as exc:
+            if self._mux is not None and not isinstance(exc, ResponseError):
+                # Timed out or dropped: the connection is suspect; the next command opens
+                # another (what the pool does with its connection on a timeout).
+                self._mux.reset()
             if write:
                 self.stats.write_errors += 1
             else:
@@ -173,6 +189,19 @@ class RedisTier:
             log.info("redis cache available again")
         self.breaker.record_success()
         return result
+
+    async def _script(
+        self, script: AsyncScript, keys: list[str], args: list[Any], client: Any
+    ) -> Any:
+        """Run `script`: on the multiplexed connection by its SHA (the body on NOSCRIPT: a
+        restarted Redis has forgotten it; EVAL caches it again), else through redis-py."""
+        mux = self._mux
+        if mux is None:
+            return await script(keys=keys, args=args, client=client)
+        try:
+            return await mux.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await mux.execute("EVAL", script.script, len(keys), *keys, *args)
 
     async def ping(self) -> bool:
         try:
@@ -228,7 +257,10 @@ class RedisTier:
         keys = list(batch)
         try:
             fast = self.cluster_mget
-            if fast is None:
+            mux = self._mux
+            if mux is not None:
+                groups = [(keys, await self._call(lambda _: mux.execute("MGET", *keys)))]
+            elif fast is None:
                 groups = [(keys, await self._call(lambda r: r.mget(keys)))]
             else:
                 groups = await self._call(lambda _: fast.mget(keys))
@@ -257,9 +289,13 @@ class RedisTier:
             return False
         value = pack_value(entry)
         try:
-            await self._call(
-                lambda r: r.set(self.value_key(key), value, ex=self._ttl_s), write=True
-            )
+            vkey, mux = self.value_key(key), self._mux
+            if mux is not None:
+                await self._call(
+                    lambda _: mux.execute("SET", vkey, value, "EX", self._ttl_s), write=True
+                )
+            else:
+                await self._call(lambda r: r.set(vkey, value, ex=self._ttl_s), write=True)
         except RedisUnavailable:
             return False
         self.stats.writes += 1
@@ -274,9 +310,7 @@ class RedisTier:
         keys = [self.value_key(key), self.lock_key(key)]
         args: list[bytes | str | int] = [value, self._ttl_s, token]
         try:
-            await self._call(
-                lambda r: self._store_release(keys=keys, args=args, client=r), write=True
-            )
+            await self._call(lambda r: self._script(self._store_release, keys, args, r), write=True)
         except RedisUnavailable:
             return False
         self.stats.writes += 1
@@ -284,7 +318,11 @@ class RedisTier:
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(RedisUnavailable):
-            await self._call(lambda r: r.delete(self.value_key(key)), write=True)
+            vkey, mux = self.value_key(key), self._mux
+            if mux is not None:
+                await self._call(lambda _: mux.execute("DEL", vkey), write=True)
+            else:
+                await self._call(lambda r: r.delete(vkey), write=True)
 
     async def get_or_lock(self, key: str) -> tuple[CacheEntry | None, str | None]:
         """`(entry, None)` on a hit, else `(None, token)` if this process now holds the render
@@ -295,9 +333,7 @@ class RedisTier:
         token = secrets.token_hex(8)
         keys = [self.value_key(key), self.lock_key(key)]
         args: list[str | int] = [token, self._lock_ttl_ms]
-        status, value = await self._call(
-            lambda r: self._get_or_lock(keys=keys, args=args, client=r)
-        )
+        status, value = await self._call(lambda r: self._script(self._get_or_lock, keys, args, r))
         if status == 1:
             entry = unpack_value(value)
             if entry is not None:
@@ -310,7 +346,11 @@ class RedisTier:
 
     async def poll(self, key: str) -> tuple[CacheEntry | None, bool]:
         """`(entry, lock_held)` in one round trip; raises `RedisUnavailable`."""
-        value, lock = await self._call(lambda r: r.mget(self.value_key(key), self.lock_key(key)))
+        keys, mux = (self.value_key(key), self.lock_key(key)), self._mux
+        if mux is not None:
+            value, lock = await self._call(lambda _: mux.execute("MGET", *keys))
+        else:
+            value, lock = await self._call(lambda r: r.mget(*keys))
         entry = None if value is None else unpack_value(_as_bytes(value))
         return entry, lock is not None
 
@@ -318,7 +358,7 @@ class RedisTier:
         # On failure the lock expires after lock_ttl_ms anyway.
         with contextlib.suppress(RedisUnavailable):
             await self._call(
-                lambda r: self._release(keys=[self.lock_key(key)], args=[token], client=r)
+                lambda r: self._script(self._release, [self.lock_key(key)], [token], r)
             )
 
     async def get_generation(self, image_id: int) -> int | None:
@@ -393,6 +433,8 @@ class RedisTier:
         for task in list(self._batches):
             task.cancel()
         await asyncio.gather(*self._batches, return_exceptions=True)
+        if self._mux is not None:
+            await self._mux.aclose()
         try:
             await self._client.aclose()
         except Exception as exc:

@@ -1,0 +1,149 @@
+"""The single-server Redis tier's hot commands on one multiplexed connection.
+
+Why: each command through redis-py's client costs the event loop 83–102 µs of CPU alone and
+46–54 µs with 16 in flight (bench/bench_redis_client.py), most of it in the layers above the
+connection: pool checkout, retry, timeout scopes, event hooks. A cold tile behind Redis pays
+two or three commands, a Redis hit one. Here the cache's lookups and stores are written to one
+connection as they come, and one reader task hands each reply to the command that waits for
+it, in order (Redis answers a connection's commands in the order sent): 14–21 µs a command
+under load, 51–54 alone (docs/redis.md#what-a-cold-tile-costs).
+
+The connection is redis-py's own (`Connection`: connect, AUTH, SELECT, TLS, the client name,
+RESP framing and the hiredis parser), made from the client's pool settings, with no read
+timeout: the caller bounds every command (`RedisTier._call`'s timeout, its breaker). What
+this module adds is only the multiplexing: a FIFO of waiters, a reader, and a reset that
+fails every waiter when the connection breaks or a command times out (a timed-out command
+leaves the connection suspect; the next command connects again, as a pool would).
+
+A waiter cancelled by its caller (a request gone) keeps its place: the reader drops its
+reply when it comes. Writes go to the transport without waiting for it to drain; the
+commands in flight are bounded by the callers (the write queue, the breaker, request slots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+log = logging.getLogger(__name__)
+
+
+class Multiplexed:
+    """Commands pipelined on one connection, replies matched in order by one reader."""
+
+    def __init__(self, make_connection: Callable[[], AbstractConnection]) -> None:
+        self._make = make_connection
+        self._conn: AbstractConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._opening: asyncio.Task[AbstractConnection] | None = None
+        self._closed = False
+        # Connections opened, for tests and /stats-minded debugging.
+        self.connects = 0
+
+    async def execute(self, *args: Any) -> Any:
+        """One command's reply (bytes left undecoded); raises the reply's ResponseError, or
+        redis-py's ConnectionError when the connection fails before the reply."""
+        conn = self._conn
+        if conn is None:
+            conn = await self._connected()
+        writer = getattr(conn, "_writer", None)  # redis-py's stream (pinned < 9)
+        if writer is None or writer.is_closing():
+            self.reset(RedisConnectionError("connection closed"))
+            conn = await self._connected()
+            writer = getattr(conn, "_writer", None)
+            if writer is None:
+                raise RedisConnectionError("no connection to Redis")
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        writer.writelines(conn.pack_command(*args))
+        return await waiter
+
+    async def _connected(self) -> AbstractConnection:
+        if self._closed:
+            raise RedisConnectionError("closed")
+        opening = self._opening
+        if opening is None or opening.done():
+            # One connect for all callers, in its own task: a caller that times out does not
+            # cancel it for the others.
+            opening = self._opening = asyncio.get_running_loop().create_task(self._open())
+            opening.add_done_callback(_retrieve)
+        return await asyncio.shield(opening)
+
+    async def _open(self) -> AbstractConnection:
+        conn = self._make()
+        await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        if self._closed:
+            await conn.disconnect()
+            raise RedisConnectionError("closed")
+        self.connects += 1
+        self._conn = conn
+        self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+        return conn
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        while True:
+            try:
+                reply = await conn.read_response(disable_decoding=True, timeout=math.inf)
+            except ResponseError as exc:  # an error reply: that command's, not the link's
+                reply = exc
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._fail(conn, exc)
+                return
+            if not self._waiting:  # a reply nobody sent for: the stream is out of step
+                self._fail(conn, RedisConnectionError("reply without a command"))
+                return
+            waiter = self._waiting.popleft()
+            if waiter.done():
+                continue  # its caller gave up (timeout, request gone)
+            if isinstance(reply, ResponseError):
+                waiter.set_exception(reply)
+            else:
+                waiter.set_result(reply)
+
+    def _fail(self, conn: AbstractConnection, exc: BaseException) -> None:
+        if self._conn is not conn:
+            return
+        error = exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(repr(exc))
+        self.reset(error)
+
+    def reset(self, error: Exception | None = None) -> None:
+        """Drop the connection and fail every command waiting on it; the next command opens
+        a new one."""
+        conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        waiting, self._waiting = self._waiting, deque()
+        failure = error or RedisConnectionError("connection reset")
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(failure)
+                waiter.exception()  # retrieved: a waiter whose caller left logs nothing
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        if conn is not None:
+            writer = getattr(conn, "_writer", None)
+            if writer is not None:
+                writer.close()  # closes the socket now; redis-py's disconnect would await
+
+    async def aclose(self) -> None:
+        self._closed = True
+        reader = self._reader
+        self.reset(RedisConnectionError("closed"))
+        if reader is not None:
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+def _retrieve(task: asyncio.Task[AbstractConnection]) -> None:
+    """Mark a failed connect's exception as seen: its callers may all have timed out."""
+    if not task.cancelled():
+        task.exception()
