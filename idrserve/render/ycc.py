@@ -29,6 +29,7 @@ saves (docs/benchmarks.md), so those stay on the RGB path.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,16 +91,18 @@ _COMPOSED: OrderedDict[tuple[int, int, int], tuple[ComponentTables, YccTables, b
     OrderedDict()
 )
 _COMPOSED_MAX = 128
+_LOCK = threading.Lock()
 
 
 def composed_tables(tables: ComponentTables) -> tuple[YccTables, bool]:
     """The channel's Y, Cb, Cr tables (read-only) and whether its chroma is 128 throughout
     (a grey colour or LUT: any even width then gives the RGB path's bytes)."""
     key = (id(tables[0]), id(tables[1]), id(tables[2]))
-    hit = _COMPOSED.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], tables, strict=True)):
-        _COMPOSED.move_to_end(key)
-        return hit[1], hit[2]
+    with _LOCK:  # renders run on the loop and in the CPU pool's threads
+        hit = _COMPOSED.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], tables, strict=True)):
+            _COMPOSED.move_to_end(key)
+            return hit[1], hit[2]
     # A black channel (no table) is indexed like any other: by raw bits up to 16 wide.
     size = next((len(t) for t in tables if t is not None), 65536)
     zeros = np.zeros(size, dtype=np.uint8)
@@ -108,14 +111,16 @@ def composed_tables(tables: ComponentTables) -> tuple[YccTables, bool]:
     for table in ycc:
         table.setflags(write=False)
     grey = bool((ycc[1] == 128).all() and (ycc[2] == 128).all())
-    _COMPOSED[key] = (tables, ycc, grey)
-    if len(_COMPOSED) > _COMPOSED_MAX:
-        _COMPOSED.popitem(last=False)
+    with _LOCK:
+        _COMPOSED[key] = (tables, ycc, grey)
+        if len(_COMPOSED) > _COMPOSED_MAX:
+            _COMPOSED.popitem(last=False)
     return ycc, grey
 
 
 def clear_cache() -> None:
-    _COMPOSED.clear()
+    with _LOCK:
+        _COMPOSED.clear()
     _neutral.cache_clear()
 
 

@@ -245,3 +245,39 @@ def test_plane_loops_equal_numpy(dtype: type[np.unsignedinteger], contiguous: bo
     kernels.lut_plane_numpy(plane_np, ty, index)
     np.testing.assert_array_equal(plane, ty[index])
     np.testing.assert_array_equal(plane_np, ty[index])
+
+
+def test_composed_tables_are_safe_across_threads() -> None:
+    # Renders run on the event loop and in the CPU pool's threads at once; with more table
+    # sets than the cache holds, lookups and evictions interleave.
+    import sys
+    import threading
+
+    sets = []
+    for i in range(300):
+        table = np.full(256, i % 256, dtype=np.uint8)
+        table.setflags(write=False)
+        sets.append((table, None, table))
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for n in range(600):
+                tables = sets[(offset * 37 + n * 7) % len(sets)]
+                ycc_tables, _ = ycc.composed_tables(tables)  # type: ignore[arg-type]
+                assert ycc_tables[0][0] == ycc_of_rgb(tables[0], tables[0] * 0, tables[2])[0][0]
+        except BaseException as exc:
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        clear_caches()
+    assert not errors, errors[:3]
