@@ -18,7 +18,8 @@ The RGB loops take the output as (H, W, 3) uint8 and the index plane as a 2-D un
 array whose every value is a valid table index (8/16-bit raw bits into a full-range table, or
 a quantized q into a 256-entry one), so no bounds are checked per pixel. The two plane loops
 (`lut_plane`, `ycc_420`) write JPEG's Y, Cb and Cr planes of a one-channel render straight
-from its composed tables (render/ycc.py), with no RGB image between.
+from its composed tables (render/ycc.py), with no RGB image between; `ycc_420` reads one
+packed uint32 a pixel (Y | Cb << 8 | Cr << 16) rather than three bytes from three tables.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy.typing as npt
 log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
+U32 = npt.NDArray[np.uint32]
 Index = npt.NDArray[np.unsignedinteger[Any]]
 
 
@@ -63,19 +65,20 @@ def lut_plane_numpy(out: U8, table: U8, index: Index) -> None:
     out[...] = np.take(table, index)
 
 
-def ycc_420_numpy(luma: U8, cb: U8, cr: U8, tables: tuple[U8, U8, U8], index: Index) -> None:
-    """luma = Y[index]; cb, cr = Cb[index], Cr[index] averaged over 2×2 blocks, libjpeg's way.
+def ycc_420_numpy(luma: U8, cb: U8, cr: U8, packed: U32, index: Index) -> None:
+    """luma, Cb, Cr of `packed[index]` (Y | Cb << 8 | Cr << 16 per entry), the chroma averaged
+    over 2×2 blocks libjpeg's way.
 
     libjpeg's `h2v2_downsample` sums the four samples and adds a bias that alternates 1, 2,
     1, 2 along the output row before dividing by 4 (so that halves round both ways); `index`
     has an even height and width.
     """
-    y_table, cb_table, cr_table = tables
-    luma[...] = np.take(y_table, index)
-    bias = (np.arange(index.shape[1] // 2) & 1) + 1
-    for table, out in ((cb_table, cb), (cr_table, cr)):
-        full = np.take(table, index).astype(np.uint16)
-        total = full[0::2, 0::2] + full[0::2, 1::2] + full[1::2, 0::2] + full[1::2, 1::2]
+    full = np.take(packed, index)
+    luma[...] = full & 0xFF
+    bias = (np.arange(index.shape[1] // 2, dtype=np.uint32) & 1) + 1
+    for shift, out in ((8, cb), (16, cr)):
+        part = (full >> shift) & 0xFF
+        total = part[0::2, 0::2] + part[0::2, 1::2] + part[1::2, 0::2] + part[1::2, 1::2]
         out[...] = (total + bias) >> 2
 
 
@@ -134,24 +137,22 @@ def _compile() -> _Kernels | None:
                 out[y, x] = table[index[y, x]]
 
     @jit
-    def ycc_420(luma: U8, cb: U8, cr: U8, tables: tuple[U8, U8, U8], index: Index) -> None:
-        y_table, cb_table, cr_table = tables
+    def ycc_420(luma: U8, cb: U8, cr: U8, packed: U32, index: Index) -> None:
         h, w = index.shape
         for y in range(0, h, 2):
-            for x in range(w):
-                luma[y, x] = y_table[index[y, x]]
-                luma[y + 1, x] = y_table[index[y + 1, x]]
             for half in range(w // 2):
                 x = 2 * half
-                a, b = index[y, x], index[y, x + 1]
-                c, d = index[y + 1, x], index[y + 1, x + 1]
-                bias = np.int32(1 + (half & 1))
-                total = np.int32(cb_table[a]) + np.int32(cb_table[b])
-                total += np.int32(cb_table[c]) + np.int32(cb_table[d])
-                cb[y // 2, half] = (total + bias) >> 2
-                total = np.int32(cr_table[a]) + np.int32(cr_table[b])
-                total += np.int32(cr_table[c]) + np.int32(cr_table[d])
-                cr[y // 2, half] = (total + bias) >> 2
+                a, b = packed[index[y, x]], packed[index[y, x + 1]]
+                c, d = packed[index[y + 1, x]], packed[index[y + 1, x + 1]]
+                luma[y, x] = a & 0xFF
+                luma[y, x + 1] = b & 0xFF
+                luma[y + 1, x] = c & 0xFF
+                luma[y + 1, x + 1] = d & 0xFF
+                bias = np.uint32(1 + (half & 1))
+                total = ((a >> 8) & 0xFF) + ((b >> 8) & 0xFF) + ((c >> 8) & 0xFF)
+                cb[y // 2, half] = (total + ((d >> 8) & 0xFF) + bias) >> 2
+                total = ((a >> 16) & 0xFF) + ((b >> 16) & 0xFF) + ((c >> 16) & 0xFF)
+                cr[y // 2, half] = (total + ((d >> 16) & 0xFF) + bias) >> 2
 
     return lut_into, lut_add_into, lut_grey, lut_plane, ycc_420
 
@@ -162,7 +163,7 @@ lut_into: Callable[[U8, int, U8, Index], None]
 lut_add_into: Callable[[U8, int, U8, Index], None]
 lut_grey: Callable[[U8, U8, Index], None]
 lut_plane: Callable[[U8, U8, Index], None]
-ycc_420: Callable[[U8, U8, U8, tuple[U8, U8, U8], Index], None]
+ycc_420: Callable[[U8, U8, U8, U32, Index], None]
 if _compiled is not None:
     lut_into, lut_add_into, lut_grey, lut_plane, ycc_420 = _compiled
 else:
@@ -176,6 +177,8 @@ def warm() -> None:
     channel sliced from a (c, y, x) read is contiguous; a downsampled one may not be)."""
     out = np.zeros((2, 2, 3), dtype=np.uint8)
     plane, half = np.zeros((2, 2), dtype=np.uint8), np.zeros((1, 1), dtype=np.uint8)
+    packed = np.zeros(65536, dtype=np.uint32)
+    packed.setflags(write=False)
     for dtype in (np.uint8, np.uint16):
         table = np.zeros(256 if dtype is np.uint8 else 65536, dtype=np.uint8)
         table.setflags(write=False)  # the renderer's tables are all read-only
@@ -184,4 +187,4 @@ def warm() -> None:
             lut_add_into(out, 0, table, index)
             lut_grey(out, table, index)
             lut_plane(plane, table, index)
-            ycc_420(plane, half, half, (table, table, table), index)
+            ycc_420(plane, half, half, packed, index)

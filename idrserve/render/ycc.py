@@ -84,38 +84,52 @@ def ycc_of_rgb(r: npt.NDArray[Any], g: npt.NDArray[Any], b: npt.NDArray[Any]) ->
     return out[0], out[1], out[2]
 
 
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """A channel's tables for the planes: Y alone when its chroma is 128 throughout (a grey
+    colour or LUT: any even width then gives the RGB path's bytes), else Y, Cb and Cr packed
+    into one uint32 an entry (Y | Cb << 8 | Cr << 16), so a pixel costs one lookup rather than
+    three: three 64 KiB tables do not fit the L1 cache together (render+encode of one green
+    channel, bench/results/render-vm-2026-12-06-b.md)."""
+
+    luma: U8
+    packed: npt.NDArray[np.uint32] | None
+
+
 # Composed tables by the identities of the component tables they come from (those are cached
 # themselves: colour.py), holding those tables so an identity is never reused while its entry
-# lives. Bounded like colour.py's caches.
-_COMPOSED: OrderedDict[tuple[int, int, int], tuple[ComponentTables, YccTables, bool]] = (
-    OrderedDict()
-)
+# lives. Bounded like colour.py's caches (at most 256 KiB an entry).
+_COMPOSED: OrderedDict[tuple[int, int, int], tuple[ComponentTables, Composed]] = OrderedDict()
 _COMPOSED_MAX = 128
 _LOCK = threading.Lock()
 
 
-def composed_tables(tables: ComponentTables) -> tuple[YccTables, bool]:
-    """The channel's Y, Cb, Cr tables (read-only) and whether its chroma is 128 throughout
-    (a grey colour or LUT: any even width then gives the RGB path's bytes)."""
+def composed_tables(tables: ComponentTables) -> Composed:
+    """The channel's composed tables (read-only), cached."""
     key = (id(tables[0]), id(tables[1]), id(tables[2]))
     with _LOCK:  # renders run on the loop and in the CPU pool's threads
         hit = _COMPOSED.get(key)
         if hit is not None and all(a is b for a, b in zip(hit[0], tables, strict=True)):
             _COMPOSED.move_to_end(key)
-            return hit[1], hit[2]
+            return hit[1]
     # A black channel (no table) is indexed like any other: by raw bits up to 16 wide.
     size = next((len(t) for t in tables if t is not None), 65536)
     zeros = np.zeros(size, dtype=np.uint8)
     r, g, b = (zeros if t is None else t for t in tables)
-    ycc = ycc_of_rgb(r, g, b)
-    for table in ycc:
-        table.setflags(write=False)
-    grey = bool((ycc[1] == 128).all() and (ycc[2] == 128).all())
+    y, cb, cr = ycc_of_rgb(r, g, b)
+    y.setflags(write=False)
+    packed: npt.NDArray[np.uint32] | None = None
+    if not ((cb == 128).all() and (cr == 128).all()):
+        packed = y.astype(np.uint32)
+        packed |= cb.astype(np.uint32) << 8
+        packed |= cr.astype(np.uint32) << 16
+        packed.setflags(write=False)
+    composed = Composed(y, packed)
     with _LOCK:
-        _COMPOSED[key] = (tables, ycc, grey)
+        _COMPOSED[key] = (tables, composed)
         if len(_COMPOSED) > _COMPOSED_MAX:
             _COMPOSED.popitem(last=False)
-    return ycc, grey
+    return composed
 
 
 def clear_cache() -> None:
@@ -170,15 +184,15 @@ def render_ycc(
         index = index_plane(arr[0], dtype)
     else:
         index = _quantize.quantize(arr[0], ch, dtype)
-    ycc, grey = composed_tables(tables)
+    composed = composed_tables(tables)
     luma = np.empty((height, width), dtype=np.uint8)
-    if grey:
-        kernels.lut_plane(luma, ycc[0], index)
+    if composed.packed is None:
+        kernels.lut_plane(luma, composed.luma, index)
         neutral = _neutral(height // 2, width // 2)
         return YccPlanes(luma, neutral, neutral)
     if width % 16:
         return None
     cb = np.empty((height // 2, width // 2), dtype=np.uint8)
     cr = np.empty((height // 2, width // 2), dtype=np.uint8)
-    kernels.ycc_420(luma, cb, cr, ycc, index)
+    kernels.ycc_420(luma, cb, cr, composed.packed, index)
     return YccPlanes(luma, cb, cr)

@@ -204,7 +204,16 @@ def test_composed_tables_are_cached_and_read_only(luts: LutTable) -> None:
     assert first is not None and second is not None
     np.testing.assert_array_equal(first.y, second.y)
     (entry,) = ycc._COMPOSED.values()
-    assert all(not t.flags.writeable for t in entry[1])
+    composed = entry[1]
+    assert composed.packed is not None  # green: coloured chroma
+    assert not composed.luma.flags.writeable and not composed.packed.flags.writeable
+    # Packed Y | Cb << 8 | Cr << 16, libjpeg's values.
+    entry_tables = entry[0]
+    assert entry_tables[1] is not None
+    y, cb, cr = ycc_of_rgb(np.zeros(65536), entry_tables[1], np.zeros(65536))
+    np.testing.assert_array_equal(composed.packed & 0xFF, y)
+    np.testing.assert_array_equal((composed.packed >> 8) & 0xFF, cb)
+    np.testing.assert_array_equal(composed.packed >> 16, cr)
     clear_caches()
     assert not ycc._COMPOSED
 
@@ -230,16 +239,19 @@ def _index(dtype: type[np.unsignedinteger], contiguous: bool) -> tuple[np.ndarra
 def test_plane_loops_equal_numpy(dtype: type[np.unsignedinteger], contiguous: bool) -> None:
     assert kernels.ycc_420 is not kernels.ycc_420_numpy  # compiled, as the RGB loops
     index, ty, tcb, tcr = _index(dtype, contiguous)
+    packed = ty.astype(np.uint32) | tcb.astype(np.uint32) << 8 | tcr.astype(np.uint32) << 16
+    packed.setflags(write=False)
     h, w = index.shape
     got = [np.zeros((h, w), np.uint8), np.zeros((h // 2, w // 2), np.uint8)]
     got.append(np.zeros_like(got[1]))
     want = [np.ones_like(p) for p in got]
-    kernels.ycc_420(got[0], got[1], got[2], (ty, tcb, tcr), index)
-    kernels.ycc_420_numpy(want[0], want[1], want[2], (ty, tcb, tcr), index)
+    kernels.ycc_420(got[0], got[1], got[2], packed, index)
+    kernels.ycc_420_numpy(want[0], want[1], want[2], packed, index)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(got[0], ty[index])
     np.testing.assert_array_equal(got[1], down(tcb[index]))
+    np.testing.assert_array_equal(got[2], down(tcr[index]))
     plane, plane_np = np.zeros((h, w), np.uint8), np.ones((h, w), np.uint8)
     kernels.lut_plane(plane, ty, index)
     kernels.lut_plane_numpy(plane_np, ty, index)
@@ -264,8 +276,8 @@ def test_composed_tables_are_safe_across_threads() -> None:
         try:
             for n in range(600):
                 tables = sets[(offset * 37 + n * 7) % len(sets)]
-                ycc_tables, _ = ycc.composed_tables(tables)  # type: ignore[arg-type]
-                assert ycc_tables[0][0] == ycc_of_rgb(tables[0], tables[0] * 0, tables[2])[0][0]
+                composed = ycc.composed_tables(tables)  # type: ignore[arg-type]
+                assert composed.luma[0] == ycc_of_rgb(tables[0], tables[0] * 0, tables[2])[0][0]
         except BaseException as exc:
             errors.append(exc)
 
