@@ -310,13 +310,14 @@ class KernelRun(TypedDict):
 REDIS_MAXMEMORY = "3mb"
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """Start the --redis server; the process (to stop) and its URL."""
+def start_redis(maxmemory: str | None = REDIS_MAXMEMORY) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a redis-server pinned to core 1 (an LRU of `maxmemory`, or unbounded); the
+    process (to stop) and its URL."""
     port = free_port()
+    limit = ("--maxmemory", maxmemory, "--maxmemory-policy", "allkeys-lru") if maxmemory else ()
     proc = subprocess.Popen(
         [
-            *("taskset", "-c", "1", "redis-server", "--port", str(port)),
-            *("--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lru"),
+            *("taskset", "-c", "1", "redis-server", "--port", str(port), *limit),
             *("--save", "", "--appendonly", "no"),
         ],
         stdout=subprocess.DEVNULL,

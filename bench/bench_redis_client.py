@@ -25,8 +25,6 @@ import datetime as dt
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -35,8 +33,9 @@ from typing import Any
 
 import uvloop
 from _results import unused
+from bench_http import start_redis
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 
 ROOT = Path(__file__).resolve().parent
 BODY = b"x" * 17_000  # a 256² JPEG tile's size
@@ -46,7 +45,7 @@ SCRIPT = "local v = redis.call('GET', KEYS[1]) if v then return v end return 0"
 class Multiplexed:
     """Commands pipelined on one connection; replies matched in order by one reader."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: AbstractConnection) -> None:
         self.conn = conn
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.reader: asyncio.Task[None] | None = None
@@ -71,13 +70,6 @@ class Multiplexed:
         return waiter
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def cpu_us(op: Callable[[], Awaitable[Any]], number: int, batch: int) -> float:
     """CPU µs per command, `batch` commands in flight at a time."""
 
@@ -96,11 +88,11 @@ async def cpu_us(op: Callable[[], Awaitable[Any]], number: int, batch: int) -> f
     return (time.process_time() - start) / (rounds * batch) * 1e6
 
 
-async def measure(url: str, port: int, number: int) -> list[tuple[str, str, float]]:
+async def measure(url: str, number: int) -> list[tuple[str, str, float]]:
     pool = BlockingConnectionPool.from_url(url, max_connections=32, timeout=1.0)
     client = Redis(connection_pool=pool)
     script = client.register_script(SCRIPT)
-    mux = Multiplexed(Connection(host="127.0.0.1", port=port))
+    mux = Multiplexed(pool.make_connection())  # type: ignore[no-untyped-call]  # redis-py
     await mux.start()
     sha = await client.script_load(SCRIPT)
     ops: list[tuple[str, Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]]]] = [
@@ -139,23 +131,10 @@ def main() -> int:
     if not shutil.which("redis-server"):
         print("redis-server is needed: apt-get install redis-server", file=sys.stderr)
         return 2
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            *("taskset", "-c", "1", "redis-server", "--port", str(port)),
-            *("--save", "", "--appendonly", "no"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = start_redis(maxmemory=None)
     try:
-        for _ in range(100):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
         os.sched_setaffinity(0, {0})
-        rows = uvloop.run(measure(f"redis://127.0.0.1:{port}/0", port, args.number))
+        rows = uvloop.run(measure(url, args.number))
     finally:
         server.terminate()
         server.wait(10)
