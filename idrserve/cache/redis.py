@@ -190,6 +190,16 @@ class RedisTier:
         self.breaker.record_success()
         return result
 
+    def _via(
+        self, command: tuple[Any, ...], pooled: Callable[[Any], Awaitable[T]]
+    ) -> Callable[[Any], Awaitable[Any]]:
+        """What `_call` runs for `command`: sent on the multiplexed connection when there is
+        one, else `pooled` (redis-py's method for it, which also knows a cluster's slots)."""
+        mux = self._mux
+        if mux is None:
+            return pooled
+        return lambda _: mux.execute(*command)
+
     async def _script(
         self, script: AsyncScript, keys: list[str], args: list[Any], client: Any
     ) -> Any:
@@ -257,11 +267,9 @@ class RedisTier:
         keys = list(batch)
         try:
             fast = self.cluster_mget
-            mux = self._mux
-            if mux is not None:
-                groups = [(keys, await self._call(lambda _: mux.execute("MGET", *keys)))]
-            elif fast is None:
-                groups = [(keys, await self._call(lambda r: r.mget(keys)))]
+            if fast is None:
+                values = await self._call(self._via(("MGET", *keys), lambda r: r.mget(keys)))
+                groups = [(keys, values)]
             else:
                 groups = await self._call(lambda _: fast.mget(keys))
         except BaseException as exc:
@@ -289,13 +297,11 @@ class RedisTier:
             return False
         value = pack_value(entry)
         try:
-            vkey, mux = self.value_key(key), self._mux
-            if mux is not None:
-                await self._call(
-                    lambda _: mux.execute("SET", vkey, value, "EX", self._ttl_s), write=True
-                )
-            else:
-                await self._call(lambda r: r.set(vkey, value, ex=self._ttl_s), write=True)
+            vkey, ttl = self.value_key(key), self._ttl_s
+            set_value = self._via(
+                ("SET", vkey, value, "EX", ttl), lambda r: r.set(vkey, value, ex=ttl)
+            )
+            await self._call(set_value, write=True)
         except RedisUnavailable:
             return False
         self.stats.writes += 1
@@ -318,11 +324,8 @@ class RedisTier:
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(RedisUnavailable):
-            vkey, mux = self.value_key(key), self._mux
-            if mux is not None:
-                await self._call(lambda _: mux.execute("DEL", vkey), write=True)
-            else:
-                await self._call(lambda r: r.delete(vkey), write=True)
+            vkey = self.value_key(key)
+            await self._call(self._via(("DEL", vkey), lambda r: r.delete(vkey)), write=True)
 
     async def get_or_lock(self, key: str) -> tuple[CacheEntry | None, str | None]:
         """`(entry, None)` on a hit, else `(None, token)` if this process now holds the render
@@ -346,11 +349,8 @@ class RedisTier:
 
     async def poll(self, key: str) -> tuple[CacheEntry | None, bool]:
         """`(entry, lock_held)` in one round trip; raises `RedisUnavailable`."""
-        keys, mux = (self.value_key(key), self.lock_key(key)), self._mux
-        if mux is not None:
-            value, lock = await self._call(lambda _: mux.execute("MGET", *keys))
-        else:
-            value, lock = await self._call(lambda r: r.mget(*keys))
+        keys = (self.value_key(key), self.lock_key(key))
+        value, lock = await self._call(self._via(("MGET", *keys), lambda r: r.mget(*keys)))
         entry = None if value is None else unpack_value(_as_bytes(value))
         return entry, lock is not None
 
