@@ -220,3 +220,29 @@ def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer(
     assert "| 800 | 300 (280) | 70 (60) | 200 (190) | 570 | 530 | +40 | 230 |" in text
     assert "1.50×" in text  # 1800 / 1200: the most the server could reach against the peer
     assert bench_iiif.kernel_rows([{"rps": 1.0}], alone, peer) == []  # a server without stages
+
+
+def test_a_lag_p99_just_over_the_target_reads_as_the_next_fine_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2.1 ms read as 5 ms when the histogram had no bucket between 2 and 5 ms."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from idrserve.http.looplag import BUCKETS
+
+    http = _load("bench_http")
+    registry = CollectorRegistry()
+    hist = Histogram("lag_seconds", "", buckets=BUCKETS, registry=registry)
+    for _ in range(95):
+        hist.observe(0.0004)
+    for _ in range(5):
+        hist.observe(0.0021)
+    buckets = {
+        float(line.split('le="')[1].split('"')[0]): float(line.split()[-1])
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("lag_seconds_bucket")
+    }
+    before = dict.fromkeys(buckets, 0.0)
+    assert http.lag_p99_ms(before, buckets) == pytest.approx(2.5)
+    assert http.lag_share(before, buckets, 0.002) == pytest.approx(0.95)
