@@ -10,7 +10,9 @@ called it, so the stages below are whole: a decode includes Blosc's own time.
     python bench/profile_cold.py [--duration 12] [--rate 500] [--request-path]
 
 `--request-path` profiles bench/_request_path.py instead (the kernel replaced by a constant
-body): the request handling alone. Writes bench/results/profile-cold-<host>-<date>.md with the
+body): the request handling alone. `--redis` puts a Redis tier behind the server, as
+`bench_http.py --redis` does (an LRU so small that every lookup misses), to see what a cold
+tile costs in a deployment. Writes bench/results/profile-cold-<host>-<date>.md with the
 command, the share of each stage and µs a tile at the measured rate.
 """
 
@@ -43,6 +45,21 @@ STAGES: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("the constant body (request-path server)", ("constant",)),
         ("writing responses", ("JsonErrorRequestHandler.flush_unsent", "_send_cold")),
         ("parsing and planning the request", ("JsonErrorRequestHandler.data_received",)),
+        (
+            "the Redis tier: commands, replies, the write queue",
+            (
+                "RedisTier._call",
+                "RedisTier._mget",
+                "RedisTier._flush",
+                "Multiplexed.execute",
+                "Multiplexed._read",
+                "JobRunner._run",
+            ),
+        ),
+        (
+            "single flight, cache lookups around them",
+            ("SingleFlight.run", "TieredCache.get_or_render", "ColdRenders.render"),
+        ),
     )
 )
 PINNED = ("taskset", "-c", "0")
@@ -77,11 +94,13 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples a second")
     parser.add_argument("--conns", type=int, default=16)
     parser.add_argument("--request-path", action="store_true")
+    parser.add_argument("--redis", action="store_true", help="a Redis tier behind the server")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
     # Here, not at the top: tests import `shares` without bench/ on sys.path.
     from _results import unused
-    from bench_http import SIZE, free_port, run_wrk, wait_healthy, write_image
+    from bench_http import SIZE, free_port, run_wrk, start_redis, wait_healthy, write_image
 
     with tempfile.TemporaryDirectory(prefix="idrserve-profile-") as tmp_name:
         tmp = Path(tmp_name)
@@ -96,6 +115,9 @@ def main() -> int:
             IDRSERVE_CACHE__MEMORY_MAX_BYTES="0",
             PYTHONPATH=str(ROOT.parent),
         )
+        redis = None
+        if args.redis:
+            redis, env["IDRSERVE_CACHE__REDIS_URL"] = start_redis()
         script = [str(ROOT / "_request_path.py")] if args.request_path else ["-m", "idrserve"]
         server = subprocess.Popen(
             [
@@ -138,6 +160,11 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=10)
+            if redis is not None:
+                redis.terminate()
+                redis.wait(timeout=10)
+        if args.raw is not None:
+            args.raw.write_bytes(raw.read_bytes())
         with raw.open() as f:
             stage_shares, samples = shares(f)
     rps = load["rps"]
@@ -149,7 +176,8 @@ def main() -> int:
         "",
         f"Command: `{cmd.strip()}`",
         "",
-        f"{'bench/_request_path.py' if args.request_path else 'idrserve serve'} on core 0, "
+        f"{'bench/_request_path.py' if args.request_path else 'idrserve serve'} on core 0"
+        f"{' (a Redis tier on core 1 that every lookup misses)' if args.redis else ''}, "
         f"wrk -c{args.conns} on core 1, {rps:.0f} requests/s ({per_tile_us:.0f} µs each), "
         f"p99 {load['p99_ms']:.1f} ms; py-spy at {args.rate}/s: {samples} samples.",
         "",
@@ -161,7 +189,7 @@ def main() -> int:
         for stage, share in stage_shares.items()
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    kind = "path" if args.request_path else "cold"
+    kind = ("path" if args.request_path else "cold") + ("-redis" if args.redis else "")
     out = unused(args.out / f"profile-{kind}-{platform.node() or 'host'}-{today}.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -146,6 +146,26 @@ def test_a_profiles_samples_are_split_into_the_kernels_stages_first() -> None:
     }
 
 
+def test_a_redis_tiers_work_is_its_own_stage_and_its_flights_another() -> None:
+    """`profile_cold.py --redis`: the tier's commands and replies, then the single flight and
+    lookups that wrap a render, each apart from the loop's other work; the kernel still
+    counts as the kernel inside them."""
+    loop = "serve (idrserve/http/server.py:10)"
+    flight = f"{loop};SingleFlight.run (idrserve/flight.py:50)"
+    lines = [
+        f"{flight};RedisTier._call (idrserve/cache/redis.py:155) 3\n",
+        f"{loop};Multiplexed._read (idrserve/cache/redis_mux.py:92) 1\n",
+        f"{flight} 2\n",
+        f"{flight};_read_render_encode (idrserve/service.py:30);encode_jpeg (j.py:4) 4\n",
+    ]
+    stage_shares, _ = profile_cold.shares(lines)
+    assert stage_shares == {
+        "JPEG encode (simplejpeg)": 0.4,
+        "the Redis tier: commands, replies, the write queue": 0.4,
+        "single flight, cache lookups around them": 0.2,
+    }
+
+
 def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
