@@ -220,7 +220,10 @@ def create_app(settings: Settings) -> web.Application:
             cache=cache,
             admission=admission,
             inline_pixels=settings.server.inline_pixels(),
-            inline_turns=InlineTurns(settings.server.inline_renders_per_turn),
+            inline_turns=InlineTurns(
+                settings.server.inline_renders_per_turn,
+                settings.server.inline_turn_budget_ms / 1000,
+            ),
         )
         app[STATE]["ready"] = True
         try:

@@ -163,6 +163,7 @@ def render_now(
             if entry is not None:
                 return Rendered(entry.body, entry.media_type, key, {}, "memory")
         rendered = _read_render_encode(req, meta, deps, direct, key)
+        deps.inline_turns.record(sum(rendered.timings.values()))
         if cache is not None:
             cache.store_render(key, CacheEntry(rendered.body, rendered.media_type))
             rendered.tier = "miss"
@@ -271,7 +272,9 @@ async def _render_region(
                 # A small job on a one-core worker: no thread hand-off at all, but one
                 # render per loop iteration so the loop stays responsive (turns.py).
                 await deps.inline_turns.turn()
-                return _read_render_encode(req, meta, deps, direct, key)
+                rendered = _read_render_encode(req, meta, deps, direct, key)
+                deps.inline_turns.record(sum(rendered.timings.values()))
+                return rendered
             # Read, render and encode in one executor job: each hop costs about as much as
             # encoding a small tile (bench/results/http-*.md).
             return await in_pool(

@@ -70,7 +70,14 @@ class ServerSettings(_Group):
     # (http/server.py, Outbox), 2 kept every sample under 2 ms (lag p99 2 ms) for 0.98-1.00x
     # the tiles/s of 3 and became the default (bench/results/http-turns-vm-2026-12-06-b.md
     # and bench/results/http-turns-vm-2026-12-06-c.md).
-    inline_renders_per_turn: int = Field(2, ge=1, le=64)
+    # Since 2026-12-07 the count is a cap (4) and the time budget below decides: 3-channel
+    # 256² tiles (0.6 ms) still go two at a time, greyscale ones (0.34 ms) four, 1.05x the
+    # tiles/s of two, lag p99 2 ms either way (bench/results/http-turns-vm-2026-12-07.md).
+    inline_renders_per_turn: int = Field(4, ge=1, le=64)
+    # ... and no more after the first than fit in this many milliseconds, judged by the recent
+    # renders' durations (idrserve/turns.py): the count adapts to what a render costs. 0: the
+    # count alone.
+    inline_turn_budget_ms: float = Field(1.4, ge=0.0, le=1000.0)
     # Answer a repeated URL whose image is in the memory tier as its request is parsed, before
     # aiohttp builds a request, a task and a response for it (http/fastpath.py, DirectHits):
     # same bytes, several times the hits/s (bench/bench_cache.py). Off: the middleware path.

@@ -26,6 +26,13 @@ for 0–2 %, one all of them (a 2 ms p99) for 0–8 %. Once the responses of an 
 written together (http/server.py, `Outbox`), two kept all of them too, for 0.98–1.00× the
 tiles/s of three (bench/results/http-turns-vm-2026-12-06-b.md and
 bench/results/http-turns-vm-2026-12-06-c.md): two is the default.
+Since 2026-12-07 a turn is also bounded by time (`server.inline_turn_budget_ms`): a later render
+of an iteration goes only while the iteration's renders, as estimated from the recent ones
+(`record`), fit the budget, so the count adapts to the render's cost. Tiles of one channel
+(a quarter of a millisecond) go several at a time; slow ones (many channels, a slower core)
+one at a time, where a fixed count let two 0.75 ms renders hold the loop for 1.5 ms and more.
+`per_turn` stays the cap. The first render of an iteration is never refused: the loop always
+makes progress.
 A render that is alone costs nothing (no await); one that queues costs one future and one
 loop iteration. The connection handler's cold tiles queue no task at all (`defer`): a plain
 call, run by `_next` itself in the iteration that gives it its turn, shares the queue, in
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -46,10 +54,27 @@ log = logging.getLogger(__name__)
 class InlineTurns:
     """The queue for inline renders; one per process (service.Deps)."""
 
-    __slots__ = ("_armed", "_busy", "_waiters", "per_turn", "queued")
+    __slots__ = (
+        "_armed",
+        "_busy",
+        "_clock",
+        "_waiters",
+        "budget_s",
+        "estimate_s",
+        "per_turn",
+        "queued",
+    )
 
-    def __init__(self, per_turn: int = 2) -> None:
-        self.per_turn = per_turn  # renders let through per loop iteration once some wait
+    def __init__(
+        self,
+        per_turn: int = 2,
+        budget_s: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.per_turn = per_turn  # at most this many renders per loop iteration once some wait
+        self.budget_s = budget_s  # and no more than fit in this (0: count only)
+        self.estimate_s = 0.0  # an inline render's recent duration (moving average)
+        self._clock = clock  # what times a turn (tests pass their own)
         # Tasks' futures (`turn`) and deferred renders (`defer`), in arrival order.
         self._waiters: deque[asyncio.Future[None] | Callable[[], bool]] = deque()
         self._busy = False  # a render has had this iteration's turn
@@ -69,6 +94,13 @@ class InlineTurns:
         self._arm(loop)
         # Cancelled while waiting: asyncio cancels `waiter` too, and `_next` skips it.
         await waiter
+
+    def record(self, seconds: float) -> None:
+        """An inline render's duration (service.py reports each): the estimate the time
+        budget is spent by. A moving average over about the last five, so that a change of
+        image or settings shows within a few renders."""
+        estimate = self.estimate_s
+        self.estimate_s = seconds if estimate == 0.0 else estimate + 0.2 * (seconds - estimate)
 
     def take_now(self) -> bool:
         """`turn()` without the wait: True (and the turn taken) when the caller may render in
@@ -93,11 +125,22 @@ class InlineTurns:
             loop.call_soon(self._next)
 
     def _next(self) -> None:
-        """A new iteration: let the oldest live waiters through, `per_turn` of them."""
+        """A new iteration: let the oldest live waiters through, at most `per_turn` of them
+        and, after the first, only while their renders fit `budget_s`: the deferred ones run
+        here and are timed as they go, a task's runs later in the iteration and counts at the
+        estimate."""
         self._armed = False
         self._busy = False
         woken = 0
+        tasks = 0  # woken tasks, whose renders are still to come in this iteration
+        budget = self.budget_s
+        clock = self._clock
+        start = clock() if budget else 0.0
         while self._waiters and woken < self.per_turn:
+            if woken and budget:
+                ahead = (tasks + 1) * self.estimate_s
+                if clock() - start + ahead > budget:
+                    break
             waiter = self._waiters.popleft()
             if not isinstance(waiter, asyncio.Future):
                 try:
@@ -108,6 +151,7 @@ class InlineTurns:
             elif not waiter.done():
                 waiter.set_result(None)  # it runs in the next iteration, and so does `_next`
                 woken += 1
+                tasks += 1
         if woken:
             self._busy = True
             self._arm(asyncio.get_running_loop())  # `_next` runs as a loop callback

@@ -418,6 +418,37 @@ async def test_a_burst_of_cold_tiles_waits_for_its_turns_without_tasks(
         conn.close()
 
 
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_burst_under_a_time_budget_is_answered_and_timed(
+    serve: Callable[..., Any], direct: bool
+) -> None:
+    """`server.inline_turn_budget_ms` reaches the turns, and every inline render, from the
+    connection handler or from a request's task, reports its duration for the budget."""
+    served = await serve(
+        server__inline_renders_per_turn=8,
+        server__inline_turn_budget_ms=1.4,
+        server__direct_renders=direct,
+        **INLINE,
+    )
+    reference = await serve(server__direct_renders=False)
+    assert served.app is not None
+    turns = served.app[DEPS].inline_turns
+    assert (turns.per_turn, turns.budget_s) == (8, 0.0014)
+    first = await _warmed(served)
+    conns = [first] + [await Conn.open(served.port) for _ in BURST[1:]]
+    turns.estimate_s = 0.0  # what the burst's renders report, not the warm-up's
+    for conn, url in zip(conns, BURST, strict=True):
+        conn.writer.write(f"GET {url} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    answers = [await conn.response() for conn in conns]
+    assert turns.estimate_s > 0
+    ref = await _warmed(reference)
+    for url, (status, headers, body) in zip(BURST, answers, strict=True):
+        assert status == 200 and value(headers, "X-Cache") == "miss", url
+        assert body == (await ref.get(url))[2], url
+    for conn in [*conns, ref]:
+        conn.close()
+
+
 @pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
 async def test_a_client_gone_before_its_turn_releases_its_slot(
     serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, cancelled: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -150,6 +151,97 @@ async def test_deferred_renders_keep_arrival_order_with_waiting_tasks() -> None:
     at = dict(log)
     assert at["d0"] < at["gone"] == at["boom"] < at["t1"] == at["d4"] == at["d5"]
     assert turns.queued == 6
+
+
+class FakeClock:
+    """Time that moves only when a render says it spent some: a budget test that cannot be
+    thrown by a busy machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _deferred_renders(turns: InlineTurns, time_: FakeClock, costs: list[float]) -> list[int]:
+    """Defer renders of the given costs (seconds, spent on `time_`); the iteration each ran in."""
+    iterations, ran = IterationClock(), []
+    iterations.start()
+    assert turns.take_now()  # an iteration's first render is under way: the rest queue
+
+    def job(cost: float) -> Callable[[], bool]:
+        def render() -> bool:
+            time_.now += cost
+            turns.record(cost)
+            ran.append(iterations.now)
+            return True
+
+        return render
+
+    for cost in costs:
+        turns.defer(job(cost))
+    for _ in range(2 * len(costs) + 2):  # at least one render an iteration
+        await asyncio.sleep(0)
+    iterations.stop()
+    assert len(ran) == len(costs)
+    return ran
+
+
+async def test_a_time_budget_lets_through_what_fits() -> None:
+    """Renders of 0.4 ms under a 1 ms budget: two an iteration (0.4 + 0.4 fits, a third
+    would not), though the count alone would allow eight."""
+    time_ = FakeClock()
+    turns = InlineTurns(per_turn=8, budget_s=0.001, clock=time_)
+    turns.record(0.0004)
+    ran = await _deferred_renders(turns, time_, [0.0004] * 6)
+    assert sorted(Counter(ran).values()) == [2, 2, 2], ran
+
+
+async def test_fast_renders_go_up_to_the_count_and_slow_ones_one_at_a_time() -> None:
+    time_ = FakeClock()
+    turns = InlineTurns(per_turn=4, budget_s=0.0014, clock=time_)
+    turns.record(0.00025)
+    ran = await _deferred_renders(turns, time_, [0.00025] * 8)
+    assert sorted(Counter(ran).values()) == [4, 4], ran  # the count binds, not the budget
+    # Slower renders move the estimate within a few; the first of an iteration always goes.
+    ran = await _deferred_renders(turns, time_, [0.003] * 4)
+    assert sorted(Counter(ran).values()) == [1, 1, 1, 1], ran
+    assert turns.estimate_s > 0.0014
+
+
+async def test_woken_tasks_count_at_the_estimate() -> None:
+    """A task's render runs after `_next`, in the same iteration: it is counted at the recent
+    renders' duration, not timed."""
+    time_ = FakeClock()
+    turns, iterations, log = (
+        InlineTurns(per_turn=8, budget_s=0.005, clock=time_),
+        IterationClock(),
+        [],
+    )
+    turns.record(0.002)
+    iterations.start()
+    await asyncio.gather(*(_render(turns, iterations, f"r{i}", log) for i in range(7)))
+    iterations.stop()
+    # r0 at once; then (1 + 1) × 2 ms fits 5 ms, (2 + 1) × 2 ms does not: two an iteration
+    assert sorted(Counter(it for _, it in log).values()) == [1, 2, 2, 2], log
+
+
+async def test_no_budget_is_the_count_alone() -> None:
+    time_ = FakeClock()
+    turns = InlineTurns(per_turn=3, clock=time_)
+    turns.record(1.0)  # however slow
+    ran = await _deferred_renders(turns, time_, [1.0] * 6)
+    assert sorted(Counter(ran).values()) == [3, 3], ran
+
+
+def test_the_estimate_follows_the_recent_renders() -> None:
+    turns = InlineTurns()
+    turns.record(0.001)
+    assert turns.estimate_s == 0.001  # the first sets it
+    for _ in range(40):
+        turns.record(0.0002)
+    assert turns.estimate_s == pytest.approx(0.0002, rel=0.02)
 
 
 def test_turns_hold_under_uvloop() -> None:
