@@ -115,8 +115,13 @@ def test_a_corrupt_index_stops_the_start(tmp_path: Path) -> None:
     assert proc.returncode == 2 and b"missing or unreadable" in out
 
 
+# Big enough that the load outlasts the server's start by seconds: with 300 000 rows it took
+# about 1 s after /healthz, and once on a busy CI machine it was over before the first poll.
+ROWS = 1_000_000
+
+
 def test_large_csv_loads_in_the_background_and_sighup_rereads(tmp_path: Path) -> None:
-    csv_path = big_csv(tmp_path / "big.csv", 300_000)
+    csv_path = big_csv(tmp_path / "big.csv", ROWS)
     env = {"IDRSERVE_SOURCE__CATALOG_INDEX_DIR": str(tmp_path / "idx")}
     proc, base = serve("--catalog", str(csv_path), env=env)
     try:
@@ -137,7 +142,7 @@ def test_large_csv_loads_in_the_background_and_sighup_rereads(tmp_path: Path) ->
             time.sleep(0.02)
         assert saw_loading
         doc = json.loads(get(base + "/readyz")[2])
-        assert doc["dependencies"]["catalog"]["images"] == 300_000
+        assert doc["dependencies"]["catalog"]["images"] == ROWS
         # SIGHUP: the changed catalog is read again and swapped in
         with open(csv_path, "a") as f:
             f.write("7,extra/7.zarr\n")
@@ -145,7 +150,7 @@ def test_large_csv_loads_in_the_background_and_sighup_rereads(tmp_path: Path) ->
         proc.send_signal(signal.SIGHUP)
         wait_for(base, proc, "/webgateway/imgData/7/", 200)
         doc = json.loads(get(base + "/readyz")[2])
-        assert doc["dependencies"]["catalog"]["images"] == 300_001
+        assert doc["dependencies"]["catalog"]["images"] == ROWS + 1
     finally:
         out = stop(proc)
     assert "loading…" in out
