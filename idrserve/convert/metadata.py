@@ -24,8 +24,7 @@ from idrserve.sources.omexml import PhysicalSize as PhysicalSize
 from idrserve.sources.omexml import resolution_pixel_size as resolution_pixel_size
 from idrserve.sources.omexml import svs_pixel_size as svs_pixel_size
 
-RGB_NAMES = ("Red", "Green", "Blue", "Alpha")
-RGB_COLOURS = ("FF0000", "00FF00", "0000FF", "FFFFFF")
+RGB_NAMES = omexml.SAMPLE_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +49,9 @@ def ome_colour(value: str | None) -> str | None:
 def _hex(rgba: RGBA | None) -> str | None:
     """`RRGGBB`: an `omero` block's colour has no alpha."""
     return None if rgba is None else "{:02X}{:02X}{:02X}".format(*rgba[:3])
+
+
+RGB_COLOURS: tuple[str, ...] = tuple(h for c in omexml.SAMPLE_RGBA if (h := _hex(c)) is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,24 +103,6 @@ def imagej_sizes(meta: Mapping[str, Any], x_res: float | None) -> dict[str, Phys
 def channel_labels(
     size_c: int, samples: int, names: tuple[str | None, ...], colours: tuple[str | None, ...]
 ) -> tuple[tuple[str | None, ...], tuple[str | None, ...]]:
-    """Per output channel names and colours, when the input's channels carry samples.
-
-    `names`/`colours` are per input channel; each of `samples` samples becomes an output
-    channel. RGB(A) samples are named and coloured by their sample.
-    """
-    if samples == 1:
-        return _fit(names, size_c), _fit(colours, size_c)
-    out_names: list[str | None] = []
-    out_colours: list[str | None] = []
-    for g in range(size_c // samples):
-        base = names[g] if g < len(names) else None
-        for s in range(samples):
-            sample = RGB_NAMES[s] if samples in (3, 4) else str(s)
-            out_names.append(f"{base} {sample}" if base else sample)
-            out_colours.append(RGB_COLOURS[s] if samples in (3, 4) else None)
-    return tuple(out_names), tuple(out_colours)
-
-
-def _fit(values: tuple[str | None, ...], n: int) -> tuple[str | None, ...]:
-    """`values` when there is one per channel, else nothing (a mismatch is not trusted)."""
-    return values if len(values) == n else ()
+    """Per output channel names and colours (RRGGBB), when the input's channels carry samples:
+    `omexml.sample_channels`, the rule the TIFF source follows too."""
+    return omexml.sample_channels(size_c, samples, names, colours, RGB_COLOURS)

@@ -135,7 +135,7 @@ class TiffInput(InputImage):
             sizes = md.imagej_sizes(tif.imagej_metadata, _ratio(page.tags.get("XResolution")))
         if "x" not in sizes:  # SVS's MPP, else the page's resolution tags, as the TIFF source
             sizes.update(omexml.vendor_sizes(page))
-        rgb = page.photometric in (2, 6) and shape.samples in (3, 4)  # RGB, YCbCr (JPEG)
+        rgb = omexml.is_rgb(page.photometric, shape.samples)  # as the TIFF source
         names, colours = md.channel_labels(shape.size_c, shape.samples, names, colours)
         return md.ImageInfo(
             name=name or _stem(self._path),

@@ -19,15 +19,19 @@ The rules, after the OME schema where it has one:
   UDUNITS-2 name leaves the size without one rather than guessing.
 - Vendor sizes: Aperio's `MPP` key, else the TIFF resolution tags of the series' own page,
   each axis on its own, in inches or centimetres, from positive rationals only.
+- Samples become channels alike too (`sample_channels`): 3 or 4 samples a pixel are named
+  Red, Green, Blue (and Alpha) after their channel's name and coloured so; photometric RGB
+  (or YCbCr, as JPEG stores RGB) samples are display-ready (`is_rgb`), so both callers give
+  them full-range windows and leave the alpha channel off.
 """
 
 from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from idrserve.model import RGBA
 from idrserve.sources import ngff
@@ -137,6 +141,52 @@ def read_image(xml: str, index: int, name: str | None = None) -> OmeXmlImage | N
         for ch in _children(pixels, "Channel")
     )
     return OmeXmlImage(image.get("Name"), channels, sizes)
+
+
+SAMPLE_NAMES = ("Red", "Green", "Blue", "Alpha")
+SAMPLE_RGBA: tuple[RGBA, ...] = (
+    (255, 0, 0, 255),
+    (0, 255, 0, 255),
+    (0, 0, 255, 255),
+    (255, 255, 255, 255),
+)
+C = TypeVar("C")
+
+
+def is_rgb(photometric: int, samples: int) -> bool:
+    """Samples meant to be shown as they are (photometric RGB, or YCbCr, which is how JPEG
+    stores RGB), not measurements: their windows span the type's full range."""
+    return int(photometric) in (2, 6) and samples in (3, 4)
+
+
+def sample_channels(
+    size_c: int,
+    samples: int,
+    names: Sequence[str | None],
+    colours: Sequence[C | None],
+    sample_colours: Sequence[C],
+) -> tuple[tuple[str | None, ...], tuple[C | None, ...]]:
+    """Names and colours per output channel, from those per input channel.
+
+    With one sample a pixel they are kept when there is one per channel, else dropped (a
+    count that does not match is not trusted). Each of 3 or 4 samples becomes a channel
+    named after its sample (`<channel name> Red`, or `Red` alone) and coloured
+    `sample_colours[s]`; other sample counts are numbered and left uncoloured.
+    """
+    if samples == 1:
+        return (
+            tuple(names) if len(names) == size_c else (),
+            tuple(colours) if len(colours) == size_c else (),
+        )
+    out_names: list[str | None] = []
+    out_colours: list[C | None] = []
+    for g in range(size_c // samples):
+        base = names[g] if g < len(names) else None
+        for s in range(samples):
+            sample = SAMPLE_NAMES[s] if samples in (3, 4) else str(s)
+            out_names.append(f"{base} {sample}" if base else sample)
+            out_colours.append(sample_colours[s] if samples in (3, 4) else None)
+    return tuple(out_names), tuple(out_colours)
 
 
 def ome_rgba(value: str | None) -> RGBA | None:

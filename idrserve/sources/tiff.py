@@ -45,7 +45,7 @@ from idrserve import errors
 from idrserve.catalog import Location, Locator
 from idrserve.flight import SingleFlight
 from idrserve.lru import BoundedLRU
-from idrserve.model import Box, ImageMeta, Selection
+from idrserve.model import RGBA, Box, ImageMeta, Selection
 from idrserve.settings import SourceSettings
 from idrserve.sources import ngff, omexml
 from idrserve.sources.base import check_selection
@@ -406,15 +406,37 @@ def _as_ngff(
         )
         for i, lv in enumerate(levels)
     )
-    ome = _ome_facts(tif, size_c, index, series.name)
+    ome = _ome_facts(tif, index, series.name)
     px = _pixel_size(ome, series.keyframe)
     name = (ome.name if ome is not None else None) or series.name or path.name
+    rgb = omexml.is_rgb(levels[0].keyframe.photometric, samples)
+    names, colours = omexml.sample_channels(
+        size_c,
+        samples,
+        ome.names if ome is not None else (),
+        ome.colours if ome is not None else (),
+        omexml.SAMPLE_RGBA,
+    )
     omero = None
-    if ome is not None and ome.channels:
-        # names and colours only: no `active` or window, so OME-Zarr's defaults still apply
-        omero = ngff.Omero(
-            name=name, channels=ome.channels, default_z=None, default_t=None, model=None
+    if names or colours or rgb:
+        # As `idrserve convert` writes them (convert/document.py): names and colours; for
+        # display-ready RGB samples also full-range windows and the alpha channel off. The
+        # rest is OME-Zarr's defaults.
+        span = ngff.dtype_range(dtype) if rgb else None
+        low, high = span if span is not None else (None, None)
+        channels = tuple(
+            ngff.OmeroChannel(
+                label=names[c] if names else None,
+                color=colours[c] if colours else None,
+                active=False if rgb and c % samples == 3 else None,
+                start=low,
+                end=high,
+                min=low,
+                max=high,
+            )
+            for c in range(size_c)
         )
+        omero = ngff.Omero(name=name, channels=channels, default_z=None, default_t=None, model=None)
     return ngff.NgffImage(
         version="tiff",
         name=name,
@@ -430,13 +452,12 @@ def _as_ngff(
 @dataclass(frozen=True, slots=True)
 class _OmeFacts:
     name: str | None
-    channels: tuple[ngff.OmeroChannel, ...]
+    names: tuple[str | None, ...]  # per OME channel (one per group of samples)
+    colours: tuple[RGBA | None, ...]
     sizes: Mapping[str, omexml.PhysicalSize]
 
 
-def _ome_facts(
-    tif: tifffile.TiffFile, size_c: int, index: int, name: str | None
-) -> _OmeFacts | None:
+def _ome_facts(tif: tifffile.TiffFile, index: int, name: str | None) -> _OmeFacts | None:
     """Channel names and colours and physical sizes from the OME-XML, when there is one.
 
     The `Image` is the one `idrserve convert` picks for the same series (`omexml.read_image`):
@@ -452,12 +473,9 @@ def _ome_facts(
         return None
     if image is None:
         return None
-    channels = [
-        ngff.OmeroChannel(label=ch.name, color=ch.colour)
-        for ch in image.channels[:size_c]
-        for _ in range(ch.samples)  # RGB(A) samples are channels here
-    ]
-    return _OmeFacts(image.name, tuple(channels[:size_c]), image.sizes)
+    names = tuple(ch.name for ch in image.channels)
+    colours = tuple(ch.colour for ch in image.channels)
+    return _OmeFacts(image.name, names, colours, image.sizes)
 
 
 def _pixel_size(

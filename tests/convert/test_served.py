@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from aiohttp.test_utils import TestClient
 from ome_zarr_models import open_ome_zarr
@@ -19,7 +20,7 @@ from ome_zarr_models.v04 import Image as ImageV04
 from idrserve.app import create_app
 from idrserve.cli import main
 from idrserve.settings import load_settings
-from tests.convert.conftest import pattern, write_ome_subifds
+from tests.convert.conftest import pattern, write_ome_subifds, write_svs_like
 
 TIFF_ID, ZARR_ID = 9101, 9102
 
@@ -34,11 +35,16 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-async def client(root: Path, aiohttp_client: Callable[..., Any]) -> TestClient:
+async def _serve(root: Path, aiohttp_client: Callable[..., Any]) -> TestClient:
+    """A server over `root`, where each file and its converted copy sit side by side."""
     settings = load_settings({"source": {"zarr_root": str(root)}})
     served: TestClient = await aiohttp_client(create_app(settings))
     return served
+
+
+@pytest.fixture
+async def client(root: Path, aiohttp_client: Callable[..., Any]) -> TestClient:
+    return await _serve(root, aiohttp_client)
 
 
 def _without_ids(doc: dict[str, Any]) -> dict[str, Any]:
@@ -105,3 +111,78 @@ def test_one_plane_keeps_its_z_spacing_as_valid_ngff(root: Path) -> None:
     attrs = dict(zarr.open_group(out, mode="r").attrs)["multiscales"][0]
     assert [a["name"] for a in attrs["axes"]] == ["c", "z", "y", "x"]
     assert attrs["datasets"][0]["coordinateTransformations"][0]["scale"] == [1, 1.5, 0.325, 0.325]
+
+
+# RGB(A) samples: a brightfield slide (SVS: JPEG YCbCr tiles, no OME-XML), an RGB OME-TIFF of
+# 16-bit samples with one named channel, and a plain RGBA TIFF. Served directly they used to
+# differ from their converted copies: samples named by number or by the channel's name
+# repeated, 16-bit windows from percentiles instead of the full range, an RGBA file in the
+# 4-channel palette (cyan, yellow, magenta) instead of red, green and blue.
+RGB_CASES = {
+    "svs": (9201, 9202, ["Red", "Green", "Blue"], 255),
+    "ome-rgb16": (9203, 9204, ["Brightfield Red", "Brightfield Green", "Brightfield Blue"], 65535),
+    "rgba": (9205, 9206, ["Red", "Green", "Blue", "Alpha"], 255),
+}
+
+
+@pytest.fixture(scope="module")
+def rgb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("served-rgb")
+    write_svs_like(root / "9201.svs", np.moveaxis(pattern((3, 600, 700), "uint8"), 0, -1).copy())
+    tifffile.imwrite(
+        root / "9203.ome.tif",
+        np.moveaxis(pattern((3, 300, 400), "uint16"), 0, -1).copy(),
+        photometric="rgb",
+        ome=True,
+        tile=(128, 128),
+        metadata={"axes": "YXS", "Channel": {"Name": ["Brightfield"]}},
+    )
+    tifffile.imwrite(
+        root / "9205.tif",
+        np.moveaxis(pattern((4, 300, 400), "uint8"), 0, -1).copy(),
+        photometric="rgb",
+        extrasamples=["unassalpha"],
+        tile=(128, 128),
+        metadata=None,
+    )
+    for src, dst, _, _ in RGB_CASES.values():
+        (given,) = root.glob(f"{src}.*")
+        assert main(["convert", str(given), str(root / f"{dst}.zarr"), "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture
+async def rgb_client(rgb_root: Path, aiohttp_client: Callable[..., Any]) -> TestClient:
+    return await _serve(rgb_root, aiohttp_client)
+
+
+@pytest.mark.parametrize("case", RGB_CASES)
+async def test_rgb_samples_are_the_same_channels_served_and_converted(
+    rgb_client: TestClient, case: str
+) -> None:
+    tiff_id, zarr_id, names, top = RGB_CASES[case]
+    docs = []
+    for iid in (tiff_id, zarr_id):
+        resp = await rgb_client.get(f"/webgateway/imgData/{iid}/")
+        assert resp.status == 200, await resp.text()
+        docs.append(await resp.json())
+    served, converted = docs
+    for doc in docs:
+        channels = doc["channels"]
+        assert [c["label"] for c in channels] == names
+        assert [c["color"] for c in channels] == ["FF0000", "00FF00", "0000FF", "FFFFFF"][
+            : len(names)
+        ]
+        assert [c["active"] for c in channels] == [True, True, True, False][: len(names)]
+        # display-ready samples: the whole range, not percentiles of the data
+        assert {(c["window"]["start"], c["window"]["end"]) for c in channels} == {(0, top)}
+        assert doc["rdefs"]["model"] == "color"
+    assert served["channels"] == converted["channels"]
+    assert served["rdefs"] == converted["rdefs"]
+    for query in ("tile=0,0,0,128,128&format=png", "region=10,20,200,150&format=png&m=g"):
+        bodies = []
+        for iid in (tiff_id, zarr_id):
+            resp = await rgb_client.get(f"/webgateway/render_image_region/{iid}/0/0/?{query}")
+            assert resp.status == 200, await resp.text()
+            bodies.append(await resp.read())
+        assert bodies[0] == bodies[1], query

@@ -137,8 +137,8 @@ def test_both_give_a_series_no_image_describes_nothing() -> None:
     """Was: the TIFF source fell back to the only `Image` for any series; convert gave none."""
     xml = ome_xml('PhysicalSizeX="0.5"', name="only")
     assert md.parse_ome_xml(xml, 1, "other") is None
-    assert tiff._ome_facts(stub_tif(xml), 2, 1, "other") is None
-    assert tiff._ome_facts(stub_tif(xml), 2, 0, "only") is not None
+    assert tiff._ome_facts(stub_tif(xml), 1, "other") is None
+    assert tiff._ome_facts(stub_tif(xml), 0, "only") is not None
 
 
 def test_both_match_elements_by_local_name() -> None:
@@ -147,8 +147,8 @@ def test_both_match_elements_by_local_name() -> None:
     xml += "</Image></OME>"
     image = md.parse_ome_xml(xml, 0)
     assert image is not None and image.channel_names == ("A",)
-    facts = tiff._ome_facts(stub_tif(xml), 1, 0, None)
-    assert facts is not None and [c.label for c in facts.channels] == ["A"]
+    facts = tiff._ome_facts(stub_tif(xml), 0, None)
+    assert facts is not None and facts.names == ("A",)
 
 
 def test_both_read_a_bad_samples_per_pixel_as_one() -> None:
@@ -159,8 +159,8 @@ def test_both_read_a_bad_samples_per_pixel_as_one() -> None:
     image = md.parse_ome_xml(xml, 0)
     assert image is not None and image.samples == 1
     assert image.channel_names == ("A", None)  # an empty Name is no name, in both
-    facts = tiff._ome_facts(stub_tif(xml), 2, 0, None)
-    assert facts is not None and [c.label for c in facts.channels] == ["A", None]
+    facts = tiff._ome_facts(stub_tif(xml), 0, None)
+    assert facts is not None and facts.names == ("A", None)
 
 
 @pytest.mark.parametrize(
@@ -257,3 +257,21 @@ def test_both_refuse_resolutions_that_are_not_positive() -> None:
     zero = stub_page(XResolution=(40000, 0), YResolution=(1, 0), **cm)
     assert tiff._pixel_size(None, zero) == (None, None, None)
     assert tiff._pixel_size(None, stub_page(XResolution=(40000, 1), **cm)) == (0.25, None, None)
+
+
+def test_both_turn_samples_into_the_same_channels() -> None:
+    """Was: the TIFF source repeated the channel's name and colour for every sample; convert
+    named them Red, Green, Blue (Alpha) and coloured them so."""
+    names, colours = omexml.sample_channels(4, 4, ("Slide",), (None,), omexml.SAMPLE_RGBA)
+    assert names == ("Slide Red", "Slide Green", "Slide Blue", "Slide Alpha")
+    assert colours == omexml.SAMPLE_RGBA
+    assert md.channel_labels(4, 4, ("Slide",), (None,)) == (
+        names,
+        ("FF0000", "00FF00", "0000FF", "FFFFFF"),
+    )
+    assert omexml.sample_channels(2, 2, (), (), omexml.SAMPLE_RGBA) == (("0", "1"), (None, None))
+    # one sample a pixel: kept when there is one per channel, else not trusted
+    assert omexml.sample_channels(2, 1, ("a", "b"), (), omexml.SAMPLE_RGBA) == (("a", "b"), ())
+    assert omexml.sample_channels(3, 1, ("a", "b"), (), omexml.SAMPLE_RGBA) == ((), ())
+    assert omexml.is_rgb(2, 3) and omexml.is_rgb(6, 4)
+    assert not omexml.is_rgb(1, 3) and not omexml.is_rgb(2, 2)
