@@ -71,7 +71,7 @@ class ServerSettings(_Group):
     # the tiles/s of 3 and became the default (bench/results/http-turns-vm-2026-12-06-b.md
     # and bench/results/http-turns-vm-2026-12-06-c.md).
     # Since 2026-12-07 the count is a cap (4) and the time budget below decides: 3-channel
-    # 256² tiles (0.6 ms) still go two at a time, greyscale ones (0.34 ms) four, 1.05x the
+    # 256² tiles (0.6 ms) still go two at a time, greyscale ones (0.34 ms) four, 1.02-1.05x the
     # tiles/s of two, lag p99 2 ms either way (bench/results/http-turns-vm-2026-12-07.md).
     inline_renders_per_turn: int = Field(4, ge=1, le=64)
     # ... and no more after the first than fit in this many milliseconds, judged by the recent

@@ -29,7 +29,7 @@ bench/results/http-turns-vm-2026-12-06-c.md): two is the default.
 Since 2026-12-07 a turn is also bounded by time (`server.inline_turn_budget_ms`): a later render
 of an iteration goes only while the iteration's renders, as estimated from the recent ones
 (`record`), fit the budget, so the count adapts to the render's cost. Tiles of one channel
-(a quarter of a millisecond) go several at a time; slow ones (many channels, a slower core)
+(a third of a millisecond) go several at a time; slow ones (many channels, a slower core)
 one at a time, where a fixed count let two 0.75 ms renders hold the loop for 1.5 ms and more.
 `per_turn` stays the cap. The first render of an iteration is never refused: the loop always
 makes progress.
