@@ -171,21 +171,31 @@ def sample_channels(
     With one sample a pixel they are kept when there is one per channel, else dropped (a
     count that does not match is not trusted). Each of 3 or 4 samples becomes a channel
     named after its sample (`<channel name> Red`, or `Red` alone) and coloured
-    `sample_colours[s]`; other sample counts are numbered and left uncoloured.
+    `sample_colours[s]`; other sample counts are numbered and left uncoloured. A document
+    that lists one channel per sample (as some writers do for RGB) names them itself, and
+    colours them where it gives a colour.
     """
     if samples == 1:
         return (
             tuple(names) if len(names) == size_c else (),
             tuple(colours) if len(colours) == size_c else (),
         )
+    rgb = samples in (3, 4)
     out_names: list[str | None] = []
     out_colours: list[C | None] = []
+    if len(names) == size_c:
+        for c, given in enumerate(names):
+            s = c % samples
+            out_names.append(given or (SAMPLE_NAMES[s] if rgb else str(s)))
+            colour = colours[c] if len(colours) == size_c else None
+            out_colours.append(colour if colour is not None else sample_colours[s] if rgb else None)
+        return tuple(out_names), tuple(out_colours)
     for g in range(size_c // samples):
         base = names[g] if g < len(names) else None
         for s in range(samples):
-            sample = SAMPLE_NAMES[s] if samples in (3, 4) else str(s)
+            sample = SAMPLE_NAMES[s] if rgb else str(s)
             out_names.append(f"{base} {sample}" if base else sample)
-            out_colours.append(sample_colours[s] if samples in (3, 4) else None)
+            out_colours.append(sample_colours[s] if rgb else None)
     return tuple(out_names), tuple(out_colours)
 
 

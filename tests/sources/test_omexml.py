@@ -273,5 +273,13 @@ def test_both_turn_samples_into_the_same_channels() -> None:
     # one sample a pixel: kept when there is one per channel, else not trusted
     assert omexml.sample_channels(2, 1, ("a", "b"), (), omexml.SAMPLE_RGBA) == (("a", "b"), ())
     assert omexml.sample_channels(3, 1, ("a", "b"), (), omexml.SAMPLE_RGBA) == ((), ())
+    # a document listing each sample as a channel names (and may colour) them itself
+    listed = omexml.sample_channels(
+        3, 3, ("R", None, "B"), (None, (9, 9, 9, 255), None), omexml.SAMPLE_RGBA
+    )
+    assert listed == (
+        ("R", "Green", "B"),
+        (omexml.SAMPLE_RGBA[0], (9, 9, 9, 255), omexml.SAMPLE_RGBA[2]),
+    )
     assert omexml.is_rgb(2, 3) and omexml.is_rgb(6, 4)
     assert not omexml.is_rgb(1, 3) and not omexml.is_rgb(2, 2)
