@@ -5,6 +5,7 @@ tiles at every level."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,25 @@ async def client(root: Path, aiohttp_client: Callable[..., Any]) -> TestClient:
     return await _serve(root, aiohttp_client)
 
 
+async def _both(client: TestClient, urls: list[str]) -> list[bytes]:
+    """The bodies of `urls`: one of the file served directly, one of its converted copy."""
+    bodies = []
+    for url in urls:
+        resp = await client.get(url)
+        assert resp.status == 200, await resp.text()
+        bodies.append(await resp.read())
+    return bodies
+
+
+async def _image_data(client: TestClient, ids: tuple[int, int]) -> list[dict[str, Any]]:
+    urls = [f"/webgateway/imgData/{iid}/" for iid in ids]
+    return [json.loads(body) for body in await _both(client, urls)]
+
+
+async def _tiles(client: TestClient, ids: tuple[int, int], query: str) -> list[bytes]:
+    return await _both(client, [f"/webgateway/render_image_region/{i}/0/0/?{query}" for i in ids])
+
+
 def _without_ids(doc: dict[str, Any]) -> dict[str, Any]:
     doc = {k: v for k, v in doc.items() if k not in ("id", "tiles_url")}
     doc["meta"] = {k: v for k, v in doc.get("meta", {}).items() if k != "imageId"}
@@ -54,12 +74,7 @@ def _without_ids(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_image_data_and_api_metadata_agree(client: TestClient) -> None:
-    docs = []
-    for iid in (TIFF_ID, ZARR_ID):
-        resp = await client.get(f"/webgateway/imgData/{iid}/")
-        assert resp.status == 200, await resp.text()
-        docs.append(await resp.json())
-    tiff, conv = docs
+    tiff, conv = await _image_data(client, (TIFF_ID, ZARR_ID))
     assert [c["label"] for c in conv["channels"]] == ["DAPI", "GFP"]
     assert [c["color"] for c in conv["channels"]] == ["0000FF", "00FF00"]
     assert conv["pixel_size"] == {"x": 0.325, "y": 0.325, "z": 1.5}  # z kept for one plane
@@ -86,11 +101,7 @@ async def test_image_data_and_api_metadata_agree(client: TestClient) -> None:
     ],
 )
 async def test_tiles_are_byte_identical(client: TestClient, query: str) -> None:
-    bodies = []
-    for iid in (TIFF_ID, ZARR_ID):
-        resp = await client.get(f"/webgateway/render_image_region/{iid}/0/0/?{query}")
-        assert resp.status == 200, await resp.text()
-        bodies.append(await resp.read())
+    bodies = await _tiles(client, (TIFF_ID, ZARR_ID), query)
     assert bodies[0] == bodies[1]
 
 
@@ -161,11 +172,7 @@ async def test_rgb_samples_are_the_same_channels_served_and_converted(
     rgb_client: TestClient, case: str
 ) -> None:
     tiff_id, zarr_id, names, top = RGB_CASES[case]
-    docs = []
-    for iid in (tiff_id, zarr_id):
-        resp = await rgb_client.get(f"/webgateway/imgData/{iid}/")
-        assert resp.status == 200, await resp.text()
-        docs.append(await resp.json())
+    docs = await _image_data(rgb_client, (tiff_id, zarr_id))
     served, converted = docs
     for doc in docs:
         channels = doc["channels"]
@@ -180,9 +187,5 @@ async def test_rgb_samples_are_the_same_channels_served_and_converted(
     assert served["channels"] == converted["channels"]
     assert served["rdefs"] == converted["rdefs"]
     for query in ("tile=0,0,0,128,128&format=png", "region=10,20,200,150&format=png&m=g"):
-        bodies = []
-        for iid in (tiff_id, zarr_id):
-            resp = await rgb_client.get(f"/webgateway/render_image_region/{iid}/0/0/?{query}")
-            assert resp.status == 200, await resp.text()
-            bodies.append(await resp.read())
+        bodies = await _tiles(rgb_client, (tiff_id, zarr_id), query)
         assert bodies[0] == bodies[1], query
