@@ -317,17 +317,13 @@ class TieredCache:
                     if token is not None:
                         self._jobs.submit(partial(self.redis.release_lock, key, token))
                 elif token is not None:
-                    self._submit("redis", partial(self._redis_store, key, entry, token), True)
+                    # Value first, then the lock, in one script (RedisTier.set_and_release).
+                    store = partial(self.redis.set_and_release, key, entry, token)
+                    self._submit("redis", store, True)
                 else:
                     self._submit("redis", partial(self.redis.set, key, entry), self.redis.available)
         except Exception:
             log.exception("cache write failed")
-
-    async def _redis_store(self, key: str, entry: CacheEntry, token: str) -> None:
-        assert self.redis is not None
-        # Value first, then the lock (one script): a waiter that sees the lock gone finds the
-        # value.
-        await self.redis.set_and_release(key, entry, token)
 
     def _submit(self, tier: str, job: Callable[[], Awaitable[Any]], ready: bool) -> None:
         if not ready or not self._jobs.submit(job):
