@@ -18,7 +18,11 @@ server's event-loop lag p99 under the load comes from its /metrics histogram
     python bench/bench_http.py [--duration 8] [--rounds 3] [--baseline DIR] [--redis]
 
 `--redis` puts a shared Redis tier behind every server, as a deployment runs, so small that
-every lookup misses: the cold path with the tier's lookup, render lock and store.
+every lookup misses: the cold path with the tier's lookup, render lock and store. wrk cycles
+through a fixed set of URLs, so after its first pass each is one the server has answered (its
+URL index knows it: a plain lookup first, then the lock); `--new-urls` turns every server's
+URL index off, so each tile is looked up as a URL never answered, as a new image's first view
+is.
 """
 
 from __future__ import annotations
@@ -390,6 +394,12 @@ def main() -> int:
         "deployment with Redis renders them",
     )
     parser.add_argument(
+        "--new-urls",
+        action="store_true",
+        help="every server without its URL index (IDRSERVE_CACHE__URL_INDEX_ENTRIES=0): each "
+        "tile looked up as a URL the server has not answered, as a new image's first view",
+    )
+    parser.add_argument(
         "--query",
         default="",
         metavar="QUERY",
@@ -434,6 +444,8 @@ def main() -> int:
     redis = None
     if args.redis:
         redis, shared_env["IDRSERVE_CACHE__REDIS_URL"] = start_redis()
+    if args.new_urls:
+        shared_env["IDRSERVE_CACHE__URL_INDEX_ENTRIES"] = "0"
     for label, direct in variants.items():
         port = free_port()
         env = dict(
@@ -524,6 +536,7 @@ def main() -> int:
         f"{' --viewer-query' if args.viewer_query else ''}"
         f"{f' --query {shlex.quote(args.query)}' if args.query else ''}"
         f"{' --redis' if args.redis else ''}"
+        f"{' --new-urls' if args.new_urls else ''}"
         f"{f' --baseline {args.baseline}' if args.baseline else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",
