@@ -44,6 +44,11 @@ from idrserve.turns import InlineTurns
 
 T = TypeVar("T")
 
+# An inline render reading more raw pixels than this runs in two loop turns, read and decode
+# first, then render and encode, so that no turn holds the loop much past a millisecond: a
+# 3 × 512² tile takes about 2 ms in all, each part about 1 (docs/benchmarks.md).
+ONE_TURN_PIXELS = 3 * 256 * 256
+
 
 @dataclass(slots=True)
 class Deps:
@@ -119,9 +124,12 @@ async def cached_render(req: RegionRequest, meta: ImageMeta, deps: Deps, key: st
     return Rendered(entry.body, entry.media_type, key, timings, tier)
 
 
-def render_now(
-    req: RegionRequest, meta: ImageMeta, deps: Deps, key: str
-) -> Rendered | Callable[[], Rendered] | None:
+# A render as plain calls: each returns the response, or the call that does the rest in a
+# later loop turn.
+Step = Callable[[], "Rendered | Step"]
+
+
+def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Rendered | Step | None:
     """The memory tier's entry for a tile, or its render as a plain call for when the loop
     gives it its turn; None when it must take the usual way (`cached_render`).
 
@@ -132,7 +140,9 @@ def render_now(
     if one has arrived meanwhile, else renders and stores as `cached_render` would. It needs
     no render slot (nothing else runs while it renders, and it cannot be cancelled) and no
     single flight (no other request can ask for the key meanwhile; one already rendering it
-    makes this None, to be joined the usual way). Its exceptions are the render's.
+    makes this None, to be joined the usual way). Its exceptions are the render's. A render
+    over `ONE_TURN_PIXELS` is two calls: the first reads and decodes and returns the second,
+    which renders, encodes and stores in a later turn.
     """
     cache = deps.cache
     if cache is not None and (not cache.local_only or cache.rendering(key)):
@@ -156,18 +166,34 @@ def render_now(
     if direct is None:
         return None
 
-    def produce() -> Rendered:
+    turns = deps.inline_turns
+
+    def stored(rendered: Rendered) -> Rendered:
+        if cache is not None:
+            cache.store_render(key, CacheEntry(rendered.body, rendered.media_type))
+            rendered.tier = "miss"
+        return rendered
+
+    def produce() -> Rendered | Step:
         memory = None if cache is None else cache.memory
         if memory is not None:
             entry = memory.get(key)
             if entry is not None:
                 return Rendered(entry.body, entry.media_type, key, {}, "memory")
+        if len(indices) * box.w * box.h > ONE_TURN_PIXELS:
+            timings: dict[str, float] = {}
+            raw = _read(direct, timings)
+            turns.record(timings["source"])
+
+            def rest() -> Rendered:
+                body = _render_encode(req, meta, deps, raw, timings)
+                turns.record(timings["render"] + timings["encode"])
+                return stored(Rendered(body, MEDIA_TYPES[req.fmt], key, timings))
+
+            return rest
         rendered = _read_render_encode(req, meta, deps, direct, key)
-        deps.inline_turns.record(sum(rendered.timings.values()))
-        if cache is not None:
-            cache.store_render(key, CacheEntry(rendered.body, rendered.media_type))
-            rendered.tier = "miss"
-        return rendered
+        turns.record(sum(rendered.timings.values()))
+        return stored(rendered)
 
     return produce
 
@@ -271,9 +297,17 @@ async def _render_region(
             if len(indices) * box.w * box.h <= deps.inline_pixels:
                 # A small job on a one-core worker: no thread hand-off at all, but one
                 # render per loop iteration so the loop stays responsive (turns.py).
-                await deps.inline_turns.turn()
+                turns = deps.inline_turns
+                await turns.turn()
+                if len(indices) * box.w * box.h > ONE_TURN_PIXELS:
+                    raw = _read(direct, timings)
+                    turns.record(timings["source"])
+                    await turns.turn(first=True)  # the rest in a later turn, ahead of others
+                    body = _render_encode(req, meta, deps, raw, timings)
+                    turns.record(timings["render"] + timings["encode"])
+                    return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
                 rendered = _read_render_encode(req, meta, deps, direct, key)
-                deps.inline_turns.record(sum(rendered.timings.values()))
+                turns.record(sum(rendered.timings.values()))
                 return rendered
             # Read, render and encode in one executor job: each hop costs about as much as
             # encoding a small tile (bench/results/http-*.md).
@@ -353,8 +387,13 @@ def _read_render_encode(
     key: str,
 ) -> Rendered:
     timings: dict[str, float] = {}
+    raw = _read(read, timings)
+    body = _render_encode(req, meta, deps, raw, timings)
+    return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
+
+
+def _read(read: Callable[[], np.ndarray], timings: dict[str, float]) -> np.ndarray:
     t0 = time.perf_counter()
     raw = read()[:, 0]
     timings["source"] = time.perf_counter() - t0
-    body = _render_encode(req, meta, deps, raw, timings)
-    return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
+    return raw

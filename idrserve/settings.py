@@ -57,7 +57,11 @@ class ServerSettings(_Group):
     # Cold renders reading at most this many raw pixels (channels × width × height) from a
     # local Zarr v2 array run on the event-loop thread, not in the CPU pool: with one worker
     # per core the pool's thread hand-offs cost more than they overlap (+13 % cold tiles/s,
-    # bench/bench_iiif.py). 0: always the pool; unset: 3 × 256² when cpu_threads is 1, else 0.
+    # bench/bench_iiif.py). Over 3 × 256² a render takes two loop turns (read and decode, then
+    # render and encode, about 1 ms each at 3 × 512²): 1.08x the cold 512² tiles/s of the pool
+    # (1.17x greyscale), lag p99 1.5 ms (bench/results/http-two-turns-vm-2026-12-07.md,
+    # bench/results/http-two-turns-grey-vm-2026-12-07.md). 0: always the pool;
+    # unset: 3 × 512² when cpu_threads is 1, else 0.
     inline_render_pixels: int | None = Field(None, ge=0)
     # Inline renders per event-loop iteration when more are waiting (idrserve/turns.py): 1
     # keeps the loop's lag p99 under 2 ms at 16 connections but costs 12 % of cold 256²
@@ -108,7 +112,7 @@ class ServerSettings(_Group):
         """`inline_render_pixels`, or its default for this many CPU threads."""
         if self.inline_render_pixels is not None:
             return self.inline_render_pixels
-        return 3 * 256 * 256 if self.cpu_threads == 1 else 0
+        return 3 * 512 * 512 if self.cpu_threads == 1 else 0
 
 
 class SourceSettings(_Group):

@@ -81,15 +81,19 @@ class InlineTurns:
         self._armed = False  # `_next` is scheduled for the next iteration
         self.queued = 0  # renders that had to wait a turn (for tests and metrics)
 
-    async def turn(self) -> None:
-        """Return when the caller may render inline in the current loop iteration."""
+    async def turn(self, first: bool = False) -> None:
+        """Return when the caller may render inline in the current loop iteration; `first`:
+        ahead of every waiter (the second part of a render already begun)."""
         loop = asyncio.get_running_loop()
         if not self._busy and not self._waiters:
             self._busy = True
             self._arm(loop)
             return
         waiter = loop.create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         self.queued += 1
         self._arm(loop)
         # Cancelled while waiting: asyncio cancels `waiter` too, and `_next` skips it.
@@ -111,11 +115,15 @@ class InlineTurns:
         self._arm(asyncio.get_running_loop())
         return True
 
-    def defer(self, job: Callable[[], bool]) -> None:
+    def defer(self, job: Callable[[], bool], first: bool = False) -> None:
         """Queue a render that needs no task (coldpath.py): called, in arrival order among
         the waiters, in the iteration that gives it its turn. It returns False when it had
-        nothing to do (its request went away), and then takes no turn."""
-        self._waiters.append(job)
+        nothing to do (its request went away), and then takes no turn. `first`: ahead of
+        every waiter (the second part of a render already begun)."""
+        if first:
+            self._waiters.appendleft(job)
+        else:
+            self._waiters.append(job)
         self.queued += 1
         self._arm(asyncio.get_running_loop())
 

@@ -58,7 +58,7 @@ from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
 from idrserve.http.webgateway import output_from_query
 from idrserve.model import ImageMeta, RegionRequest
-from idrserve.service import Rendered, cached_render, fresh_cache_key, render_now
+from idrserve.service import Rendered, Step, cached_render, fresh_cache_key, render_now
 from idrserve.settings import Settings
 from idrserve.turns import InlineTurns
 
@@ -229,12 +229,13 @@ class ColdRenders:
             rendered = await cached_render(job.req, job.meta, deps, job.key)
         return self._answer(job, rendered)
 
-    def now(self, job: ColdJob) -> tuple[InlineTurns | None, Callable[[], ColdAnswer]] | None:
+    def now(self, job: ColdJob) -> tuple[InlineTurns | None, ColdStep] | None:
         """A plain call that answers `job` (`service.render_now`), with the process's render
         turns when it must wait for its loop turn (None: a memory hit, call it at once); or
         None: `render` it in a task. The call raises when the request must be answered the
         usual way (its render failed, or its answer does not fit the direct answer:
-        `HandBack`)."""
+        `HandBack`). A render in two turns (`service.ONE_TURN_PIXELS`) returns, from its
+        first, the call that does the rest in a later turn."""
         deps = self._deps()
         if deps is None or (job.indexed and not (deps.cache is None or deps.cache.local_only)):
             return None
@@ -244,15 +245,19 @@ class ColdRenders:
         produce = found if callable(found) else None
         turns = deps.inline_turns if produce is not None else None
 
-        def answer() -> ColdAnswer:
-            rendered = produce() if produce is not None else found
-            assert isinstance(rendered, Rendered)
-            answered = self._answer(job, rendered)
-            if answered is None:
-                raise HandBack(job.url[:200])
-            return answered
+        def answer() -> ColdAnswer | ColdStep:
+            return self._finish(job, produce() if produce is not None else found)
 
         return turns, answer
+
+    def _finish(self, job: ColdJob, rendered: Rendered | Step) -> ColdAnswer | ColdStep:
+        if not isinstance(rendered, Rendered):
+            step = rendered
+            return lambda: self._finish(job, step())
+        answered = self._answer(job, rendered)
+        if answered is None:
+            raise HandBack(job.url[:200])
+        return answered
 
     def _answer(self, job: ColdJob, rendered: Rendered) -> ColdAnswer | None:
         body = rendered.body
@@ -282,6 +287,10 @@ class ColdRenders:
             )
         return ColdAnswer(head, body, rendered.tier, trace)
 
+
+# A direct answer as plain calls: each returns the answer, or the call that does the rest in
+# a later loop turn (a render in two turns).
+ColdStep = Callable[[], "ColdAnswer | ColdStep"]
 
 # Here rather than in http/keys.py, which this module imports.
 COLD_RENDERS = web.AppKey("cold_renders", ColdRenders)

@@ -66,7 +66,14 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from idrserve.errors import IdrServeError
-from idrserve.http.coldpath import COLD_RENDERS, ColdAnswer, ColdJob, ColdRenders, HandBack
+from idrserve.http.coldpath import (
+    COLD_RENDERS,
+    ColdAnswer,
+    ColdJob,
+    ColdRenders,
+    ColdStep,
+    HandBack,
+)
 from idrserve.http.fastpath import DIRECT_HITS, DirectHits
 from idrserve.http.middleware import (
     HTTP_ERROR_CODES,
@@ -75,6 +82,7 @@ from idrserve.http.middleware import (
     request_id,
     set_common_headers,
 )
+from idrserve.turns import InlineTurns
 
 log = logging.getLogger("idrserve.http")
 
@@ -358,15 +366,18 @@ class JsonErrorRequestHandler(RequestHandler):
         consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
         if consumed is not None:
             consumed()
-        if answer is not None:
+        if isinstance(answer, ColdAnswer):
             cold.admission.request_done()
             self._send_cold(job, answer, start, batch=True)
         elif now is not None and turns is not None:
             # Its turn comes in a later iteration (turns.py): no task either, a future stands
             # for the request in progress (held requests, keep-alive, shutdown, cancellation).
+            # A render begun here (the first of two turns) goes ahead of the others.
             waiting: asyncio.Future[None] = self._loop.create_future()
             self._cold_task = waiting
-            turns.defer(partial(self._cold_turn, job, message, payload, start, now[1], waiting))
+            step = now[1] if answer is None else answer
+            turn = partial(self._cold_turn, job, message, payload, start, step, waiting, turns)
+            turns.defer(turn, first=answer is not None)
         else:
             self._cold_task = self._loop.create_task(self._cold(job, message, payload, start))
         return True
@@ -377,27 +388,37 @@ class JsonErrorRequestHandler(RequestHandler):
         message: RawRequestMessage,
         payload: Any,
         start: float,
-        answer_now: Callable[[], ColdAnswer],
+        answer_now: ColdStep,
         waiting: asyncio.Future[None],
+        turns: InlineTurns,
     ) -> bool:
         """A deferred cold tile's turn (InlineTurns calls it): False when its request went
         away meanwhile. It carries no request deadline: it waits only for the renders queued
-        before it, at most `limits.max_concurrent_requests` of them (1 024 × 0.75 ms at 256²)."""
+        before it, at most `limits.max_concurrent_requests` of them (1 024 × 0.75 ms at 256²).
+        A render in two turns queues its second ahead of every other waiter."""
         cold = self.cold
         assert cold is not None
         if waiting.done():  # cancelled by connection_lost: the client went away
             cold.admission.request_done()
             self._cold_gone(job, start)
             return False
-        waiting.set_result(None)
         answer = None
+        step = None
         try:
-            answer = answer_now()
+            result = answer_now()
+            if isinstance(result, ColdAnswer):
+                answer = result
+            else:
+                step = result
         except Exception as exc:
             if not isinstance(exc, IdrServeError | HandBack):
                 log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
-        finally:
-            cold.admission.request_done()
+        if step is not None:
+            turn = partial(self._cold_turn, job, message, payload, start, step, waiting, turns)
+            turns.defer(turn, first=True)
+            return True
+        cold.admission.request_done()
+        waiting.set_result(None)
         self._cold_done(job, message, payload, answer, start)
         return True
 

@@ -393,6 +393,44 @@ async def test_tiles_answered_in_their_turn_match_the_usual_path(
     b.close()
 
 
+# Over service.ONE_TURN_PIXELS (3 × 256²) and up to the one-thread default (3 × 512²): each
+# renders inline in two loop turns, read and decode, then render and encode.
+TWO_TURNS = [
+    f"/webgateway/render_image_region/{P}/0/0/?tile=0,0,0,512,512",  # two active channels
+    f"/webgateway/render_image_region/{P}/0/0/?tile=0,1,0,512,512"
+    "&c=1|0:3000$FF00FF,2|9:900$00FFFF,3|0:900$FF0000",  # three
+    f"/webgateway/render_image_region/{Z}/2/0/?tile=0,0,0,512,512",  # one, greyscale
+    f"/iiif/3/{P}/512,512,512,512/max/0/default.jpg",
+]
+
+
+@pytest.mark.parametrize("path", ["call", "task"])
+async def test_larger_tiles_render_in_two_turns_and_match_the_usual_path(
+    serve: Callable[..., Any], tmp_path: Path, path: str
+) -> None:
+    """A lone cold tile over one turn's pixels: its first part renders at once, its second
+    waits for the next turn (one queued turn a tile), as a plain call without a task or, when
+    a cache tier needs I/O (a disk here), in its task; same bytes and headers as the usual
+    path either way."""
+    tier = {"cache__dir": str(tmp_path / "c")} if path == "task" else {}
+    direct = await serve(**INLINE, **tier)
+    usual = await serve(server__direct_hits=False, server__direct_renders=False, **INLINE)
+    a, b = await _warmed(direct), await _warmed(usual)
+    tasks = _tasks_of(direct)
+    turns = direct.app[DEPS].inline_turns  # type: ignore[index]
+    for url in TWO_TURNS:
+        queued = turns.queued
+        mine, theirs = await a.get(url), await b.get(url)
+        assert mine[0] == theirs[0] == 200, url
+        assert mine[2] == theirs[2], url
+        assert value(mine[1], "X-Cache") == "miss", url
+        assert _comparable(mine[1]) == _comparable(theirs[1]), url
+        assert turns.queued == queued + 1, url  # the second part waited for its turn
+    assert tasks == ([] if path == "call" else TWO_TURNS)
+    a.close()
+    b.close()
+
+
 async def test_a_burst_of_cold_tiles_waits_for_its_turns_without_tasks(
     serve: Callable[..., Any],
 ) -> None:
@@ -461,7 +499,7 @@ async def test_a_client_gone_before_its_turn_releases_its_slot(
     conn = await _warmed(served)
     held: list[Callable[[], bool]] = []
     monkeypatch.setattr(InlineTurns, "take_now", lambda self: False)
-    monkeypatch.setattr(InlineTurns, "defer", lambda self, job: held.append(job))
+    monkeypatch.setattr(InlineTurns, "defer", lambda self, job, first=False: held.append(job))
     await conn.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     for _ in range(100):
         if held:
@@ -548,7 +586,7 @@ async def test_a_memory_hit_on_the_cold_path_waits_for_no_turn(
     assert value(first[1], "X-Cache") == "miss"
     deferred: list[object] = []
     monkeypatch.setattr(InlineTurns, "take_now", lambda self: False)  # every turn taken
-    monkeypatch.setattr(InlineTurns, "defer", lambda self, job: deferred.append(job))
+    monkeypatch.setattr(InlineTurns, "defer", lambda self, job, first=False: deferred.append(job))
     tasks = _tasks_of(served)
     again = await conn.get(TILE)
     assert again[0] == 200 and value(again[1], "X-Cache") == "memory"

@@ -706,7 +706,7 @@ async def test_inline_renders_equal_pool_renders_and_skip_the_pool(
 def test_inline_default_follows_cpu_threads() -> None:
     from idrserve.settings import ServerSettings
 
-    assert ServerSettings(cpu_threads=1).inline_pixels() == 3 * 256 * 256
+    assert ServerSettings(cpu_threads=1).inline_pixels() == 3 * 512 * 512
     assert ServerSettings(cpu_threads=4).inline_pixels() == 0
     assert ServerSettings(cpu_threads=1, inline_render_pixels=0).inline_pixels() == 0
 

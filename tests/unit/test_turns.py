@@ -153,6 +153,42 @@ async def test_deferred_renders_keep_arrival_order_with_waiting_tasks() -> None:
     assert turns.queued == 6
 
 
+async def test_the_second_part_of_a_render_goes_ahead_of_the_queue() -> None:
+    """A render in two turns (service.ONE_TURN_PIXELS) queues its second part first, whether
+    it is a deferred call or a task's turn: begun work finishes before new work starts, so
+    its decoded planes are not held while the queue drains."""
+    turns, clock, log = InlineTurns(per_turn=1), IterationClock(), []
+    clock.start()
+    assert turns.take_now()  # a render under way this iteration: the rest queue
+
+    def job(name: str) -> Callable[[], bool]:
+        def run() -> bool:
+            log.append((name, clock.now))
+            if name == "a1":  # the first part of a: its rest goes first
+                turns.defer(job("a2"), first=True)
+            return True
+
+        return run
+
+    async def task_in_two_parts() -> None:
+        await turns.turn()
+        log.append(("t1", clock.now))
+        await turns.turn(first=True)
+        log.append(("t2", clock.now))
+
+    turns.defer(job("a1"))
+    task = asyncio.create_task(task_in_two_parts())
+    await asyncio.sleep(0)  # t1 queued
+    turns.defer(job("b"))
+    turns.defer(job("c"))
+    await task
+    for _ in range(6):
+        await asyncio.sleep(0)
+    clock.stop()
+    assert [name for name, _ in log] == ["a1", "a2", "t1", "t2", "b", "c"]
+    assert turns.queued == 6  # every part waited for a turn of its own (per_turn=1)
+
+
 class FakeClock:
     """Time that moves only when a render says it spent some: a budget test that cannot be
     thrown by a busy machine."""
