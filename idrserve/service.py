@@ -139,10 +139,12 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
     schedule callbacks around a synchronous render. The call returns the memory tier's entry
     if one has arrived meanwhile, else renders and stores as `cached_render` would. It needs
     no render slot (nothing else runs while it renders, and it cannot be cancelled) and no
-    single flight (no other request can ask for the key meanwhile; one already rendering it
+    single flight (a request for the key that comes meanwhile waits for a turn behind it and
+    finds its entry in the memory tier, if there is one; one already rendering it in a task
     makes this None, to be joined the usual way). Its exceptions are the render's. A render
     over `ONE_TURN_PIXELS` is two calls: the first reads and decodes and returns the second,
-    which renders, encodes and stores in a later turn.
+    which renders, encodes and stores in a later turn, ahead of every waiter; its request may
+    go away in between, and the second is then never called.
     """
     cache = deps.cache
     if cache is not None and (not cache.local_only or cache.rendering(key)):

@@ -523,6 +523,66 @@ async def test_a_client_gone_before_its_turn_releases_its_slot(
     again.close()
 
 
+async def test_a_deferred_tile_in_two_turns_is_answered_after_both(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both parts from the queue (its loop turn was taken when it arrived): the first queues
+    the second ahead of the rest, the answer is the usual path's, and its slot is released
+    once."""
+    served = await serve(**INLINE)
+    usual = await serve(server__direct_hits=False, server__direct_renders=False, **INLINE)
+    conn, ref = await _warmed(served), await _warmed(usual)
+    assert served.app is not None
+    turns, admission = served.app[DEPS].inline_turns, served.app[ADMISSION]
+    monkeypatch.setattr(InlineTurns, "take_now", lambda self: False)
+    queued = turns.queued
+    mine = await conn.get(TWO_TURNS[1])
+    assert turns.queued == queued + 2  # deferred, then its second part
+    theirs = await ref.get(TWO_TURNS[1])
+    assert mine[0] == theirs[0] == 200 and mine[2] == theirs[2]
+    assert _comparable(mine[1]) == _comparable(theirs[1])
+    assert admission.requests == 0
+    conn.close()
+    ref.close()
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
+async def test_a_client_gone_between_two_turns_releases_its_slot(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, cancelled: bool
+) -> None:
+    """A tile in two turns whose client leaves after the first (read and decode, at once):
+    its second turn is skipped (with aiohttp's handler_cancellation) or renders for nobody;
+    either way its request slot is released and the server serves on."""
+    served = await serve(**INLINE)
+    served.server._runner.server.handler_cancellation = cancelled  # type: ignore[union-attr]
+    conn = await _warmed(served)
+    held: list[Callable[[], bool]] = []
+    monkeypatch.setattr(
+        InlineTurns, "defer", lambda self, job, first=False: held.append(job) if first else None
+    )
+    await conn.send(f"GET {TWO_TURNS[0]} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    for _ in range(100):
+        if held:
+            break
+        await asyncio.sleep(0.01)
+    assert len(held) == 1  # the first part ran at once; the rest waits, ahead of the queue
+    assert served.app is not None
+    admission = served.app[ADMISSION]
+    assert admission.requests == 1
+    gone = admission.cancelled
+    conn.close()
+    await asyncio.sleep(0.1)
+    assert held[0]() is not cancelled
+    assert admission.requests == 0
+    assert admission.cancelled == gone + cancelled
+    if cancelled:
+        assert served.log_records()[-1]["status"] == 499
+    monkeypatch.undo()
+    again = await Conn.open(served.port)
+    assert (await again.get(OTHER))[0] == 200
+    again.close()
+
+
 @pytest.mark.parametrize("deferred", [False, True], ids=["at-once", "deferred"])
 async def test_a_render_failing_in_its_turn_is_handed_back(
     serve: Callable[..., Any],
