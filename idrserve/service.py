@@ -183,16 +183,8 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
             if entry is not None:
                 return Rendered(entry.body, entry.media_type, key, {}, "memory")
         if len(indices) * box.w * box.h > ONE_TURN_PIXELS:
-            timings: dict[str, float] = {}
-            raw = _read(direct, timings)
-            turns.record(timings["source"])
-
-            def rest() -> Rendered:
-                body = _render_encode(req, meta, deps, raw, timings)
-                turns.record(timings["render"] + timings["encode"])
-                return stored(Rendered(body, MEDIA_TYPES[req.fmt], key, timings))
-
-            return rest
+            rest = _read_first(req, meta, deps, direct, key)
+            return lambda: stored(rest())
         rendered = _read_render_encode(req, meta, deps, direct, key)
         turns.record(sum(rendered.timings.values()))
         return stored(rendered)
@@ -302,12 +294,9 @@ async def _render_region(
                 turns = deps.inline_turns
                 await turns.turn()
                 if len(indices) * box.w * box.h > ONE_TURN_PIXELS:
-                    raw = _read(direct, timings)
-                    turns.record(timings["source"])
+                    rest = _read_first(req, meta, deps, direct, key)
                     await turns.turn(first=True)  # the rest in a later turn, ahead of others
-                    body = _render_encode(req, meta, deps, raw, timings)
-                    turns.record(timings["render"] + timings["encode"])
-                    return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
+                    return rest()
                 rendered = _read_render_encode(req, meta, deps, direct, key)
                 turns.record(sum(rendered.timings.values()))
                 return rendered
@@ -392,6 +381,28 @@ def _read_render_encode(
     raw = _read(read, timings)
     body = _render_encode(req, meta, deps, raw, timings)
     return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
+
+
+def _read_first(
+    req: RegionRequest,
+    meta: ImageMeta,
+    deps: Deps,
+    read: Callable[[], np.ndarray],
+    key: str,
+) -> Callable[[], Rendered]:
+    """The first of a render's two loop turns (`ONE_TURN_PIXELS`): read and decode now; the
+    call returned renders and encodes in the next. Each part is timed for the turns."""
+    turns = deps.inline_turns
+    timings: dict[str, float] = {}
+    raw = _read(read, timings)
+    turns.record(timings["source"])
+
+    def rest() -> Rendered:
+        body = _render_encode(req, meta, deps, raw, timings)
+        turns.record(timings["render"] + timings["encode"])
+        return Rendered(body, MEDIA_TYPES[req.fmt], key, timings)
+
+    return rest
 
 
 def _read(read: Callable[[], np.ndarray], timings: dict[str, float]) -> np.ndarray:

@@ -24,8 +24,6 @@ from idrserve.sources.omexml import PhysicalSize as PhysicalSize
 from idrserve.sources.omexml import resolution_pixel_size as resolution_pixel_size
 from idrserve.sources.omexml import svs_pixel_size as svs_pixel_size
 
-RGB_NAMES = omexml.SAMPLE_NAMES
-
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
