@@ -22,22 +22,38 @@ import numpy as np
 
 import idrserve.service as service
 from idrserve.cli import main
-from idrserve.model import MEDIA_TYPES, ImageMeta, RegionRequest
+from idrserve.model import ImageMeta, RegionRequest
 
 BODY = b"\xff\xd8" + b"\0" * 17_000  # about a 256^2 tile's JPEG size
 TOUCH = int(os.environ.get("BENCH_TOUCH_BYTES", "0"))
 SRC, DST = np.ones(TOUCH, dtype=np.uint8), np.empty(TOUCH, dtype=np.uint8)
 
 
-def constant(req: RegionRequest, meta: ImageMeta, deps: object, read: object, key: str) -> object:
-    del meta, deps, read
+RAW = np.zeros((1, 1, 1, 1), dtype=np.uint16)
+
+
+def no_read(read: object, timings: dict[str, float]) -> np.ndarray:
+    del read
+    timings["source"] = 0.0
+    return RAW
+
+
+def constant_body(
+    req: RegionRequest, meta: ImageMeta, deps: object, raw: object, timings: dict[str, float]
+) -> bytes:
+    del req, meta, deps, raw
     if TOUCH:
         np.copyto(DST, SRC)
-    timings = {"source": 0.0, "render": 0.0, "encode": 0.0}
-    return service.Rendered(BODY, MEDIA_TYPES[req.fmt], key, timings)
+    timings["render"] = timings["encode"] = 0.0
+    return BODY
 
 
-service._read_render_encode = constant  # type: ignore[assignment]
+# Below every render path: the plain one (`_read_render_encode`) and the one in two loop turns
+# (`_read_first`, tiles over `service.ONE_TURN_PIXELS`) both read with `_read` and finish with
+# `_render_encode`. Until 2026-12-07 only the first was replaced, so 512² tiles, which render
+# in two turns since that day, ran the real kernel here.
+service._read = no_read
+service._render_encode = constant_body
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,9 @@ the same tiles read, decoded, rendered and encoded by the server's own function 
 around them, after checking that it makes byte-identical bodies. `idrserve / kernel` is the
 share of a core the request handling leaves to the work itself (issue 19 target: ≥ 0.9). The
 server's event-loop lag p99 under the load comes from its /metrics histogram
-(`idrserve_event_loop_lag_seconds`, before/after each run), next to wrk's p99 / p50.
+(`idrserve_event_loop_lag_seconds`, before/after each run), next to wrk's p99 / p50, and
+the CPU each of its threads spent a tile (`idrserve_thread_cpu_seconds_total`: the event
+loop's, and the render pool's for tiles rendered there, `--large`'s 1024² ones).
 
     python bench/bench_http.py [--duration 8] [--rounds 3] [--baseline DIR] [--redis]
 
@@ -243,6 +245,34 @@ def render_stages(base: str) -> dict[str, float] | None:
         out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
     out["renders"] = sum(float(m.group(1)) for m in RENDERS.finditer(text))
     return out
+
+
+THREAD_CPU = re.compile(r'idrserve_thread_cpu_seconds_total\{thread="(\w+)"\} (\S+)')
+
+
+def thread_cpu(base: str) -> dict[str, float] | None:
+    """CPU seconds of the server's loop thread and of its CPU pool so far, from /metrics
+    (None: a server without idrserve_thread_cpu_seconds_total, e.g. an older baseline)."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = {m.group(1): float(m.group(2)) for m in THREAD_CPU.finditer(text)}
+    return found or None
+
+
+def thread_cpu_us(
+    before: dict[str, float] | None, after: dict[str, float] | None, requests: float
+) -> dict[str, float]:
+    """µs of CPU a request of each thread role in between: the loop's is the request
+    handling around a kernel rendered in the pool (and the whole tile when it renders on
+    the loop)."""
+    if before is None or after is None or requests <= 0:
+        return {}
+    return {
+        f"{role}_cpu_us": (after[role] - before.get(role, 0.0)) / requests * 1e6 for role in after
+    }
 
 
 def stages_us(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
@@ -528,7 +558,13 @@ def main() -> int:
                 for label, (_proc, base) in servers.items():
                     row = f"{name} ({label})"
                     before, spent = lag_buckets(base), render_stages(base)
+                    cpu = thread_cpu(base)
                     result = run_wrk(base, urls, args.duration, args.conns, tmp)
+                    result.update(
+                        thread_cpu_us(
+                            cpu, thread_cpu(base), result["rps"] * wrk_seconds(args.duration)
+                        )
+                    )
                     after = lag_buckets(base)
                     result["lag_p99_ms"] = lag_p99_ms(before, after)
                     result["lag_le_2ms"] = lag_share(before, after, 0.002)
@@ -640,6 +676,27 @@ def main() -> int:
         split = split_cells(results[f"{name} (idrserve)"], results[f"{name} (kernel)"])
         if split is not None:
             lines.append(f"| {name} | " + " | ".join(split) + " |")
+    cpu_rows = [
+        (name, rounds) for name, rounds in results.items() if rounds and "loop_cpu_us" in rounds[0]
+    ]
+    if cpu_rows:
+        lines += [
+            "",
+            "CPU a tile by thread, µs, median of the rounds (idrserve_thread_cpu_seconds_total "
+            "over wrk's requests; a tile rendered on the loop counts there whole, one rendered "
+            "in the pool leaves the loop only its request handling):",
+            "",
+            "| case | µs a tile (wall) | loop thread | CPU pool | kernel alone |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, rounds in cpu_rows:
+            case = name.split(" (")[0]
+            lone_rounds = results.get(f"{case} (kernel)")
+            lone = f"{1e6 / med(lone_rounds, 'rps'):.0f}" if lone_rounds else "–"
+            lines.append(
+                f"| {name} | {1e6 / med(rounds, 'rps'):.0f} | {med(rounds, 'loop_cpu_us'):.0f} "
+                f"| {med(rounds, 'cpu_pool_cpu_us'):.0f} | {lone} |"
+            )
     lines += [
         "",
         "Stage cells: in the server, alone in brackets. Stage times are wall time: a tile "

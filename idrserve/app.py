@@ -50,6 +50,7 @@ from idrserve.service import Deps
 from idrserve.settings import Settings
 from idrserve.sources.plate_catalog import PlateCatalog
 from idrserve.sources.routing import build_source
+from idrserve.threadcpu import ThreadCpu
 from idrserve.turns import InlineTurns
 
 log = logging.getLogger("idrserve")
@@ -186,8 +187,15 @@ def create_app(settings: Settings) -> web.Application:
             url_index, lambda: app.get(DEPS), heads, app[reqmetrics.REQUEST_METRICS]
         )
 
+    # idrserve_thread_cpu_seconds_total: the loop's CPU apart from the pool's (threadcpu.py).
+    thread_cpu = ThreadCpu()
+    app[REGISTRY].register(thread_cpu)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        cpu_pool = make_cpu_pool(settings.server.cpu_threads, settings.server.cpu_thread_nice)
+        thread_cpu.add_current("loop")  # the loop's own thread: lifecycle runs on it
+        cpu_pool = make_cpu_pool(
+            settings.server.cpu_threads, settings.server.cpu_thread_nice, thread_cpu
+        )
         # Load the compiled render loops (≈ 0.5 s from numba's cache, longer the first time
         # ever) in the pool, while the server already answers: the first renders queue behind.
         cpu_pool.submit(kernels.warm)

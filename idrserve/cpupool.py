@@ -21,6 +21,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from idrserve.threadcpu import ThreadCpu
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +37,15 @@ def _lower_priority(nice: int) -> None:
         log.warning("could not lower the CPU pool's priority: %s", exc)
 
 
-def cpu_pool(threads: int, nice: int = 0) -> ThreadPoolExecutor:
-    """The pool the app decodes, renders and encodes in, its threads `nice` steps below us."""
+def _start_thread(nice: int, cpu: ThreadCpu | None) -> None:
+    _lower_priority(nice)
+    if cpu is not None:
+        cpu.add_current("cpu_pool")
+
+
+def cpu_pool(threads: int, nice: int = 0, cpu: ThreadCpu | None = None) -> ThreadPoolExecutor:
+    """The pool the app decodes, renders and encodes in, its threads `nice` steps below us
+    and their CPU time counted in `cpu` (idrserve_thread_cpu_seconds_total)."""
     return ThreadPoolExecutor(
-        threads, thread_name_prefix="idrs-cpu", initializer=_lower_priority, initargs=(nice,)
+        threads, thread_name_prefix="idrs-cpu", initializer=_start_thread, initargs=(nice, cpu)
     )

@@ -1,4 +1,5 @@
-"""The event-loop lag sampler sees a blocked loop, and its histogram is on /metrics.
+"""The event-loop lag sampler sees a blocked loop, and its histogram is on /metrics; so is
+the CPU time of the loop's thread apart from the pool's (idrserve/threadcpu.py).
 
 Both samplers are exercised: the timerfd the loop watches (Linux, the default) and the
 thread that is the fallback elsewhere.
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from idrserve.http.looplag import LoopLag, TimerFd
+from tests.http.conftest import P
 
 
 def _count_and_sum(registry: CollectorRegistry) -> tuple[float, float]:
@@ -152,3 +154,31 @@ async def test_a_timer_refused_at_start_falls_back_to_the_thread(
         assert _count_and_sum(registry)[0] >= 3
     finally:
         await ctx.aclose()
+
+
+async def test_thread_cpu_is_served_for_the_loop_and_the_pool(
+    make_client: Callable[..., Any],
+) -> None:
+    # Renders in the pool (none inline), so both roles have run something.
+    client = await make_client(server__cpu_threads=1, server__inline_render_pixels=0)
+
+    async def seconds() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        prefix = 'idrserve_thread_cpu_seconds_total{thread="'
+        return {
+            line[len(prefix) :].split('"')[0]: float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith(prefix)
+        }
+
+    before = await seconds()
+    if sys.platform != "linux":
+        assert before == {}  # read from /proc: no samples elsewhere
+        return
+    assert set(before) == {"loop", "cpu_pool"}
+    for x in range(4):
+        resp = await client.get(f"/webgateway/render_image_region/{P}/0/0/?tile=0,{x},1,256,256")
+        assert resp.status == 200
+    after = await seconds()
+    assert after["cpu_pool"] > before["cpu_pool"]  # the renders ran there
+    assert after["loop"] > before["loop"]

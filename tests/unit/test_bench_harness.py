@@ -184,6 +184,26 @@ def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders(
     assert bench_http.stages_us(after, after) == {}  # no render in between
 
 
+def test_the_loops_cpu_a_tile_is_its_seconds_over_the_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    bench_http = _load("bench_http")
+    before = {"loop": 2.0, "cpu_pool": 10.0}
+    after = {"loop": 2.5, "cpu_pool": 18.0}
+    assert bench_http.thread_cpu_us(before, after, 1000) == pytest.approx(
+        {"loop_cpu_us": 500.0, "cpu_pool_cpu_us": 8000.0}
+    )
+    assert bench_http.thread_cpu_us(None, after, 1000) == {}  # a server without the metric
+    assert bench_http.thread_cpu_us(before, after, 0) == {}
+    text = (
+        'idrserve_thread_cpu_seconds_total{thread="loop"} 1.5\n'
+        'idrserve_thread_cpu_seconds_total{thread="cpu_pool"} 3e-05\n'
+    )
+    found = {m.group(1): float(m.group(2)) for m in bench_http.THREAD_CPU.finditer(text)}
+    assert found == {"loop": 1.5, "cpu_pool": 3e-05}
+
+
 KERNEL_URLS = [
     "/webgateway/render_image_region/2001/0/0/?tile=0,1,2,256,256",
     "/iiif/3/2001;q=0.9/256,512,256,256/256,256/0/default.jpg",
@@ -266,3 +286,34 @@ def test_a_lag_p99_just_over_the_target_reads_as_the_next_fine_bucket(
     before = dict.fromkeys(buckets, 0.0)
     assert http.lag_p99_ms(before, buckets) == pytest.approx(2.5)
     assert http.lag_share(before, buckets, 0.002) == pytest.approx(0.95)
+
+
+def test_the_request_path_stub_replaces_both_render_paths() -> None:
+    # bench/_request_path.py must stub the kernel on the plain path and on the two-turn one
+    # (tiles over service.ONE_TURN_PIXELS), or its "request path alone" renders for real. It
+    # patches idrserve.service on import: run it in a process of its own.
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    code = f"""
+import sys
+from types import SimpleNamespace
+sys.path.insert(0, {str(bench)!r})
+import _request_path as rp
+import idrserve.service as service
+from idrserve.model import Format
+
+def read():
+    raise AssertionError("the stub read chunks")
+
+req = SimpleNamespace(fmt=Format.JPEG)
+deps = SimpleNamespace(inline_turns=SimpleNamespace(record=lambda seconds: None))
+plain = service._read_render_encode(req, None, deps, read, "k")
+rest = service._read_first(req, None, deps, read, "k")
+assert plain.body == rest().body == rp.BODY
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
