@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 import idrserve.service as service
 from idrserve.cache import TieredCache
+from idrserve.http.bodies import LARGE_BODY_BYTES
 from idrserve.http.coldpath import ColdAnswer, ColdJob
 from idrserve.http.keys import ADMISSION, DEPS
 from idrserve.turns import InlineTurns
@@ -40,6 +41,11 @@ WARM = {
     Z: f"/webgateway/render_image_region/{Z}/0/0/?tile=0,0,0,64,64",
 }
 TILE = f"/webgateway/render_image_region/{P}/0/0/?tile=0,1,1,256,256"
+# JPEG outputs up to 1024² (the tile of bioformats2raw's default chunk) take the cold path too.
+LARGE_JPEG = [
+    f"/webgateway/render_image_region/{P}/0/0/?region=0,0,1024,1024",
+    f"/iiif/3/{P}/0,0,2048,2048/1024,/0/default.jpg",
+]
 OTHER = f"/webgateway/render_image_region/{P}/0/0/?tile=0,0,1,256,256"
 
 
@@ -72,7 +78,7 @@ async def test_cold_tiles_same_bytes_and_headers_as_the_usual_path(
     a, b = await _warmed(direct), await _warmed(usual)
     taken = direct.cold_taken
     assert any(u.startswith("/iiif/") for u in URLS)  # with its own Link header
-    for url in URLS:
+    for url in [*URLS, *LARGE_JPEG]:
         mine, theirs = await a.get(url), await b.get(url)
         assert direct.cold_taken == taken + 1, url
         taken = direct.cold_taken
@@ -144,12 +150,17 @@ DECLINED = {
     "unknown image": ("/webgateway/render_image_region/999/0/0/?tile=0,0,0,256,256", 404),
     "bad parameter": (f"/webgateway/render_image_region/{P}/0/0/?tile=abc", 400),
     "no such plane": (f"/webgateway/render_image_region/{P}/9/0/?tile=0,0,0,256,256", 404),
-    "output over 512²": (f"/webgateway/render_image_region/{P}/0/0/?region=0,0,600,600", 200),
+    "JPEG over 1024²": (f"/webgateway/render_image_region/{P}/0/0/?region=0,0,1100,1024", 200),
+    "PNG over 512²": (
+        f"/webgateway/render_image_region/{P}/0/0/?region=0,0,600,600&format=png",
+        200,
+    ),
     "webclient alias": (f"/webclient/render_image_region/{P}/0/0/?tile=0,1,1,256,256", 200),
     "missing slash": (f"/webgateway/render_image_region/{P}/0/0?tile=0,1,1,256,256", 301),
     "IIIF info.json": (f"/iiif/3/{P}/info.json", 200),
     "IIIF bad region": (f"/iiif/3/{P}/0,0,-5,512/256,/0/default.jpg", 400),
-    "IIIF over 512²": (f"/iiif/3/{P}/0,0,2048,2048/1024,/0/default.jpg", 200),
+    "IIIF PNG over 512²": (f"/iiif/3/{P}/0,0,2048,2048/1024,/0/default.png", 200),
+    "IIIF over 1024²": (f"/iiif/3/{P}/0,0,4096,4096/2048,/0/default.jpg", 200),
     "_rdef route": (f"/webgateway/render_image_region_rdef/{P}/0/0/?tile=0,1,1,256,256", 400),
 }
 
@@ -165,6 +176,34 @@ async def test_requests_it_cannot_plan_take_the_usual_path(
     assert served.cold_taken == 0
     if status >= 400:
         assert json.loads(body)["error"] and value(headers, "X-Request-ID")
+    conn.close()
+
+
+async def test_a_body_over_one_write_is_handed_back_and_sent_whole(
+    serve: Callable[..., Any],
+) -> None:
+    # A 1024² JPEG at quality 1.0 of this noisy image is over LARGE_BODY_BYTES: planned and
+    # rendered here, then answered by the usual path, which writes it in pieces: from the
+    # memory tier the render filled, not by rendering it again.
+    url = f"/webgateway/render_image_region/{P}/0/0/?region=0,0,1024,1024&q=1.0"
+    reference = await serve(server__direct_hits=False, server__direct_renders=False)
+    ref = await _warmed(reference)
+    expected = await ref.get(url)
+    served = await serve()
+    conn = await _warmed(served)
+    status, headers, body = await conn.get(url)
+    assert len(body) > LARGE_BODY_BYTES
+    assert served.cold_taken == 1
+    assert status == 200 and body == expected[2]
+    assert value(headers, "X-Cache") == "memory"
+    assert value(expected[1], "X-Cache") == "miss"
+
+    def rest(headers: Headers) -> Headers:
+        return [h for h in _comparable(headers) if h[0] not in ("X-Cache", "Server-Timing")]
+
+    assert rest(headers) == rest(expected[1])
+    assert served.app is not None and served.app[ADMISSION].requests == 0
+    ref.close()
     conn.close()
 
 
