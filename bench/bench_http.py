@@ -247,7 +247,7 @@ def render_stages(base: str) -> dict[str, float] | None:
     return out
 
 
-THREAD_CPU = re.compile(r'idrserve_thread_cpu_seconds_total\{thread="(\w+)"\} (\S+)')
+THREAD_CPU = re.compile(r'idrserve_thread_cpu_seconds_total\{[^}]*\bthread="(\w+)"[^}]*\} (\S+)')
 
 
 def thread_cpu(base: str) -> dict[str, float] | None:
@@ -258,7 +258,9 @@ def thread_cpu(base: str) -> dict[str, float] | None:
             text = resp.read().decode(errors="replace")
     except OSError:
         return None
-    found = {m.group(1): float(m.group(2)) for m in THREAD_CPU.finditer(text)}
+    found: dict[str, float] = {}
+    for m in THREAD_CPU.finditer(text):  # summed over workers (the benchmark runs one)
+        found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
     return found or None
 
 

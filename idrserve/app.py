@@ -187,9 +187,10 @@ def create_app(settings: Settings) -> web.Application:
             url_index, lambda: app.get(DEPS), heads, app[reqmetrics.REQUEST_METRICS]
         )
 
-    # idrserve_thread_cpu_seconds_total: the loop's CPU apart from the pool's (threadcpu.py).
+    # idrserve_thread_cpu_seconds_total: the loop's CPU apart from the pool's (threadcpu.py),
+    # exported per worker with the request counts.
     thread_cpu = ThreadCpu()
-    app[REGISTRY].register(thread_cpu)
+    app[reqmetrics.REQUEST_METRICS].thread_cpu = thread_cpu
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         thread_cpu.add_current("loop")  # the loop's own thread: lifecycle runs on it

@@ -5,7 +5,11 @@ loop parses every request, plans it, answers cache hits and writes every respons
 decodes, renders and encodes. `process_cpu_seconds_total` adds the two, so a worker at 100 %
 of a core cannot tell an operator whether requests wait for the loop (another worker would
 help) or for renders (more CPU threads would). `idrserve_thread_cpu_seconds_total{thread}`
-splits it: `loop` and `cpu_pool`, in seconds, read when /metrics is scraped.
+splits it: `loop` and `cpu_pool`, in seconds, one series per worker process (`pid`). The
+workers' figures travel in the snapshots `idrserve_http_*` are summed from
+(http/reqmetrics.py), so every scrape shows every worker of `serve --workers N`, each at most
+a second old, whichever worker answers it; a full loop is one worker's, hence a label rather
+than a sum.
 
 It is also how bench/bench_http.py splits a tile rendered in the pool: the loop's CPU a tile
 is the request handling around the kernel, measured rather than inferred from wall time.
@@ -24,10 +28,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
-
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 ROLES = ("loop", "cpu_pool")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -55,8 +55,8 @@ def thread_cpu_seconds(tid: int) -> float | None:
         return None
 
 
-class ThreadCpu(Collector):
-    """The collector: threads register under a role, /metrics reads their time."""
+class ThreadCpu:
+    """Threads register under a role; `seconds` reads their time (for /metrics)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,7 +73,9 @@ class ThreadCpu(Collector):
             self._last[role].setdefault(threading.get_native_id(), 0.0)
 
     def seconds(self) -> dict[str, float]:
-        """Each role's CPU seconds so far."""
+        """Each role's CPU seconds so far ({} where they cannot be read)."""
+        if sys.platform != "linux":
+            return {}
         out = {}
         with self._lock:
             for role, threads in self._last.items():
@@ -83,14 +85,3 @@ class ThreadCpu(Collector):
                         threads[tid] = now
                 out[role] = sum(threads.values())
         return out
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "idrserve_thread_cpu_seconds",
-            "CPU time of this process's event-loop thread and of its CPU pool's threads",
-            labels=["thread"],
-        )
-        if sys.platform == "linux":
-            for role, seconds in self.seconds().items():
-                family.add_metric([role], seconds)
-        yield family

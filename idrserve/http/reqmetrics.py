@@ -13,6 +13,8 @@
   slow storage shows as `source` growing while `render` and `encode` hold
   (docs/operations.md#request-metrics; bench/bench_http.py splits a cold tile's time with it).
 * `idrserve_readyz_total{status}`: `/readyz` answers by status, for the flapping alert.
+* `idrserve_thread_cpu_seconds_total{thread,pid}`: each worker's event-loop and CPU-pool time
+  (idrserve/threadcpu.py), one series per worker: a loop is full one worker at a time.
 
 The request path only bumps plain integers (prometheus-client's own metrics take a lock per
 call: 6 µs a request in its multiprocess mode, a tenth of a memory hit). With several
@@ -43,6 +45,7 @@ from prometheus_client.registry import Collector
 
 from idrserve.histogram import Histogram
 from idrserve.logs.classify import family
+from idrserve.threadcpu import ThreadCpu
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SNAPSHOT_S = 1.0
@@ -58,7 +61,7 @@ def route_resource(request: Any) -> Any:
 class RequestMetrics:
     """One app's counts; `shared_dir` is set in workers of a multi-process server."""
 
-    def __init__(self, shared_dir: Path | None = None) -> None:
+    def __init__(self, shared_dir: Path | None = None, thread_cpu: ThreadCpu | None = None) -> None:
         self.requests: dict[tuple[str, int], int] = {}
         self.bytes: dict[str, int] = {}
         self.durations: dict[str, Histogram] = {}
@@ -66,6 +69,7 @@ class RequestMetrics:
         self.tiers: dict[tuple[str, str], int] = {}
         self.stages: dict[tuple[str, str], float] = {}
         self.shared_dir = shared_dir
+        self.thread_cpu = thread_cpu
         self._families: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
     def observe(
@@ -122,7 +126,15 @@ class RequestMetrics:
             "readyz": self.readyz,
             "tiers": [[f, t, n] for (f, t), n in self.tiers.items()],
             "stages": [[f, st, sec] for (f, st), sec in self.stages.items()],
+            "threads": self._threads(),
         }
+
+    def _threads(self) -> list[list[Any]]:
+        """This worker's CPU seconds by thread role, each with the worker's pid."""
+        if self.thread_cpu is None:
+            return []
+        pid = os.getpid()
+        return [[pid, role, sec] for role, sec in self.thread_cpu.seconds().items()]
 
     def write_snapshot(self) -> None:
         if self.shared_dir is None:
@@ -153,6 +165,7 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     readyz: dict[str, int] = {}
     tiers: dict[tuple[str, str], int] = {}
     stages: dict[tuple[str, str], float] = {}
+    threads: list[list[Any]] = []
     for doc in docs:
         for f, c, n in doc["requests"]:
             requests[(f, c)] = requests.get((f, c), 0) + n
@@ -169,6 +182,7 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
         # .get: a worker of an older release, mid rolling restart, writes no stages
         for f, st, sec in doc.get("stages", ()):
             stages[(f, st)] = stages.get((f, st), 0.0) + sec
+        threads.extend(doc.get("threads", ()))  # per worker, not summed
     return {
         "requests": [[f, c, n] for (f, c), n in requests.items()],
         "bytes": size,
@@ -176,6 +190,7 @@ def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "readyz": readyz,
         "tiers": [[f, t, n] for (f, t), n in tiers.items()],
         "stages": [[f, st, sec] for (f, st), sec in stages.items()],
+        "threads": threads,
     }
 
 
@@ -240,6 +255,14 @@ class RequestCollector(Collector):
         for s in ("ok", "degraded", "starting", "loading", "draining", "down"):
             readyz.add_metric([s], doc["readyz"].get(s, 0))
         yield readyz
+        cpu = CounterMetricFamily(
+            "idrserve_thread_cpu_seconds",
+            "CPU time of each worker's event-loop thread and of its CPU pool's threads",
+            labels=["thread", "pid"],
+        )
+        for pid, role, sec in sorted(doc["threads"]):
+            cpu.add_metric([role, str(pid)], sec)
+        yield cpu
         yield GaugeMetricFamily(
             "idrserve_http_workers_reporting",
             "Worker processes whose request counts the idrserve_http_* metrics sum",

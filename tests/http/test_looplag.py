@@ -8,6 +8,7 @@ thread that is the fallback elsewhere.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from idrserve.http.looplag import LoopLag, TimerFd
 from tests.http.conftest import P
@@ -164,12 +166,13 @@ async def test_thread_cpu_is_served_for_the_loop_and_the_pool(
 
     async def seconds() -> dict[str, float]:
         text = await (await client.get("/metrics")).text()
-        prefix = 'idrserve_thread_cpu_seconds_total{thread="'
-        return {
-            line[len(prefix) :].split('"')[0]: float(line.split()[-1])
-            for line in text.splitlines()
-            if line.startswith(prefix)
-        }
+        found = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "idrserve_thread_cpu_seconds":
+                for sample in family.samples:
+                    assert sample.labels["pid"] == str(os.getpid())  # this process's own
+                    found[sample.labels["thread"]] = sample.value
+        return found
 
     before = await seconds()
     if sys.platform != "linux":

@@ -189,6 +189,21 @@ def test_report_counts_equal_the_servers_metrics(run: Run) -> None:
     assert seen > 50, src["families"]  # the run did reach idrserve
 
 
+def test_every_workers_thread_cpu_is_in_each_scrape(run: Run) -> None:
+    # Per worker, not summed (a full loop is one worker's), from the same snapshots as the
+    # request counts: whichever worker answers, both show, each under its own pid.
+    text = metrics_of_both_workers(run.idrserve_port)
+    seconds: dict[tuple[str, str], float] = {}
+    for m in re.finditer(r"^idrserve_thread_cpu_seconds_total\{([^}]*)\} (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        seconds[(labels["pid"], labels["thread"])] = float(m.group(2))
+    pids = {pid for pid, _ in seconds}
+    assert len(pids) == 2, seconds
+    for pid in pids:
+        assert seconds[(pid, "loop")] > 0  # each loop has at least started its worker
+        assert (pid, "cpu_pool") in seconds
+
+
 def test_nginx_hit_ratio_equals_what_the_clients_saw(run: Run) -> None:
     seen = {
         k.removeprefix("X-Cache-Status: "): n

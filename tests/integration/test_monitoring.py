@@ -50,7 +50,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_alert_rules() -> None:
     result = run("check", "rules", "alerts.yml", cwd=DEPLOY / "prometheus")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_each_alert_fires_when_it_should_and_only_then() -> None:

@@ -197,8 +197,8 @@ def test_the_loops_cpu_a_tile_is_its_seconds_over_the_requests(
     assert bench_http.thread_cpu_us(None, after, 1000) == {}  # a server without the metric
     assert bench_http.thread_cpu_us(before, after, 0) == {}
     text = (
-        'idrserve_thread_cpu_seconds_total{thread="loop"} 1.5\n'
-        'idrserve_thread_cpu_seconds_total{thread="cpu_pool"} 3e-05\n'
+        'idrserve_thread_cpu_seconds_total{pid="41",thread="loop"} 1.5\n'
+        'idrserve_thread_cpu_seconds_total{pid="41",thread="cpu_pool"} 3e-05\n'
     )
     found = {m.group(1): float(m.group(2)) for m in bench_http.THREAD_CPU.finditer(text)}
     assert found == {"loop": 1.5, "cpu_pool": 3e-05}
