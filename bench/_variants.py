@@ -1,4 +1,5 @@
-"""`--variant` for the benchmarks that compare this tree's server under other settings.
+"""`--variant` for the benchmarks that compare this tree's server under other settings, and
+`--setting` for a setting every server of a run gets.
 
 A variant is a label and some `IDRSERVE_*` settings; the benchmark runs a server with them
 interleaved with the default one, so a setting's effect is read from one run on one machine
@@ -27,3 +28,15 @@ def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
             raise ValueError(f"--variant {spec!r}: expected LABEL:IDRSERVE_VAR=VALUE[,…]")
         variants[label] = {k: v for k, _, v in pairs}
     return variants
+
+
+def parse_settings(specs: list[str]) -> dict[str, str]:
+    """`--setting VAR=VALUE` arguments (for every server, a baseline's included) as an env;
+    ValueError if one is not an IDRSERVE_* assignment."""
+    env: dict[str, str] = {}
+    for spec in specs:
+        name, eq, text = spec.partition("=")
+        if not name.startswith("IDRSERVE_") or not eq:
+            raise ValueError(f"--setting {spec!r}: expected IDRSERVE_VAR=VALUE")
+        env[name] = text
+    return env

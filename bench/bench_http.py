@@ -53,7 +53,7 @@ from typing import Any, TypedDict
 import numpy as np
 import zarr
 from _results import unused
-from _variants import VARIANT_HELP, parse_variants
+from _variants import VARIANT_HELP, parse_settings, parse_variants
 
 ROOT = Path(__file__).resolve().parent
 SIZE = 4096
@@ -454,6 +454,15 @@ def main() -> int:
         metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
         help=VARIANT_HELP,
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="an IDRSERVE_* setting for every server, baseline included (e.g. "
+        "`IDRSERVE_SERVER__INLINE_RENDER_PIXELS=0`: every render in the CPU pool, as on a "
+        "worker with several CPU threads)",
+    )
     args = parser.parse_args()
     try:
         extra_env = parse_variants(args.variant)
@@ -489,6 +498,10 @@ def main() -> int:
         redis, shared_env["IDRSERVE_CACHE__REDIS_URL"] = start_redis()
     if args.new_urls:
         shared_env["IDRSERVE_CACHE__URL_INDEX_ENTRIES"] = "0"
+    try:
+        shared_env.update(parse_settings(args.setting))
+    except ValueError as exc:
+        parser.error(str(exc))
     for label, direct in variants.items():
         port = free_port()
         env = dict(
@@ -597,7 +610,8 @@ def main() -> int:
         f"{' --redis' if args.redis else ''}"
         f"{' --new-urls' if args.new_urls else ''}"
         f"{' --large' if args.large else ''}"
-        f"{f' --baseline {args.baseline}' if args.baseline else ''}"
+        + "".join(f" --setting {shlex.quote(v)}" for v in args.setting)
+        + f"{f' --baseline {args.baseline}' if args.baseline else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",
         "",

@@ -48,6 +48,15 @@ def test_malformed_specs_are_refused(spec: str) -> None:
         variants.parse_variants([spec])
 
 
+def test_settings_for_every_server_parse_and_bad_ones_are_refused() -> None:
+    assert variants.parse_settings(
+        ["IDRSERVE_SERVER__INLINE_RENDER_PIXELS=0", "IDRSERVE_X=a=b"]
+    ) == {"IDRSERVE_SERVER__INLINE_RENDER_PIXELS": "0", "IDRSERVE_X": "a=b"}
+    for bad in ("PATH=/tmp", "IDRSERVE_X", "=1"):
+        with pytest.raises(ValueError, match="expected IDRSERVE_VAR=VALUE"):
+            variants.parse_settings([bad])
+
+
 def test_a_second_report_the_same_day_does_not_overwrite_the_first(tmp_path: Path) -> None:
     unused = _load("_results").unused
     first = tmp_path / "http-vm-2026-12-05.md"
