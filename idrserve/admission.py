@@ -131,6 +131,17 @@ class Admission:
     def request_done(self) -> None:
         self.requests -= 1
 
+    def render_taken(self) -> bool:
+        """Take a render slot for a caller that releases it itself (`render_done`), or False
+        (nothing counted: the usual path refuses it, counted once) when all are taken."""
+        if self.renders >= self.max_renders:
+            return False
+        self.renders += 1
+        return True
+
+    def render_done(self) -> None:
+        self.renders -= 1
+
     @contextmanager
     def render(self) -> Iterator[RenderSlot]:
         """A render slot for the block, or `Overloaded` at once when all are taken."""

@@ -155,19 +155,10 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
         hit = cache.memory.get(key)
         if hit is not None:
             return Rendered(hit.body, hit.media_type, key, {}, "memory")
-    if req.projection is not Projection.NORMAL:
+    found = _direct_read(req, meta, deps, deps.inline_pixels)
+    if found is None:
         return None
-    indices = req.render.active_indices()
-    box = req.box
-    if not indices or len(indices) * box.w * box.h > deps.inline_pixels:
-        return None
-    sel = Selection(req.level, req.t, req.z, req.z + 1, indices, box)
-    if read_bytes(meta, sel) > deps.limits.max_read_bytes:
-        return None  # the usual path answers `TooLarge`
-    direct = deps.source.sync_reader(req.image_id, sel)
-    if direct is None:
-        return None
-
+    direct, pixels = found
     turns = deps.inline_turns
 
     def stored(rendered: Rendered) -> Rendered:
@@ -182,7 +173,7 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
             entry = memory.get(key)
             if entry is not None:
                 return Rendered(entry.body, entry.media_type, key, {}, "memory")
-        if len(indices) * box.w * box.h > ONE_TURN_PIXELS:
+        if pixels > ONE_TURN_PIXELS:
             rest = _read_first(req, meta, deps, direct, key)
             return lambda: stored(rest())
         rendered = _read_render_encode(req, meta, deps, direct, key)
@@ -190,6 +181,52 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
         return stored(rendered)
 
     return produce
+
+
+def pool_job(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, key: str
+) -> Callable[[], Rendered] | None:
+    """A tile's read, render and encode as one plain call for the CPU pool, for a caller that
+    waits for it without a task (http/coldpath.py); None when it must take the usual way
+    (`cached_render`).
+
+    The conditions are `render_now`'s without its inline bound: a process whose cache needs
+    no I/O to look a key up, no render of the key under way in `cached_render`, a direct
+    read. The call only reads and computes: the caller looks the memory tier up before and
+    stores after, on the loop (the tiers are not thread-safe), and holds a render slot and
+    the single flight for the key itself. Through `cached_render` the same render cost the
+    loop 152 µs a request against 119 inline: its single-flight task and shield, the
+    render-slot context and the wrapped future (docs/benchmarks.md).
+    """
+    cache = deps.cache
+    if cache is not None and (not cache.local_only or cache.rendering(key)):
+        return None
+    found = _direct_read(req, meta, deps, None)
+    if found is None:
+        return None
+    return partial(_read_render_encode, req, meta, deps, found[0], key)
+
+
+def _direct_read(
+    req: RegionRequest, meta: ImageMeta, deps: Deps, max_pixels: int | None
+) -> tuple[Callable[[], np.ndarray], int] | None:
+    """The plain read of a tile's one plane and its raw pixel count, when the source has one
+    and the tile needs nothing else (no projection, some channel, at most `max_pixels` raw
+    pixels when given, within the read limit)."""
+    if req.projection is not Projection.NORMAL:
+        return None
+    indices = req.render.active_indices()
+    box = req.box
+    pixels = len(indices) * box.w * box.h
+    if not indices or (max_pixels is not None and pixels > max_pixels):
+        return None
+    sel = Selection(req.level, req.t, req.z, req.z + 1, indices, box)
+    if read_bytes(meta, sel) > deps.limits.max_read_bytes:
+        return None  # the usual path answers `TooLarge`
+    direct = deps.source.sync_reader(req.image_id, sel)
+    if direct is None:
+        return None
+    return direct, pixels
 
 
 async def cached_histogram(req: HistogramRequest, deps: Deps, key: str) -> Rendered:

@@ -21,32 +21,42 @@ out first is known without I/O and without an error:
   4xx, by the usual path, which finds the same error);
 - an output of at most 1024² pixels for JPEG, 512² for other formats (its body likely fits
   one write, `LARGE_BODY_BYTES`: a bigger body, rendered here, is handed back), and a free
-  request slot (`Admission`).
+  request slot and render slot (`Admission`).
 
 `now` offers a plain call for a tile `service.render_now` can render without an await (inline
 size, no cache tier that needs I/O, no render of its key under way): the connection handler
 calls it in the tile's loop turn, at once when the turn is free, else from `InlineTurns`, with
 no task at all. That took the request path from 187–215 to 141 µs and cold 256² tiles to 1.08×
-(bench/results/http-now-vm-2026-12-06.md). Otherwise `render`, in a task, does what
-`respond_rendered` does after planning (the cache tiers, single flight, the render, the store,
-the URL index). Both return the response's head and body, headers in the usual path's order
-(`ImageHeads`). When the render fails, or runs past the request deadline,
-`render` returns None or is cancelled and the connection handler hands the request back to
+(bench/results/http-now-vm-2026-12-06.md). A tile over the inline bound (or every tile, on a
+worker with several CPU threads) in such a process goes to the CPU pool the same way (`pool`):
+one plain pool job, a render slot and a single flight kept here, the result back by one
+callback, the request deadline on `Deadlines.call_at`; no task, no shield, no wrapped
+future. Otherwise `render`, in a task, does what `respond_rendered` does after planning (the
+cache tiers, single flight, the render, the store, the URL index). All return the
+response's head and body, headers in the usual path's order (`ImageHeads`). When the render
+fails, or runs past the request deadline, the connection handler hands the request back to
 aiohttp, which answers it through the middlewares (errors with their JSON body): a GET may be
 worked on twice, the second answer is the one sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http import RawRequestMessage
 
 from idrserve.admission import Admission
+from idrserve.cache import CacheEntry
 from idrserve.errors import IdrServeError
 from idrserve.http import iiif, params
 from idrserve.http.bodies import LARGE_BODY_BYTES
@@ -59,9 +69,18 @@ from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
 from idrserve.http.webgateway import output_from_query
 from idrserve.model import Format, ImageMeta, RegionRequest
-from idrserve.service import Rendered, Step, cached_render, fresh_cache_key, render_now
+from idrserve.service import (
+    Rendered,
+    Step,
+    cached_render,
+    fresh_cache_key,
+    pool_job,
+    render_now,
+)
 from idrserve.settings import Settings
 from idrserve.turns import InlineTurns
+
+log = logging.getLogger(__name__)
 
 # The routes' own grammar (webgateway.py: ID, Z, T; iiif.py: five segments), on the path as
 # sent.
@@ -136,6 +155,9 @@ class ColdRenders:
         self.timeout_s = settings.limits.request_timeout_s
         # The request deadline, as the error middleware applies it to the usual path.
         self.deadlines = Deadlines(self.timeout_s)
+        # Keys rendering in the pool (`pool`), each with the calls waiting for it and when
+        # each joined (None: the request that started it).
+        self._pooled: dict[str, list[tuple[PoolDone, float | None]]] = {}
 
     def plan(self, message: RawRequestMessage) -> ColdJob | None:
         """The job for `message` when it is a plain cold tile request, else None (nothing
@@ -168,8 +190,13 @@ class ColdRenders:
         if keyed is None:
             return None
         admission = self.admission
-        if admission.requests >= admission.max_requests:
-            return None  # the usual path refuses it, counted once, with its 503
+        if (
+            admission.requests >= admission.max_requests
+            or admission.renders >= admission.max_renders
+        ):
+            # The usual path refuses it, counted once, with its 503 (a memory hit needs no
+            # render slot: it answers that too).
+            return None
         admission.request_admitted()
         key, generation = keyed
         rid = chosen_request_id(headers.get("X-Request-ID"))
@@ -246,6 +273,8 @@ class ColdRenders:
         deps = self._deps()
         if deps is None or (job.indexed and not (deps.cache is None or deps.cache.local_only)):
             return None
+        if job.key in self._pooled:
+            return None  # rendering in the pool: joined there (`pool`)
         found = render_now(job.req, job.meta, deps, job.key)
         if found is None:
             return None
@@ -257,14 +286,91 @@ class ColdRenders:
 
         return turns, answer
 
-    def _finish(self, job: ColdJob, rendered: Rendered | Step) -> ColdAnswer | ColdStep:
-        if not isinstance(rendered, Rendered):
-            step = rendered
-            return lambda: self._finish(job, step())
+    def pool(self, job: ColdJob, done: PoolDone) -> bool:
+        """Render `job` in the CPU pool without a task, or join the pooled render of its key;
+        False: `render` it in a task. `done` is called on the loop with the stored `Rendered`
+        (tier miss, or coalesced for a request that joined) or the render's exception.
+
+        For a tile `now` does not take (over the inline bound, or a process whose renders all
+        go to the pool) in a process whose cache needs no I/O: the render slot is taken and
+        given back here, the single flight is a list of calls, the result comes back as one
+        callback from the pool thread. The connection handler keeps the request deadline
+        (`Deadlines.call_at`). That took the loop's CPU for a 256² tile rendered in the pool
+        from 139 to 105 µs (docs/benchmarks.md).
+        """
+        waiting = self._pooled.get(job.key)
+        if waiting is not None:
+            waiting.append((done, time.perf_counter()))
+            return True
+        deps = self._deps()
+        if deps is None or deps.cpu_pool is None:
+            return False
+        call = self.pool_job(job)
+        if call is None:
+            return False
+        admission = deps.admission
+        if admission is not None and not admission.render_taken():
+            return False  # the usual path refuses it (503), counted once
+        loop = asyncio.get_running_loop()
+        try:
+            future = deps.cpu_pool.submit(call)
+        except RuntimeError:  # the pool is shut down: the usual path says so
+            if admission is not None:
+                admission.render_done()
+            return False
+        self._pooled[job.key] = [(done, None)]
+        back = partial(self._pool_done, job.key, admission)
+        future.add_done_callback(partial(_on_loop, loop, back))
+        return True
+
+    def pool_job(self, job: ColdJob) -> Callable[[], Rendered] | None:
+        """The plain call that renders `job` in the pool (`service.pool_job`); None: it must
+        take a task."""
+        deps = self._deps()
+        if deps is None:
+            return None
+        return pool_job(job.req, job.meta, deps, job.key)
+
+    def _pool_done(self, key: str, admission: Admission | None, future: Future[Rendered]) -> None:
+        if admission is not None:
+            admission.render_done()
+        waiting = self._pooled.pop(key, [])
+        result: Rendered | BaseException
+        try:
+            result = future.result()
+        except BaseException as exc:  # each waiter hands its request back
+            result = exc
+        if isinstance(result, Rendered):
+            deps = self._deps()
+            cache = None if deps is None else deps.cache
+            result.tier = "off"
+            if cache is not None:
+                cache.store_render(key, CacheEntry(result.body, result.media_type))
+                cache.coalesced += len(waiting) - 1
+                result.tier = "miss"
+        now = time.perf_counter()
+        for done, joined in waiting:
+            given = result
+            if joined is not None and isinstance(result, Rendered):
+                waited = {"cache": now - joined}
+                given = Rendered(result.body, result.media_type, key, waited, "coalesced")
+            try:
+                done(given)
+            except Exception:  # the others must still get theirs
+                log.exception("a pooled cold tile's answer failed")
+
+    def answer(self, job: ColdJob, rendered: Rendered) -> ColdAnswer:
+        """`rendered` as the direct answer to `job`; `HandBack` when it cannot be one."""
         answered = self._answer(job, rendered)
         if answered is None:
             raise HandBack(job.url[:200])
         return answered
+
+    def _finish(self, job: ColdJob, rendered: Rendered | Step) -> ColdAnswer | ColdStep:
+        if not isinstance(rendered, Rendered):
+            step = rendered
+            return lambda: self._finish(job, step())
+        return self.answer(job, rendered)
 
     def _answer(self, job: ColdJob, rendered: Rendered) -> ColdAnswer | None:
         body = rendered.body
@@ -298,6 +404,19 @@ class ColdRenders:
 # A direct answer as plain calls: each returns the answer, or the call that does the rest in
 # a later loop turn (a render in two turns).
 ColdStep = Callable[[], "ColdAnswer | ColdStep"]
+# What a request waiting for a pooled render is called with: the render, or its exception.
+PoolDone = Callable[["Rendered | BaseException"], None]
+
+
+def _on_loop(
+    loop: asyncio.AbstractEventLoop,
+    call: Callable[[Future[Rendered]], None],
+    future: Future[Rendered],
+) -> None:
+    """In the pool thread that finished `future`: `call(future)` on the loop's thread."""
+    with suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(call, future)
+
 
 # Here rather than in http/keys.py, which this module imports.
 COLD_RENDERS = web.AppKey("cold_renders", ColdRenders)

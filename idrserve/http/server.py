@@ -56,6 +56,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -82,6 +83,7 @@ from idrserve.http.middleware import (
     request_id,
     set_common_headers,
 )
+from idrserve.service import Rendered
 from idrserve.turns import InlineTurns
 
 log = logging.getLogger("idrserve.http")
@@ -136,6 +138,18 @@ def outbox_for(loop: asyncio.AbstractEventLoop) -> Outbox:
     if outbox is None:
         outbox = _OUTBOXES[loop] = Outbox(loop)
     return outbox
+
+
+@dataclass(slots=True)
+class _ColdWait:
+    """A request waiting for its tile's render in the pool, without a task: `waiting` stands
+    for it in progress (held requests, keep-alive, shutdown, cancellation)."""
+
+    job: ColdJob
+    message: RawRequestMessage
+    payload: Any
+    start: float
+    waiting: asyncio.Future[None]
 
 
 class JsonErrorRequestHandler(RequestHandler):
@@ -379,8 +393,55 @@ class JsonErrorRequestHandler(RequestHandler):
             turn = partial(self._cold_turn, job, message, payload, start, step, waiting, turns)
             turns.defer(turn, first=answer is not None)
         else:
-            self._cold_task = self._loop.create_task(self._cold(job, message, payload, start))
+            # Rendered in the pool with no task either (coldpath.ColdRenders.pool), when it
+            # can be; else in a task.
+            wait = _ColdWait(job, message, payload, start, self._loop.create_future())
+            if cold.pool(job, partial(self._cold_pooled, wait)):
+                self._cold_task = wait.waiting
+                overdue = partial(self._cold_overdue, wait)
+                cold.deadlines.call_at(self._loop, wait.waiting, overdue)
+            else:
+                self._cold_task = self._loop.create_task(self._cold(job, message, payload, start))
         return True
+
+    def _cold_pooled(self, wait: _ColdWait, result: Rendered | BaseException) -> None:
+        """A pooled render's result for its request (`ColdRenders.pool` calls it)."""
+        cold = self.cold
+        assert cold is not None
+        job, waiting = wait.job, wait.waiting
+        if waiting.done():
+            if waiting.cancelled():  # by connection_lost: the client went away
+                cold.admission.request_done()
+                self._cold_gone(job, wait.start)
+            return  # else handed back at its deadline (`_cold_overdue`)
+        cold.deadlines.stop(waiting)
+        cold.admission.request_done()
+        answer = None
+        if isinstance(result, Rendered):
+            try:
+                answer = cold.answer(job, result)
+            except HandBack:
+                pass
+            except Exception:
+                log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
+        elif not isinstance(result, IdrServeError):
+            log.error(
+                "cold tile failed for %s; answered the usual way",
+                job.url[:200],
+                exc_info=result,
+            )
+        waiting.set_result(None)
+        self._cold_done(job, wait.message, wait.payload, answer, wait.start)
+
+    def _cold_overdue(self, wait: _ColdWait) -> None:
+        """The request deadline of a tile rendering in the pool: hand it back now, as the
+        task path does; the render finishes and is stored for whoever asks next."""
+        if wait.waiting.done():
+            return
+        assert self.cold is not None
+        self.cold.admission.request_done()
+        wait.waiting.set_result(None)
+        self._cold_done(wait.job, wait.message, wait.payload, None, wait.start)
 
     def _cold_turn(
         self,

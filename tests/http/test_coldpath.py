@@ -12,6 +12,7 @@ images of conftest.py.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 import time
@@ -77,6 +78,7 @@ async def test_cold_tiles_same_bytes_and_headers_as_the_usual_path(
     assert usual.cold is None and direct.cold is not None
     a, b = await _warmed(direct), await _warmed(usual)
     taken = direct.cold_taken
+    tasks = _tasks_of(direct)
     assert any(u.startswith("/iiif/") for u in URLS)  # with its own Link header
     for url in [*URLS, *LARGE_JPEG]:
         mine, theirs = await a.get(url), await b.get(url)
@@ -86,6 +88,7 @@ async def test_cold_tiles_same_bytes_and_headers_as_the_usual_path(
         assert mine[2] == theirs[2], url
         assert value(mine[1], "X-Cache") == "miss", url
         assert _comparable(mine[1]) == _comparable(theirs[1]), url
+    assert tasks == []  # all rendered in the pool without a task (ColdRenders.pool)
     a.close()
     b.close()
 
@@ -207,64 +210,113 @@ async def test_a_body_over_one_write_is_handed_back_and_sent_whole(
     conn.close()
 
 
+# How a cold tile renders when `now` does not take it (these servers have two CPU threads, so
+# none renders inline): in the pool without a task (`ColdRenders.pool`), or in a task
+# (`ColdRenders.render`), as when its cache needs I/O.
+PATHS = ["pool", "task"]
+
+
+def _on_path(served: Served, path: str) -> None:
+    """Send `served`'s cold renders down `path` only."""
+    assert served.cold is not None
+    if path == "task":
+        served.cold.pool_job = lambda job: None  # type: ignore[method-assign]
+
+
+def _wrapped(served: Served, path: str, before: Callable[[], object]) -> None:
+    """Cold renders of `served` take `path`, and call `before()` first: in the pool thread
+    (pool) or in the task (task, awaited when it returns an awaitable)."""
+    assert served.cold is not None
+    _on_path(served, path)
+    if path == "pool":
+        pool_job = served.cold.pool_job
+
+        def job_of(job: ColdJob) -> Any:
+            call = pool_job(job)
+            if call is None:
+                return None
+
+            def run() -> Any:
+                before()
+                return call()
+
+            return run
+
+        served.cold.pool_job = job_of  # type: ignore[method-assign]
+        return
+    render = served.cold.render
+
+    async def rendered(job: ColdJob) -> ColdAnswer | None:
+        waited = before()
+        if inspect.isawaitable(waited):
+            await waited
+        return await render(job)
+
+    served.cold.render = rendered  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("path", PATHS)
 async def test_a_failing_render_is_handed_back(
-    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture, path: str
 ) -> None:
     reference = await serve(server__direct_renders=False)
     ref = await _warmed(reference)
     expected = (await ref.get(TILE))[2]
     served = await serve()
     conn = await _warmed(served)
-    assert served.cold is not None
 
-    async def broken(job: ColdJob) -> ColdAnswer | None:
+    def boom() -> None:
         raise RuntimeError("boom")
 
-    served.cold.render = broken  # type: ignore[method-assign]
+    _wrapped(served, path, boom)
     status, headers, body = await conn.get(TILE)
     assert served.cold_taken == 1  # planned, failed, answered the usual way
     assert status == 200 and body == expected and value(headers, "X-Cache") == "miss"
-    assert "cold tile failed" in caplog.text
+    assert "cold tile failed" in caplog.text and "boom" in caplog.text
     assert served.app is not None and served.app[ADMISSION].requests == 0
+    assert served.app[ADMISSION].renders == 0
     ref.close()
     conn.close()
 
 
-def _slowed(served: Served, seconds: float) -> None:
-    """The cold renders of `served` start `seconds` late."""
-    assert served.cold is not None
-    render = served.cold.render
-
-    async def slow(job: ColdJob) -> ColdAnswer | None:
-        await asyncio.sleep(seconds)
-        return await render(job)
-
-    served.cold.render = slow  # type: ignore[method-assign]
+def _slowed(served: Served, seconds: float, path: str = "pool") -> None:
+    """The cold renders of `served` take `path` and start `seconds` late."""
+    if path == "pool":
+        _wrapped(served, path, lambda: time.sleep(seconds))
+    else:
+        _wrapped(served, path, lambda: asyncio.sleep(seconds))
 
 
+@pytest.mark.parametrize("path", PATHS)
 async def test_an_overdue_render_is_handed_back_at_the_deadline(
-    serve: Callable[..., Any],
+    serve: Callable[..., Any], path: str
 ) -> None:
     served = await serve(limits__request_timeout_s=0.5)
     conn = await _warmed(served)
-    _slowed(served, 30)
+    # A pool thread cannot be stopped: it sleeps 1.5 s, the deadline is at 0.5.
+    _slowed(served, 1.5 if path == "pool" else 30, path)
     t0 = time.monotonic()
     status, headers, _ = await conn.get(TILE)
     took = time.monotonic() - t0
     assert served.cold_taken == 1
     assert status == 200 and value(headers, "X-Cache") == "miss"  # the usual path's render
-    assert 0.5 <= took < 5
+    assert 0.5 <= took < 1.4
     assert served.app is not None and served.app[ADMISSION].requests == 0
+    await asyncio.sleep(1.5 - took + 0.2)  # the overdue render is back: nothing more sent
+    assert served.app[ADMISSION].renders == 0
+    again = await conn.get("/healthz")
+    assert again[0] == 200 and json.loads(again[2])["status"] == "ok"
     conn.close()
 
 
+@pytest.mark.parametrize("path", PATHS)
 async def test_requests_pipelined_behind_a_cold_tile_are_answered_in_order(
-    serve: Callable[..., Any],
+    serve: Callable[..., Any], path: str
 ) -> None:
     served = await serve()
     conn = await _warmed(served)
     urls = [TILE, OTHER, f"/webgateway/render_image_region/{S}/0/0/?tile=0,1,0,64,64", "/healthz"]
-    _slowed(served, 0.3)
+    _slowed(served, 0.3, path)
     await conn.send(f"GET {urls[0]} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     await asyncio.sleep(0.1)  # the first is rendering now
     await conn.send("".join(f"GET {u} HTTP/1.1\r\nHost: t\r\n\r\n" for u in urls[1:]).encode())
@@ -285,55 +337,45 @@ async def test_requests_pipelined_behind_a_cold_tile_are_answered_in_order(
     conn.close()
 
 
-async def test_a_client_gone_mid_render_releases_its_slot(serve: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_client_gone_mid_render_releases_its_slot(
+    serve: Callable[..., Any], path: str
+) -> None:
     served = await serve()
     conn = await _warmed(served)
-    _slowed(served, 0.2)
+    _slowed(served, 0.2, path)
     await conn.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     await asyncio.sleep(0.05)
     conn.close()
     await asyncio.sleep(0.4)
     assert served.cold_taken == 1
     assert served.app is not None and served.app[ADMISSION].requests == 0
+    assert served.app[ADMISSION].renders == 0
     again = await Conn.open(served.port)
     assert (await again.get(OTHER))[0] == 200
     again.close()
 
 
-async def test_a_full_request_bound_is_refused_once_by_the_usual_path(
-    serve: Callable[..., Any],
-) -> None:
-    served = await serve()
-    conn = await _warmed(served)
-    assert served.app is not None
-    admission = served.app[ADMISSION]
-    refused = admission.refused_requests
-    admission.requests = admission.max_requests  # as if every slot were taken
-    try:
-        status, headers, body = await conn.get(TILE)
-    finally:
-        admission.requests = 0
-    assert status == 503 and json.loads(body)["error"] and value(headers, "Retry-After")
-    assert served.cold_taken == 0 and admission.refused_requests == refused + 1
-    conn.close()
-
-
+@pytest.mark.parametrize("path", PATHS)
 async def test_a_long_render_is_not_cut_by_the_keepalive_timer(
-    serve: Callable[..., Any],
+    serve: Callable[..., Any], path: str
 ) -> None:
     served = await serve(limits__keepalive_timeout_s=0.3)
     conn = await _warmed(served)
-    _slowed(served, 0.8)  # longer than the keep-alive timeout
+    _slowed(served, 0.8, path)  # longer than the keep-alive timeout
     status, _, body = await conn.get(TILE)
     assert served.cold_taken == 1 and status == 200 and body
     assert await conn.closed(1.5)  # then idle: closed by the keep-alive timeout
     conn.close()
 
 
-async def test_graceful_shutdown_waits_for_a_cold_tile(serve: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("path", PATHS)
+async def test_graceful_shutdown_waits_for_a_cold_tile(
+    serve: Callable[..., Any], path: str
+) -> None:
     served = await serve()
     conn = await _warmed(served)
-    _slowed(served, 0.3)
+    _slowed(served, 0.3, path)
     await conn.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     await asyncio.sleep(0.05)
     closing = asyncio.create_task(served.server.close())
@@ -341,6 +383,114 @@ async def test_graceful_shutdown_waits_for_a_cold_tile(serve: Callable[..., Any]
     assert served.cold_taken == 1 and status == 200 and body
     await closing
     conn.close()
+
+
+async def test_concurrent_requests_for_a_pooled_tile_share_one_render(
+    serve: Callable[..., Any],
+) -> None:
+    """Requests for a tile rendering in the pool join it, as `cached_render`'s single flight
+    does: one render, the others answered "coalesced" with the same bytes and headers
+    otherwise, and every slot given back."""
+    served = await serve()
+    reference = await serve(server__direct_hits=False, server__direct_renders=False)
+    first = await _warmed(served)
+    conns = [first] + [await Conn.open(served.port) for _ in range(3)]
+    assert served.app is not None and served.cold is not None
+    deps, admission = served.app[DEPS], served.app[ADMISSION]
+    assert deps.cache is not None
+    renders, coalesced = deps.cache.renders, deps.cache.coalesced
+    started = []
+    _wrapped(served, "pool", lambda: (started.append(1), time.sleep(0.3)))
+    await first.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await asyncio.sleep(0.1)  # rendering now
+    for conn in conns[1:]:
+        conn.writer.write(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    answers = [await conn.response() for conn in conns]
+    assert started == [1] and deps.cache.renders == renders + 1
+    assert deps.cache.coalesced == coalesced + 3
+    assert [value(h, "X-Cache") for _, h, _ in answers] == ["miss"] + ["coalesced"] * 3
+    expected = await (await _warmed(reference)).get(TILE)
+    for status, headers, body in answers:
+        assert status == 200 and body == expected[2]
+        assert (
+            "cache;dur=" in value(headers, "Server-Timing") or value(headers, "X-Cache") == "miss"
+        )
+    assert (admission.requests, admission.renders) == (0, 0)
+    for conn in conns:
+        conn.close()
+
+
+@pytest.mark.parametrize("bound", ["requests", "renders"])
+async def test_a_full_bound_is_refused_once_by_the_usual_path(
+    serve: Callable[..., Any], bound: str
+) -> None:
+    """With every request slot, or every render slot (cold renders take one, as
+    `render_region` does), taken, the cold path leaves the request to the usual path's 503,
+    counted once."""
+    served = await serve()
+    conn = await _warmed(served)
+    assert served.app is not None
+    admission = served.app[ADMISSION]
+    refused = getattr(admission, f"refused_{bound}")
+    setattr(admission, bound, getattr(admission, f"max_{bound}"))  # as if all were taken
+    try:
+        status, headers, body = await conn.get(TILE)
+    finally:
+        setattr(admission, bound, 0)
+    assert status == 503 and json.loads(body)["error"] and value(headers, "Retry-After")
+    assert served.cold_taken == 0 and getattr(admission, f"refused_{bound}") == refused + 1
+    assert (admission.requests, admission.renders) == (0, 0)
+    conn.close()
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
+async def test_a_client_gone_from_a_pooled_render_is_logged_once(
+    serve: Callable[..., Any], cancelled: bool
+) -> None:
+    """With aiohttp's handler_cancellation the request ends as a 499 when its render comes
+    back (a pool thread cannot be stopped); without it the tile is rendered and stored for
+    nobody. The render's slot is held until the thread is done, in both cases."""
+    served = await serve()
+    served.server._runner.server.handler_cancellation = cancelled  # type: ignore[union-attr]
+    conn = await _warmed(served)
+    assert served.app is not None
+    admission = served.app[ADMISSION]
+    gone, lines = admission.cancelled, len(served.log_records())
+    _slowed(served, 0.3)
+    await conn.send(f"GET {TILE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await asyncio.sleep(0.1)
+    conn.close()
+    await asyncio.sleep(0.05)
+    assert admission.renders == 1  # still rendering
+    await asyncio.sleep(0.4)
+    assert (admission.requests, admission.renders) == (0, 0)
+    assert admission.cancelled == gone + cancelled
+    records = served.log_records()[lines:]
+    assert [r["status"] for r in records] == ([499] if cancelled else [])
+    again = await Conn.open(served.port)
+    hit = await again.get(TILE)  # stored all the same
+    assert hit[0] == 200 and value(hit[1], "X-Cache") == "memory"
+    again.close()
+
+
+async def test_a_large_tile_over_the_inline_bound_renders_in_the_pool(
+    serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    """One CPU thread renders tiles up to 3 × 512² inline; a 1024² tile goes to the pool
+    without a task, or in a task when a cache tier needs I/O (a disk here)."""
+    for tier in ({}, {"cache__dir": str(tmp_path / "c")}):
+        usual = await serve(server__direct_hits=False, server__direct_renders=False, **INLINE)
+        ref = await _warmed(usual)
+        served = await serve(**INLINE, **tier)
+        conn = await _warmed(served)
+        tasks = _tasks_of(served)
+        for url in LARGE_JPEG:
+            mine, theirs = await conn.get(url), await ref.get(url)
+            assert mine[0] == theirs[0] == 200 and mine[2] == theirs[2], url
+            assert _comparable(mine[1]) == _comparable(theirs[1]), url
+        assert tasks == ([] if not tier else LARGE_JPEG)
+        conn.close()
+        ref.close()
 
 
 @pytest.mark.parametrize("tier", ["disk", "redis"])

@@ -67,3 +67,25 @@ async def test_an_answered_deadline_leaves_the_task_usable() -> None:
         return result
 
     assert await answer_late() == "deadline"
+
+
+async def test_a_call_is_made_at_its_deadline_unless_stopped_first() -> None:
+    """What a request waited for without a task registers (a cold tile in the pool): its
+    call at the deadline, none once stopped, and one failing call stops no other."""
+    deadlines = Deadlines(0.2)
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+    called = asyncio.Event()
+
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    deadlines.call_at(loop, "failing", fails)
+    deadlines.call_at(loop, "overdue", lambda: (made.append("overdue"), called.set()))
+    deadlines.call_at(loop, "answered", lambda: made.append("answered"))
+    deadlines.stop("answered")
+    t0 = time.monotonic()
+    await asyncio.wait_for(called.wait(), 2)
+    assert made == ["overdue"]
+    assert 0.2 <= time.monotonic() - t0 < 0.2 + deadlines.tick_s + 0.1
+    assert len(deadlines) == 0
