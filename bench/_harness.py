@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -26,6 +27,17 @@ DEPLOY = REPO / "deploy" / "nginx"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # nginx refuses `user` when not root; the benchmarks run as root on the VM.
 NGINX_USER = "root" if os.geteuid() == 0 else ""
+
+
+def nginx_bench_dir(name: str) -> Path | None:
+    """A fresh world-readable temp directory for an nginx benchmark (nginx's workers read
+    it), or None, said on stderr, when wrk or nginx is missing."""
+    if not shutil.which("wrk") or not Path(NGINX).exists():
+        print("wrk and nginx are needed (apt-get install wrk nginx-light)", file=sys.stderr)
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix=f"idrserve-{name}-"))
+    tmp.chmod(0o755)
+    return tmp
 
 
 def get(url: str, timeout: float = 30) -> tuple[bytes, dict[str, str]]:
@@ -55,9 +67,13 @@ def version(cmd: list[str]) -> str:
     return out.splitlines()[0] if out else "?"
 
 
-def render_deploy_nginx(prefix: Path, port: int, upstream: int, omero_web: int) -> list[str]:
-    """deploy/nginx as shipped, with ports and paths templated into `prefix`; the start command."""
-    conf = (DEPLOY / "idrserve.conf").read_text()
+def render_deploy_nginx(
+    prefix: Path, port: int, upstream: int, omero_web: int, source: Path | None = None
+) -> list[str]:
+    """deploy/nginx as shipped (or the copy in `source`, e.g. another revision's), with ports
+    and paths templated into `prefix`; the start command."""
+    source = source or DEPLOY
+    conf = (source / "idrserve.conf").read_text()
     for old, new in {
         "listen 80;": f"listen 127.0.0.1:{port};",
         "127.0.0.1:8080": f"127.0.0.1:{upstream}",
@@ -70,7 +86,7 @@ def render_deploy_nginx(prefix: Path, port: int, upstream: int, omero_web: int) 
     for sub in ("logs", "tmp", "cache"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     (prefix / "idrserve.conf").write_text(conf)
-    shutil.copy(DEPLOY / "nginx.conf", prefix / "nginx.conf")
+    shutil.copy(source / "nginx.conf", prefix / "nginx.conf")
     cmd = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
     cmd += ["-e", str(prefix / "logs" / "startup.log")]
     if NGINX_USER:
@@ -125,12 +141,14 @@ class Stack:
         self.nginx_pids += [pid_file or prefix / "nginx.pid", prefix / "logs" / "nginx.pid"]
         subprocess.run(cmd, check=True)
 
-    def deploy_nginx(self, name: str, upstream: str) -> str:
-        """deploy/nginx in front of `upstream` (an http://127.0.0.1:port base); its base URL."""
+    def deploy_nginx(self, name: str, upstream: str, source: Path | None = None) -> str:
+        """deploy/nginx (or `source`'s copy) in front of `upstream` (an http://127.0.0.1:port
+        base); its base URL."""
         prefix = self.tmp / name
         port = free_port()
         upstream_port = int(upstream.rsplit(":", 1)[1])
-        self.nginx(prefix, render_deploy_nginx(prefix, port, upstream_port, free_port()))
+        cmd = render_deploy_nginx(prefix, port, upstream_port, free_port(), source)
+        self.nginx(prefix, cmd)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/healthz")
         return base

@@ -38,11 +38,19 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _harness import NGINX, NGINX_USER, Stack, get, run_locust, version, wait_http
+from _harness import (
+    NGINX,
+    NGINX_USER,
+    Stack,
+    get,
+    nginx_bench_dir,
+    run_locust,
+    version,
+    wait_http,
+)
 from bench_http import SIZE, free_port, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
@@ -285,11 +293,9 @@ def main() -> int:
     parser.add_argument("--locust-users", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
-    if not shutil.which("wrk") or not Path(NGINX).exists():
-        print("wrk and nginx are needed (apt-get install wrk nginx-light)", file=sys.stderr)
+    tmp = nginx_bench_dir("deploybench")
+    if tmp is None:
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="idrserve-deploybench-"))
-    tmp.chmod(0o755)
     notes: list[str] = []
     # name → (base URL, URL list or None for "fresh cold URLs each round", wrk connections)
     bases: dict[str, tuple[str, list[str] | None, int]] = {}

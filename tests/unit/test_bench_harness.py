@@ -326,3 +326,20 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_another_revisions_nginx_configuration_is_copied_whole(tmp_path: Path) -> None:
+    """bench_nginx_hits.py `--baseline-rev`: both files of deploy/nginx as committed at that
+    revision, ready for `Stack.deploy_nginx(..., source=)`, which renders them as it renders
+    the shipped ones (the literals it replaces must be there)."""
+    hits = _load("bench_nginx_hits")
+    harness = _load("_harness")
+    copy = hits.revision_copy("HEAD", tmp_path / "conf")
+    conf = (copy / "idrserve.conf").read_text()
+    assert "proxy_cache_key" in conf and "listen 80;" in conf
+    assert "events" in (copy / "nginx.conf").read_text()
+    cmd = harness.render_deploy_nginx(tmp_path / "prefix", 1, 2, 3, copy)
+    rendered = (tmp_path / "prefix" / "idrserve.conf").read_text()
+    assert "listen 127.0.0.1:1;" in rendered and "127.0.0.1:2" in rendered
+    assert cmd[cmd.index("-c") + 1] == str(tmp_path / "prefix" / "nginx.conf")
+    assert hits.median_ratio([2.0, 3.0, 9.0], [1.0, 3.0, 3.0]) == 2.0
