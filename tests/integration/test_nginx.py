@@ -375,6 +375,7 @@ def test_cache_busters_are_not_in_the_key(stack: Stack) -> None:
         "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&q=0.7",
         "/webgateway/render_image_region/1002/0/0/?q=0.8&tile=0,1,0",
         "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&q=0.8&x_=1",
+        "/webgateway/render_image_region/1002/0/0/?tile=0,1,0&q=0.8&prev=1",
     ):
         resp = get(stack.nginx_port, other)
         assert resp.status == 200
