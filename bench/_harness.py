@@ -83,6 +83,11 @@ def render_deploy_nginx(
         if old not in conf:
             raise RuntimeError(f"deploy/nginx/idrserve.conf no longer contains {old!r}")
         conf = conf.replace(old, new)
+    # The site's access log (since 2026-12-04) goes under the prefix too, not into the host's
+    # /var/log/nginx; an older revision (`source`) has none.
+    conf = conf.replace(
+        "/var/log/nginx/idrserve.access.log", str(prefix / "logs" / "idrserve.access.log")
+    )
     for sub in ("logs", "tmp", "cache"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     (prefix / "idrserve.conf").write_text(conf)

@@ -341,5 +341,6 @@ def test_another_revisions_nginx_configuration_is_copied_whole(tmp_path: Path) -
     cmd = harness.render_deploy_nginx(tmp_path / "prefix", 1, 2, 3, copy)
     rendered = (tmp_path / "prefix" / "idrserve.conf").read_text()
     assert "listen 127.0.0.1:1;" in rendered and "127.0.0.1:2" in rendered
+    assert "/var/log/" not in rendered  # the access log stays under the prefix
     assert cmd[cmd.index("-c") + 1] == str(tmp_path / "prefix" / "nginx.conf")
     assert hits.median_ratio([2.0, 3.0, 9.0], [1.0, 3.0, 3.0]) == 2.0
