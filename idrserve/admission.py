@@ -11,9 +11,11 @@ Three bounds, because what they protect differs:
   included; counted by the outermost middleware (`http/ops.py`). A request with a large body
   keeps its slot until the body is written or the client is gone (`http/bodies.py`).
 * *renders* (`limits.max_concurrent_renders`): read + render + encode in progress; taken by
-  `service.render_region`. A slot stays taken until the worker-thread job it started has
-  really finished, even when the request was cancelled or timed out: a thread cannot be
-  interrupted, and releasing early would let zombie jobs pile up in the pool's queue.
+  `service.render_region`, and by the cold path for a render it sends to the pool itself
+  (`render_taken`/`render_done`, http/coldpath.py `ColdRenders.pool`). A slot stays taken
+  until the worker-thread job it started has really finished, even when the request was
+  cancelled or timed out: a thread cannot be interrupted, and releasing early would let
+  zombie jobs pile up in the pool's queue.
 * *body bytes* (`limits.max_inflight_body_bytes`): large response bodies held in memory,
   from when they are produced (or reserved before a read) until written. CPU is what renders
   cost, memory is what a slow reader costs: a finished render no longer holds a render slot,
