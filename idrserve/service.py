@@ -147,7 +147,7 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
     go away in between, and the second is then never called.
     """
     cache = deps.cache
-    if cache is not None and (not cache.local_only or cache.rendering(key)):
+    if not _renders_without_io(cache, key):
         return None
     if cache is not None and cache.memory is not None:
         # A hit needs no turn: waiting for one held hits behind renders, a few per loop
@@ -161,12 +161,6 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
     direct, pixels = found
     turns = deps.inline_turns
 
-    def stored(rendered: Rendered) -> Rendered:
-        if cache is not None:
-            cache.store_render(key, CacheEntry(rendered.body, rendered.media_type))
-            rendered.tier = "miss"
-        return rendered
-
     def produce() -> Rendered | Step:
         memory = None if cache is None else cache.memory
         if memory is not None:
@@ -175,10 +169,10 @@ def render_now(req: RegionRequest, meta: ImageMeta, deps: Deps, key: str) -> Ren
                 return Rendered(entry.body, entry.media_type, key, {}, "memory")
         if pixels > ONE_TURN_PIXELS:
             rest = _read_first(req, meta, deps, direct, key)
-            return lambda: stored(rest())
+            return lambda: store_rendered(cache, rest())
         rendered = _read_render_encode(req, meta, deps, direct, key)
         turns.record(sum(rendered.timings.values()))
-        return stored(rendered)
+        return store_rendered(cache, rendered)
 
     return produce
 
@@ -198,13 +192,27 @@ def pool_job(
     loop 152 µs a request against 119 inline: its single-flight task and shield, the
     render-slot context and the wrapped future (docs/benchmarks.md).
     """
-    cache = deps.cache
-    if cache is not None and (not cache.local_only or cache.rendering(key)):
+    if not _renders_without_io(deps.cache, key):
         return None
     found = _direct_read(req, meta, deps, None)
     if found is None:
         return None
     return partial(_read_render_encode, req, meta, deps, found[0], key)
+
+
+def store_rendered(cache: TieredCache | None, rendered: Rendered) -> Rendered:
+    """Store a render its caller made itself after a memory miss, as `cached_render` stores
+    its own (tier "miss"; "off" with no cache)."""
+    if cache is not None:
+        cache.store_render(rendered.key, CacheEntry(rendered.body, rendered.media_type))
+        rendered.tier = "miss"
+    return rendered
+
+
+def _renders_without_io(cache: TieredCache | None, key: str) -> bool:
+    """No cache tier needs I/O before a render (memory only, or none) and `cached_render` is
+    not rendering `key` now (a new request must join that one)."""
+    return cache is None or (cache.local_only and not cache.rendering(key))
 
 
 def _direct_read(

@@ -56,7 +56,6 @@ from aiohttp import web
 from aiohttp.http import RawRequestMessage
 
 from idrserve.admission import Admission
-from idrserve.cache import CacheEntry
 from idrserve.errors import IdrServeError
 from idrserve.http import iiif, params
 from idrserve.http.bodies import LARGE_BODY_BYTES
@@ -76,6 +75,7 @@ from idrserve.service import (
     fresh_cache_key,
     pool_job,
     render_now,
+    store_rendered,
 )
 from idrserve.settings import Settings
 from idrserve.turns import InlineTurns
@@ -296,7 +296,7 @@ class ColdRenders:
         given back here, the single flight is a list of calls, the result comes back as one
         callback from the pool thread. The connection handler keeps the request deadline
         (`Deadlines.call_at`). That took the loop's CPU for a 256² tile rendered in the pool
-        from 139 to 105 µs (docs/benchmarks.md).
+        from 111 to 88 µs with the kernel stubbed out (docs/benchmarks.md).
         """
         waiting = self._pooled.get(job.key)
         if waiting is not None:
@@ -343,11 +343,9 @@ class ColdRenders:
         if isinstance(result, Rendered):
             deps = self._deps()
             cache = None if deps is None else deps.cache
-            result.tier = "off"
+            store_rendered(cache, result)
             if cache is not None:
-                cache.store_render(key, CacheEntry(result.body, result.media_type))
                 cache.coalesced += len(waiting) - 1
-                result.tier = "miss"
         now = time.perf_counter()
         for done, joined in waiting:
             given = result
