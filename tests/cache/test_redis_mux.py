@@ -78,6 +78,55 @@ async def test_replies_reach_the_commands_that_asked(
     assert await mux.execute("MGET", *order[:5]) == [values[k] for k in order[:5]]
 
 
+async def test_one_iterations_commands_go_out_in_one_write(mux: Multiplexed) -> None:
+    conn = mux._conn
+    assert conn is not None
+    writer = conn._writer  # type: ignore[attr-defined]  # redis-py's stream, as the mux uses
+    writes: list[int] = []
+    real = writer.writelines
+
+    def counted(data: list[bytes]) -> None:
+        writes.append(len(data))
+        real(data)
+
+    writer.writelines = counted
+    try:
+        # 30 commands of one iteration (gather starts them together): one write of all 30,
+        # and every reply still reaches its own command.
+        sets = [mux.execute("SET", f"mux:w{i}", f"v{i}".encode(), "EX", 60) for i in range(30)]
+        assert await asyncio.gather(*sets) == [b"OK"] * 30
+        assert writes == [30]
+        got = await asyncio.gather(*(mux.execute("GET", f"mux:w{i}") for i in range(30)))
+        assert got == [f"v{i}".encode() for i in range(30)]
+        assert writes == [30, 30]
+    finally:
+        writer.writelines = real
+
+
+async def test_a_reset_before_the_write_fails_the_unsent_commands(mux: Multiplexed) -> None:
+    unsent = [asyncio.ensure_future(mux.execute("GET", "mux:a")) for _ in range(3)]
+    await asyncio.sleep(0)  # queued for this iteration's write, not written yet
+    mux.reset(RedisConnectionError("dropped"))
+    for command in unsent:
+        with pytest.raises(RedisConnectionError):
+            await command
+    # Nothing of them reaches the next connection: its replies stay in step.
+    assert await mux.execute("GET", "mux:b") == b"b"
+    assert await mux.execute("GET", "mux:a") == b"a"
+    assert mux.connects == 2
+
+
+async def test_arguments_are_packed_as_redis_py_would(mux: Multiplexed) -> None:
+    # str, bytes, int and float arguments; a bool is refused, as redis-py refuses it.
+    assert await mux.execute("SET", "mux:n", 41) == b"OK"
+    assert await mux.execute("INCRBYFLOAT", "mux:n", 0.5) == b"41.5"
+    assert await mux.execute("SET", "mux:ü", "é") == b"OK"
+    assert await mux.execute("GET", "mux:ü") == "é".encode()
+    with pytest.raises(TypeError):
+        await mux.execute("SET", "mux:n", True)
+    assert await mux.execute("GET", "mux:n") == b"41.5"
+
+
 async def test_an_error_reply_fails_its_command_only(mux: Multiplexed) -> None:
     await mux.execute("SET", "mux:n", b"1")
     results = await asyncio.gather(
