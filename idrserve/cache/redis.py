@@ -26,7 +26,7 @@ from idrserve.cache.breaker import CircuitBreaker
 from idrserve.cache.cluster_mget import ClusterMget
 from idrserve.cache.entry import CacheEntry, pack_value, unpack_value
 from idrserve.cache.metrics import TierStats
-from idrserve.cache.redis_mux import Multiplexed
+from idrserve.cache.redis_mux import ConnectionLost, Multiplexed
 from idrserve.cache.redis_url import connect
 from idrserve.settings import CacheSettings
 
@@ -126,7 +126,7 @@ class RedisTier:
             and settings.redis_multiplex
             and not isinstance(self._client, RedisCluster)
         ):
-            self._mux = Multiplexed(self._client.connection_pool.make_connection)
+            self._mux = Multiplexed(self._client.connection_pool.make_connection, self._timeout_s)
         # Cluster lookups skip redis-py's cluster pipeline while the slot map holds.
         self.cluster_mget = (
             ClusterMget(self._client) if isinstance(self._client, RedisCluster) else None
@@ -152,7 +152,12 @@ class RedisTier:
         """False while the breaker skips Redis (a cheap check before scheduling work)."""
         return not self.breaker.is_open
 
-    async def _call(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+    async def _call(
+        self, fn: Callable[[Any], Awaitable[T]], *, write: bool = False, muxed: bool = False
+    ) -> T:
+        """`fn(client)` under the breaker and the timeout. `muxed`: `fn` is a command `_via`
+        or `_script` sends, which the multiplexed connection (when there is one) bounds
+        itself, without a timeout scope here."""
         if not self.breaker.allow():
             if write:
                 self.stats.dropped_writes += 1
@@ -160,16 +165,20 @@ class RedisTier:
                 self.stats.skipped += 1
             raise RedisUnavailable("circuit open")
         try:
-            async with asyncio.timeout(self._timeout_s):
-                if self._slots is None:
-                    result = await fn(self._client)
-                else:
-                    async with self._slots:
+            if muxed and self._mux is not None:
+                result = await fn(self._client)
+            else:
+                async with asyncio.timeout(self._timeout_s):
+                    if self._slots is None:
                         result = await fn(self._client)
+                    else:
+                        async with self._slots:
+                            result = await fn(self._client)
         except Exception as exc:
-            if self._mux is not None and not isinstance(exc, ResponseError):
+            if self._mux is not None and not isinstance(exc, ResponseError | ConnectionLost):
                 # Timed out or dropped: the connection is suspect; the next command opens
-                # another (what the pool does with its connection on a timeout).
+                # another (what the pool does with its connection on a timeout). One the
+                # multiplexed connection failed itself is already gone.
                 self._mux.reset()
             if write:
                 self.stats.write_errors += 1
@@ -268,7 +277,9 @@ class RedisTier:
         try:
             fast = self.cluster_mget
             if fast is None:
-                values = await self._call(self._via(("MGET", *keys), lambda r: r.mget(keys)))
+                values = await self._call(
+                    self._via(("MGET", *keys), lambda r: r.mget(keys)), muxed=True
+                )
                 groups = [(keys, values)]
             else:
                 groups = await self._call(lambda _: fast.mget(keys))
@@ -301,7 +312,7 @@ class RedisTier:
             set_value = self._via(
                 ("SET", vkey, value, "EX", ttl), lambda r: r.set(vkey, value, ex=ttl)
             )
-            await self._call(set_value, write=True)
+            await self._call(set_value, write=True, muxed=True)
         except RedisUnavailable:
             return False
         self.stats.writes += 1
@@ -316,7 +327,9 @@ class RedisTier:
         keys = [self.value_key(key), self.lock_key(key)]
         args: list[bytes | str | int] = [value, self._ttl_s, token]
         try:
-            await self._call(lambda r: self._script(self._store_release, keys, args, r), write=True)
+            await self._call(
+                lambda r: self._script(self._store_release, keys, args, r), write=True, muxed=True
+            )
         except RedisUnavailable:
             return False
         self.stats.writes += 1
@@ -325,7 +338,9 @@ class RedisTier:
     async def delete(self, key: str) -> None:
         with contextlib.suppress(RedisUnavailable):
             vkey = self.value_key(key)
-            await self._call(self._via(("DEL", vkey), lambda r: r.delete(vkey)), write=True)
+            await self._call(
+                self._via(("DEL", vkey), lambda r: r.delete(vkey)), write=True, muxed=True
+            )
 
     async def get_or_lock(self, key: str) -> tuple[CacheEntry | None, str | None]:
         """`(entry, None)` on a hit, else `(None, token)` if this process now holds the render
@@ -336,7 +351,9 @@ class RedisTier:
         token = secrets.token_hex(8)
         keys = [self.value_key(key), self.lock_key(key)]
         args: list[str | int] = [token, self._lock_ttl_ms]
-        status, value = await self._call(lambda r: self._script(self._get_or_lock, keys, args, r))
+        status, value = await self._call(
+            lambda r: self._script(self._get_or_lock, keys, args, r), muxed=True
+        )
         if status == 1:
             entry = unpack_value(value)
             if entry is not None:
@@ -350,7 +367,9 @@ class RedisTier:
     async def poll(self, key: str) -> tuple[CacheEntry | None, bool]:
         """`(entry, lock_held)` in one round trip; raises `RedisUnavailable`."""
         keys = (self.value_key(key), self.lock_key(key))
-        value, lock = await self._call(self._via(("MGET", *keys), lambda r: r.mget(*keys)))
+        value, lock = await self._call(
+            self._via(("MGET", *keys), lambda r: r.mget(*keys)), muxed=True
+        )
         entry = None if value is None else unpack_value(_as_bytes(value))
         return entry, lock is not None
 
@@ -358,7 +377,8 @@ class RedisTier:
         # On failure the lock expires after lock_ttl_ms anyway.
         with contextlib.suppress(RedisUnavailable):
             await self._call(
-                lambda r: self._script(self._release, [self.lock_key(key)], [token], r)
+                lambda r: self._script(self._release, [self.lock_key(key)], [token], r),
+                muxed=True,
             )
 
     async def get_generation(self, image_id: int) -> int | None:

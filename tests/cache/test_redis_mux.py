@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from idrserve.cache import CacheEntry, response_key
 from idrserve.cache.redis import RedisTier
-from idrserve.cache.redis_mux import Multiplexed
+from idrserve.cache.redis_mux import ConnectionLost, Multiplexed
 from tests.cache.conftest import CacheFactory, RedisServer
 
 ENTRY = CacheEntry(b"j" * 5000, "image/jpeg")
@@ -202,6 +202,33 @@ async def test_a_hung_redis_fails_the_waiting_commands_then_recovers(
         await asyncio.sleep(timeout)
     assert await cache.redis.get(response_key(12, 0, "x")) == ENTRY
     assert mux.connects >= 2
+
+
+async def test_an_unanswered_command_fails_all_waiting_after_the_timeout(
+    make_cache: CacheFactory, redis_server: RedisServer
+) -> None:
+    # The connection's own watch, not a timeout scope per command, bounds every command.
+    cache = await make_cache(memory_max_bytes=0, redis_url=redis_server.url, redis_timeout_s=0.3)
+    mux = _mux(cache.redis)
+    assert await mux.execute("SET", "mux:h", b"h") == b"OK"
+    loop = asyncio.get_running_loop()
+    redis_server.pause()
+    try:
+        t0 = loop.time()
+        first = asyncio.ensure_future(mux.execute("GET", "mux:h"))
+        await asyncio.sleep(0.2)
+        later = asyncio.ensure_future(mux.execute("GET", "mux:h"))
+        results = await asyncio.wait_for(
+            asyncio.gather(first, later, return_exceptions=True), timeout=5
+        )
+        waited = loop.time() - t0
+    finally:
+        redis_server.resume()
+    assert all(isinstance(r, ConnectionLost) for r in results), results
+    # The oldest command's deadline (0.3 s) failed both, not the later one's own (0.5 s).
+    assert 0.29 <= waited < 0.45
+    assert await mux.execute("GET", "mux:h") == b"h"  # a new connection
+    assert mux.connects == 2
 
 
 async def test_multiplexing_off_uses_the_pooled_client(
