@@ -79,8 +79,8 @@ class Multiplexed:
 
     async def execute(self, *args: Any) -> Any:
         """One command's reply (bytes left undecoded), within `timeout_s`; raises the
-        reply's ResponseError, or redis-py's ConnectionError (`ConnectionLost`, or
-        TimeoutError while connecting) when there is no reply."""
+        reply's ResponseError, `ConnectionLost` (a redis-py ConnectionError) when no reply
+        comes, or TimeoutError when connecting takes longer."""
         conn = self._conn
         writer = None if conn is None else getattr(conn, "_writer", None)  # redis-py's stream
         if writer is None or writer.is_closing():
