@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 import idrserve.service as service
 from idrserve.cache import TieredCache
+from idrserve.http import coldpath
 from idrserve.http.bodies import LARGE_BODY_BYTES
 from idrserve.http.coldpath import ColdAnswer, ColdJob
 from idrserve.http.keys import ADMISSION, DEPS
@@ -533,6 +534,71 @@ async def test_a_lower_tier_hit_is_read_plainly_with_the_usual_headers(
     assert direct_taken == 1 and usual_taken == 0
     assert _comparable(mine[1]) == _comparable(theirs[1])
     assert mine[2] == theirs[2]
+
+
+async def test_urls_answered_before_skip_the_plain_read_while_redis_forgets_them(
+    serve: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """A URL answered before is read plainly (an MGET) before the lookup that takes the
+    render lock, while the lower tiers mostly still have such entries. When Redis keeps
+    forgetting them the plain read is skipped (one round trip less a cold tile), and when
+    its entries come back so does the plain read (`LowerHits`)."""
+    url = request.getfixturevalue("redis_url")
+    served = await serve(cache__memory_max_bytes=0, cache__redis_url=url)
+    conn = await _warmed(served)
+    assert served.cold is not None
+    lower = served.cold.lower
+    client = aioredis.Redis.from_url(url)
+    tiles = [
+        f"/webgateway/render_image_region/{P}/0/0/?tile=0,{x},{y},64,64"
+        for x in range(10)
+        for y in range(8)
+    ]
+
+    async def mgets() -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+    async def fetch_all(tier: str) -> None:
+        for tile in tiles:
+            status, headers, _ = await conn.get(tile)
+            assert status == 200 and value(headers, "X-Cache") == tier, tile
+
+    await fetch_all("miss")  # answered once: indexed from now on
+    assert served.app is not None and await served.app[DEPS].cache.flush(10)
+    assert lower.plain_first and lower.share == 1.0
+    await client.flushdb()  # Redis forgets them all
+    await fetch_all("miss")
+    assert not lower.plain_first  # about 58 plain reads missed: the rest went without
+    assert await served.app[DEPS].cache.flush(10)
+    await client.flushdb()
+    before = await mgets()
+    await fetch_all("miss")
+    assert await mgets() == before  # no plain read: the locking lookup alone
+    assert await served.app[DEPS].cache.flush(10)
+    await fetch_all("redis")  # stored again: the locking lookup finds them
+    assert lower.plain_first
+    before = await mgets()
+    await fetch_all("redis")
+    assert await mgets() > before  # read plainly again
+    await client.aclose()
+    conn.close()
+
+
+def test_the_share_of_lower_tier_hits_moves_with_the_lookups() -> None:
+    lower = coldpath.LowerHits()
+    assert lower.plain_first
+    for _ in range(58):
+        lower.saw(False)
+    assert lower.plain_first  # (63/64)^58 ≈ 0.401
+    lower.saw(False)
+    assert not lower.plain_first  # 0.395
+    for _ in range(20):  # mostly misses, a few hits: it stays off
+        lower.saw(_ % 4 == 0)
+    assert not lower.plain_first
+    for _ in range(10):
+        lower.saw(True)
+    assert lower.plain_first
 
 
 # One CPU thread: tiles up to 3 × 256² render inline, so a cold tile is answered in its loop
