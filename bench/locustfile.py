@@ -275,10 +275,14 @@ class Session:
             _check(resp)
 
     def fetch_all(self, urls: list[tuple[str, str]]) -> None:
-        for url, name in urls:
-            if url not in self.seen:
-                self.pool.spawn(self.get_image, url, name)
-        _join_in_flight(self.pool)
+        # The pool holds a browser's connections, so a spawn waits while they are busy, and a
+        # kill can land there too: the requests already sent are waited for all the same.
+        try:
+            for url, name in urls:
+                if url not in self.seen:
+                    self.pool.spawn(self.get_image, url, name)
+        finally:
+            _join_in_flight(self.pool)
 
     # ---- the session -----------------------------------------------------------------------
 

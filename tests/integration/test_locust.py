@@ -7,6 +7,7 @@ gevent at import, which would break pytest's and aiohttp's event loops.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
 
 pytestmark = pytest.mark.slow
@@ -179,3 +181,52 @@ def test_url_list_sessions_used_by_the_side_by_side_harness(
     assert int(good["Aggregated"]["Failure Count"]) == 0
     bad = _run_url_sessions(demo_server, [*tiles, "/webgateway/imgData/999999/"], tmp_path / "bad")
     assert int(bad["Aggregated"]["Failure Count"]) > 0
+
+
+# A viewer session killed while it waits for a free connection: the stand-in client's
+# requests take 50 ms, so after 10 ms all six connections are busy and `fetch_all` is blocked
+# in the pool's spawn with six more tiles to go. The kill must not leave the six in flight
+# uncounted when the user is gone (locust then logs its tallies and exits).
+_KILL_WHILE_SPAWNING = r"""
+import json, sys
+from contextlib import contextmanager
+import gevent
+sys.path.insert(0, sys.argv[1])
+import locustfile
+
+started, finished = [], []
+
+class Resp:
+    status_code = 200
+    def success(self): pass
+
+class Client:
+    @contextmanager
+    def get(self, url, **_kw):
+        started.append(url)
+        gevent.sleep(0.05)
+        finished.append(url)
+        yield Resp()
+
+class User:
+    client = Client()
+
+session = locustfile.Session(User(), 1)
+urls = [(f"/tile/{i}", "tile") for i in range(12)]
+g = gevent.spawn(session.fetch_all, urls)
+gevent.sleep(0.01)
+g.kill(block=True)
+print(json.dumps({"started": len(started), "finished": len(finished),
+                  "dead": g.dead, "value": type(g.value).__name__}))
+"""
+
+
+def test_a_session_killed_while_spawning_finishes_what_it_sent(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _KILL_WHILE_SPAWNING, str(BENCH)],
+        capture_output=True, text=True, timeout=60, env=_clean_env(), cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    # six were sent before the kill, none after it, and all six finished before the user died
+    assert got == {"started": 6, "finished": 6, "dead": True, "value": "GreenletExit"}, got
