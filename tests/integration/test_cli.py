@@ -299,6 +299,9 @@ def test_sigterm_drains_in_flight_requests(
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
 
+    # PNG, each a render of its own (its window): long enough that the requests are still
+    # in flight once the test has seen them all admitted, on a loaded machine too (as JPEGs
+    # of one core's worth, they were once all answered by then).
     n = 30
     done_before_signal = []
 
@@ -306,8 +309,8 @@ def test_sigterm_drains_in_flight_requests(
         async with aiohttp.ClientSession() as session:
 
             async def one(i: int) -> int:
-                url = (f"{base}/webgateway/render_image/1002/0/0/?p=intmax"
-                       f"&c=1|0:3000$FF0000,2|0:2000$00FF00&q=0.{50 + i}")  # fmt: skip
+                url = (f"{base}/webgateway/render_image/1002/0/0/?p=intmax&format=png"
+                       f"&c=1|0:{3000 + i}$FF0000,2|0:2000$00FF00")  # fmt: skip
                 async with session.get(url) as resp:
                     await resp.read()
                     return resp.status
