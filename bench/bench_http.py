@@ -17,7 +17,8 @@ server's event-loop lag p99 under the load comes from its /metrics histogram
 the CPU each of its threads spent a tile (`idrserve_thread_cpu_seconds_total`: the event
 loop's, and the render pool's for tiles rendered there, `--large`'s 1024² ones).
 
-    python bench/bench_http.py [--duration 8] [--rounds 3] [--baseline DIR] [--redis]
+    python bench/bench_http.py [--duration 8] [--rounds 3] [--redis]
+        [--baseline DIR [--baseline-python PY]]
 
 `--redis` puts a shared Redis tier behind every server, as a deployment runs, so small that
 every lookup misses: the cold path with the tier's lookup, render lock and store. wrk cycles
@@ -416,6 +417,13 @@ def main() -> int:
         "server replaces the zarr-python variant and runs interleaved, reported as a ratio",
     )
     parser.add_argument(
+        "--baseline-python",
+        type=Path,
+        help="the interpreter the baseline's server runs on (e.g. a venv of another Python "
+        "holding this package's dependencies); with `--baseline .` it compares interpreters "
+        "on one tree",
+    )
+    parser.add_argument(
         "--request-path",
         action="store_true",
         help="also run bench/_request_path.py (the server with a constant body instead of the "
@@ -484,6 +492,8 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
+    if args.baseline_python is not None and args.baseline is None:
+        parser.error("--baseline-python needs --baseline (`--baseline .` for this tree)")
     if args.redis and not shutil.which("redis-server"):
         print("--redis needs redis-server: apt-get install redis-server", file=sys.stderr)
         return 2
@@ -533,7 +543,10 @@ def main() -> int:
         if label == "baseline":
             cwd = args.baseline.resolve()
             env["PYTHONPATH"] = str(cwd)
-        cmd = ["taskset", "-c", "0", sys.executable]
+        python = sys.executable
+        if label == "baseline" and args.baseline_python is not None:
+            python = str(args.baseline_python)
+        cmd = ["taskset", "-c", "0", python]
         if label in (FLOOR, FLOOR_AIOHTTP):
             cmd += [str(ROOT / "_floor.py"), str(port)]
             cmd += ["--aiohttp"] if label == FLOOR_AIOHTTP else []
@@ -628,6 +641,7 @@ def main() -> int:
         f"{' --large' if args.large else ''}"
         + "".join(f" --setting {shlex.quote(v)}" for v in args.setting)
         + f"{f' --baseline {args.baseline}' if args.baseline else ''}"
+        + f"{f' --baseline-python {args.baseline_python}' if args.baseline_python else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",
         "",
@@ -754,8 +768,9 @@ def main() -> int:
         + ", ".join(f"{name}: {n} of {len(cases[name])}" for name, n in mismatched.items())
         + ".",
     ]
+    on = f" on {args.baseline_python}" if args.baseline_python else ""
     title = (
-        f"This tree vs the baseline ({args.baseline})"
+        f"This tree vs the baseline ({args.baseline}{on})"
         if args.baseline
         else "Direct chunk reads vs zarr-python reads"
     )
