@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from _results import unused
-from bench_http import SIZE, free_port, run_wrk, write_image
+from bench_http import CLIENT_CPU_NOTE, SIZE, client_cpu_cell, free_port, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -222,8 +222,8 @@ def main() -> int:
         f"loadavg at end {os.getloadavg()[0]:.2f}, nproc {os.cpu_count()}.",
         "",
         "| server | median tiles/s | min–max | p50 ms | p99 ms | target | vs target "
-        "| vs nginx static | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs nginx static | wrk CPU | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     nginx_rounds = [r["rps"] for r in results["nginx static"]]
     for name, rounds in results.items():
@@ -236,8 +236,10 @@ def main() -> int:
             f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
             f"{statistics.median(r['p99_ms'] for r in rounds):.2f} | "
             f"{target or 0:.0f} | {med / target if target else 1:.2f} | {ratio:.3f} | "
+            f"{client_cpu_cell(rounds)} | "
             f"{sum(r['non2xx'] + r['socket_errors'] for r in rounds):.0f} |"
         )
+    lines += ["", CLIENT_CPU_NOTE]
     if args.baseline is not None:
         lines += [
             "",

@@ -51,7 +51,7 @@ from _harness import (
     version,
     wait_http,
 )
-from bench_http import SIZE, free_port, run_wrk, write_image
+from bench_http import CLIENT_CPU_NOTE, SIZE, client_cpu_cell, free_port, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -244,8 +244,9 @@ def start_iip(stack: Stack, tmp: Path, mem: str) -> tuple[str, list[str]]:
 
 def table(results: dict[str, list[dict[str, float]]], what: str) -> list[str]:
     lines = [
-        f"| contender ({what}) | median req/s | min–max | p50 ms | p99 ms | bytes/resp | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| contender ({what}) | median req/s | min–max | p50 ms | p99 ms | bytes/resp | wrk CPU "
+        "| failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rounds in results.items():
         rps = [r["rps"] for r in rounds]
@@ -255,9 +256,10 @@ def table(results: dict[str, list[dict[str, float]]], what: str) -> list[str]:
             f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
             f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
             f"{statistics.median(r['p99_ms'] for r in rounds):.2f} | "
-            f"{statistics.median(r['bytes_per_req'] for r in rounds):.0f} | {failed:.0f} |"
+            f"{statistics.median(r['bytes_per_req'] for r in rounds):.0f} | "
+            f"{client_cpu_cell(rounds)} | {failed:.0f} |"
         )
-    return lines
+    return [*lines, "", CLIENT_CPU_NOTE] if what == "wrk" else lines
 
 
 def ratio_table(

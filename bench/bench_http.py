@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import socket
@@ -160,6 +161,31 @@ def wrk_seconds(duration: float) -> int:
     return max(1, round(duration))
 
 
+def client_cpu_share(
+    before: resource.struct_rusage, after: resource.struct_rusage, wall_s: float
+) -> float:
+    """wrk's CPU seconds (user + system, from this process's reaped children) over its wall
+    time: the share of its one core it used. Near 1.00 the client, not the server, set the
+    rate, and a ratio against that contender says less about the servers."""
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu / wall_s if wall_s > 0 else 0.0
+
+
+def client_cpu_cell(rounds: list[dict[str, float]]) -> str:
+    """The median `client_cpu` of a contender's wrk rounds for a report's table, "–" for
+    rounds without it (locust's)."""
+    shares = [r["client_cpu"] for r in rounds if "client_cpu" in r]
+    return f"{statistics.median(shares):.2f}" if shares else "–"
+
+
+# What the reports' "wrk CPU" column means, said under each table that has one.
+CLIENT_CPU_NOTE = (
+    "wrk CPU: wrk's CPU seconds over its wall time, the share of its one core (median of the "
+    "rounds); near 1.00 wrk, not the server, set the rate, and a ratio against that contender "
+    "understates how far apart the servers are."
+)
+
+
 def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) -> dict[str, float]:
     url_file = tmp / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
@@ -180,7 +206,12 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
         str(script),
         base,
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    client_cpu = client_cpu_share(
+        before, resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    )
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def latency(pct: str) -> float:
@@ -203,6 +234,7 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
         "bytes_per_req": per_sec / rps if rps else 0.0,
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "socket_errors": 1.0 if errors else 0.0,
+        "client_cpu": client_cpu,
     }
 
 

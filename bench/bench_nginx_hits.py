@@ -33,7 +33,7 @@ from pathlib import Path
 from _harness import NGINX, Stack, get, nginx_bench_dir, version
 from _results import unused
 from bench_deploy import QUALITIES, start_static, tile_urls
-from bench_http import run_wrk, write_image
+from bench_http import CLIENT_CPU_NOTE, client_cpu_cell, run_wrk, write_image
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -100,11 +100,14 @@ def main() -> int:
                     raise RuntimeError("a URL with a cache buster missed the shipped cache")
                 bases[BUSTED] = (base, busted)
         results = {name: [] for name in bases}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in bases}
         for base, chosen in bases.values():  # warm-up, discarded
             run_wrk(base, chosen, 3, args.conns, tmp)
         for _ in range(args.rounds):
             for name, (base, chosen) in bases.items():
-                results[name].append(run_wrk(base, chosen, args.duration, args.conns, tmp)["rps"])
+                run = run_wrk(base, chosen, args.duration, args.conns, tmp)
+                results[name].append(run["rps"])
+                runs[name].append(run)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     host = platform.node() or "host"
     command = "python bench/bench_nginx_hits.py " + " ".join(sys.argv[1:])
@@ -120,14 +123,15 @@ def main() -> int:
         f"{version(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])}; loadavg at end "
         f"{os.getloadavg()[0]:.2f}, nproc {os.cpu_count()}.",
         "",
-        "| contender | median req/s | min–max | / nginx static (median of rounds) |",
-        "|---|---:|---:|---:|",
+        "| contender | median req/s | min–max | / nginx static (median of rounds) | wrk CPU |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, values in results.items():
         lines.append(
             f"| {name} | {statistics.median(values):.0f} | {min(values):.0f}–{max(values):.0f} "
-            f"| {median_ratio(values, results[STATIC]):.2f} |"
+            f"| {median_ratio(values, results[STATIC]):.2f} | {client_cpu_cell(runs[name])} |"
         )
+    lines += ["", CLIENT_CPU_NOTE]
     if args.baseline_rev:
         baseline = results[f"deploy/nginx of {args.baseline_rev}"]
         lines += [

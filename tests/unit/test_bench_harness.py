@@ -344,3 +344,31 @@ def test_another_revisions_nginx_configuration_is_copied_whole(tmp_path: Path) -
     assert "/var/log/" not in rendered  # the access log stays under the prefix
     assert cmd[cmd.index("-c") + 1] == str(tmp_path / "prefix" / "nginx.conf")
     assert hits.median_ratio([2.0, 3.0, 9.0], [1.0, 3.0, 3.0]) == 2.0
+
+
+def test_the_clients_cpu_share_counts_a_busy_child_and_not_a_sleeping_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run_wrk's `client_cpu`: a reaped child's CPU over its wall time, as wrk's is taken."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    http = _load("bench_http")
+
+    def share(code: str) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return float(http.client_cpu_share(before, after, time.perf_counter() - t0))
+
+    busy = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    assert share(busy) > 0.5  # a core's worth, less the interpreter's start
+    assert share("import time; time.sleep(0.4)") < 0.3
+    assert http.client_cpu_share(before := resource.getrusage(resource.RUSAGE_SELF), before, 0) == 0
+    rounds = [{"client_cpu": 0.5}, {"client_cpu": 0.98}, {"client_cpu": 0.7}]
+    assert http.client_cpu_cell(rounds) == "0.70"
+    assert http.client_cpu_cell([{"rps": 1.0, "failures": 0.0}]) == "–"  # locust's rounds
