@@ -372,3 +372,17 @@ def test_the_clients_cpu_share_counts_a_busy_child_and_not_a_sleeping_one(
     rounds = [{"client_cpu": 0.5}, {"client_cpu": 0.98}, {"client_cpu": 0.7}]
     assert http.client_cpu_cell(rounds) == "0.70"
     assert http.client_cpu_cell([{"rps": 1.0, "failures": 0.0}]) == "–"  # locust's rounds
+
+
+def test_the_deploy_tables_show_wrks_cpu_for_wrk_rounds_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    deploy = _load("bench_deploy")
+    common = {"rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "bytes_per_req": 30.0}
+    wrk = deploy.table({"nginx static": [common | {"client_cpu": 0.97}]}, "wrk")
+    locust = deploy.table({"viewer": [common | {"failures": 0.0}]}, "locust sessions")
+    assert "wrk CPU" in wrk[0] and "| 0.97 |" in wrk[2] and wrk[-1].startswith("wrk CPU:")
+    assert "wrk CPU" not in "\n".join(locust)
+    for lines in (wrk[:3], locust):  # every row has the header's number of cells
+        assert len({line.count("|") for line in lines}) == 1, lines
