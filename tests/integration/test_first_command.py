@@ -41,7 +41,6 @@ def test_pip_install_then_idrserve_demo_in_a_clean_venv(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IDRSERVE_", "PYTHON"))}
-    env["HOME"] = str(tmp_path / "home")  # the demo's data and numba's cache start empty
     install = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
         capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path, check=False,
@@ -50,9 +49,12 @@ def test_pip_install_then_idrserve_demo_in_a_clean_venv(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
+        # pip keeps the user's configuration and cache; the demo starts with an empty home
+        # (its data set and numba's cache written anew, as on a first run)
         proc = subprocess.Popen(
             [str(venv / "bin" / "idrserve"), "demo", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            stdout=out, stderr=subprocess.STDOUT, env=env | {"HOME": str(tmp_path / "home")},
+            cwd=tmp_path,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
