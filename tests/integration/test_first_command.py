@@ -12,29 +12,19 @@ installed), then the demo as a first-time user starts it, asked for a tile and t
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import free_port
+from tests.integration.test_cli import fetch, free_port
+from tests.integration.test_nginx import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
-
-
-def fetch(url: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
 
 def test_pip_install_then_idrserve_demo_in_a_clean_venv(tmp_path: Path) -> None:
@@ -75,12 +65,7 @@ def test_pip_install_then_idrserve_demo_in_a_clean_venv(tmp_path: Path) -> None:
         status, kind, body = fetch(base + "/viewer/")
         assert status == 200 and kind.startswith("text/html"), body[:300]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)  # SIGTERM, as systemd or a container runtime ends it
     assert proc.returncode == 0, log.read_text()[-3000:]
     # the banner a first-time user reads: the URLs to open
     assert f"http://localhost:{port}/viewer/" in log.read_text()

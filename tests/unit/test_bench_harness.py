@@ -23,6 +23,12 @@ def _load(name: str) -> Any:
 variants = _load("_variants")
 
 
+@pytest.fixture
+def bench_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/ on sys.path, as when its scripts run: they import each other by module name."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+
+
 def test_labels_map_to_their_settings() -> None:
     parsed = variants.parse_variants(
         [
@@ -175,10 +181,8 @@ def test_a_redis_tiers_work_is_its_own_stage_and_its_flights_another() -> None:
     }
 
 
-def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+@pytest.mark.usefixtures("bench_imports")
+def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders() -> None:
     bench_http = _load("bench_http")
     before = {"source": 1.0, "render": 0.5, "encode": 0.2, "renders": 100.0}
     after = {"source": 1.3, "render": 0.6, "encode": 0.4, "renders": 300.0}
@@ -193,10 +197,8 @@ def test_the_kernels_time_in_the_server_is_its_stage_seconds_over_its_renders(
     assert bench_http.stages_us(after, after) == {}  # no render in between
 
 
-def test_the_loops_cpu_a_tile_is_its_seconds_over_the_requests(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+@pytest.mark.usefixtures("bench_imports")
+def test_the_loops_cpu_a_tile_is_its_seconds_over_the_requests() -> None:
     bench_http = _load("bench_http")
     before = {"loop": 2.0, "cpu_pool": 10.0}
     after = {"loop": 2.5, "cpu_pool": 18.0}
@@ -256,10 +258,8 @@ async def test_the_kernel_makes_the_servers_bytes_for_webgateway_and_iiif_urls(
         assert hashlib.sha256(await resp.read()).hexdigest() == kernel_run["sha256"][url], url
 
 
-def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+@pytest.mark.usefixtures("bench_imports")
+def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer() -> None:
     bench_iiif = _load("bench_iiif")
     stages = {"source_us": 300.0, "render_us": 70.0, "encode_us": 200.0}
     cold = [{"rps": 1250.0, **stages}] * 3  # 800 µs a tile, 570 of them in the kernel
@@ -271,11 +271,9 @@ def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer(
     assert bench_iiif.kernel_rows([{"rps": 1.0}], alone, peer) == []  # a server without stages
 
 
-def test_a_lag_p99_just_over_the_target_reads_as_the_next_fine_bucket(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("bench_imports")
+def test_a_lag_p99_just_over_the_target_reads_as_the_next_fine_bucket() -> None:
     """2.1 ms read as 5 ms when the histogram had no bucket between 2 and 5 ms."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
     from idrserve.http.looplag import BUCKETS
@@ -346,16 +344,14 @@ def test_another_revisions_nginx_configuration_is_copied_whole(tmp_path: Path) -
     assert hits.median_ratio([2.0, 3.0, 9.0], [1.0, 3.0, 3.0]) == 2.0
 
 
-def test_the_clients_cpu_share_counts_a_busy_child_and_not_a_sleeping_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("bench_imports")
+def test_the_clients_cpu_share_counts_a_busy_child_and_not_a_sleeping_one() -> None:
     """run_wrk's `client_cpu`: a reaped child's CPU over its wall time, as wrk's is taken."""
     import resource
     import subprocess
     import sys
     import time
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     http = _load("bench_http")
 
     def share(code: str) -> float:
@@ -374,10 +370,8 @@ def test_the_clients_cpu_share_counts_a_busy_child_and_not_a_sleeping_one(
     assert http.client_cpu_cell([{"rps": 1.0, "failures": 0.0}]) == "–"  # locust's rounds
 
 
-def test_the_deploy_tables_show_wrks_cpu_for_wrk_rounds_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+@pytest.mark.usefixtures("bench_imports")
+def test_the_deploy_tables_show_wrks_cpu_for_wrk_rounds_only() -> None:
     deploy = _load("bench_deploy")
     common = {"rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "bytes_per_req": 30.0}
     wrk = deploy.table({"nginx static": [common | {"client_cpu": 0.97}]}, "wrk")
