@@ -11,6 +11,12 @@ tile's JPEG) and keep-alive:
 - `python bench/_floor.py PORT --aiohttp`: an aiohttp application with one catch-all route
   returning a `web.Response`, on uvloop, access log off: what aiohttp's parser, request object,
   handler task and response cost before any work of the application's own.
+- `python bench/_floor.py PORT --kernel ZARR_ROOT URL_FILE`: the bare responder, answering each
+  URL of the file with the tile bench/_kernel.py makes for it (planned once before serving, then
+  read, decoded, rendered and encoded per request by `service._read_render_encode`, as the
+  kernel alone does). Nothing a server could leave out is left: its rate against the kernel
+  alone is the most any Python server on this event loop can reach with this kernel, the bare
+  request handling and the kernel's memory traffic taking turns on one core.
 
 Set beside what issue 19's target 1 leaves for request handling (a tenth of the kernel's time
 a tile) they say how much of idrserve's request path is the framework and how much its own.
@@ -21,15 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import cast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import uvloop
 
 BODY = b"\xff\xd8" + b"\0" * 17_000  # the size bench/_request_path.py answers with
-HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+TILE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+HEAD = TILE_HEAD % len(BODY)
 
 
 class Responder(asyncio.Protocol):
+    # The kernel's tiles by request target (`--kernel`); empty: the constant body.
+    tiles: ClassVar[dict[bytes, Callable[[], bytes]]] = {}
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.pending = b""
@@ -41,10 +53,32 @@ class Responder(asyncio.Protocol):
         buf = self.pending + data if self.pending else data
         start = 0
         while (end := buf.find(b"\r\n\r\n", start)) >= 0:
-            start = end + 4
             assert self.transport is not None
-            self.transport.writelines((HEAD, BODY))
+            tile = self.tiles.get(buf[start : buf.find(b"\r\n", start)].split(b" ", 2)[1])
+            if tile is None:  # not a tile (e.g. bench_http's /healthz): the constant
+                self.transport.writelines((HEAD, BODY))
+            else:
+                body = tile()
+                self.transport.writelines((TILE_HEAD % len(body), body))
+            start = end + 4
         self.pending = buf[start:]
+
+
+def kernel_tiles(root: Path, url_file: Path) -> dict[bytes, Callable[[], bytes]]:
+    """Each URL's tile as bench/_kernel.py makes it: planned here, made per call."""
+    from _kernel import _plan  # bench/ is this script's directory, first on sys.path
+
+    from idrserve.render import kernels
+    from idrserve.service import _read_render_encode
+
+    urls = url_file.read_text().split()
+    deps, jobs = asyncio.run(_plan(root, urls))
+    kernels.warm()
+
+    def tile(req: Any, meta: Any, read: Any, key: str) -> Callable[[], bytes]:
+        return lambda: _read_render_encode(req, meta, deps, read, key).body
+
+    return {url.encode(): tile(*job) for url, job in zip(urls, jobs, strict=True)}
 
 
 async def serve(port: int) -> None:
@@ -69,5 +103,8 @@ def serve_aiohttp(port: int) -> None:
 if __name__ == "__main__":
     if "--aiohttp" in sys.argv[2:]:
         serve_aiohttp(int(sys.argv[1]))
+    elif "--kernel" in sys.argv[2:3]:
+        Responder.tiles = kernel_tiles(Path(sys.argv[3]), Path(sys.argv[4]))
+        uvloop.run(serve(int(sys.argv[1])))
     else:
         uvloop.run(serve(int(sys.argv[1])))

@@ -242,6 +242,8 @@ LAG = "idrserve_event_loop_lag_seconds_bucket"
 REQUEST_PATH = "request path only"
 FLOOR = "bare uvloop responder"
 FLOOR_AIOHTTP = "minimal aiohttp app"
+FLOOR_KERNEL = "bare uvloop responder + kernel"
+FLOORS = (FLOOR, FLOOR_AIOHTTP, FLOOR_KERNEL)
 
 
 def lag_buckets(base: str) -> dict[float, float] | None:
@@ -546,6 +548,33 @@ def main() -> int:
     if args.floor:
         variants[FLOOR] = "true"
         variants[FLOOR_AIOHTTP] = "true"
+        variants[FLOOR_KERNEL] = "true"
+    cases = {
+        "256² tiles, 256² chunks": [
+            f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
+            for y in range(SIZE // 256)
+            for x in range(SIZE // 256)
+        ],
+        "512² tiles, 512² chunks": [
+            f"/webgateway/render_image_region/2002/0/0/?tile=0,{x},{y},512,512"
+            for y in range(SIZE // 512)
+            for x in range(SIZE // 512)
+        ],
+    }
+    if args.large:
+        # Only 16 such tiles: four JPEG qualities make 64 distinct responses, as many as the
+        # 512² case, so that 16 connections never ask for one tile twice at once (a second
+        # request would join the first's render, not render).
+        cases[LARGE] = [
+            f"/webgateway/render_image_region/2003/0/0/?tile=0,{x},{y},1024,1024&q={q}"
+            for q in ("0.85", "0.86", "0.87", "0.88")
+            for y in range(SIZE // 1024)
+            for x in range(SIZE // 1024)
+        ]
+    if args.viewer_query:
+        cases = {name: [f"{url}&{VIEWER_QUERY}" for url in urls] for name, urls in cases.items()}
+    if args.query:
+        cases = {name: [f"{url}&{args.query}" for url in urls] for name, urls in cases.items()}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     shared_env: dict[str, str] = {}
     redis = None
@@ -579,9 +608,13 @@ def main() -> int:
         if label == "baseline" and args.baseline_python is not None:
             python = str(args.baseline_python)
         cmd = ["taskset", "-c", "0", python]
-        if label in (FLOOR, FLOOR_AIOHTTP):
+        if label in FLOORS:
             cmd += [str(ROOT / "_floor.py"), str(port)]
             cmd += ["--aiohttp"] if label == FLOOR_AIOHTTP else []
+            if label == FLOOR_KERNEL:  # every case's tiles, planned before it listens
+                all_urls = tmp / "floor-urls.txt"
+                all_urls.write_text("\n".join(u for urls in cases.values() for u in urls))
+                cmd += ["--kernel", str(data), str(all_urls)]
         else:
             cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
             cmd += ["serve", "--zarr-root", str(data), "--port", str(port)]
@@ -589,32 +622,6 @@ def main() -> int:
             cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         servers[label] = (proc, f"http://127.0.0.1:{port}")
-    cases = {
-        "256² tiles, 256² chunks": [
-            f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
-            for y in range(SIZE // 256)
-            for x in range(SIZE // 256)
-        ],
-        "512² tiles, 512² chunks": [
-            f"/webgateway/render_image_region/2002/0/0/?tile=0,{x},{y},512,512"
-            for y in range(SIZE // 512)
-            for x in range(SIZE // 512)
-        ],
-    }
-    if args.large:
-        # Only 16 such tiles: four JPEG qualities make 64 distinct responses, as many as the
-        # 512² case, so that 16 connections never ask for one tile twice at once (a second
-        # request would join the first's render, not render).
-        cases[LARGE] = [
-            f"/webgateway/render_image_region/2003/0/0/?tile=0,{x},{y},1024,1024&q={q}"
-            for q in ("0.85", "0.86", "0.87", "0.88")
-            for y in range(SIZE // 1024)
-            for x in range(SIZE // 1024)
-        ]
-    if args.viewer_query:
-        cases = {name: [f"{url}&{VIEWER_QUERY}" for url in urls] for name, urls in cases.items()}
-    if args.query:
-        cases = {name: [f"{url}&{args.query}" for url in urls] for name, urls in cases.items()}
     targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
     results: dict[str, list[dict[str, float]]] = {}
     try:
@@ -625,7 +632,12 @@ def main() -> int:
         mismatched = {}
         for name, urls in cases.items():
             digests = run_kernel(data, urls, 0.0, tmp)["sha256"]
-            mismatched[name] = check_bytes(servers["idrserve"][1], digests)
+            mismatched[name] = (check_bytes(servers["idrserve"][1], digests), len(urls))
+            if FLOOR_KERNEL in servers:
+                mismatched[f"{name}, {FLOOR_KERNEL}"] = (
+                    check_bytes(servers[FLOOR_KERNEL][1], digests),
+                    len(urls),
+                )
         for _ in range(args.rounds):
             for name, urls in cases.items():
                 for label, (_proc, base) in servers.items():
@@ -716,7 +728,7 @@ def main() -> int:
         kernel_rounds = results[f"{name} (kernel)"]
         for label in servers:
             if label in (REQUEST_PATH, FLOOR, FLOOR_AIOHTTP):
-                continue
+                continue  # constant bodies: not tiles
             served = results[f"{name} ({label})"]
             ratios = [a["rps"] / b["rps"] for a, b in zip(served, kernel_rounds, strict=True)]
             lines.append(f"- {name}, {label}: {statistics.median(ratios):.2f}×")
@@ -738,6 +750,14 @@ def main() -> int:
                 f"- {name}: 0.9× the kernel leaves {k_us / 0.9 - k_us:.0f} µs a tile for "
                 f"everything around it; a bare uvloop responder takes {f_us:.0f} µs a request, "
                 f"a minimal aiohttp app {a_us:.0f} µs (bench/_floor.py)"
+            )
+            ceiling = results[f"{name} ({FLOOR_KERNEL})"]
+            served = results[f"{name} (idrserve)"]
+            ratios = [a["rps"] / b["rps"] for a, b in zip(served, ceiling, strict=True)]
+            lines.append(
+                f"- {name}: idrserve / the bare responder + kernel (the most a Python server "
+                f"on this loop makes of this kernel), per-round median: "
+                f"{statistics.median(ratios):.2f}×"
             )
     shares = [
         (name, rounds)
@@ -797,7 +817,7 @@ def main() -> int:
         "cleanly.",
         "",
         "Bodies that differ between the server and the kernel (0 expected): "
-        + ", ".join(f"{name}: {n} of {len(cases[name])}" for name, n in mismatched.items())
+        + ", ".join(f"{name}: {n} of {total}" for name, (n, total) in mismatched.items())
         + ".",
     ]
     on = f" on {args.baseline_python}" if args.baseline_python else ""

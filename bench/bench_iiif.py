@@ -35,7 +35,12 @@ from its /metrics histogram before and after each round (bench_http.lag_p99_ms).
 chroma subsampling are read from each contender's probe tiles (the JPEG's SOF and DQT markers)
 and stated; the report says so when they differ.
 
-    python bench/bench_iiif.py [--duration 5] [--rounds 3] [--conns 16] [--settle 0]
+With `--floor`, one more contender: bench/_floor.py `--kernel`, a bare uvloop responder that
+answers each of idrserve's URLs with the kernel's tile (the same bytes, made per request), one
+process for the run. It is what any Python server on this event loop could make of this kernel
+with no request handling of its own, so its ratio to iipsrv bounds target 2 from above.
+
+    python bench/bench_iiif.py [--duration 5] [--rounds 3] [--conns 16] [--settle 0] [--floor]
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ COLD = "idrserve IIIF cold (1 worker, fresh process per round)"
 WARM = "idrserve IIIF warm (1 worker, memory hits)"
 IIP_RAW = "IIPImage IIIF, same pixels (uint16 TIFF, 1 iipsrv)"
 IIP_JPEG = "IIPImage IIIF, pre-rendered JPEG TIFF (1 iipsrv)"
+FLOOR = "bare uvloop responder + kernel (bench/_floor.py --kernel)"
 RAW_TIFF = "same_pixels_u16.tif"
 JPEG_TIFF = "rgb_pyr_jpeg.tif"
 # (numerator, denominator, req/s ratio at least, p99 ratio at most); None: informative.
@@ -135,6 +141,18 @@ def start_idrserve(
     startup = time.perf_counter() - t0
     pin(proc.pid)
     return proc, base, startup
+
+
+def start_floor(data: Path, urls: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/_floor.py --kernel on core 0, for `urls`, once it answers."""
+    url_file = tmp / "floor-urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    port = free_port()
+    cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "_floor.py"), str(port), "--kernel"]
+    proc = subprocess.Popen([*cmd, str(data), str(url_file)], stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + urls[0], proc)
+    return proc, base
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -359,7 +377,9 @@ def cold_variant(label: str) -> str:
     return f"idrserve IIIF cold, {label}"
 
 
-def ratio_rows(results: dict[str, list[dict[str, float]]], labels: list[str]) -> list[str]:
+def ratio_rows(
+    results: dict[str, list[dict[str, float]]], labels: list[str], floor: bool = False
+) -> list[str]:
     """The per-round ratio table: req/s and p99 of each pair, medians, against their targets."""
     lines = [
         "| ratio (per round, median) | req/s | rounds | p99 | target | met |",
@@ -369,6 +389,8 @@ def ratio_rows(results: dict[str, list[dict[str, float]]], labels: list[str]) ->
     for label in labels:
         name = cold_variant(label)
         pairs_wanted += [(name, IIP_JPEG, (1.3, 1.2)), (name, COLD, None)]
+    if floor:
+        pairs_wanted += [(FLOOR, IIP_JPEG, None), (COLD, FLOOR, None)]
     for num, den, target in pairs_wanted:
         pairs = list(zip(results[num], results[den], strict=True))
         ratios = [a["rps"] / b["rps"] for a, b in pairs]
@@ -428,6 +450,12 @@ def main() -> int:
         help="seconds between a fresh cold server's /readyz 200 and its round (default 0: "
         "the round starts as soon as it is ready, start-up work still running included)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also bench/_floor.py --kernel (a bare uvloop responder answering with the "
+        "kernel's tiles): the most a Python server makes of this kernel, against iipsrv",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument(
         "--variant",
@@ -456,6 +484,7 @@ def main() -> int:
     results |= {name: [] for name in cold_env if name != COLD}
     kernel_rounds: list[dict[str, float]] = []  # bench/_kernel.py on the same URLs, core 0
     notes: list[str] = []
+    floor_proc: subprocess.Popen[bytes] | None = None
     try:
         with Stack(tmp) as stack:
             data = tmp / "data"
@@ -483,7 +512,11 @@ def main() -> int:
                 IIP_RAW: (iip, iip_urls(RAW_TIFF)),
                 IIP_JPEG: (iip, iip_urls(JPEG_TIFF)),
             }
-            for name in (COLD, IIP_RAW, IIP_JPEG):
+            if args.floor:
+                floor_proc, floor = start_floor(data, urls, tmp)
+                contenders[FLOOR] = (floor, urls)
+                results[FLOOR] = []
+            for name in (COLD, IIP_RAW, IIP_JPEG, *([FLOOR] if args.floor else [])):
                 failed[name] = non_2xx(*contenders[name])
             notes.append(
                 f"Every one of the {len(urls)} URLs fetched once from each contender before the "
@@ -497,6 +530,11 @@ def main() -> int:
                 "Bodies that differ between the cold server and the kernel alone "
                 f"(bench/_kernel.py; 0 expected): {check_bytes(cold, digests)} of {len(urls)}."
             )
+            if args.floor:
+                notes.append(
+                    "Bodies that differ between the bare responder + kernel and the kernel "
+                    f"alone (0 expected): {check_bytes(floor, digests)} of {len(urls)}."
+                )
             for base, url_list in contenders.values():
                 wait_http(base + url_list[0])
                 run_wrk(base, url_list, args.warmup, args.conns, tmp)  # discarded warm-up
@@ -517,6 +555,8 @@ def main() -> int:
                 alone.update({f"{k}_us": v for k, v in kernel["stages_us"].items()})
                 kernel_rounds.append(alone)
     finally:  # the 8192² data and its TIFFs take about 1 GB
+        if floor_proc is not None:
+            stop(floor_proc)
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().strip()
     busy = float(load_before.split()[0])
@@ -538,6 +578,7 @@ def main() -> int:
         "",
         f"Command: `python bench/bench_iiif.py --duration {args.duration:g} --rounds {args.rounds}"
         f" --conns {args.conns}{f' --settle {args.settle:g}' if args.settle else ''}"
+        f"{' --floor' if args.floor else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
         + "`",
         "",
@@ -585,7 +626,7 @@ def main() -> int:
     cold_tail, cold_lag = tail(COLD), med(COLD, "lag_p99_ms")
     lines += [
         "",
-        *ratio_rows(results, list(variants)),
+        *ratio_rows(results, list(variants), floor=args.floor),
         "",
         *kernel_rows(results[COLD], kernel_rounds, results[IIP_JPEG]),
         "",

@@ -102,6 +102,22 @@ def _responses(conn: Any, count: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _connect(port: int, proc: Any) -> Any:
+    """A connection to a bench/_floor.py just started, once it listens (planning and the
+    kernels' warm-up come first with `--kernel`); fails at once if it died."""
+    import socket
+    import time
+
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise AssertionError(f"bench/_floor.py exited with {proc.returncode}")
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("bench/_floor.py did not listen")
+
+
 @pytest.mark.parametrize("mode", [[], ["--aiohttp"]], ids=["bare", "aiohttp"])
 def test_the_floor_servers_answer_each_pipelined_request(mode: list[str]) -> None:
     """bench/_floor.py, the two floors `bench_http.py --floor` measures: one whole response
@@ -109,7 +125,6 @@ def test_the_floor_servers_answer_each_pipelined_request(mode: list[str]) -> Non
     import socket
     import subprocess
     import sys
-    import time
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -117,20 +132,59 @@ def test_the_floor_servers_answer_each_pipelined_request(mode: list[str]) -> Non
     script = Path(__file__).resolve().parents[2] / "bench" / "_floor.py"
     proc = subprocess.Popen([sys.executable, str(script), str(port), *mode])
     try:
-        for _ in range(200):
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("bench/_floor.py did not listen")
-        with conn:
+        with _connect(port, proc) as conn:
             conn.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo")
             conn.sendall(b"st: x\r\n\r\n")
             answers = _responses(conn, 2)
         body = _load("_floor").BODY
         assert answers == [(b"HTTP/1.1 200 OK", body)] * 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_kernel_floor_answers_each_tile_with_the_kernels_bytes(
+    tmp_path: Path, bench_imports: None
+) -> None:
+    """`_floor.py --kernel`, the ceiling `bench_http.py --floor` sets beside idrserve: each
+    tile URL answered with the bytes bench/_kernel.py makes for it (the work is done, not
+    skipped), heads arriving together or split; anything else the constant body."""
+    import hashlib
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from bench_http import write_image
+
+    write_image(tmp_path / "data" / "2001.zarr", 256, 1, size=512)
+    urls = [f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},1,256,256" for x in (0, 1)]
+    url_file = tmp_path / "urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    kernel = subprocess.run(
+        [sys.executable, str(bench / "_kernel.py"), str(tmp_path / "data"), str(url_file), "0"],
+        capture_output=True,
+        check=True,
+    )
+    digests = json.loads(kernel.stdout)["sha256"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, str(bench / "_floor.py"), str(port), "--kernel"]
+    proc = subprocess.Popen([*cmd, str(tmp_path / "data"), str(url_file)])
+    try:
+        with _connect(port, proc) as conn:
+            heads = b"".join(f"GET {u} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for u in urls)
+            conn.sendall(heads + b"GET /healthz HTTP/1.1\r\nHo")
+            conn.sendall(b"st: x\r\n\r\n")
+            answers = _responses(conn, 3)
+        assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK"] * 3
+        assert [hashlib.sha256(body).hexdigest() for _, body in answers[:2]] == [
+            digests[u] for u in urls
+        ]
+        assert answers[0][1] != answers[1][1]
+        assert answers[2][1] == _load("_floor").BODY
     finally:
         proc.terminate()
         proc.wait(10)
@@ -269,6 +323,28 @@ def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer() -> No
     assert "| 800 | 300 (280) | 70 (60) | 200 (190) | 570 | 530 | +40 | 230 |" in text
     assert "1.50×" in text  # 1800 / 1200: the most the server could reach against the peer
     assert bench_iiif.kernel_rows([{"rps": 1.0}], alone, peer) == []  # a server without stages
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_the_kernel_floor_is_set_against_the_peer_and_the_cold_server() -> None:
+    """`bench_iiif.py --floor`: the bare responder + kernel gets two informative rows, its rate
+    against iipsrv's best case and the cold server's against it; without the flag, neither."""
+    bench_iiif = _load("bench_iiif")
+    row = {"p99_ms": 10.0}
+    results = {
+        name: [{"rps": rps, **row}]
+        for name, rps in (
+            (bench_iiif.COLD, 900.0),
+            (bench_iiif.WARM, 30000.0),
+            (bench_iiif.IIP_RAW, 600.0),
+            (bench_iiif.IIP_JPEG, 1000.0),
+            (bench_iiif.FLOOR, 1200.0),
+        )
+    }
+    text = "\n".join(bench_iiif.ratio_rows(results, [], floor=True))
+    assert f"| {bench_iiif.FLOOR} / {bench_iiif.IIP_JPEG} | 1.20 |" in text
+    assert f"| {bench_iiif.COLD} / {bench_iiif.FLOOR} | 0.75 |" in text
+    assert bench_iiif.FLOOR not in "\n".join(bench_iiif.ratio_rows(results, []))
 
 
 @pytest.mark.usefixtures("bench_imports")
