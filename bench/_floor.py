@@ -1,8 +1,8 @@
-"""Two floors under a cold tile's request path: a bare uvloop responder, and aiohttp's least.
+"""Floors under a cold tile: a bare uvloop responder, aiohttp's least, and the bare one + kernel.
 
-bench/bench_http.py runs both as more servers (`--floor`), pinned to the server's core, with
-the same wrk load, each answering every request with a constant 17 KB body (about a 256²
-tile's JPEG) and keep-alive:
+bench/bench_http.py runs all three as more servers (`--floor`), pinned to the server's core,
+with the same wrk load and keep-alive; the first two answer every request with a constant
+17 KB body (about a 256² tile's JPEG):
 
 - `python bench/_floor.py PORT`: an asyncio protocol on uvloop that finds the end of each
   request head and writes the response; no parsing beyond that, no routing, no headers beyond
@@ -16,11 +16,15 @@ tile's JPEG) and keep-alive:
   read, decoded, rendered and encoded per request by `service._read_render_encode`, as the
   kernel alone does). Nothing a server could leave out is left: its rate against the kernel
   alone is the most any Python server on this event loop can reach with this kernel, the bare
-  request handling and the kernel's memory traffic taking turns on one core.
+  request handling and the kernel's memory traffic taking turns on one core. `GET /metrics`
+  answers the seconds each stage took and the tiles made, under the names idrserve's own
+  /metrics gives them, so bench_http.py splits its tile as it splits the server's.
+  bench/bench_iiif.py runs it too (`--floor`), against iipsrv.
 
 Set beside what issue 19's target 1 leaves for request handling (a tenth of the kernel's time
 a tile) they say how much of idrserve's request path is the framework and how much its own.
-Not servers for anything else: every URL answers the same invalid JPEG.
+Not servers for anything else: the constant floors answer every URL with the same invalid
+JPEG, the kernel's anything but its tiles and /metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ import uvloop
 BODY = b"\xff\xd8" + b"\0" * 17_000  # the size bench/_request_path.py answers with
 TILE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
 HEAD = TILE_HEAD % len(BODY)
+TEXT_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+# `--kernel`: seconds by stage over the tiles made, and how many (`/metrics`).
+SPENT: dict[str, float] = {}
+MADE = [0]
+
+
+def stage_metrics() -> str:
+    """SPENT and MADE as the counters bench_http.render_stages reads from idrserve."""
+    lines = ["# TYPE idrserve_http_render_stage_seconds counter"]
+    lines += [
+        f'idrserve_http_render_stage_seconds_total{{family="floor",stage="{stage}"}} {seconds}'
+        for stage, seconds in SPENT.items()
+    ]
+    lines.append(f'idrserve_http_cache_answers_total{{family="floor",tier="miss"}} {MADE[0]}')
+    return "\n".join(lines) + "\n"
 
 
 class Responder(asyncio.Protocol):
@@ -54,8 +73,12 @@ class Responder(asyncio.Protocol):
         start = 0
         while (end := buf.find(b"\r\n\r\n", start)) >= 0:
             assert self.transport is not None
-            tile = self.tiles.get(buf[start : buf.find(b"\r\n", start)].split(b" ", 2)[1])
-            if tile is None:  # not a tile (e.g. bench_http's /healthz): the constant
+            target = buf[start : buf.find(b"\r\n", start)].split(b" ", 2)[1]
+            tile = self.tiles.get(target)
+            if tile is None and target == b"/metrics" and self.tiles:
+                text = stage_metrics().encode()
+                self.transport.writelines((TEXT_HEAD % len(text), text))
+            elif tile is None:  # not a tile (e.g. bench_http's /healthz): the constant
                 self.transport.writelines((HEAD, BODY))
             else:
                 body = tile()
@@ -76,7 +99,14 @@ def kernel_tiles(root: Path, url_file: Path) -> dict[bytes, Callable[[], bytes]]
     kernels.warm()
 
     def tile(req: Any, meta: Any, read: Any, key: str) -> Callable[[], bytes]:
-        return lambda: _read_render_encode(req, meta, deps, read, key).body
+        def make() -> bytes:
+            rendered = _read_render_encode(req, meta, deps, read, key)
+            for stage, seconds in rendered.timings.items():
+                SPENT[stage] = SPENT.get(stage, 0.0) + seconds
+            MADE[0] += 1
+            return rendered.body
+
+        return make
 
     return {url.encode(): tile(*job) for url, job in zip(urls, jobs, strict=True)}
 

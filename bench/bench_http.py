@@ -784,9 +784,12 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in cases:
-        split = split_cells(results[f"{name} (idrserve)"], results[f"{name} (kernel)"])
-        if split is not None:
-            lines.append(f"| {name} | " + " | ".join(split) + " |")
+        for label in ("idrserve", FLOOR_KERNEL):
+            rows = results.get(f"{name} ({label})")
+            split = split_cells(rows or [], results[f"{name} (kernel)"])
+            if split is not None:
+                row = name if label == "idrserve" else f"{name}, {label}"
+                lines.append(f"| {row} | " + " | ".join(split) + " |")
     cpu_rows = [
         (name, rounds) for name, rounds in results.items() if rounds and "loop_cpu_us" in rounds[0]
     ]

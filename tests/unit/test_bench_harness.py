@@ -185,6 +185,15 @@ def test_the_kernel_floor_answers_each_tile_with_the_kernels_bytes(
         ]
         assert answers[0][1] != answers[1][1]
         assert answers[2][1] == _load("_floor").BODY
+        with _connect(port, proc) as conn:  # the kernel's stages, as idrserve's /metrics
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            metrics = _responses(conn, 1)[0][1].decode()
+        from bench_http import render_stages, stages_us
+
+        spent = render_stages(f"http://127.0.0.1:{port}")
+        assert spent is not None and spent["renders"] == 2, metrics
+        assert set(stages_us({}, spent)) == {"source_us", "render_us", "encode_us"}
+        assert all(v > 0 for v in stages_us({}, spent).values())
     finally:
         proc.terminate()
         proc.wait(10)
