@@ -40,6 +40,30 @@ def nginx_bench_dir(name: str) -> Path | None:
     return tmp
 
 
+def cpu_times(stat: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores from the text of /proc/stat's aggregate line;
+    idle and iowait are not busy, everything else is (user, nice, system, irq, softirq, steal)."""
+    fields = [int(v) for v in stat.split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of all cores' time spent busy between two `cpu_times` samples."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def busy_now(seconds: float = 2.0) -> float:
+    """How busy the machine is right now: the share of all cores' time not idle over the next
+    `seconds`. Unlike the 1-minute loadavg, which still counts a benchmark that ended a
+    minute ago, this says whether anything else is running while this one starts."""
+    stat = Path("/proc/stat")
+    before = cpu_times(stat.read_text())
+    time.sleep(seconds)
+    return busy_share(before, cpu_times(stat.read_text()))
+
+
 def get(url: str, timeout: float = 30) -> tuple[bytes, dict[str, str]]:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read(), dict(resp.headers)

@@ -465,3 +465,34 @@ def test_the_deploy_tables_show_wrks_cpu_for_wrk_rounds_only() -> None:
     assert "wrk CPU" not in "\n".join(locust)
     for lines in (wrk[:3], locust):  # every row has the header's number of cells
         assert len({line.count("|") for line in lines}) == 1, lines
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_the_busy_share_counts_every_state_but_idle_and_iowait() -> None:
+    """bench_iiif.py's busy flag: /proc/stat's aggregate line, idle and iowait apart."""
+    harness = _load("_harness")
+    # cpu user nice system idle iowait irq softirq steal (guest fields after: ignored)
+    before = harness.cpu_times("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    assert before == (150, 1000)
+    after = harness.cpu_times("cpu  300 10 90 1300 70 5 5 20 0 0\n")
+    assert after == (430, 1800)
+    assert harness.busy_share(before, after) == pytest.approx(280 / 800)
+    assert harness.busy_share(after, after) == 0.0
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_a_spinning_process_reads_as_busy() -> None:
+    """The live reading: one core kept busy by a child counts for at least most of its share
+    of the machine (1 / nproc), whatever else runs."""
+    import os
+    import subprocess
+    import sys
+
+    harness = _load("_harness")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        share = harness.busy_now(1.0)
+    finally:
+        spin.kill()
+        spin.wait(10)
+    assert share >= 0.7 / (os.cpu_count() or 1)
