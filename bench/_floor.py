@@ -73,18 +73,25 @@ class Responder(asyncio.Protocol):
         start = 0
         while (end := buf.find(b"\r\n\r\n", start)) >= 0:
             assert self.transport is not None
-            target = buf[start : buf.find(b"\r\n", start)].split(b" ", 2)[1]
-            tile = self.tiles.get(target)
-            if tile is None and target == b"/metrics" and self.tiles:
-                text = stage_metrics().encode()
-                self.transport.writelines((TEXT_HEAD % len(text), text))
-            elif tile is None:  # not a tile (e.g. bench_http's /healthz): the constant
-                self.transport.writelines((HEAD, BODY))
+            if self.tiles:  # `--kernel`; the constant floors read nothing of the head
+                self.transport.writelines(self.answer(buf[start : buf.find(b"\r\n", start)]))
             else:
-                body = tile()
-                self.transport.writelines((TILE_HEAD % len(body), body))
+                self.transport.writelines((HEAD, BODY))
             start = end + 4
         self.pending = buf[start:]
+
+    def answer(self, request_line: bytes) -> tuple[bytes, bytes]:
+        """`--kernel`: the head and body for a request line: its tile, the stage counters
+        (/metrics) or, for anything else (e.g. bench_http's /healthz), the constant."""
+        target = request_line.split(b" ", 2)[1]
+        tile = self.tiles.get(target)
+        if tile is not None:
+            body = tile()
+            return TILE_HEAD % len(body), body
+        if target == b"/metrics":
+            text = stage_metrics().encode()
+            return TEXT_HEAD % len(text), text
+        return HEAD, BODY
 
 
 def kernel_tiles(root: Path, url_file: Path) -> dict[bytes, Callable[[], bytes]]:
@@ -133,8 +140,7 @@ def serve_aiohttp(port: int) -> None:
 if __name__ == "__main__":
     if "--aiohttp" in sys.argv[2:]:
         serve_aiohttp(int(sys.argv[1]))
-    elif "--kernel" in sys.argv[2:3]:
-        Responder.tiles = kernel_tiles(Path(sys.argv[3]), Path(sys.argv[4]))
-        uvloop.run(serve(int(sys.argv[1])))
     else:
+        if "--kernel" in sys.argv[2:3]:
+            Responder.tiles = kernel_tiles(Path(sys.argv[3]), Path(sys.argv[4]))
         uvloop.run(serve(int(sys.argv[1])))

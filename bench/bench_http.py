@@ -418,6 +418,14 @@ def start_redis(maxmemory: str | None = REDIS_MAXMEMORY) -> tuple[subprocess.Pop
     raise SystemExit("redis-server did not start")
 
 
+def floor_kernel_args(data: Path, urls: list[str], tmp: Path) -> list[str]:
+    """bench/_floor.py's arguments after its port for the bare responder + kernel serving
+    `urls` (written to a file it plans from)."""
+    url_file = tmp / "floor-urls.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    return ["--kernel", str(data), str(url_file)]
+
+
 def run_kernel(data: Path, urls: list[str], duration: float, tmp: Path) -> KernelRun:
     """bench/_kernel.py on core 0 (the server's core, idle meanwhile): tiles/s and digests."""
     url_file = tmp / "kernel-urls.txt"
@@ -612,9 +620,7 @@ def main() -> int:
             cmd += [str(ROOT / "_floor.py"), str(port)]
             cmd += ["--aiohttp"] if label == FLOOR_AIOHTTP else []
             if label == FLOOR_KERNEL:  # every case's tiles, planned before it listens
-                all_urls = tmp / "floor-urls.txt"
-                all_urls.write_text("\n".join(u for urls in cases.values() for u in urls))
-                cmd += ["--kernel", str(data), str(all_urls)]
+                cmd += floor_kernel_args(data, [u for urls in cases.values() for u in urls], tmp)
         else:
             cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
             cmd += ["serve", "--zarr-root", str(data), "--port", str(port)]

@@ -69,6 +69,7 @@ from _variants import VARIANT_HELP, parse_variants
 from bench_deploy import IIP_CONF, IIPSRV, write_iip_tiff
 from bench_http import (
     check_bytes,
+    floor_kernel_args,
     free_port,
     lag_buckets,
     lag_p99_ms,
@@ -147,11 +148,10 @@ def start_idrserve(
 
 def start_floor(data: Path, urls: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     """bench/_floor.py --kernel on core 0, for `urls`, once it answers."""
-    url_file = tmp / "floor-urls.txt"
-    url_file.write_text("\n".join(urls) + "\n")
     port = free_port()
-    cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "_floor.py"), str(port), "--kernel"]
-    proc = subprocess.Popen([*cmd, str(data), str(url_file)], stdout=subprocess.DEVNULL)
+    cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "_floor.py"), str(port)]
+    cmd += floor_kernel_args(data, urls, tmp)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + urls[0], proc)
     return proc, base
