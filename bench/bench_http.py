@@ -243,7 +243,11 @@ REQUEST_PATH = "request path only"
 FLOOR = "bare uvloop responder"
 FLOOR_AIOHTTP = "minimal aiohttp app"
 FLOOR_KERNEL = "bare uvloop responder + kernel"
-FLOORS = (FLOOR, FLOOR_AIOHTTP, FLOOR_KERNEL)
+# The same, its renders taking idrserve's turns (bench/_floor.py --turns): the ceiling under
+# issue 19's loop-lag target.
+FLOOR_TURNS = "bare uvloop responder + kernel, idrserve's turns"
+FLOORS = (FLOOR, FLOOR_AIOHTTP, FLOOR_KERNEL, FLOOR_TURNS)
+KERNEL_FLOORS = (FLOOR_KERNEL, FLOOR_TURNS)
 
 
 def lag_buckets(base: str) -> dict[float, float] | None:
@@ -420,8 +424,11 @@ def start_redis(maxmemory: str | None = REDIS_MAXMEMORY) -> tuple[subprocess.Pop
 
 def floor_kernel_args(data: Path, urls: list[str], tmp: Path) -> list[str]:
     """bench/_floor.py's arguments after its port for the bare responder + kernel serving
-    `urls` (written to a file it plans from)."""
-    url_file = tmp / "floor-urls.txt"
+    `urls` (written to a file it plans from, one per call: a floor started before reads its
+    own while the next one's is written)."""
+    fd, name = tempfile.mkstemp(prefix="floor-urls-", suffix=".txt", dir=tmp)
+    os.close(fd)
+    url_file = Path(name)
     url_file.write_text("\n".join(urls) + "\n")
     return ["--kernel", str(data), str(url_file)]
 
@@ -474,8 +481,10 @@ def main() -> int:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also run bench/_floor.py (a bare uvloop HTTP responder with a constant body): "
-        "the least a Python event loop spends a request here, beside the kernel's budget",
+        help="also run bench/_floor.py (a bare uvloop HTTP responder with a constant body, "
+        "a minimal aiohttp app, and the bare responder answering with the kernel's tiles, "
+        "once rendering every ready request at once and once taking idrserve's turns): the "
+        "least a Python event loop spends a request here, and the most it makes of the kernel",
     )
     parser.add_argument(
         "--viewer-query",
@@ -557,6 +566,7 @@ def main() -> int:
         variants[FLOOR] = "true"
         variants[FLOOR_AIOHTTP] = "true"
         variants[FLOOR_KERNEL] = "true"
+        variants[FLOOR_TURNS] = "true"
     cases = {
         "256² tiles, 256² chunks": [
             f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},{y},256,256"
@@ -609,6 +619,9 @@ def main() -> int:
         # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run
         # each server from its own checkout, or a baseline run from this one imports this tree.
         cwd = ROOT.parent
+        # The scripts under bench/ (floors, request path) import this tree even when it is
+        # not the installed one.
+        env["PYTHONPATH"] = str(cwd)
         if label == "baseline":
             cwd = args.baseline.resolve()
             env["PYTHONPATH"] = str(cwd)
@@ -619,8 +632,9 @@ def main() -> int:
         if label in FLOORS:
             cmd += [str(ROOT / "_floor.py"), str(port)]
             cmd += ["--aiohttp"] if label == FLOOR_AIOHTTP else []
-            if label == FLOOR_KERNEL:  # every case's tiles, planned before it listens
+            if label in KERNEL_FLOORS:  # every case's tiles, planned before it listens
                 cmd += floor_kernel_args(data, [u for urls in cases.values() for u in urls], tmp)
+                cmd += ["--turns"] if label == FLOOR_TURNS else []
         else:
             cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
             cmd += ["serve", "--zarr-root", str(data), "--port", str(port)]
@@ -639,11 +653,12 @@ def main() -> int:
         for name, urls in cases.items():
             digests = run_kernel(data, urls, 0.0, tmp)["sha256"]
             mismatched[name] = (check_bytes(servers["idrserve"][1], digests), len(urls))
-            if FLOOR_KERNEL in servers:
-                mismatched[f"{name}, {FLOOR_KERNEL}"] = (
-                    check_bytes(servers[FLOOR_KERNEL][1], digests),
-                    len(urls),
-                )
+            for label in KERNEL_FLOORS:
+                if label in servers:
+                    mismatched[f"{name}, {label}"] = (
+                        check_bytes(servers[label][1], digests),
+                        len(urls),
+                    )
         for _ in range(args.rounds):
             for name, urls in cases.items():
                 for label, (_proc, base) in servers.items():
@@ -757,14 +772,17 @@ def main() -> int:
                 f"everything around it; a bare uvloop responder takes {f_us:.0f} µs a request, "
                 f"a minimal aiohttp app {a_us:.0f} µs (bench/_floor.py)"
             )
-            ceiling = results[f"{name} ({FLOOR_KERNEL})"]
             served = results[f"{name} (idrserve)"]
-            ratios = [a["rps"] / b["rps"] for a, b in zip(served, ceiling, strict=True)]
-            lines.append(
-                f"- {name}: idrserve / the bare responder + kernel (the most a Python server "
-                f"on this loop makes of this kernel), per-round median: "
-                f"{statistics.median(ratios):.2f}×"
-            )
+            for label, what in (
+                (FLOOR_KERNEL, "the most a Python server on this loop makes of this kernel"),
+                (FLOOR_TURNS, "the same with its loop's lag bounded as idrserve's"),
+            ):
+                ceiling = results[f"{name} ({label})"]
+                ratios = [a["rps"] / b["rps"] for a, b in zip(served, ceiling, strict=True)]
+                lines.append(
+                    f"- {name}: idrserve / the {label} ({what}), per-round median: "
+                    f"{statistics.median(ratios):.2f}×"
+                )
     shares = [
         (name, rounds)
         for name, rounds in results.items()
@@ -790,7 +808,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in cases:
-        for label in ("idrserve", FLOOR_KERNEL):
+        for label in ("idrserve", *KERNEL_FLOORS):
             rows = results.get(f"{name} ({label})")
             split = split_cells(rows or [], results[f"{name} (kernel)"])
             if split is not None:

@@ -4,6 +4,7 @@ second report the same day gets a name of its own."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,16 @@ def test_the_floor_servers_answer_each_pipelined_request(mode: list[str]) -> Non
         proc.wait(10)
 
 
+@pytest.mark.parametrize("turns", [[], ["--turns"]], ids=["at-once", "turns"])
 def test_the_kernel_floor_answers_each_tile_with_the_kernels_bytes(
-    tmp_path: Path, bench_imports: None
+    tmp_path: Path, bench_imports: None, turns: list[str]
 ) -> None:
     """`_floor.py --kernel`, the ceiling `bench_http.py --floor` sets beside idrserve: each
     tile URL answered with the bytes bench/_kernel.py makes for it (the work is done, not
-    skipped), heads arriving together or split; anything else the constant body."""
+    skipped), heads arriving together or split; anything else the constant body. With
+    `--turns` the second tile waits for a later loop iteration (idrserve's turns), and the
+    request pipelined behind it is answered after it, not before; a 512² tile takes two
+    turns."""
     import hashlib
     import json
     import socket
@@ -159,6 +164,7 @@ def test_the_kernel_floor_answers_each_tile_with_the_kernels_bytes(
 
     write_image(tmp_path / "data" / "2001.zarr", 256, 1, size=512)
     urls = [f"/webgateway/render_image_region/2001/0/0/?tile=0,{x},1,256,256" for x in (0, 1)]
+    urls.append("/webgateway/render_image_region/2001/0/0/?tile=0,0,0,512,512")
     url_file = tmp_path / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
     bench = Path(__file__).resolve().parents[2] / "bench"
@@ -172,26 +178,31 @@ def test_the_kernel_floor_answers_each_tile_with_the_kernels_bytes(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     cmd = [sys.executable, str(bench / "_floor.py"), str(port), "--kernel"]
-    proc = subprocess.Popen([*cmd, str(tmp_path / "data"), str(url_file)])
+    proc = subprocess.Popen([*cmd, str(tmp_path / "data"), str(url_file), *turns])
     try:
         with _connect(port, proc) as conn:
             heads = b"".join(f"GET {u} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for u in urls)
             conn.sendall(heads + b"GET /healthz HTTP/1.1\r\nHo")
             conn.sendall(b"st: x\r\n\r\n")
-            answers = _responses(conn, 3)
-        assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK"] * 3
-        assert [hashlib.sha256(body).hexdigest() for _, body in answers[:2]] == [
+            answers = _responses(conn, 4)
+        assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK"] * 4
+        assert [hashlib.sha256(body).hexdigest() for _, body in answers[:3]] == [
             digests[u] for u in urls
         ]
         assert answers[0][1] != answers[1][1]
-        assert answers[2][1] == _load("_floor").BODY
+        assert answers[3][1] == _load("_floor").BODY
         with _connect(port, proc) as conn:  # the kernel's stages, as idrserve's /metrics
             conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             metrics = _responses(conn, 1)[0][1].decode()
-        from bench_http import render_stages, stages_us
+        from bench_http import lag_buckets, render_stages, stages_us
 
         spent = render_stages(f"http://127.0.0.1:{port}")
-        assert spent is not None and spent["renders"] == 2, metrics
+        assert spent is not None and spent["renders"] == 3, metrics
+        # The loop's lag, sampled by idrserve's own sampler, read as bench_http reads it.
+        assert lag_buckets(f"http://127.0.0.1:{port}"), metrics
+        if turns:
+            waits = re.search(r"^floor_turn_waits_total (\d+)", metrics, re.MULTILINE)
+            assert waits is not None and int(waits.group(1)) >= 2, metrics
         assert set(stages_us({}, spent)) == {"source_us", "render_us", "encode_us"}
         assert all(v > 0 for v in stages_us({}, spent).values())
     finally:
