@@ -53,7 +53,6 @@ from functools import partial
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import RawRequestMessage
 
 from idrserve.admission import Admission
 from idrserve.errors import IdrServeError
@@ -63,6 +62,7 @@ from idrserve.http.deadlines import Deadlines
 from idrserve.http.fastpath import ImageHeads, UrlIndex, plain_get
 from idrserve.http.iiif_params import Version
 from idrserve.http.middleware import chosen_request_id
+from idrserve.http.plainhead import HeadMessage
 from idrserve.http.plan import RegionAsk, plan_iiif, plan_webgateway_region
 from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
@@ -191,7 +191,7 @@ class ColdRenders:
         # Whether URLs answered before are still found in the lower tiers (`render`).
         self.lower = LowerHits()
 
-    def plan(self, message: RawRequestMessage) -> ColdJob | None:
+    def plan(self, message: HeadMessage) -> ColdJob | None:
         """The job for `message` when it is a plain cold tile request, else None (nothing
         counted or held: the usual path answers it)."""
         if not plain_get(message) or len(message.path) > self._limits.max_url_length:

@@ -19,13 +19,14 @@ from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.typedefs import Handler, Middleware
 
 from idrserve.admission import Admission
 from idrserve.http.bodies import LARGE_BODY_BYTES
 from idrserve.http.keys import MEMO_INFO, TRACE
 from idrserve.http.middleware import EXPOSE_HEADERS, chosen_request_id
+from idrserve.http.plainhead import HeadMessage
 from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.responses import etag_for, image_response, not_modified, overloaded
 from idrserve.http.trace import Trace
@@ -207,7 +208,7 @@ class DirectHits:
         self.heads = heads
         self.metrics = metrics
 
-    def answer(self, message: RawRequestMessage) -> DirectHit | None:
+    def answer(self, message: HeadMessage) -> DirectHit | None:
         """The response to `message` when it is a plain memory hit, else None."""
         if not plain_get(message):
             return None
@@ -231,7 +232,7 @@ class DirectHits:
         return DirectHit(head, entry.body, memo.resource, rid)
 
 
-def plain_get(message: RawRequestMessage) -> bool:
+def plain_get(message: HeadMessage) -> bool:
     """A GET over HTTP/1.1 keep-alive with no body and no `If-None-Match`: the only requests
     answered before aiohttp builds a request (here and http/coldpath.py); a 304, HTTP/1.0,
     a closing connection or a body are the usual path's."""

@@ -83,6 +83,7 @@ from idrserve.http.middleware import (
     request_id,
     set_common_headers,
 )
+from idrserve.http.plainhead import HeadMessage, PlainGet, read_head
 from idrserve.service import Rendered
 from idrserve.turns import InlineTurns
 
@@ -146,7 +147,7 @@ class _ColdWait:
     for it in progress (held requests, keep-alive, shutdown, cancellation)."""
 
     job: ColdJob
-    message: RawRequestMessage
+    message: HeadMessage
     payload: Any
     start: float
     waiting: asyncio.Future[None]
@@ -162,6 +163,7 @@ class JsonErrorRequestHandler(RequestHandler):
         "_held_paused",
         "_log_hit",
         "_outbox",
+        "_own_heads",
         "_peer_host",
         "_plain_request_factory",
         "_unsent",
@@ -202,6 +204,8 @@ class JsonErrorRequestHandler(RequestHandler):
         self._outbox = outbox_for(loop)
         self._held: deque[Any] = deque()  # requests pipelined behind a cold tile
         self._held_paused = False
+        # Request heads are read here while they are plain (http/plainhead.py).
+        self._own_heads = True
         self._usual = 0
         self._plain_request_factory = self._request_factory
         self._request_factory = self._make_request_counted
@@ -249,6 +253,7 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._cold_task is not None:
             # A cold tile is being rendered for this connection (coldpath.py): requests
             # pipelined behind it wait aside, unseen by the handler task, until it is sent.
+            self._keep_own_heads(data)
             self._waiter = None
             try:
                 super().data_received(data)
@@ -272,21 +277,32 @@ class JsonErrorRequestHandler(RequestHandler):
             # the task, answer a lone plain memory hit or cold tile here, wake it for the
             # rest (asleep or not, the task takes what is queued before it waits again).
             start = time.perf_counter()
-            self._waiter = None
-            try:
-                super().data_received(data)
-            finally:
-                self._waiter = waiter
-            if len(self._messages) == 1:
+            # One whole plain GET head is read here, not by aiohttp (http/plainhead.py), while
+            # aiohttp's parser has only had whole bodiless heads on this connection.
+            own = read_head(data) if self._own_heads else False
+            if own is False:
+                self._own_heads = False
+            elif own is not True:
                 try:
-                    answered = self.direct is not None and self._answer_direct(start)
-                    if not answered and self.cold is not None:
-                        answered = self._start_cold(start)
-                except Exception:  # never leave a request queued with the task asleep
+                    answered = self._answer_now(own, None, start)
+                except Exception:  # the usual path answers it, with the error middleware's care
                     log.exception("direct answer failed")
-            if self._messages and not answered and waiter is not None:
-                waiter.set_result(None)
+            if not answered:
+                self._waiter = None
+                try:
+                    super().data_received(data)
+                finally:
+                    self._waiter = waiter
+                if own is False and len(self._messages) == 1:
+                    message, payload = self._messages[0]
+                    try:
+                        answered = self._answer_now(message, payload, start)
+                    except Exception:  # never leave a request queued with the task asleep
+                        log.exception("direct answer failed")
+                if self._messages and not answered and waiter is not None:
+                    waiter.set_result(None)
         else:
+            self._keep_own_heads(data)
             super().data_received(data)
         # A timer per request head that does not arrive whole: started when bytes leave the
         # parser with a partial head while no request is being handled, stopped once the head
@@ -301,11 +317,37 @@ class JsonErrorRequestHandler(RequestHandler):
                 self.header_timeout_s, self._head_timed_out
             )
 
-    def _answer_direct(self, start: float) -> bool:
-        """Write the queued request's response here when it is a direct hit (fastpath.py)."""
-        message = self._answerable()
+    def _keep_own_heads(self, data: bytes) -> None:
+        """Before aiohttp's parser reads `data` itself: heads are read here afterwards only
+        if `data` leaves it at a message boundary (one whole bodiless head)."""
+        if self._own_heads and read_head(data) is False:
+            self._own_heads = False
+
+    def _answer_now(self, message: object, payload: Any, start: float) -> bool:
+        """Answer `message` here, a direct hit or a cold tile, when it is one; False: the
+        usual path's. It is the queued one from aiohttp's parser, or a `PlainGet` read here
+        (nothing queued)."""
+        # Not a request (a parser error's), or not now: answered as usual.
+        if not isinstance(message, RawRequestMessage | PlainGet) or not self._answerable():
+            return False
+        if self.direct is not None and self._answer_direct(message, start):
+            return True
+        return self.cold is not None and self._start_cold(message, payload, start)
+
+    def _taken(self, message: HeadMessage) -> None:
+        """`message` is answered here: off aiohttp's queue when it came from there."""
+        if isinstance(message, PlainGet):
+            self._request_count += 1  # as aiohttp counts the requests it parses
+            return
+        self._messages.popleft()
+        consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
+        if consumed is not None:
+            consumed()  # what the handler task does for each request it takes
+
+    def _answer_direct(self, message: HeadMessage, start: float) -> bool:
+        """Write the request's response here when it is a direct hit (fastpath.py)."""
         transport = self.transport
-        if message is None or transport is None:
+        if transport is None:
             return False
         assert self.direct is not None
         try:
@@ -316,10 +358,7 @@ class JsonErrorRequestHandler(RequestHandler):
         if hit is None:
             return False
         self.send_soon(hit.head, hit.body)  # written with the others of this iteration
-        self._messages.popleft()
-        consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
-        if consumed is not None:
-            consumed()  # what the handler task does for each request it takes
+        self._taken(message)
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1
@@ -334,27 +373,19 @@ class JsonErrorRequestHandler(RequestHandler):
             log_hit(hit.request_id, hit.resource, len(hit.body), elapsed, self._peer())
         return True
 
-    def _answerable(self) -> RawRequestMessage | None:
-        """The lone queued request, when it may be answered here rather than by the task."""
-        message = self._messages[0][0]
+    def _answerable(self) -> bool:
+        """Whether the lone request may be answered here rather than by the task."""
         transport = self.transport
-        if (
-            not isinstance(message, RawRequestMessage)  # else a parser error, answered as usual
-            or transport is None
+        return not (
+            transport is None
             or transport.is_closing()
             # a client slow to take earlier responses: the usual path waits for it to drain
             or transport.get_write_buffer_size() > DIRECT_MAX_BUFFERED
-        ):
-            return None
-        return message
+        )
 
-    def _start_cold(self, start: float) -> bool:
-        """Take the queued request as a cold tile when coldpath.py plans it: the handler
-        task sleeps on, and `_cold` answers, or hands the request back to it."""
-        message = self._answerable()
-        if message is None:
-            return False
-        payload = self._messages[0][1]
+    def _start_cold(self, message: HeadMessage, payload: Any, start: float) -> bool:
+        """Take the request as a cold tile when coldpath.py plans it: the handler task
+        sleeps on, and `_cold` answers, or hands the request back to it."""
         assert self.cold is not None
         try:
             job = self.cold.plan(message)
@@ -376,10 +407,7 @@ class JsonErrorRequestHandler(RequestHandler):
             if not isinstance(exc, IdrServeError | HandBack):
                 log.exception("cold tile failed for %s; answered the usual way", job.url[:200])
             return False
-        self._messages.popleft()
-        consumed = getattr(self._parser, "message_consumed", None)  # aiohttp >= 3.14
-        if consumed is not None:
-            consumed()
+        self._taken(message)
         if isinstance(answer, ColdAnswer):
             cold.admission.request_done()
             self._send_cold(job, answer, start, batch=True)
@@ -446,7 +474,7 @@ class JsonErrorRequestHandler(RequestHandler):
     def _cold_turn(
         self,
         job: ColdJob,
-        message: RawRequestMessage,
+        message: HeadMessage,
         payload: Any,
         start: float,
         answer_now: ColdStep,
@@ -483,9 +511,7 @@ class JsonErrorRequestHandler(RequestHandler):
         self._cold_done(job, message, payload, answer, start)
         return True
 
-    async def _cold(
-        self, job: ColdJob, message: RawRequestMessage, payload: Any, start: float
-    ) -> None:
+    async def _cold(self, job: ColdJob, message: HeadMessage, payload: Any, start: float) -> None:
         cold = self.cold
         assert cold is not None
         task = asyncio.current_task()
@@ -520,7 +546,7 @@ class JsonErrorRequestHandler(RequestHandler):
     def _cold_done(
         self,
         job: ColdJob,
-        message: RawRequestMessage,
+        message: HeadMessage,
         payload: Any,
         answer: ColdAnswer | None,
         start: float,
@@ -539,6 +565,8 @@ class JsonErrorRequestHandler(RequestHandler):
             transport.resume_reading()
         if answer is None:
             # Handed back: aiohttp's handler answers it through the middlewares.
+            if isinstance(message, PlainGet):  # read here: aiohttp reads it now
+                message, payload = message.parsed(self, self._loop)
             queued.appendleft((message, payload))
         else:
             self._send_cold(job, answer, start, batch=True)

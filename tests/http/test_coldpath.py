@@ -941,3 +941,46 @@ async def test_stage_seconds_on_metrics_are_those_of_the_log_line(
         assert spent_ms > 0
         assert spent_ms == pytest.approx(line[f"{stage}_ms"], abs=0.002), stage
     conn.close()
+
+
+async def test_plain_heads_are_read_by_idrserve_and_the_rest_by_aiohttp(
+    serve: Callable[..., Any],
+) -> None:
+    """http/plainhead.py: a whole plain GET head is read without aiohttp's parser, a cold
+    tile, a direct hit and a tile handed back to the usual path alike; a head that arrives
+    in two reads goes to aiohttp, which reads that connection from then on."""
+    served = await serve()
+    assert served.cold is not None
+    kinds: list[str] = []
+    plan = served.cold.plan
+
+    def recording(message: Any) -> Any:
+        kinds.append(type(message).__name__)
+        return plan(message)
+
+    served.cold.plan = recording  # type: ignore[method-assign]
+    conn = await _warmed(served)
+    handler = next(iter(served.server._runner.server.connections))  # type: ignore[union-attr]
+    assert handler._own_heads and set(kinds) == {"PlainGet"}
+    cold, hit = await conn.get(TILE), await conn.get(TILE)
+    assert cold[0] == hit[0] == 200 and cold[2] == hit[2]
+    assert [value(cold[1], "X-Cache"), value(hit[1], "X-Cache")] == ["miss", "memory"]
+    big = f"/webgateway/render_image_region/{P}/0/0/?region=0,0,1024,1024&q=1.0"
+    status, headers, body = await conn.get(big)  # handed back: aiohttp reads its head then
+    assert status == 200 and len(body) > LARGE_BODY_BYTES
+    assert value(headers, "X-Cache") == "memory" and kinds[-1] == "PlainGet"
+    assert handler._own_heads
+    await conn.send(f"GET {OTHER} HTTP/1.1\r\nHo".encode())
+    await asyncio.sleep(0.05)
+    await conn.send(b"st: t\r\n\r\n")
+    split = await conn.response()
+    assert split[0] == 200 and value(split[1], "X-Cache") == "miss"
+    assert not handler._own_heads and kinds[-1] == "RawRequestMessage"
+    again = await conn.get(f"/webgateway/render_image_region/{P}/0/0/?tile=0,2,1,256,256")
+    assert again[0] == 200 and kinds[-1] == "RawRequestMessage"
+    reference = await serve(server__direct_hits=False, server__direct_renders=False)
+    ref = await _warmed(reference)
+    for url, answer in ((TILE, cold), (big, (status, headers, body)), (OTHER, split)):
+        assert (await ref.get(url))[2] == answer[2], url
+    ref.close()
+    conn.close()

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 
 from idrserve.app import create_app
@@ -96,6 +97,16 @@ async def test_aiohttp_private_api_relied_on() -> None:
     assert list(inspect.signature(RequestHandler._process_keepalive).parameters) == ["self"]
     assert list(inspect.signature(RequestHandler.shutdown).parameters) == ["self", "timeout"]
     assert hasattr(web.Server(lambda r: None), "handler_cancellation"), version  # type: ignore[arg-type,return-value]
+    # 6. Plain heads read by idrserve (http/plainhead.py) are counted in `_request_count` as
+    #    the parser counts those it reads; one handed back to the usual path is read by an
+    #    `HttpRequestParser` of its own (protocol, loop, limit, line and field sizes), whose
+    #    `feed_data` returns the messages, the upgrade flag and the tail.
+    assert "_request_count" in slots, version
+    own = HttpRequestParser(
+        None, asyncio.get_running_loop(), 2**16, max_line_size=8190, max_field_size=8190
+    )
+    messages, upgraded, tail = own.feed_data(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [m.path for m, _ in messages] == ["/a?b=1"] and not upgraded and not tail, version
 
     async def ok(request: web.BaseRequest) -> web.Response:
         return web.Response()
