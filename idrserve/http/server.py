@@ -283,10 +283,13 @@ class JsonErrorRequestHandler(RequestHandler):
             if own is False:
                 self._own_heads = False
             elif own is not True:
+                taken = self._request_count
                 try:
                     answered = self._answer_now(own, None, start)
                 except Exception:  # the usual path answers it, with the error middleware's care
                     log.exception("direct answer failed")
+                    # ... unless it was taken before the failure: never answered twice
+                    answered = self._request_count != taken
             if not answered:
                 self._waiter = None
                 try:
