@@ -38,7 +38,10 @@ and stated; the report says so when they differ.
 With `--floor`, one more contender: bench/_floor.py `--kernel`, a bare uvloop responder that
 answers each of idrserve's URLs with the kernel's tile (the same bytes, made per request), one
 process for the run. It is what any Python server on this event loop could make of this kernel
-with no request handling of its own, so its ratio to iipsrv bounds target 2 from above.
+with no request handling of its own, so its ratio to iipsrv bounds target 2 from above. And a
+second one, `--kernel … --turns`, whose renders take idrserve's own turns, so that its loop
+lags no more than idrserve's (target 3): the bound under both targets. Both report their
+loop's lag as idrserve does.
 
     python bench/bench_iiif.py [--duration 5] [--rounds 3] [--conns 16] [--settle 0] [--floor]
 """
@@ -89,6 +92,8 @@ WARM = "idrserve IIIF warm (1 worker, memory hits)"
 IIP_RAW = "IIPImage IIIF, same pixels (uint16 TIFF, 1 iipsrv)"
 IIP_JPEG = "IIPImage IIIF, pre-rendered JPEG TIFF (1 iipsrv)"
 FLOOR = "bare uvloop responder + kernel (bench/_floor.py --kernel)"
+FLOOR_TURNS = "bare uvloop responder + kernel, idrserve's turns (bench/_floor.py --kernel --turns)"
+FLOORS = (FLOOR, FLOOR_TURNS)
 RAW_TIFF = "same_pixels_u16.tif"
 JPEG_TIFF = "rgb_pyr_jpeg.tif"
 # (numerator, denominator, req/s ratio at least, p99 ratio at most); None: informative.
@@ -146,12 +151,16 @@ def start_idrserve(
     return proc, base, startup
 
 
-def start_floor(data: Path, urls: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/_floor.py --kernel on core 0, for `urls`, once it answers."""
+def start_floor(
+    data: Path, urls: list[str], tmp: Path, turns: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/_floor.py --kernel on core 0, for `urls`, once it answers; `turns`: its renders
+    take idrserve's turns (`--turns`)."""
     port = free_port()
     cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "_floor.py"), str(port)]
-    cmd += floor_kernel_args(data, urls, tmp)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    cmd += floor_kernel_args(data, urls, tmp) + (["--turns"] if turns else [])
+    env = dict(os.environ, PYTHONPATH=str(ROOT.parent))  # this tree, installed or not
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + urls[0], proc)
     return proc, base
@@ -392,7 +401,8 @@ def ratio_rows(
         name = cold_variant(label)
         pairs_wanted += [(name, IIP_JPEG, (1.3, 1.2)), (name, COLD, None)]
     if floor:
-        pairs_wanted += [(FLOOR, IIP_JPEG, None), (COLD, FLOOR, None)]
+        for ceiling in FLOORS:
+            pairs_wanted += [(ceiling, IIP_JPEG, None), (COLD, ceiling, None)]
     for num, den, target in pairs_wanted:
         pairs = list(zip(results[num], results[den], strict=True))
         ratios = [a["rps"] / b["rps"] for a, b in pairs]
@@ -487,7 +497,7 @@ def main() -> int:
     results |= {name: [] for name in cold_env if name != COLD}
     kernel_rounds: list[dict[str, float]] = []  # bench/_kernel.py on the same URLs, core 0
     notes: list[str] = []
-    floor_proc: subprocess.Popen[bytes] | None = None
+    floor_procs: list[subprocess.Popen[bytes]] = []
     try:
         with Stack(tmp) as stack:
             data = tmp / "data"
@@ -515,11 +525,12 @@ def main() -> int:
                 IIP_RAW: (iip, iip_urls(RAW_TIFF)),
                 IIP_JPEG: (iip, iip_urls(JPEG_TIFF)),
             }
-            if args.floor:
-                floor_proc, floor = start_floor(data, urls, tmp)
-                contenders[FLOOR] = (floor, urls)
-                results[FLOOR] = []
-            for name in (COLD, IIP_RAW, IIP_JPEG, *([FLOOR] if args.floor else [])):
+            for ceiling in FLOORS if args.floor else ():
+                floor_proc, floor = start_floor(data, urls, tmp, turns=ceiling == FLOOR_TURNS)
+                floor_procs.append(floor_proc)
+                contenders[ceiling] = (floor, urls)
+                results[ceiling] = []
+            for name in (COLD, IIP_RAW, IIP_JPEG, *(FLOORS if args.floor else ())):
                 failed[name] = non_2xx(*contenders[name])
             notes.append(
                 f"Every one of the {len(urls)} URLs fetched once from each contender before the "
@@ -533,10 +544,10 @@ def main() -> int:
                 "Bodies that differ between the cold server and the kernel alone "
                 f"(bench/_kernel.py; 0 expected): {check_bytes(cold, digests)} of {len(urls)}."
             )
-            if args.floor:
+            for ceiling in FLOORS if args.floor else ():
                 notes.append(
-                    "Bodies that differ between the bare responder + kernel and the kernel "
-                    f"alone (0 expected): {check_bytes(floor, digests)} of {len(urls)}."
+                    f"Bodies that differ between the {ceiling} and the kernel alone (0 "
+                    f"expected): {check_bytes(contenders[ceiling][0], digests)} of {len(urls)}."
                 )
             for base, url_list in contenders.values():
                 wait_http(base + url_list[0])
@@ -545,7 +556,8 @@ def main() -> int:
             for _ in range(args.rounds):
                 for name, (base, url_list) in contenders.items():
                     if name != COLD:
-                        results[name].append(measure(base, url_list, args, tmp, name == WARM))
+                        sampled = name == WARM or name in FLOORS  # the floors sample as idrserve
+                        results[name].append(measure(base, url_list, args, tmp, sampled))
                         continue
                     for cold_name, env in cold_env.items():
                         proc, fresh, startup = start_idrserve(stack, data, off | env)
@@ -558,7 +570,7 @@ def main() -> int:
                 alone.update({f"{k}_us": v for k, v in kernel["stages_us"].items()})
                 kernel_rounds.append(alone)
     finally:  # the 8192² data and its TIFFs take about 1 GB
-        if floor_proc is not None:
+        for floor_proc in floor_procs:
             stop(floor_proc)
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = Path("/proc/loadavg").read_text().strip()

@@ -76,6 +76,7 @@ from idrserve.http.coldpath import (
     HandBack,
 )
 from idrserve.http.fastpath import DIRECT_HITS, DirectHits
+from idrserve.http.keys import SETTINGS
 from idrserve.http.middleware import (
     HTTP_ERROR_CODES,
     error_body,
@@ -187,6 +188,7 @@ class JsonErrorRequestHandler(RequestHandler):
         on_send_timeout: Callable[[], None] | None = None,
         direct: DirectHits | None = None,
         cold: ColdRenders | None = None,
+        plain_heads: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -204,8 +206,9 @@ class JsonErrorRequestHandler(RequestHandler):
         self._outbox = outbox_for(loop)
         self._held: deque[Any] = deque()  # requests pipelined behind a cold tile
         self._held_paused = False
-        # Request heads are read here while they are plain (http/plainhead.py).
-        self._own_heads = True
+        # Request heads are read here while they are plain (http/plainhead.py;
+        # `server.plain_heads`).
+        self._own_heads = plain_heads
         self._usual = 0
         self._plain_request_factory = self._request_factory
         self._request_factory = self._make_request_counted
@@ -743,6 +746,8 @@ async def start_server(
 
     direct = app.get(DIRECT_HITS)  # set by create_app unless server.direct_hits is off
     cold = app.get(COLD_RENDERS)  # likewise, server.direct_renders
+    settings = app.get(SETTINGS)
+    plain_heads = settings is None or settings.server.plain_heads
 
     def connection() -> RequestHandler:
         # What web.Server.__call__ does, with our subclass; the handler registers with
@@ -756,6 +761,7 @@ async def start_server(
             on_send_timeout=on_send_timeout,
             direct=direct,
             cold=cold,
+            plain_heads=plain_heads,
             **handler_kwargs,
         )
 

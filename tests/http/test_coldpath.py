@@ -943,13 +943,8 @@ async def test_stage_seconds_on_metrics_are_those_of_the_log_line(
     conn.close()
 
 
-async def test_plain_heads_are_read_by_idrserve_and_the_rest_by_aiohttp(
-    serve: Callable[..., Any],
-) -> None:
-    """http/plainhead.py: a whole plain GET head is read without aiohttp's parser, a cold
-    tile, a direct hit and a tile handed back to the usual path alike; a head that arrives
-    in two reads goes to aiohttp, which reads that connection from then on."""
-    served = await serve()
+def _message_kinds(served: Served) -> list[str]:
+    """The type of each message the cold path is asked to plan, in order, from now on."""
     assert served.cold is not None
     kinds: list[str] = []
     plan = served.cold.plan
@@ -959,6 +954,17 @@ async def test_plain_heads_are_read_by_idrserve_and_the_rest_by_aiohttp(
         return plan(message)
 
     served.cold.plan = recording  # type: ignore[method-assign]
+    return kinds
+
+
+async def test_plain_heads_are_read_by_idrserve_and_the_rest_by_aiohttp(
+    serve: Callable[..., Any],
+) -> None:
+    """http/plainhead.py: a whole plain GET head is read without aiohttp's parser, a cold
+    tile, a direct hit and a tile handed back to the usual path alike; a head that arrives
+    in two reads goes to aiohttp, which reads that connection from then on."""
+    served = await serve()
+    kinds = _message_kinds(served)
     conn = await _warmed(served)
     handler = next(iter(served.server._runner.server.connections))  # type: ignore[union-attr]
     assert handler._own_heads and set(kinds) == {"PlainGet"}
@@ -983,4 +989,11 @@ async def test_plain_heads_are_read_by_idrserve_and_the_rest_by_aiohttp(
     for url, answer in ((TILE, cold), (big, (status, headers, body)), (OTHER, split)):
         assert (await ref.get(url))[2] == answer[2], url
     ref.close()
+    conn.close()
+    # `server.plain_heads=false`: aiohttp's parser reads every request.
+    off = await serve(server__plain_heads=False)
+    kinds = _message_kinds(off)
+    conn = await _warmed(off)
+    assert (await conn.get(TILE))[2] == cold[2]
+    assert kinds and set(kinds) == {"RawRequestMessage"}
     conn.close()

@@ -347,8 +347,9 @@ def test_a_iiif_tiles_time_is_split_and_its_ceiling_set_against_the_peer() -> No
 
 @pytest.mark.usefixtures("bench_imports")
 def test_the_kernel_floor_is_set_against_the_peer_and_the_cold_server() -> None:
-    """`bench_iiif.py --floor`: the bare responder + kernel gets two informative rows, its rate
-    against iipsrv's best case and the cold server's against it; without the flag, neither."""
+    """`bench_iiif.py --floor`: each bare responder + kernel (rendering at once, and taking
+    idrserve's turns) gets two informative rows, its rate against iipsrv's best case and the
+    cold server's against it; without the flag, none."""
     bench_iiif = _load("bench_iiif")
     row = {"p99_ms": 10.0}
     results = {
@@ -359,12 +360,16 @@ def test_the_kernel_floor_is_set_against_the_peer_and_the_cold_server() -> None:
             (bench_iiif.IIP_RAW, 600.0),
             (bench_iiif.IIP_JPEG, 1000.0),
             (bench_iiif.FLOOR, 1200.0),
+            (bench_iiif.FLOOR_TURNS, 1125.0),
         )
     }
     text = "\n".join(bench_iiif.ratio_rows(results, [], floor=True))
     assert f"| {bench_iiif.FLOOR} / {bench_iiif.IIP_JPEG} | 1.20 |" in text
     assert f"| {bench_iiif.COLD} / {bench_iiif.FLOOR} | 0.75 |" in text
-    assert bench_iiif.FLOOR not in "\n".join(bench_iiif.ratio_rows(results, []))
+    assert f"| {bench_iiif.FLOOR_TURNS} / {bench_iiif.IIP_JPEG} | 1.12 |" in text
+    assert f"| {bench_iiif.COLD} / {bench_iiif.FLOOR_TURNS} | 0.80 |" in text
+    without = "\n".join(bench_iiif.ratio_rows(results, []))
+    assert bench_iiif.FLOOR not in without and bench_iiif.FLOOR_TURNS not in without
 
 
 @pytest.mark.usefixtures("bench_imports")
