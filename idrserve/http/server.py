@@ -207,8 +207,8 @@ class JsonErrorRequestHandler(RequestHandler):
         self._held: deque[Any] = deque()  # requests pipelined behind a cold tile
         self._held_paused = False
         # Request heads are read here while they are plain (http/plainhead.py;
-        # `server.plain_heads`).
-        self._own_heads = plain_heads
+        # `server.plain_heads`), for the direct hits and cold tiles only.
+        self._own_heads = plain_heads and (direct is not None or cold is not None)
         self._usual = 0
         self._plain_request_factory = self._request_factory
         self._request_factory = self._make_request_counted
