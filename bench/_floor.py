@@ -129,7 +129,7 @@ class Responder(asyncio.Protocol):
         tile = self.turned.get(target)
         if tile is None:
             return False
-        size, read = tile
+        split, read = tile
         transport = self.transport
         assert transport is not None
 
@@ -153,7 +153,7 @@ class Responder(asyncio.Protocol):
             TURNS.defer(second, first=True)
             return True
 
-        job = whole if size <= ONE_TURN[0] else two_turns
+        job = two_turns if split else whole
         self.waiting += 1
         if self.waiting == 1 and TURNS.take_now():
             job()
@@ -161,8 +161,9 @@ class Responder(asyncio.Protocol):
             TURNS.defer(job)
         return True
 
-    # `--turns`: each target's raw pixels, and its read (returning the rest of its render).
-    turned: ClassVar[dict[bytes, tuple[int, Callable[[], Make]]]] = {}
+    # `--turns`: each target's tile, whether it takes two turns (`service.ONE_TURN_PIXELS`),
+    # and its read (returning the rest of its render).
+    turned: ClassVar[dict[bytes, tuple[bool, Callable[[], Make]]]] = {}
 
     def answer(self, request_line: bytes) -> tuple[bytes, bytes]:
         """`--kernel`: the head and body for a request line: its tile, the stage counters
@@ -176,10 +177,6 @@ class Responder(asyncio.Protocol):
             text = stage_metrics().encode()
             return TEXT_HEAD % len(text), text
         return HEAD, BODY
-
-
-# `service.ONE_TURN_PIXELS`, once imported (`kernel_tiles`).
-ONE_TURN = [0]
 
 
 def count(timings: dict[str, float]) -> None:
@@ -199,7 +196,6 @@ def kernel_tiles(root: Path, url_file: Path) -> dict[bytes, Callable[[], bytes]]
     urls = url_file.read_text().split()
     deps, jobs = asyncio.run(_plan(root, urls))
     kernels.warm()
-    ONE_TURN[0] = ONE_TURN_PIXELS
     if TURNS is not None:
         deps.inline_turns = TURNS  # what `_read_first` records its first part's time in
 
@@ -213,7 +209,7 @@ def kernel_tiles(root: Path, url_file: Path) -> dict[bytes, Callable[[], bytes]]
 
         return make
 
-    def parts(req: Any, meta: Any, read: Any, key: str) -> tuple[int, Callable[[], Make]]:
+    def parts(req: Any, meta: Any, read: Any, key: str) -> tuple[bool, Callable[[], Make]]:
         def first() -> Make:
             rest = _read_first(req, meta, deps, read, key)
 
@@ -230,7 +226,8 @@ def kernel_tiles(root: Path, url_file: Path) -> dict[bytes, Callable[[], bytes]]
             return made
 
         pixels = len(req.render.active_indices()) * req.box.w * req.box.h
-        return pixels, (first if pixels > ONE_TURN_PIXELS else whole)
+        split = pixels > ONE_TURN_PIXELS
+        return split, (first if split else whole)
 
     if TURNS is not None:
         Responder.turned = {url.encode(): parts(*job) for url, job in zip(urls, jobs, strict=True)}
