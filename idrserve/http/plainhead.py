@@ -30,6 +30,8 @@ from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
+from idrserve.http.middleware import TOKEN
+
 # aiohttp ≥ 3.14 refuses a second one of these (a 400); older ones have no such check.
 _SINGLETONS: frozenset[str] = getattr(http_parser, "SINGLETON_HEADERS", frozenset())
 
@@ -39,7 +41,8 @@ MAX_FIELDS = 64
 # The request target: origin-form, RFC 3986's path and query characters and `|` (OMERO.iviewer
 # sends it unencoded), no fragment. Anything else goes to aiohttp.
 _TARGET = rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%|]*"
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9110's token, the pattern the CORS preflight check reads header names with.
+_TOKEN = TOKEN.encode()
 # Each part has one way to match (a field's value holds no CR, a name no colon), so a head
 # that does not match fails in linear time.
 _HEAD = re.compile(
