@@ -143,24 +143,31 @@ class Stack:
         self.stop()
 
     def start(
-        self, cmd: list[str], env: Mapping[str, str] | None = None
+        self, cmd: list[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"proc-{len(self.procs)}.log", "wb")  # noqa: SIM115 (in tmp)
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
     def idrserve(
-        self, data: Path, workers: int = 1, extra: Mapping[str, str] | None = None
+        self,
+        data: Path,
+        workers: int = 1,
+        extra: Mapping[str, str] | None = None,
+        tree: Path | None = None,
     ) -> tuple[subprocess.Popen[bytes], str]:
-        """`idrserve serve` on a free port, access log off, one render thread per worker."""
+        """`idrserve serve` on a free port, access log off, one render thread per worker;
+        `tree`: the package of that checkout, not the installed one."""
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("IDRSERVE_")}
         env |= {"IDRSERVE_LOG__ACCESS_LOG": "false", "IDRSERVE_SERVER__CPU_THREADS": "1"}
         env |= dict(extra or {})
         cmd = [sys.executable, "-m", "idrserve", "serve", "--zarr-root", str(data)]
         cmd += ["--port", str(port), "--workers", str(workers)]
-        proc = self.start(cmd, env)
+        if tree is not None:  # `python -m` puts its working directory first on sys.path
+            env["PYTHONPATH"] = str(tree)
+        proc = self.start(cmd, env, cwd=tree)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/healthz", proc)
         return proc, base

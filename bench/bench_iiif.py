@@ -140,11 +140,12 @@ def pin(pid: int, core: str = "0") -> None:
 
 
 def start_idrserve(
-    stack: Stack, data: Path, extra: Mapping[str, str] | None = None
+    stack: Stack, data: Path, extra: Mapping[str, str] | None = None, tree: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str, float]:
-    """One idrserve worker pinned to core 0, once /readyz answers 200; its start-up seconds."""
+    """One idrserve worker pinned to core 0, once /readyz answers 200; its start-up seconds.
+    `tree`: another checkout's server (`--baseline`)."""
     t0 = time.perf_counter()
-    proc, base = stack.idrserve(data, 1, extra)
+    proc, base = stack.idrserve(data, 1, extra, tree)
     wait_http(base + "/readyz", proc)
     startup = time.perf_counter() - t0
     pin(proc.pid)
@@ -383,6 +384,10 @@ def compare_probes(contenders: dict[str, tuple[str, list[str]]]) -> list[str]:
     return notes
 
 
+# The row label of `--baseline`'s cold contender.
+BASELINE = "baseline"
+
+
 def cold_variant(label: str) -> str:
     """The row name of the cold contender run with `--variant` LABEL's settings."""
     return f"idrserve IIIF cold, {label}"
@@ -476,11 +481,21 @@ def main() -> int:
         metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
         help=VARIANT_HELP + "; a cold contender, a fresh process each round like the default",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another revision (e.g. `git worktree add /tmp/base REV`): its "
+        "server runs as one more cold contender, interleaved, reported against this tree's",
+    )
     args = parser.parse_args()
     try:
         variants = parse_variants(args.variant)
     except ValueError as exc:
         parser.error(str(exc))
+    trees: dict[str, Path] = {}  # cold contenders served by another checkout
+    if args.baseline is not None:
+        variants[BASELINE] = {}
+        trees[cold_variant(BASELINE)] = args.baseline.resolve()
     if not shutil.which("wrk") or not Path(NGINX).exists():
         print("wrk and nginx are needed (apt-get install wrk nginx-light)", file=sys.stderr)
         return 2
@@ -560,7 +575,9 @@ def main() -> int:
                         results[name].append(measure(base, url_list, args, tmp, sampled))
                         continue
                     for cold_name, env in cold_env.items():
-                        proc, fresh, startup = start_idrserve(stack, data, off | env)
+                        proc, fresh, startup = start_idrserve(
+                            stack, data, off | env, trees.get(cold_name)
+                        )
                         time.sleep(args.settle)
                         results[cold_name].append(measure(fresh, url_list, args, tmp, True))
                         results[cold_name][-1]["startup_s"] = startup
@@ -594,6 +611,7 @@ def main() -> int:
         f" --conns {args.conns}{f' --settle {args.settle:g}' if args.settle else ''}"
         f"{' --floor' if args.floor else ''}"
         + "".join(f" --variant '{v}'" for v in args.variant)
+        + (f" --baseline {args.baseline}" if args.baseline else "")
         + "`",
         "",
         "Mode A (docs/benchmarks.md#protocol): each server stack pinned to core 0, wrk -t1 "
