@@ -19,14 +19,12 @@ Pure functions on `model` types; no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from idrserve.model import Box, ImageMeta
+from idrserve.model import Box, ImageMeta, record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Plan:
     """Where to read (level, box in its pixels), how much to average, what size to return."""
 

@@ -62,12 +62,12 @@ from idrserve.http.deadlines import Deadlines
 from idrserve.http.fastpath import ImageHeads, UrlIndex, plain_get
 from idrserve.http.iiif_params import Version
 from idrserve.http.middleware import chosen_request_id
-from idrserve.http.plainhead import HeadMessage
+from idrserve.http.plainhead import HeadMessage, request_id_field
 from idrserve.http.plan import RegionAsk, plan_iiif, plan_webgateway_region
 from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
 from idrserve.http.webgateway import output_from_query
-from idrserve.model import Format, ImageMeta, RegionRequest
+from idrserve.model import Format, ImageMeta, RegionRequest, record
 from idrserve.service import (
     Rendered,
     Step,
@@ -155,7 +155,7 @@ class HandBack(Exception):
     cannot be written here): the usual path answers its request instead."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ColdAnswer:
     head: bytes
     body: bytes
@@ -196,7 +196,6 @@ class ColdRenders:
         counted or held: the usual path answers it)."""
         if not plain_get(message) or len(message.path) > self._limits.max_url_length:
             return None
-        headers = message.headers
         deps = self._deps()
         if deps is None:
             return None
@@ -231,7 +230,7 @@ class ColdRenders:
             return None
         admission.request_admitted()
         key, generation = keyed
-        rid = chosen_request_id(headers.get("X-Request-ID"))
+        rid = chosen_request_id(request_id_field(message))
         indexed = self._index is not None and self._index.lookup(message.path) is not None
         return ColdJob(
             req, meta, key, generation, message.path, rid, own_headers, resource, indexed

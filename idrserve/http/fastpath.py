@@ -26,7 +26,7 @@ from idrserve.admission import Admission
 from idrserve.http.bodies import LARGE_BODY_BYTES
 from idrserve.http.keys import MEMO_INFO, TRACE
 from idrserve.http.middleware import EXPOSE_HEADERS, chosen_request_id
-from idrserve.http.plainhead import HeadMessage
+from idrserve.http.plainhead import HeadMessage, PlainGet, request_id_field
 from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.responses import etag_for, image_response, not_modified, overloaded
 from idrserve.http.trace import Trace
@@ -215,7 +215,6 @@ class DirectHits:
         memo = self._index.lookup(message.path)
         if memo is None or memo.resource is None:
             return None
-        headers = message.headers
         deps = self._deps()
         cache = None if deps is None else deps.cache
         if cache is None or cache.memory is None or not _still_valid(memo, deps):
@@ -223,7 +222,7 @@ class DirectHits:
         entry = cache.memory.get(memo.key)
         if entry is None or len(entry.body) > LARGE_BODY_BYTES:
             return None
-        rid = chosen_request_id(headers.get("X-Request-ID"))
+        rid = chosen_request_id(request_id_field(message))
         head = self.heads.head(
             memo.key, "memory", None, memo.headers, entry.media_type, len(entry.body), rid
         )
@@ -236,6 +235,8 @@ def plain_get(message: HeadMessage) -> bool:
     """A GET over HTTP/1.1 keep-alive with no body and no `If-None-Match`: the only requests
     answered before aiohttp builds a request (here and http/coldpath.py); a 304, HTTP/1.0,
     a closing connection or a body are the usual path's."""
+    if isinstance(message, PlainGet):
+        return True  # what http/plainhead.py reads is such a GET, or not read there
     if (
         message.method != "GET"
         or message.version != HttpVersion11

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 from idrserve.errors import BadRequest, IdrServeError, NotFound
 from idrserve.http import params
 from idrserve.lru import BoundedLRU
-from idrserve.model import Box, Format, RenderOverrides, Tone
+from idrserve.model import Box, Format, RenderOverrides, Tone, record
 
 
 class NotImplementedFeature(IdrServeError):
@@ -154,13 +154,22 @@ def _plane(value: str, name: str) -> int:
 # --- region ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RegionSpec:
     kind: str  # full | square | px | pct
     values: tuple[float, ...] = ()
 
 
+# `x,y,w,h` in pixels, every tile viewers ask for: one match instead of four (_INT's).
+_PX_REGION = re.compile(r"([0-9]{1,10}),([0-9]{1,10}),([0-9]{1,10}),([0-9]{1,10})")
+
+
 def parse_region(text: str) -> RegionSpec:
+    m = _PX_REGION.fullmatch(text)
+    if m is not None:
+        x, y, w, h = m.groups()
+        if w.strip("0") and h.strip("0"):
+            return RegionSpec("px", (float(x), float(y), float(w), float(h)))
     if text in ("full", "square"):
         return RegionSpec(text)
     pct = text.startswith("pct:")
@@ -311,6 +320,11 @@ def resolve_size(spec: SizeSpec, region: Box, version: Version, limits: Limits) 
     return w, h
 
 
+_FULL = SizeSpec("full")
+# The named forms a 3.0 canonical size is tried against, in order.
+_V3_NAMED = [("max", SizeSpec("max")), ("^max", SizeSpec("max", upscale=True))]
+
+
 def canonical_size(size: tuple[int, int], region: Box, version: Version, limits: Limits) -> str:
     """The size segment of the canonical URI for an output of `size` from `region`: the
     first of the spec's named forms that resolves to that size, else `w,h`.
@@ -320,9 +334,9 @@ def canonical_size(size: tuple[int, int], region: Box, version: Version, limits:
     """
     w, h = size
     named = (
-        [("full", SizeSpec("full")), (f"{w},", SizeSpec("w", values=(w,)))]
+        [("full", _FULL), (f"{w},", SizeSpec("w", values=(w,)))]
         if version is Version.V2
-        else [("max", SizeSpec("max")), ("^max", SizeSpec("max", upscale=True))]
+        else _V3_NAMED
     )
     for text, spec in named:
         try:

@@ -86,9 +86,12 @@ class PlainURL:
 
 class PlainGet:
     """A plain GET read here: what `fastpath.plain_get`, `DirectHits.answer` and
-    `ColdRenders.plan` read of aiohttp's `RawRequestMessage`, under the same names."""
+    `ColdRenders.plan` read of aiohttp's `RawRequestMessage`, under the same names.
 
-    __slots__ = ("headers", "path", "raw", "url")
+    `headers` is made on first use: the direct and cold paths read one field, `X-Request-ID`,
+    kept aside as `request_id` (`request_id_field`), so a tile builds no multidict."""
+
+    __slots__ = ("_fields", "_headers", "path", "raw", "request_id", "url")
 
     method = "GET"
     version = HttpVersion11
@@ -96,11 +99,27 @@ class PlainGet:
     upgrade = False
     chunked = False
 
-    def __init__(self, raw: bytes, path: str, url: PlainURL, headers: CIMultiDictProxy[str]):
+    def __init__(
+        self,
+        raw: bytes,
+        path: str,
+        url: PlainURL,
+        fields: list[tuple[str, str]],
+        request_id: str | None = None,
+    ):
         self.raw = raw  # the head's bytes, for aiohttp when the request is handed to it
         self.path = path
         self.url = url
-        self.headers = headers
+        self._fields = fields
+        self._headers: CIMultiDictProxy[str] | None = None
+        self.request_id = request_id  # the first `X-Request-ID` field's value, as `get` gives
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = CIMultiDictProxy(CIMultiDict(self._fields))
+        return headers
 
     def parsed(self, protocol: Any, loop: Any) -> tuple[RawRequestMessage, Any]:
         """The message and payload aiohttp's parser makes of this head, for the usual path
@@ -118,6 +137,14 @@ class PlainGet:
 HeadMessage = RawRequestMessage | PlainGet
 
 
+def request_id_field(message: HeadMessage) -> str | None:
+    """The request's `X-Request-ID` field (the first of them), without making a read head's
+    `headers`."""
+    if isinstance(message, PlainGet):
+        return message.request_id
+    return message.headers.get("X-Request-ID")
+
+
 def read_head(data: bytes) -> PlainGet | bool:
     """`data` as one plain GET (a `PlainGet`); True when it is one whole bodiless head that is
     not (another method, HTTP/1.0, `If-None-Match`, `Connection: close`): aiohttp answers it
@@ -131,6 +158,7 @@ def read_head(data: bytes) -> PlainGet | bool:
     fields: list[tuple[str, str]] = []
     plain = method == b"GET" and minor == b"1"
     seen: set[str] = set()
+    request_id = None
     if block:
         lines = block.decode("ascii").split("\r\n")[:-1]
         if len(lines) > MAX_FIELDS:
@@ -153,6 +181,8 @@ def read_head(data: bytes) -> PlainGet | bool:
                     return False  # `upgrade` or a list: aiohttp reads it its own way
             elif lower == "if-none-match":
                 plain = False  # a 304 is the usual path's
+            elif lower == "x-request-id" and request_id is None:
+                request_id = value
             fields.append((name, value))
     if minor == b"1" and "host" not in seen:
         return False  # aiohttp answers an HTTP/1.1 request without Host with a 400
@@ -162,4 +192,4 @@ def read_head(data: bytes) -> PlainGet | bool:
     path, _, query = text.partition("?")
     if "/." in path or "//" in path:
         return True  # dot segments and empty ones: left to yarl's reading, on the usual path
-    return PlainGet(data, text, PlainURL(path, query), CIMultiDictProxy(CIMultiDict(fields)))
+    return PlainGet(data, text, PlainURL(path, query), fields, request_id)

@@ -34,6 +34,7 @@ from idrserve.model import (
     RegionRequest,
     RenderOverrides,
     Tone,
+    record,
 )
 from idrserve.pyramid import (
     dz_level_size,
@@ -84,6 +85,8 @@ def check_pixels(box: Box, limits: LimitSettings, param: str) -> None:
 
 def mirror_box(meta: ImageMeta, level: int, box: Box, flip_h: bool, flip_v: bool) -> Box:
     """With `flip`, the microservice mirrors the region origin inside the level plane."""
+    if not (flip_h or flip_v):
+        return box
     lv = meta.levels[level]
     x = lv.size_x - box.x - box.w if flip_h else box.x
     y = lv.size_y - box.y - box.h if flip_v else box.y
@@ -120,7 +123,7 @@ class Output:
     quality: float = 0.9
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RegionAsk:
     """`render_image_region/{id}/{z}/{t}/?tile=…|region=…`: the tile and region texts are
     read against the image's levels, so they are parsed here, after the plane check."""
@@ -137,11 +140,17 @@ def plan_webgateway_region(ask: RegionAsk, meta: ImageMeta, limits: LimitSetting
     """A tile or region of one plane, clipped to its level, mirrored for `flip`."""
     check_plane(meta, ask.z, ask.t)
     full = meta.levels[0]
-    query = {k: v for k, v in (("tile", ask.tile), ("region", ask.region)) if v is not None}
-    level, box = params.parse_tile_or_region(
-        query, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
-    )
-    param = "tile" if ask.tile else "region"
+    if ask.tile:  # a tile wins over a region, as in `params.parse_tile_or_region`
+        param = "tile"
+        level, box = params.parse_tile(
+            ask.tile, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
+        )
+    else:
+        param = "region"
+        query = {} if ask.region is None else {"region": ask.region}
+        level, box = params.parse_tile_or_region(
+            query, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
+        )
     box = clip_box(meta, level, box, param)
     check_pixels(box, limits, param)
     out = ask.output
@@ -341,7 +350,7 @@ def tile_size(meta: ImageMeta, limits: LimitSettings) -> tuple[int, int]:
     return pick(lv.tile_x), pick(lv.tile_y)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IiifAsk:
     """`{identifier}/{region}/{size}/{rotation}/{quality}.{format}`, each segment parsed."""
 

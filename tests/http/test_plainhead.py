@@ -12,7 +12,8 @@ import pytest
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser
 
-from idrserve.http.plainhead import PlainGet, read_head
+from idrserve.http.fastpath import plain_get
+from idrserve.http.plainhead import PlainGet, read_head, request_id_field
 
 TILE = "/webgateway/render_image_region/2001/0/0/?tile=0,1,2,256,256"
 VIEWER = (
@@ -72,6 +73,10 @@ def check(data: bytes) -> Any:
         ]
         for name in ("method", "version", "should_close", "upgrade", "chunked"):
             assert getattr(own, name) == getattr(theirs, name), name
+        # What the direct and cold paths read without making `headers`.
+        assert request_id_field(own) == request_id_field(theirs)
+        assert request_id_field(theirs) == theirs.headers.get("X-Request-ID")
+        assert plain_get(own) and plain_get(theirs)
         message, _payload = own.parsed(_Protocol(), None)
         assert message.path == theirs.path and message.headers == theirs.headers
     return own
@@ -88,6 +93,7 @@ def check(data: bytes) -> Any:
         "GET /a?x=1&x=2&&y&=v&z=a=b;c HTTP/1.1\r\nhost:x\r\nX-Request-ID:  spaced \t\r\n\r\n",
         "GET /a?q=%7C+b%zz HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET /a HTTP/1.1\r\nx-request-id: first\r\nHost: x\r\nX-Request-Id: second\r\n\r\n",
     ],
 )
 def test_plain_gets_read_as_aiohttp_reads_them(head: str) -> None:

@@ -329,3 +329,59 @@ def test_kept_identifiers_and_sizes_are_bounded() -> None:
         parse_size(f"{n + 1},", Version.V3)
     assert 0 < len(iiif_params._IDENTIFIERS) <= iiif_params.IDENTIFIERS_KEPT
     assert 0 < len(iiif_params._SIZES) <= iiif_params.SIZES_KEPT
+
+
+# --- the image request's kept segments (iiif.image_ask) ---------------------------------------
+
+
+def _asked(segments: list[str]) -> object:
+    """image_ask's answer, or the status and detail of its refusal."""
+    from idrserve.http import iiif
+    from idrserve.settings import LimitSettings
+
+    try:
+        return iiif.image_ask(Version.V3, segments, LimitSettings())
+    except IdrServeError as exc:
+        return (exc.status, exc.detail)
+
+
+@given(segment, segment, segment, segment)
+def test_an_image_request_with_kept_segments_is_what_a_fresh_parse_makes(
+    region: str, size: str, rotation: str, last: str
+) -> None:
+    from idrserve.http import iiif
+
+    for fixed in ((size, rotation, last), ("256,", "0", "default.jpg")):
+        segments = ["7;c=1|0:100$FF0000", region, *fixed]
+        iiif._FIXED.clear()
+        fresh = _asked(segments)
+        assert _asked(segments) == fresh  # now from the kept segments, when they were valid
+        # Another region with the same kept segments: refused or read as a fresh parse does.
+        iiif._FIXED.clear()
+        _asked(["7;c=1|0:100$FF0000", "0,0,1,1", *fixed])
+        assert _asked(segments) == fresh
+
+
+def test_kept_segments_are_bounded_and_a_refused_one_is_never_kept() -> None:
+    from idrserve.http import iiif
+
+    iiif._FIXED.clear()
+    for n in range(iiif.FIXED_KEPT + 5):
+        assert not isinstance(_asked(["7", "0,0,256,256", f"{n + 1},", "0", "default.jpg"]), tuple)
+    assert len(iiif._FIXED) == iiif.FIXED_KEPT
+    iiif._FIXED.clear()
+    assert _asked(["7", "0,0,256,256", "256,", "45", "default.jpg"])[0] == 501  # type: ignore[index]
+    assert len(iiif._FIXED) == 0
+
+
+@pytest.mark.parametrize("text", ["0,0,256,256", "00,7,0001,9", "4096,0,1,2"])
+def test_pixel_regions_read_by_one_match_as_by_the_general_grammar(text: str) -> None:
+    assert parse_region(text) == iiif_params.RegionSpec(
+        "px", tuple(float(p) for p in text.split(","))
+    )
+
+
+@pytest.mark.parametrize("text", ["0,0,0,5", "0,0,5,000", "1,2,3", "1,2,3,4,5", "+1,2,3,4"])
+def test_pixel_regions_the_one_match_passes_on_are_refused(text: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_region(text)
