@@ -45,7 +45,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
@@ -63,10 +63,11 @@ from idrserve.http.fastpath import ImageHeads, UrlIndex, plain_get
 from idrserve.http.iiif_params import Version
 from idrserve.http.middleware import chosen_request_id
 from idrserve.http.plainhead import HeadMessage, request_id_field
-from idrserve.http.plan import RegionAsk, plan_iiif, plan_webgateway_region
+from idrserve.http.plan import Output, RegionAsk, plan_iiif, plan_webgateway_region
 from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
 from idrserve.http.webgateway import output_from_query
+from idrserve.lru import BoundedLRU
 from idrserve.model import Format, ImageMeta, RegionRequest, record
 from idrserve.service import (
     Rendered,
@@ -94,6 +95,37 @@ _IIIF_PREFIX = "/iiif/"
 # over 1 MiB, would be handed back and rendered again: those stay at 512².
 MAX_OUTPUT_PIXELS = 512 * 512
 MAX_JPEG_OUTPUT_PIXELS = 1024 * 1024
+
+
+# A viewer asks for every tile of an image with the same query but its `tile=`: the output
+# parsed from the rest is kept by its text. `output_from_query` finds a kept output too, but
+# only after making the query's multidict and reading six parameters from it: about 5 µs of a
+# cold tile between two renders (docs/benchmarks.md, "Planning values built by plain stores").
+OUTPUTS_KEPT = 256
+
+
+def tile_and_rest(query_string: str) -> tuple[str, str] | None:
+    """The text of the query's one non-empty `tile` and the query without it, in order; None
+    when it must be read as a multidict: a `region`, no tile or more than one, a tile with
+    anything escaped, or an escaped name (it may spell `tile`). Escapes elsewhere stay as
+    they are: the rest is only a key, and the output is parsed from the decoded query."""
+    tile = None
+    rest = []
+    for part in query_string.split("&"):
+        name, _, value = part.partition("=")
+        if "%" in name:
+            return None
+        if name == "tile":
+            if tile is not None or "%" in value or "+" in value:
+                return None
+            tile = value
+        elif name == "region":
+            return None
+        elif part:
+            rest.append(part)
+    if not tile:
+        return None
+    return tile, "&".join(rest)
 
 
 @dataclass(slots=True)
@@ -190,6 +222,8 @@ class ColdRenders:
         self._pooled: dict[str, list[tuple[PoolDone, float | None]]] = {}
         # Whether URLs answered before are still found in the lower tiers (`render`).
         self.lower = LowerHits()
+        # Tiles' outputs by the rest of their query (`tile_and_rest`).
+        self._outputs: BoundedLRU[str, Output] = BoundedLRU(OUTPUTS_KEPT)
 
     def plan(self, message: HeadMessage) -> ColdJob | None:
         """The job for `message` when it is a plain cold tile request, else None (nothing
@@ -203,7 +237,7 @@ class ColdRenders:
         raw = url.raw_path
         try:
             if raw.startswith(_REGION_PREFIX):
-                planned = self._region(raw, url.query, deps)
+                planned = self._region(raw, url, deps)
             elif raw.startswith(_IIIF_PREFIX):
                 planned = self._iiif(raw, deps)
             else:
@@ -236,7 +270,7 @@ class ColdRenders:
             req, meta, key, generation, message.path, rid, own_headers, resource, indexed
         )
 
-    def _region(self, raw: str, query: Mapping[str, str], deps: Any) -> _Planned | None:
+    def _region(self, raw: str, url: Any, deps: Any) -> _Planned | None:
         """webgateway.render_image_region, without the request object."""
         m = _REGION_PATH.fullmatch(raw)
         if m is None:
@@ -245,13 +279,24 @@ class ColdRenders:
         meta = deps.source.fresh_meta(iid)
         if meta is None:
             return None
-        output = output_from_query(query, self._limits, strict=False)
+        split = tile_and_rest(url.raw_query_string)
+        if split is None:
+            query = url.query
+            tile, region = query.get("tile"), query.get("region")
+            output = output_from_query(query, self._limits, strict=False)
+        else:
+            (tile, rest), region = split, None
+            kept = self._outputs.get(rest)
+            if kept is None:  # a 400 raises: never kept
+                kept = output_from_query(url.query, self._limits, strict=False)
+                self._outputs.put(rest, kept)
+            output = kept
         ask = RegionAsk(
             iid,
             params.parse_path_int(m.group(2), "z"),
             params.parse_path_int(m.group(3), "t"),
-            query.get("tile"),
-            query.get("region"),
+            tile,
+            region,
             output,
         )
         req = plan_webgateway_region(ask, meta, self._limits)

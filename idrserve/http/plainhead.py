@@ -64,6 +64,10 @@ class PlainURL:
         self._query: MultiDictProxy[str] | None = None
 
     @property
+    def raw_query_string(self) -> str:
+        return self._query_string
+
+    @property
     def query(self) -> MultiDictProxy[str]:
         """The query's pairs, as yarl decodes them (made on first use: a memory hit needs
         none). Without `%` or `+` there is nothing to decode and the pairs are split here;

@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from yarl import URL
 
 import idrserve.service as service
 from idrserve.cache import TieredCache
@@ -29,6 +32,8 @@ from idrserve.http import coldpath
 from idrserve.http.bodies import LARGE_BODY_BYTES
 from idrserve.http.coldpath import ColdAnswer, ColdJob
 from idrserve.http.keys import ADMISSION, DEPS
+from idrserve.http.params import last
+from idrserve.http.webgateway import OUTPUT_PARAMS
 from idrserve.turns import InlineTurns
 from tests.cache.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.http.conftest import P, S, Z
@@ -997,3 +1002,61 @@ async def test_plain_heads_are_read_by_idrserve_and_the_rest_by_aiohttp(
     assert (await conn.get(TILE))[2] == cold[2]
     assert kinds and set(kinds) == {"RawRequestMessage"}
     conn.close()
+
+
+# --- a tile's query read as written (coldpath.tile_and_rest) ----------------------------------
+
+_QUERY = st.lists(
+    st.sampled_from(
+        [
+            "tile=0,1,2,256,256",
+            "tile=",
+            "tile",
+            "tiles=1",
+            "region=0,0,9,9",
+            "regionx=1",
+            "c=1|0:9",
+            "m=g",
+            "q=0.5",
+            "",
+            "flip=h",
+            "format=png",
+            "maps=[]",
+            "tile=1,0,0",
+            "a=b=c",
+            "%7C=1",
+            "m=c+x",
+            "%74ile=1,0,0",
+            "%72egion=0,0,9,9",
+            "tile=1,0%2C0",
+            "tile=1+0",
+            "maps=%5B%7B%22inverted%22%3A%7B%7D%7D%5D",
+            "c=1%7C0:9$FF0000",
+            "q=0%2E5",
+        ]
+    ),
+    max_size=6,
+).map("&".join)
+
+
+@given(_QUERY)
+def test_a_tile_query_read_as_written_gives_what_its_multidict_gives(text: str) -> None:
+    query = URL.build(path="/", query_string=text, encoded=True).query
+    split = coldpath.tile_and_rest(text)
+    if split is None:
+        return  # read as a multidict, as before
+    tile, rest = split
+    assert query.get("tile") == tile and tile and "region" not in query
+    kept = URL.build(path="/", query_string=rest, encoded=True).query
+    for name in OUTPUT_PARAMS:  # what the output kept by `rest` is parsed from
+        assert last(kept, name) == last(query, name)
+    assert "tile" not in kept
+
+
+def test_tile_queries_the_memo_leaves_to_the_multidict() -> None:
+    for text in ("tile=1&tile=2", "tile=&region=0,0,1,1", "tile=1&region=0,0,1,1", "c=%7C",
+                 "%74ile=1&tile=2", "tile=1%2C2", "tile=1+2", "tile", "tile=", "q=1"):  # fmt: skip
+        assert coldpath.tile_and_rest(text) is None, text
+    assert coldpath.tile_and_rest("c=1|0:9&tile=0,1,2&m=g") == ("0,1,2", "c=1|0:9&m=g")
+    # OMERO.iviewer's query: escapes in the rest's values stay, as a key.
+    assert coldpath.tile_and_rest("m=c+x&tile=1&maps=%5B%5D") == ("1", "m=c+x&maps=%5B%5D")
