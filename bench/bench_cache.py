@@ -13,7 +13,7 @@ idrserve server is started a second time from that tree, and each round runs bot
 so a change is measured against its parent in one interleaved run; the servers of this tree
 always import idrserve from this checkout (PYTHONPATH), whatever is installed.
 
-    python bench/bench_cache.py [--duration 8] [--rounds 3] [--baseline TREE]
+    python bench/bench_cache.py [--duration 8] [--rounds 3] [--baseline TREE] [--browser-heads]
 """
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ import urllib.request
 from pathlib import Path
 
 from _results import unused
-from bench_http import CLIENT_CPU_NOTE, SIZE, client_cpu_cell, free_port, run_wrk, write_image
+from bench_http import (
+    BROWSER_HEADS,
+    BROWSER_HEADS_HELP,
+    CLIENT_CPU_NOTE,
+    SIZE,
+    client_cpu_cell,
+    free_port,
+    run_wrk,
+    write_image,
+)
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -86,7 +95,9 @@ def main() -> int:
     parser.add_argument(
         "--baseline", type=Path, help="another idrserve checkout to measure in the same rounds"
     )
+    parser.add_argument("--browser-heads", action="store_true", help=BROWSER_HEADS_HELP)
     args = parser.parse_args()
+    heads = BROWSER_HEADS if args.browser_heads else ()
     if args.baseline is not None and not (args.baseline / "idrserve" / "__init__.py").exists():
         print(f"{args.baseline} is not an idrserve checkout", file=sys.stderr)
         return 2
@@ -195,11 +206,13 @@ def main() -> int:
         wait_http(bases["nginx static"] + static_urls[0])
         results: dict[str, list[dict[str, float]]] = {name: [] for name in bases}
         for name, base in bases.items():  # warm-up
-            run_wrk(base, static_urls if name == "nginx static" else urls, 2, args.conns, tmp)
+            run_wrk(
+                base, static_urls if name == "nginx static" else urls, 2, args.conns, tmp, heads
+            )
         for _ in range(args.rounds):
             for name, base in bases.items():
                 chosen = static_urls if name == "nginx static" else urls
-                results[name].append(run_wrk(base, chosen, args.duration, args.conns, tmp))
+                results[name].append(run_wrk(base, chosen, args.duration, args.conns, tmp, heads))
     finally:
         pid_file = tmp / "nginx.pid"
         if pid_file.exists():
@@ -214,6 +227,7 @@ def main() -> int:
         "",
         f"Command: `python bench/bench_cache.py --duration {args.duration:g} --rounds "
         f"{args.rounds} --conns {args.conns}"
+        + (" --browser-heads" if args.browser_heads else "")
         + (f" --baseline {args.baseline}`" if args.baseline else "`"),
         "",
         "Everything server-side pinned to core 0 (idrserve, redis-server, nginx with 1 worker); "

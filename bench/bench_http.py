@@ -49,6 +49,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -186,7 +187,37 @@ CLIENT_CPU_NOTE = (
 )
 
 
-def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) -> dict[str, float]:
+# The fields Chromium 131 sends with an image a page asks for (OMERO.iviewer's tiles, say),
+# besides Host: what `--browser-heads` makes wrk send, where it sends Host alone otherwise.
+BROWSER_HEADS = (
+    "Connection: keep-alive",
+    'sec-ch-ua-platform: "Linux"',
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"',
+    "sec-ch-ua-mobile: ?0",
+    "Accept: image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-Mode: no-cors",
+    "Sec-Fetch-Dest: image",
+    "Referer: http://127.0.0.1/iviewer/?images=2001",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Accept-Language: en-GB,en;q=0.9",
+)
+BROWSER_HEADS_HELP = (
+    "send each request with the dozen header fields a browser sends for an image (Chromium "
+    "131's: User-Agent, Accept, Referer, Sec-Fetch-*, …) instead of wrk's Host alone"
+)
+
+
+def run_wrk(
+    base: str,
+    urls: list[str],
+    duration: float,
+    conns: int,
+    tmp: Path,
+    heads: Sequence[str] = (),
+) -> dict[str, float]:
     url_file = tmp / "urls.txt"
     url_file.write_text("\n".join(urls) + "\n")
     script = tmp / "cycle.lua"
@@ -202,6 +233,7 @@ def run_wrk(base: str, urls: list[str], duration: float, conns: int, tmp: Path) 
         "--timeout",
         "5s",
         "--latency",
+        *(arg for head in heads for arg in ("-H", head)),
         "-s",
         str(script),
         base,
@@ -512,6 +544,7 @@ def main() -> int:
         help="every server without its URL index (IDRSERVE_CACHE__URL_INDEX_ENTRIES=0): each "
         "tile looked up as a URL the server has not answered, as a new image's first view",
     )
+    parser.add_argument("--browser-heads", action="store_true", help=BROWSER_HEADS_HELP)
     parser.add_argument(
         "--query",
         default="",
@@ -598,6 +631,7 @@ def main() -> int:
     redis = None
     if args.redis:
         redis, shared_env["IDRSERVE_CACHE__REDIS_URL"] = start_redis()
+    heads = BROWSER_HEADS if args.browser_heads else ()
     if args.new_urls:
         shared_env["IDRSERVE_CACHE__URL_INDEX_ENTRIES"] = "0"
     try:
@@ -648,7 +682,7 @@ def main() -> int:
         for _proc, base in servers.values():
             wait_healthy(base)
             for urls in cases.values():  # warm-up: opens arrays, fills the OS page cache
-                run_wrk(base, urls, 3, args.conns, tmp)
+                run_wrk(base, urls, 3, args.conns, tmp, heads)
         mismatched = {}
         for name, urls in cases.items():
             digests = run_kernel(data, urls, 0.0, tmp)["sha256"]
@@ -672,7 +706,7 @@ def main() -> int:
                     row = f"{name} ({label})"
                     before, spent = lag_buckets(base), render_stages(base)
                     cpu = thread_cpu(base)
-                    result = run_wrk(base, urls, args.duration, args.conns, tmp)
+                    result = run_wrk(base, urls, args.duration, args.conns, tmp, heads)
                     result.update(
                         thread_cpu_us(
                             cpu, thread_cpu(base), result["rps"] * wrk_seconds(args.duration)
@@ -710,6 +744,7 @@ def main() -> int:
         f"{f' --query {shlex.quote(args.query)}' if args.query else ''}"
         f"{' --redis' if args.redis else ''}"
         f"{' --new-urls' if args.new_urls else ''}"
+        f"{' --browser-heads' if args.browser_heads else ''}"
         f"{' --large' if args.large else ''}"
         + "".join(f" --setting {shlex.quote(v)}" for v in args.setting)
         + f"{f' --baseline {args.baseline}' if args.baseline else ''}"

@@ -512,3 +512,19 @@ def test_a_spinning_process_reads_as_busy() -> None:
         spin.kill()
         spin.wait(10)
     assert share >= 0.7 / (os.cpu_count() or 1)
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_browser_heads_are_read_by_idrserve_as_aiohttp_reads_them() -> None:
+    """`--browser-heads` measures the path a browser's tiles take: its head is a plain GET that
+    http/plainhead.py reads, with the fields aiohttp's parser gives."""
+    from bench_http import BROWSER_HEADS
+
+    from idrserve.http.plainhead import PlainGet
+    from tests.http.test_plainhead import check
+
+    head = "GET /webgateway/render_image_region/2001/0/0/?tile=0,1,2,256,256 HTTP/1.1\r\n"
+    head += "Host: 127.0.0.1:8080\r\n" + "".join(f"{h}\r\n" for h in BROWSER_HEADS) + "\r\n"
+    own = check(head.encode())
+    assert isinstance(own, PlainGet)
+    assert len(own.headers) == len(BROWSER_HEADS) + 1
