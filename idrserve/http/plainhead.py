@@ -51,6 +51,14 @@ _HEAD = re.compile(
 )
 # Fields whose presence means a body or an upgrade follows: aiohttp's from then on.
 _BODY_OR_UPGRADE = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
+# The fields a head is judged by; the others (a browser sends a dozen: Accept, Referer,
+# Sec-Fetch-*, …) are only kept, and split into name and value if something reads `headers`.
+_WATCHED = frozenset(
+    name.lower().encode()
+    for name in _SINGLETONS
+    | _BODY_OR_UPGRADE
+    | {"host", "connection", "if-none-match", "x-request-id"}
+)
 
 
 class PlainURL:
@@ -95,7 +103,7 @@ class PlainGet:
     `headers` is made on first use: the direct and cold paths read one field, `X-Request-ID`,
     kept aside as `request_id` (`request_id_field`), so a tile builds no multidict."""
 
-    __slots__ = ("_fields", "_headers", "path", "raw", "request_id", "url")
+    __slots__ = ("_block", "_headers", "path", "raw", "request_id", "url")
 
     method = "GET"
     version = HttpVersion11
@@ -104,17 +112,12 @@ class PlainGet:
     chunked = False
 
     def __init__(
-        self,
-        raw: bytes,
-        path: str,
-        url: PlainURL,
-        fields: list[tuple[str, str]],
-        request_id: str | None = None,
+        self, raw: bytes, path: str, url: PlainURL, block: bytes, request_id: str | None = None
     ):
         self.raw = raw  # the head's bytes, for aiohttp when the request is handed to it
         self.path = path
         self.url = url
-        self._fields = fields
+        self._block = block  # the header fields' lines, each ending in CRLF
         self._headers: CIMultiDictProxy[str] | None = None
         self.request_id = request_id  # the first `X-Request-ID` field's value, as `get` gives
 
@@ -122,7 +125,11 @@ class PlainGet:
     def headers(self) -> CIMultiDictProxy[str]:
         headers = self._headers
         if headers is None:
-            headers = self._headers = CIMultiDictProxy(CIMultiDict(self._fields))
+            fields = CIMultiDict[str]()
+            for line in self._block.decode("ascii").split("\r\n")[:-1]:
+                name, _, value = line.partition(":")
+                fields.add(name, value.strip(" \t"))
+            headers = self._headers = CIMultiDictProxy(fields)
         return headers
 
     def parsed(self, protocol: Any, loop: Any) -> tuple[RawRequestMessage, Any]:
@@ -159,35 +166,35 @@ def read_head(data: bytes) -> PlainGet | bool:
     if m is None:
         return False
     method, target, minor, block = m.groups()
-    fields: list[tuple[str, str]] = []
     plain = method == b"GET" and minor == b"1"
     seen: set[str] = set()
     request_id = None
     if block:
-        lines = block.decode("ascii").split("\r\n")[:-1]
-        if len(lines) > MAX_FIELDS:
+        lines = block.lower().split(b"\r\n")  # the last one empty
+        if len(lines) > MAX_FIELDS + 1:
             return False
-        for line in lines:
-            name, _, value = line.partition(":")
-            lower = name.lower()
+        for i, line in enumerate(lines):
+            name, _, value = line.partition(b":")
+            if name not in _WATCHED:
+                continue
+            lower = name.decode("ascii")
             if lower in _BODY_OR_UPGRADE:
                 return False
             if lower in _SINGLETONS or lower == "host":
                 if lower in seen:
                     return False  # aiohttp answers 400
                 seen.add(lower)
-            value = value.strip(" \t")
             if lower == "connection":
-                token = value.lower()
-                if token == "close":
+                token = value.strip(b" \t")
+                if token == b"close":
                     plain = False  # the usual path closes the connection after it
-                elif token != "keep-alive":
+                elif token != b"keep-alive":
                     return False  # `upgrade` or a list: aiohttp reads it its own way
             elif lower == "if-none-match":
                 plain = False  # a 304 is the usual path's
-            elif lower == "x-request-id" and request_id is None:
-                request_id = value
-            fields.append((name, value))
+            elif lower == "x-request-id" and request_id is None:  # as sent, not lowered
+                field = block.split(b"\r\n")[i]
+                request_id = field[len(name) + 1 :].decode("ascii").strip(" \t")
     if minor == b"1" and "host" not in seen:
         return False  # aiohttp answers an HTTP/1.1 request without Host with a 400
     if not plain:
@@ -196,4 +203,4 @@ def read_head(data: bytes) -> PlainGet | bool:
     path, _, query = text.partition("?")
     if "/." in path or "//" in path:
         return True  # dot segments and empty ones: left to yarl's reading, on the usual path
-    return PlainGet(data, text, PlainURL(path, query), fields, request_id)
+    return PlainGet(data, text, PlainURL(path, query), block, request_id)
