@@ -210,6 +210,25 @@ BROWSER_HEADS_HELP = (
 )
 
 
+def restart(
+    proc: subprocess.Popen[bytes], cmd: list[str], env: dict[str, str], cwd: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Stop `proc` and start `cmd` again on a new port, once it answers: `--fresh`."""
+    proc.terminate()
+    proc.wait(10)
+    port = free_port()
+    fresh = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base)
+    return fresh, base
+
+
 def run_wrk(
     base: str,
     urls: list[str],
@@ -546,6 +565,13 @@ def main() -> int:
     )
     parser.add_argument("--browser-heads", action="store_true", help=BROWSER_HEADS_HELP)
     parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start every idrserve server again before each round (after a 1 s warm-up of "
+        "each case), as bench_iiif.py does: what differs between two processes of one tree "
+        "(where the allocator and ASLR put things) is then averaged over the rounds",
+    )
+    parser.add_argument(
         "--query",
         default="",
         metavar="QUERY",
@@ -638,6 +664,7 @@ def main() -> int:
         shared_env.update(parse_settings(args.setting))
     except ValueError as exc:
         parser.error(str(exc))
+    launches: dict[str, tuple[list[str], dict[str, str], Path]] = {}
     for label, direct in variants.items():
         port = free_port()
         env = dict(
@@ -671,7 +698,9 @@ def main() -> int:
                 cmd += ["--turns"] if label == FLOOR_TURNS else []
         else:
             cmd += [str(ROOT / "_request_path.py")] if label == REQUEST_PATH else ["-m", "idrserve"]
-            cmd += ["serve", "--zarr-root", str(data), "--port", str(port)]
+            cmd += ["serve", "--zarr-root", str(data)]
+            launches[label] = (cmd, env, cwd)  # `--fresh` starts it again each round
+            cmd = [*cmd, "--port", str(port)]
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -694,6 +723,11 @@ def main() -> int:
                         len(urls),
                     )
         for round_no in range(args.rounds):
+            if args.fresh and round_no:
+                for label, (cmd, env, cwd) in launches.items():
+                    servers[label] = restart(servers[label][0], cmd, env, cwd)
+                    for urls in cases.values():  # the new process's arrays and code
+                        run_wrk(servers[label][1], urls, 1, args.conns, tmp, heads)
             # Every other round in the reverse order: whatever runs first after the kernel's
             # run (or second) in every round would otherwise carry that place's bias. A run
             # comparing this tree with itself (`--baseline` of the same commit) read 1.02×
@@ -745,6 +779,7 @@ def main() -> int:
         f"{' --redis' if args.redis else ''}"
         f"{' --new-urls' if args.new_urls else ''}"
         f"{' --browser-heads' if args.browser_heads else ''}"
+        f"{' --fresh' if args.fresh else ''}"
         f"{' --large' if args.large else ''}"
         + "".join(f" --setting {shlex.quote(v)}" for v in args.setting)
         + f"{f' --baseline {args.baseline}' if args.baseline else ''}"
@@ -754,7 +789,13 @@ def main() -> int:
         "",
         f"Server: `idrserve serve` pinned to core 0 (`taskset -c 0`, 1 cpu thread); wrk -t1 "
         f"-c{args.conns} pinned to core 1; {args.rounds} interleaved rounds of "
-        f"{args.duration:g} s after a 3 s warm-up. No response cache: every request reads, "
+        f"{args.duration:g} s after a 3 s warm-up, every other round in reverse order"
+        + (
+            "; every idrserve server started again before each round (a 1 s warm-up of each case)"
+            if args.fresh
+            else ""
+        )
+        + ". No response cache: every request reads, "
         "decodes (blosc lz4), renders 3 uint16 channels (or the channels --query names) and "
         "encodes JPEG q85. "
         f"loadavg at end: {os.getloadavg()[0]:.2f}; nproc {os.cpu_count()}.",
