@@ -53,6 +53,7 @@ from functools import partial
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from idrserve.admission import Admission
 from idrserve.errors import IdrServeError
@@ -62,7 +63,7 @@ from idrserve.http.deadlines import Deadlines
 from idrserve.http.fastpath import ImageHeads, UrlIndex, plain_get
 from idrserve.http.iiif_params import Version
 from idrserve.http.middleware import chosen_request_id
-from idrserve.http.plainhead import HeadMessage, request_id_field
+from idrserve.http.plainhead import HeadMessage, PlainURL, request_id_field
 from idrserve.http.plan import Output, RegionAsk, plan_iiif, plan_webgateway_region
 from idrserve.http.reqmetrics import RequestMetrics
 from idrserve.http.trace import Trace
@@ -270,7 +271,7 @@ class ColdRenders:
             req, meta, key, generation, message.path, rid, own_headers, resource, indexed
         )
 
-    def _region(self, raw: str, url: Any, deps: Any) -> _Planned | None:
+    def _region(self, raw: str, url: PlainURL | URL, deps: Any) -> _Planned | None:
         """webgateway.render_image_region, without the request object."""
         m = _REGION_PATH.fullmatch(raw)
         if m is None:

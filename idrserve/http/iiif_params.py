@@ -322,7 +322,7 @@ def resolve_size(spec: SizeSpec, region: Box, version: Version, limits: Limits) 
 
 _FULL = SizeSpec("full")
 # The named forms a 3.0 canonical size is tried against, in order.
-_V3_NAMED = [("max", SizeSpec("max")), ("^max", SizeSpec("max", upscale=True))]
+_V3_NAMED = (("max", SizeSpec("max")), ("^max", SizeSpec("max", upscale=True)))
 
 
 def canonical_size(size: tuple[int, int], region: Box, version: Version, limits: Limits) -> str:

@@ -395,10 +395,21 @@ def parse_tile_or_region(
 
     The order and both grammars: docs/webgateway.md#tiles-and-regions.
     """
-    tile = last(query, "tile")
+    return tile_or_region(
+        last(query, "tile"), last(query, "region"), level_count, default_tile, max_tile_length
+    )
+
+
+def tile_or_region(
+    tile: str | None,
+    region: str | None,
+    level_count: int,
+    default_tile: tuple[int, int],
+    max_tile_length: int,
+) -> tuple[int, Box]:
+    """`parse_tile_or_region` for texts already taken from the query (a planned tile)."""
     if tile:
         return parse_tile(tile, level_count, default_tile, max_tile_length)
-    region = last(query, "region")
     if region:
         return 0, parse_region(region)
     raise BadRequest(

@@ -140,17 +140,10 @@ def plan_webgateway_region(ask: RegionAsk, meta: ImageMeta, limits: LimitSetting
     """A tile or region of one plane, clipped to its level, mirrored for `flip`."""
     check_plane(meta, ask.z, ask.t)
     full = meta.levels[0]
-    if ask.tile:  # a tile wins over a region, as in `params.parse_tile_or_region`
-        param = "tile"
-        level, box = params.parse_tile(
-            ask.tile, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
-        )
-    else:
-        param = "region"
-        query = {} if ask.region is None else {"region": ask.region}
-        level, box = params.parse_tile_or_region(
-            query, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
-        )
+    level, box = params.tile_or_region(
+        ask.tile, ask.region, len(meta.levels), (full.tile_x, full.tile_y), limits.max_tile_length
+    )
+    param = "tile" if ask.tile else "region"
     box = clip_box(meta, level, box, param)
     check_pixels(box, limits, param)
     out = ask.output
