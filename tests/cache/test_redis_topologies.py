@@ -58,6 +58,13 @@ def topology(
             sentinels.stop()
 
 
+def steady(topology: Topology, **overrides: object) -> dict[str, object]:
+    """Settings for a test of behaviour, not of timeouts: a command timeout generous enough
+    that a first connection on a busy machine (a cluster's slot map or a sentinel lookup,
+    then a connection per node) cannot turn a hit into a miss or count as an error."""
+    return {"memory_max_bytes": 0, "redis_url": topology.url, "redis_timeout_s": 5.0, **overrides}
+
+
 def commandstat(server: RedisServer, command: str) -> int:
     for line in cli("-p", str(server.port), "info", "commandstats").splitlines():
         if line.startswith(f"cmdstat_{command}:"):
@@ -66,8 +73,8 @@ def commandstat(server: RedisServer, command: str) -> int:
 
 
 async def test_hit_between_processes_and_miss(topology: Topology, make_cache: CacheFactory) -> None:
-    a = await make_cache(memory_max_bytes=0, redis_url=topology.url)
-    b = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    a = await make_cache(**steady(topology))
+    b = await make_cache(**steady(topology))
     key = response_key(1, 0, "hit")
     assert await b.get(key) == (None, "miss")
     a.put(key, ENTRY)
@@ -84,11 +91,8 @@ async def test_hit_between_processes_and_miss(topology: Topology, make_cache: Ca
 async def test_batched_gets_span_slots(topology: Topology, make_cache: CacheFactory) -> None:
     """One event-loop iteration of GETs goes out as MGETs: one per hash slot on a cluster (in
     one pipeline per node), one per batch of 64 on a single primary."""
-    # What is tested is the batching, not timeouts: a generous command timeout, so that new
-    # connections (a sentinel lookup each) on a busy machine cannot turn hits into misses.
-    slow_ok = {"memory_max_bytes": 0, "redis_url": topology.url, "redis_timeout_s": 5.0}
-    writer = await make_cache(**slow_ok)
-    reader = await make_cache(**slow_ok)
+    writer = await make_cache(**steady(topology))
+    reader = await make_cache(**steady(topology))
     keys = [response_key(20 + i % 10, 0, f"batch-{i}") for i in range(150)]  # 10 images
     for key in keys:
         writer.put(key, ENTRY)
@@ -113,8 +117,8 @@ async def test_batched_gets_span_slots(topology: Topology, make_cache: CacheFact
 
 
 async def test_render_lock_across_processes(topology: Topology, make_cache: CacheFactory) -> None:
-    a = await make_cache(memory_max_bytes=0, redis_url=topology.url)
-    b = await make_cache(memory_max_bytes=0, redis_url=topology.url)
+    a = await make_cache(**steady(topology))
+    b = await make_cache(**steady(topology))
     key = response_key(3, 0, "cold")
     assert a.redis is not None
     # A value and its lock hash to one slot, so the Lua script may touch both on a cluster.
@@ -130,8 +134,10 @@ async def test_render_lock_across_processes(topology: Topology, make_cache: Cach
 
 
 async def test_purge_reaches_other_processes(topology: Topology, make_cache: CacheFactory) -> None:
-    a = await make_cache(memory_max_bytes=0, redis_url=topology.url)
-    b = await make_cache(redis_url=topology.url)  # with a memory tier to invalidate
+    a = await make_cache(**steady(topology))
+    b = await make_cache(
+        **steady(topology, memory_max_bytes=1 << 20)
+    )  # a memory tier to invalidate
     image = 4
     old = response_key(image, await b.generation(image), "tile")
     b.put(old, ENTRY)
@@ -154,7 +160,7 @@ async def test_cluster_fast_path_follows_slot_migration(
     slot moves, the ASK while it migrates and the MOVED after are followed through redis-py's
     cluster path, and the next lookup goes straight to the new owner."""
     assert topology.cluster is not None
-    cache = await make_cache(memory_max_bytes=0, redis_url=topology.url, redis_timeout_s=5.0)
+    cache = await make_cache(**steady(topology))
     assert cache.redis is not None and cache.redis.cluster_mget is not None
     fast = cache.redis.cluster_mget
     key = response_key(60, 0, "migrating")
@@ -187,7 +193,7 @@ async def test_cluster_fast_path_while_a_refresh_waits(
     failed ones, as in a failover) leaves the current map serving: lookups stay on the fast
     path. One that is due goes through redis-py's path, which runs it. (Keyed on the raw
     `_initialize` flag, lookups fell back for as long as a refresh waited.)"""
-    cache = await make_cache(memory_max_bytes=0, redis_url=topology.url, redis_timeout_s=5.0)
+    cache = await make_cache(**steady(topology))
     assert cache.redis is not None and cache.redis.cluster_mget is not None
     fast = cache.redis.cluster_mget
     client = fast._client
@@ -226,7 +232,7 @@ async def test_cluster_lookups_without_redis_py_internals(
         monkeypatch.setattr(cluster_mget, "_NEEDED", (*cluster_mget._NEEDED, "gone_in_redis_9"))
     else:
         monkeypatch.setattr(cluster_mget, "_WRITER", "_writer_gone_in_redis_9")
-    cache = await make_cache(memory_max_bytes=0, redis_url=topology.url, redis_timeout_s=5.0)
+    cache = await make_cache(**steady(topology))
     assert cache.redis is not None and cache.redis.cluster_mget is not None
     fast = cache.redis.cluster_mget
     assert fast.enabled is (missing != "_NEEDED")
