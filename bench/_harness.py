@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from bench_http import free_port
+from bench_http import free_port, padded
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -167,7 +167,7 @@ class Stack:
         cmd += ["--port", str(port), "--workers", str(workers)]
         if tree is not None:  # `python -m` puts its working directory first on sys.path
             env["PYTHONPATH"] = str(tree)
-        proc = self.start(cmd, env, cwd=tree)
+        proc = self.start(cmd, padded(env), cwd=tree)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/healthz", proc)
         return proc, base

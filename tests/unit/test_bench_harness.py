@@ -528,3 +528,17 @@ def test_browser_heads_are_read_by_idrserve_as_aiohttp_reads_them() -> None:
     own = check(head.encode())
     assert isinstance(own, PlainGet)
     assert len(own.headers) == len(BROWSER_HEADS) + 1
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_every_server_start_gets_an_environment_of_its_own_size() -> None:
+    """A/B rounds must not lean with the checkouts' paths: each start adds a variable of a
+    new length (up to 4 KiB) and leaves the rest of the environment as it was."""
+    from bench_http import LAYOUT_PAD, padded
+
+    env = {"PATH": "/usr/bin", "IDRSERVE_SERVER__CPU_THREADS": "1"}
+    starts = [padded(env) for _ in range(64)]
+    assert all({k: v for k, v in s.items() if k != LAYOUT_PAD} == env for s in starts)
+    assert all(set(s[LAYOUT_PAD]) <= {"x"} and len(s[LAYOUT_PAD]) <= 4096 for s in starts)
+    assert len({len(s[LAYOUT_PAD]) for s in starts}) > 32  # new each start, not fixed
+    assert LAYOUT_PAD not in env
