@@ -8,6 +8,7 @@ configuration (the strings `render_deploy_nginx` replaces) breaks every harness 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -15,9 +16,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from bench_http import free_port, padded
 
@@ -38,6 +40,20 @@ def nginx_bench_dir(name: str) -> Path | None:
     tmp = Path(tempfile.mkdtemp(prefix=f"idrserve-{name}-"))
     tmp.chmod(0o755)
     return tmp
+
+
+def pinned_child(
+    script: Path,
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Any:
+    """What `script args`, run on core 0, printed as JSON: the micro-benchmarks' child mode
+    (bench_plan.py, bench_kernel_cache.py), a process per measurement so that none inherits
+    another's caches, allocator state or a tree's imports."""
+    cmd = ["taskset", "-c", "0", sys.executable, str(script), *args]
+    done = subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
 
 
 def cpu_times(stat: str) -> tuple[int, int]:

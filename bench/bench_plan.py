@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -104,6 +103,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]))))
         return 0
+    from _harness import pinned_child
     from _results import unused
     from bench_http import write_image
 
@@ -116,16 +116,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for label, tree in trees.items():
                 env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{ROOT}")
-                pinned = ["taskset", "-c", "0", sys.executable, str(ROOT / "bench_plan.py")]
-                done = subprocess.run(
-                    [*pinned, "--child", tmp, str(args.number)],
-                    env=env,
-                    cwd=tree,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                results[label].append(json.loads(done.stdout))
+                child_args = ["--child", tmp, str(args.number)]
+                results[label].append(pinned_child(ROOT / "bench_plan.py", child_args, env, tree))
     cmd = f"python bench/bench_plan.py --rounds {args.rounds} --number {args.number}"
     cmd += f" --baseline {args.baseline}" if args.baseline else ""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")

@@ -542,3 +542,22 @@ def test_every_server_start_gets_an_environment_of_its_own_size() -> None:
     assert all(set(s[LAYOUT_PAD]) <= {"x"} and len(s[LAYOUT_PAD]) <= 4096 for s in starts)
     assert len({len(s[LAYOUT_PAD]) for s in starts}) > 32  # new each start, not fixed
     assert LAYOUT_PAD not in env
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_the_kernels_slowdown_by_memory_touched_is_a_median_of_per_round_differences() -> None:
+    """bench_kernel_cache.py sets each size against none round by round, so that the host's
+    speed changing between rounds does not read as the caches' effect."""
+    from bench_kernel_cache import report
+
+    def tile(kernel: float) -> dict[str, float]:
+        return {"source": kernel / 2, "render": kernel / 4, "encode": kernel / 4, "kernel": kernel}
+
+    results = {
+        0: [tile(600), tile(700), tile(650)],
+        1024: [tile(660), tile(750), tile(760)],  # +60, +50, +110: the median is +60
+    }
+    text = report(results, "cmd", "2026-12-08", "vm")
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["| 0"].endswith("| 650 | – |")
+    assert rows["| 1024"].endswith("| 750 | +60 µs |")  # not 750 - 650 = +100 from the medians
