@@ -11,7 +11,10 @@ memory ≥ 15 000/s, disk ≥ 10 000/s, Redis ≥ 5 000/s; issue 19: memory ≥ 
 With `--baseline TREE` (another checkout, e.g. `git worktree add /tmp/before <commit>`), every
 idrserve server is started a second time from that tree, and each round runs both side by side,
 so a change is measured against its parent in one interleaved run; the servers of this tree
-always import idrserve from this checkout (PYTHONPATH), whatever is installed.
+always import idrserve from this checkout (PYTHONPATH), whatever is installed. Each server
+starts once a run with an environment of a random size (`bench_http.padded`), so where its
+stack and heap land is one draw a run: an A/B of hits should be run more than once, or both
+ways round, before a difference of 2–3 % is read as one.
 
     python bench/bench_cache.py [--duration 8] [--rounds 3] [--baseline TREE] [--browser-heads]
 """
@@ -40,6 +43,7 @@ from bench_http import (
     SIZE,
     client_cpu_cell,
     free_port,
+    padded,
     run_wrk,
     write_image,
 )
@@ -173,7 +177,7 @@ def main() -> int:
                     "--port",
                     str(port),
                 ],
-                env={**base_env, **extra, "PYTHONPATH": path},
+                env=padded({**base_env, **extra, "PYTHONPATH": path}),
                 # `-m` puts the working directory ahead of PYTHONPATH: start in the tree.
                 cwd=tree,
             )

@@ -561,3 +561,14 @@ def test_the_kernels_slowdown_by_memory_touched_is_a_median_of_per_round_differe
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
     assert rows["| 0"].endswith("| 650 | – |")
     assert rows["| 1024"].endswith("| 750 | +60 µs |")  # not 750 - 650 = +100 from the medians
+
+
+@pytest.mark.usefixtures("bench_imports")
+def test_an_ab_run_starts_its_servers_anew_every_round() -> None:
+    """A layout drawn once would lean a whole A/B run one way; --baseline implies --fresh."""
+    from bench_http import build_parser, fresh_rounds
+
+    parser = build_parser()
+    assert fresh_rounds(parser.parse_args(["--baseline", "/tmp/other"]))
+    assert fresh_rounds(parser.parse_args(["--fresh"]))
+    assert not fresh_rounds(parser.parse_args([]))
