@@ -220,10 +220,10 @@ def padded(env: dict[str, str]) -> dict[str, str]:
     Where a process's stack and heap land moves with its environment's size, and with it
     its speed, by a few per cent (Mytkowicz et al., "Producing wrong data without doing
     anything obviously wrong", ASPLOS 2009). Two checkouts differ in their paths, so a
-    fixed layout leans every round of an A/B the same way: this tree against itself read
-    1.02x from /work/main and 0.98x the other way round. A new length at every start turns
-    that lean into noise, which rounds average out (with `--fresh`; bench_iiif.py starts
-    every round anew anyway)."""
+    fixed layout leans every round of an A/B the same way: one tree against itself read
+    1.02x run from its first checkout and 0.98x run from the second. A new length at every
+    start turns that lean into noise, which rounds average out (with `--fresh`;
+    bench_iiif.py starts every round anew anyway)."""
     return {**env, LAYOUT_PAD: "x" * random.randrange(4097)}
 
 
@@ -524,8 +524,8 @@ def check_bytes(base: str, digests: dict[str, str]) -> int:
 def fresh_rounds(args: argparse.Namespace) -> bool:
     """Whether every idrserve server starts anew before each round: when asked (`--fresh`),
     and for every A/B (`--baseline`). Servers that start once carry one draw each of their
-    layout (`padded`) through every round: the same tree against itself read 1.02x that
-    way, 1.00x started anew each round."""
+    layout (`padded`) through every round: the same tree against itself read 1.01-1.03x
+    with its servers started once, 1.00x padded and started anew each round."""
     return bool(args.fresh or args.baseline is not None)
 
 
