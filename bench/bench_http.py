@@ -227,6 +227,13 @@ def padded(env: dict[str, str]) -> dict[str, str]:
     return {**env, LAYOUT_PAD: "x" * random.randrange(4097)}
 
 
+def spawn(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """A server of this benchmark, quiet, with its environment `padded` anew."""
+    return subprocess.Popen(
+        cmd, env=padded(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def restart(
     proc: subprocess.Popen[bytes], cmd: list[str], env: dict[str, str], cwd: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -234,13 +241,7 @@ def restart(
     proc.terminate()
     proc.wait(10)
     port = free_port()
-    fresh = subprocess.Popen(
-        [*cmd, "--port", str(port)],
-        env=padded(env),
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    fresh = spawn([*cmd, "--port", str(port)], env, cwd)
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base)
     return fresh, base
@@ -733,10 +734,7 @@ def main() -> int:
             cmd += ["serve", "--zarr-root", str(data)]
             launches[label] = (cmd, env, cwd)  # `--fresh` starts it again each round
             cmd = [*cmd, "--port", str(port)]
-        proc = subprocess.Popen(
-            cmd, env=padded(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        servers[label] = (proc, f"http://127.0.0.1:{port}")
+        servers[label] = (spawn(cmd, env, cwd), f"http://127.0.0.1:{port}")
     targets = {"256² tiles, 256² chunks": 900.0, "512² tiles, 512² chunks": 240.0}
     results: dict[str, list[dict[str, float]]] = {}
     try:
